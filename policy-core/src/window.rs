@@ -1,1 +1,815 @@
-//! (being written)
+//! The sliding window of one key: counts per failure class, the exact latency trip, the reported P95.
+//!
+//! SPEC keeps one window per key for the whole Envoy process, while every Envoy worker runs its own
+//! VM. So the window is split in two halves with different costs:
+//!
+//! - a [`Recorder`] per worker and key takes every completed request on the hot path. It covers one
+//!   bucket of time, records in O(1) without allocating (fixed counters plus an `hdrhistogram` with
+//!   preallocated counts), and is drained into the shared window at least every 100 ms;
+//! - the merged [`Window`] lives in proxy-wasm shared data. Its buckets keep the same counters and
+//!   the latency histogram as sparse `(bin, count)` pairs, which is what makes it small to encode and
+//!   cheap to merge. Trip decisions and the reported P95 are computed on the merged window when a
+//!   recorder is merged (a tick), never per request.
+//!
+//! The latency trip is exact: each bucket counts the samples at or over `latency_p95_threshold`,
+//! and the nearest-rank P95 of `n` samples is at or over the threshold exactly when fewer than
+//! `ceil(0.95 n)` samples are under it. The histogram only feeds the P95 shown in gauges and logs.
+//!
+//! Histogram precision: two significant digits (`hdrhistogram` sigfig 2) keep every bin narrower than
+//! 1% of its value, so the reported P95 (the bin's highest equivalent value) is within 1% of the exact
+//! sample, inside SPEC's 2%. Latencies are recorded in microseconds from 1 µs to [`HIST_HIGHEST_US`]
+//! (10 minutes; longer requests are recorded at the top bin, while their exact trip count is kept);
+//! that is 3,072 `u32` counters, 12 KiB per recorder.
+
+use hdrhistogram::Histogram;
+use std::time::Duration;
+
+use crate::config::BreakerConfig;
+
+/// Lowest latency the histogram tells apart, in microseconds.
+pub const HIST_LOWEST_US: u64 = 1;
+/// Latencies above this (10 minutes) share the top bin of the reported P95.
+pub const HIST_HIGHEST_US: u64 = 600_000_000;
+/// Significant digits of the histogram: bins narrower than 1% of their value.
+pub const HIST_SIGFIG: u8 = 2;
+/// The quantile SPEC reports and trips on.
+pub const P95: f64 = 0.95;
+
+/// Why a sample is a failure. A retried attempt is an upstream attempt that failed and was retried
+/// by Envoy: SPEC counts every attempt, so a request that ended after N attempts records N − 1 of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    HttpStatus = 0,
+    GrpcStatus = 1,
+    UpstreamReset = 2,
+    RetriedAttempt = 3,
+}
+
+/// Number of [`FailureClass`] values.
+pub const FAILURE_CLASSES: usize = 4;
+
+/// The outcome of one request as the filter saw it, before classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// HTTP status of the response, if any came.
+    pub http_status: Option<u16>,
+    /// gRPC status from headers or trailers, if any.
+    pub grpc_status: Option<u32>,
+    /// Envoy reported an upstream connect failure or reset (response flags `UF`, `UR`, `UC`, ...).
+    pub upstream_reset: bool,
+    /// From request headers to the end of the response.
+    pub latency_us: u64,
+    /// Upstream attempts made (`x-envoy-attempt-count`); 0 or 1 mean one.
+    pub attempts: u32,
+}
+
+impl Outcome {
+    /// The failure class of the final attempt under `failure` rules, or `None` for a success.
+    pub fn failure(&self, failure: &crate::config::FailureConfig) -> Option<FailureClass> {
+        if failure.upstream_resets && self.upstream_reset {
+            return Some(FailureClass::UpstreamReset);
+        }
+        if let Some(code) = self.grpc_status {
+            if failure.is_grpc_failure(code) {
+                return Some(FailureClass::GrpcStatus);
+            }
+        }
+        match self.http_status {
+            Some(s) if failure.is_http_failure(s) => Some(FailureClass::HttpStatus),
+            _ => None,
+        }
+    }
+
+    /// Retried attempts before the final one.
+    pub fn retried_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(1)
+    }
+}
+
+/// The counters of one bucket (or of a whole window, summed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Completed samples: every upstream attempt, retried ones included.
+    pub samples: u64,
+    /// Failed samples per [`FailureClass`].
+    pub failures: [u64; FAILURE_CLASSES],
+    /// Samples with a latency (final outcomes): the population of the P95.
+    pub latency_samples: u64,
+    /// Latency samples at or over the latency threshold.
+    pub slow: u64,
+    /// Client requests that completed (the retry budget's deposits).
+    pub requests: u64,
+    /// Retries Envoy actually made (the retry budget's withdrawals).
+    pub retries: u64,
+    /// Kernel resets, refusals and timeouts attributed to this key by the sidecar.
+    pub kernel_resets: u64,
+}
+
+impl Counts {
+    pub fn failed(&self) -> u64 {
+        self.failures.iter().fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        self.samples = self.samples.saturating_add(other.samples);
+        for (a, b) in self.failures.iter_mut().zip(other.failures.iter()) {
+            *a = a.saturating_add(*b);
+        }
+        self.latency_samples = self.latency_samples.saturating_add(other.latency_samples);
+        self.slow = self.slow.saturating_add(other.slow);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.retries = self.retries.saturating_add(other.retries);
+        self.kernel_resets = self.kernel_resets.saturating_add(other.kernel_resets);
+    }
+
+    /// Failure ratio in [0, 1]; 0 for an empty window.
+    pub fn error_rate(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            (self.failed().min(self.samples) as f64) / (self.samples as f64)
+        }
+    }
+
+    /// True when the nearest-rank P95 of the latency samples is at or over the threshold:
+    /// fewer than `ceil(0.95 n)` samples lie under it.
+    pub fn p95_at_or_over_threshold(&self) -> bool {
+        let n = self.latency_samples;
+        if n == 0 {
+            return false;
+        }
+        let under = n.saturating_sub(self.slow);
+        under < nearest_rank(n)
+    }
+}
+
+/// The nearest rank of the P95 among `n` samples, `ceil(0.95 n)`, in exact integer arithmetic.
+pub fn nearest_rank(n: u64) -> u64 {
+    // ceil(95 n / 100) without floating point.
+    let n = n as u128;
+    ((95 * n).div_ceil(100)) as u64
+}
+
+/// What a key's bucket length is: `window / buckets`, rounded up to whole milliseconds.
+pub fn bucket_ms(cfg: &BreakerConfig) -> u64 {
+    let window = cfg.window.as_millis() as u64;
+    let buckets = u64::from(cfg.buckets.max(1));
+    window.div_ceil(buckets).max(1)
+}
+
+/// The latency threshold in microseconds, if the latency trip is on.
+pub fn threshold_us(cfg: &BreakerConfig) -> Option<u64> {
+    cfg.latency_p95_threshold.map(|d| d.as_micros() as u64)
+}
+
+/// The per-worker, per-key half of the window: one bucket of samples, recorded in O(1).
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    epoch: u64,
+    counts: Counts,
+    hist: Histogram<u32>,
+    threshold_us: Option<u64>,
+}
+
+/// A recorder refused a sample because it belongs to another bucket: merge, then record again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochChanged;
+
+/// Creates the histogram every recorder and window shares; the bounds are constants, so this
+/// cannot fail in practice, and a failure degrades to `None` rather than a panic.
+fn new_histogram() -> Option<Histogram<u32>> {
+    Histogram::new_with_bounds(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_SIGFIG).ok()
+}
+
+impl Recorder {
+    /// A recorder for a key whose latency threshold is `threshold_us`. `None` only if the histogram
+    /// cannot be allocated.
+    pub fn new(threshold_us: Option<u64>) -> Option<Recorder> {
+        Some(Recorder {
+            epoch: 0,
+            counts: Counts::default(),
+            hist: new_histogram()?,
+            threshold_us,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts == Counts::default()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Records one completed request in bucket `epoch` (`now_ms / bucket_ms`). O(1), no allocation.
+    /// A non-empty recorder holding another epoch refuses with [`EpochChanged`].
+    pub fn record(
+        &mut self,
+        epoch: u64,
+        outcome: &Outcome,
+        failure: Option<FailureClass>,
+    ) -> Result<(), EpochChanged> {
+        if epoch != self.epoch {
+            if !self.is_empty() {
+                return Err(EpochChanged);
+            }
+            self.epoch = epoch;
+        }
+        let c = &mut self.counts;
+        let retried = u64::from(outcome.retried_attempts());
+        c.samples = c.samples.saturating_add(1 + retried);
+        c.failures[FailureClass::RetriedAttempt as usize] =
+            c.failures[FailureClass::RetriedAttempt as usize].saturating_add(retried);
+        if let Some(class) = failure {
+            c.failures[class as usize] = c.failures[class as usize].saturating_add(1);
+        }
+        c.requests = c.requests.saturating_add(1);
+        c.retries = c.retries.saturating_add(retried);
+        c.latency_samples = c.latency_samples.saturating_add(1);
+        if self.threshold_us.is_some_and(|t| outcome.latency_us >= t) {
+            c.slow = c.slow.saturating_add(1);
+        }
+        let v = outcome.latency_us.clamp(HIST_LOWEST_US, HIST_HIGHEST_US);
+        // Cannot fail: the value is clamped into the histogram's range. A saturated u32 bin
+        // (4 billion samples in one bucket of one worker) only loses precision of the gauge.
+        let _ = self.hist.record(v);
+        Ok(())
+    }
+
+    /// Adds kernel resets attributed to this key in bucket `epoch`.
+    pub fn record_kernel_resets(&mut self, epoch: u64, n: u64) -> Result<(), EpochChanged> {
+        if epoch != self.epoch {
+            if !self.is_empty() {
+                return Err(EpochChanged);
+            }
+            self.epoch = epoch;
+        }
+        self.counts.kernel_resets = self.counts.kernel_resets.saturating_add(n);
+        Ok(())
+    }
+
+    /// Empties the recorder after its samples were merged into the shared window.
+    pub fn clear(&mut self) {
+        self.counts = Counts::default();
+        self.hist.reset();
+    }
+
+    /// The recorded latency bins as `(highest equivalent value, count)`, ascending.
+    fn bins(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.hist
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value() as u64))
+    }
+}
+
+/// One bucket of the merged window.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Bucket {
+    /// `now_ms / bucket_ms` of the samples it holds; meaningless while `counts` is empty.
+    pub epoch: u64,
+    pub counts: Counts,
+    /// Latency histogram, sparse: `(highest equivalent value in µs, count)`, ascending, no zero count.
+    pub bins: Vec<(u64, u64)>,
+}
+
+impl Bucket {
+    fn is_empty(&self) -> bool {
+        self.counts == Counts::default() && self.bins.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.counts = Counts::default();
+        self.bins.clear();
+    }
+
+    /// Merges sorted `(value, count)` pairs into this bucket's sorted bins.
+    fn merge_bins(
+        &mut self,
+        other: impl Iterator<Item = (u64, u64)>,
+        scratch: &mut Vec<(u64, u64)>,
+    ) {
+        scratch.clear();
+        let mut mine = self.bins.iter().copied().peekable();
+        let mut theirs = other.peekable();
+        loop {
+            let next = match (mine.peek(), theirs.peek()) {
+                (Some(a), Some(b)) if a.0 == b.0 => {
+                    let v = (a.0, a.1.saturating_add(b.1));
+                    mine.next();
+                    theirs.next();
+                    v
+                }
+                (Some(a), Some(b)) if a.0 < b.0 => {
+                    let v = *a;
+                    mine.next();
+                    v
+                }
+                (Some(_), Some(b)) => {
+                    let v = *b;
+                    theirs.next();
+                    v
+                }
+                (Some(a), None) => {
+                    let v = *a;
+                    mine.next();
+                    v
+                }
+                (None, Some(b)) => {
+                    let v = *b;
+                    theirs.next();
+                    v
+                }
+                (None, None) => break,
+            };
+            if next.1 > 0 {
+                scratch.push(next);
+            }
+        }
+        std::mem::swap(&mut self.bins, scratch);
+    }
+}
+
+/// An upstream host a key has sent requests to, with the sidecar's cumulative reset count for it
+/// when the key last took its share (so every kernel event is attributed once per key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCursor {
+    /// `addr:port` as Envoy's `upstream.address` gives it (`10.0.0.5:8080`, `[::1]:8080`).
+    pub host: String,
+    /// Cumulative resets + refused + timeouts already attributed.
+    pub seen: u64,
+}
+
+/// Most upstream hosts a key remembers for kernel reset attribution.
+pub const MAX_HOSTS_PER_KEY: usize = 16;
+
+/// The merged window of one key, as kept in shared data.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Window {
+    /// Generation of the breaker's window: closing the circuit bumps the breaker's generation, and a
+    /// window of an older generation is read as empty (SPEC: closing clears the window).
+    pub generation: u32,
+    /// When a request of this key last completed (ms), for least-recently-used eviction.
+    pub last_used_ms: u64,
+    /// Upstream hosts learned from `upstream.address`, for the kernel reset signal.
+    pub hosts: Vec<HostCursor>,
+    /// Ring of `buckets` buckets, indexed by `epoch % buckets`.
+    pub buckets: Vec<Bucket>,
+}
+
+impl Window {
+    /// An empty window of `buckets` buckets.
+    pub fn new(buckets: u32, generation: u32) -> Window {
+        Window {
+            generation,
+            last_used_ms: 0,
+            hosts: Vec::new(),
+            buckets: vec![Bucket::default(); buckets.max(1) as usize],
+        }
+    }
+
+    /// Empties the window (keeps its allocations) and sets its generation and shape.
+    pub fn reset(&mut self, buckets: u32, generation: u32) {
+        self.generation = generation;
+        self.buckets
+            .resize(buckets.max(1) as usize, Bucket::default());
+        for b in &mut self.buckets {
+            b.clear();
+        }
+    }
+
+    /// True when `epoch` still lies inside a window ending at `now_epoch`.
+    fn live(now_epoch: u64, epoch: u64, n: u64) -> bool {
+        epoch <= now_epoch && now_epoch - epoch < n
+    }
+
+    /// The bucket for `epoch`, rotated (emptied) when it held an older epoch. `None` when the epoch
+    /// is too old to belong to the window any more (a straggler from a stalled worker).
+    fn bucket_for(&mut self, epoch: u64, now_epoch: u64) -> Option<&mut Bucket> {
+        let n = self.buckets.len() as u64;
+        if n == 0 || !Self::live(now_epoch.max(epoch), epoch, n) {
+            return None;
+        }
+        let idx = (epoch % n) as usize;
+        let b = self.buckets.get_mut(idx)?;
+        if b.epoch != epoch {
+            if b.epoch > epoch && !b.is_empty() {
+                // The slot already holds a newer bucket: this epoch is out of the window.
+                return None;
+            }
+            b.clear();
+            b.epoch = epoch;
+        }
+        Some(b)
+    }
+
+    /// Merges a worker's recorder into the window; `scratch` is reused to avoid allocation.
+    /// Returns false when the recorder's bucket has already left the window (samples dropped).
+    pub fn merge_recorder(
+        &mut self,
+        r: &Recorder,
+        now_epoch: u64,
+        scratch: &mut Vec<(u64, u64)>,
+    ) -> bool {
+        if r.is_empty() {
+            return true;
+        }
+        match self.bucket_for(r.epoch(), now_epoch) {
+            Some(b) => {
+                b.counts.add(r.counts());
+                b.merge_bins(r.bins(), scratch);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Merges another window of the same shape (e.g. another worker's view) into this one.
+    pub fn merge(&mut self, other: &Window, now_epoch: u64, scratch: &mut Vec<(u64, u64)>) {
+        for ob in &other.buckets {
+            if ob.is_empty() {
+                continue;
+            }
+            if let Some(b) = self.bucket_for(ob.epoch, now_epoch) {
+                b.counts.add(&ob.counts);
+                b.merge_bins(ob.bins.iter().copied(), scratch);
+            }
+        }
+    }
+
+    /// The counters summed over the buckets still inside the window at `now_epoch`.
+    pub fn totals(&self, now_epoch: u64) -> Counts {
+        let n = self.buckets.len() as u64;
+        let mut t = Counts::default();
+        for b in &self.buckets {
+            if Self::live(now_epoch, b.epoch, n) {
+                t.add(&b.counts);
+            }
+        }
+        t
+    }
+
+    /// The nearest-rank P95 of the live buckets' histogram in µs: the highest value of the bin that
+    /// holds the rank, so within 1% of the exact sample. Runs over the sparse bins (a k-way merge
+    /// through `scratch`); called when the window is merged or rotated, never per request.
+    pub fn p95_us(&self, now_epoch: u64, scratch: &mut Vec<(u64, u64)>) -> Option<u64> {
+        let n = self.buckets.len() as u64;
+        scratch.clear();
+        let mut total = 0u64;
+        for b in &self.buckets {
+            if Self::live(now_epoch, b.epoch, n) {
+                scratch.extend_from_slice(&b.bins);
+                total = total.saturating_add(b.bins.iter().map(|x| x.1).sum::<u64>());
+            }
+        }
+        if total == 0 {
+            return None;
+        }
+        scratch.sort_unstable_by_key(|x| x.0);
+        let rank = nearest_rank(total).max(1);
+        let mut seen = 0u64;
+        for (v, c) in scratch.iter() {
+            seen = seen.saturating_add(*c);
+            if seen >= rank {
+                return Some(*v);
+            }
+        }
+        scratch.last().map(|x| x.0)
+    }
+
+    /// Remembers `host` for kernel reset attribution; `cumulative` is the sidecar's current total
+    /// for it, taken as already seen so that only later events count. Bounded by [`MAX_HOSTS_PER_KEY`].
+    pub fn learn_host(&mut self, host: &str, cumulative: u64) -> bool {
+        if self.hosts.iter().any(|h| h.host == host) {
+            return false;
+        }
+        if self.hosts.len() >= MAX_HOSTS_PER_KEY {
+            self.hosts.remove(0);
+        }
+        self.hosts.push(HostCursor {
+            host: host.to_string(),
+            seen: cumulative,
+        });
+        true
+    }
+}
+
+/// Why a breaker trips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TripReason {
+    ErrorRate,
+    LatencyP95,
+    KernelResets,
+    ForcedOpen,
+}
+
+impl TripReason {
+    /// The value of `x-meshbreaker-reason`, the body's `reason` and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripReason::ErrorRate => "error_rate",
+            TripReason::LatencyP95 => "latency_p95",
+            TripReason::KernelResets => "kernel_resets",
+            TripReason::ForcedOpen => "forced_open",
+        }
+    }
+}
+
+/// SPEC's trip rule on a window's totals: at least `min_requests` samples, and an error rate at or
+/// over the threshold (checked first) or a P95 at or over the latency threshold.
+pub fn trip_reason(totals: &Counts, cfg: &BreakerConfig) -> Option<TripReason> {
+    if totals.samples < u64::from(cfg.min_requests) {
+        return None;
+    }
+    if totals.error_rate() >= cfg.error_rate_threshold {
+        return Some(TripReason::ErrorRate);
+    }
+    if cfg.latency_p95_threshold.is_some() && totals.p95_at_or_over_threshold() {
+        return Some(TripReason::LatencyP95);
+    }
+    None
+}
+
+/// SPEC's kernel reset rule: resets summed over the window ÷ the window's seconds exceed
+/// `max_resets_per_second` (no `min_requests` guard).
+pub fn kernel_resets_exceed(totals: &Counts, window: Duration, max_resets_per_second: f64) -> bool {
+    let secs = window.as_secs_f64();
+    secs > 0.0 && (totals.kernel_resets as f64) / secs > max_resets_per_second
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cfg() -> BreakerConfig {
+        let mut c = Config::default().breaker;
+        c.window = Duration::from_secs(10);
+        c.buckets = 10;
+        c.min_requests = 10;
+        c.error_rate_threshold = 0.5;
+        c.latency_p95_threshold = Some(Duration::from_millis(100));
+        c
+    }
+
+    fn ok(latency_ms: u64) -> Outcome {
+        Outcome {
+            http_status: Some(200),
+            latency_us: latency_ms * 1000,
+            attempts: 1,
+            ..Default::default()
+        }
+    }
+
+    fn record_all(w: &mut Window, c: &BreakerConfig, now_ms: u64, outcomes: &[Outcome]) {
+        let mut r = Recorder::new(threshold_us(c)).unwrap();
+        let mut scratch = Vec::new();
+        let epoch = now_ms / bucket_ms(c);
+        for o in outcomes {
+            let f = o.failure(&c.failure);
+            r.record(epoch, o, f).unwrap();
+        }
+        assert!(w.merge_recorder(&r, epoch, &mut scratch));
+    }
+
+    #[test]
+    fn nearest_rank_is_ceil_of_95_percent() {
+        assert_eq!(nearest_rank(1), 1);
+        assert_eq!(nearest_rank(20), 19);
+        assert_eq!(nearest_rank(21), 20);
+        assert_eq!(nearest_rank(100), 95);
+        assert_eq!(nearest_rank(101), 96);
+    }
+
+    #[test]
+    fn bucket_length_rounds_up_when_buckets_do_not_divide_the_window() {
+        let mut c = cfg();
+        c.window = Duration::from_secs(10);
+        c.buckets = 3;
+        assert_eq!(bucket_ms(&c), 3334);
+        c.buckets = 12;
+        c.window = Duration::from_secs(60);
+        assert_eq!(bucket_ms(&c), 5000);
+    }
+
+    #[test]
+    fn no_trip_before_min_requests_even_when_everything_fails() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let fail = Outcome {
+            http_status: Some(503),
+            ..ok(1)
+        };
+        record_all(&mut w, &c, 5_000, &[fail; 9]);
+        assert_eq!(trip_reason(&w.totals(5), &c), None);
+        record_all(&mut w, &c, 5_000, &[fail; 1]);
+        assert_eq!(trip_reason(&w.totals(5), &c), Some(TripReason::ErrorRate));
+    }
+
+    #[test]
+    fn error_rate_trips_at_threshold_not_below() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let fail = Outcome {
+            http_status: Some(500),
+            ..ok(1)
+        };
+        record_all(&mut w, &c, 0, &[fail; 4]);
+        record_all(&mut w, &c, 0, &[ok(1); 6]);
+        assert_eq!(trip_reason(&w.totals(0), &c), None, "0.4 < 0.5");
+        record_all(&mut w, &c, 0, &[fail; 2]);
+        assert_eq!(w.totals(0).error_rate(), 0.5);
+        assert_eq!(trip_reason(&w.totals(0), &c), Some(TripReason::ErrorRate));
+    }
+
+    #[test]
+    fn latency_trips_exactly_when_nearest_rank_p95_reaches_threshold() {
+        let c = cfg();
+        // 20 samples: rank 19. One slow sample leaves 19 fast ones: P95 is fast.
+        let mut w = Window::new(c.buckets, 0);
+        record_all(&mut w, &c, 0, &[ok(10); 19]);
+        record_all(&mut w, &c, 0, &[ok(100); 1]);
+        assert_eq!(trip_reason(&w.totals(0), &c), None);
+        // Two slow samples of 20: the 19th smallest is slow.
+        let mut w2 = Window::new(c.buckets, 0);
+        record_all(&mut w2, &c, 0, &[ok(10); 18]);
+        record_all(&mut w2, &c, 0, &[ok(100); 2]);
+        assert_eq!(trip_reason(&w2.totals(0), &c), Some(TripReason::LatencyP95));
+    }
+
+    #[test]
+    fn latency_trip_off_when_threshold_is_null() {
+        let mut c = cfg();
+        c.latency_p95_threshold = None;
+        let mut w = Window::new(c.buckets, 0);
+        record_all(&mut w, &c, 0, &[ok(10_000); 30]);
+        assert_eq!(trip_reason(&w.totals(0), &c), None);
+    }
+
+    #[test]
+    fn every_attempt_counts_retried_attempts_are_failures() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let retried_twice = Outcome {
+            attempts: 3,
+            ..ok(5)
+        };
+        record_all(&mut w, &c, 0, &[retried_twice; 4]);
+        let t = w.totals(0);
+        assert_eq!(t.samples, 12);
+        assert_eq!(t.failures[FailureClass::RetriedAttempt as usize], 8);
+        assert_eq!(t.requests, 4);
+        assert_eq!(t.retries, 8);
+        assert_eq!(
+            trip_reason(&t, &c),
+            Some(TripReason::ErrorRate),
+            "8 of 12 failed"
+        );
+    }
+
+    #[test]
+    fn failure_classes_follow_the_failure_config() {
+        let c = cfg();
+        let reset = Outcome {
+            upstream_reset: true,
+            http_status: None,
+            ..ok(1)
+        };
+        let grpc = Outcome {
+            grpc_status: Some(14),
+            http_status: Some(200),
+            ..ok(1)
+        };
+        let grpc_ok = Outcome {
+            grpc_status: Some(5),
+            http_status: Some(200),
+            ..ok(1)
+        };
+        let http = Outcome {
+            http_status: Some(502),
+            ..ok(1)
+        };
+        assert_eq!(reset.failure(&c.failure), Some(FailureClass::UpstreamReset));
+        assert_eq!(grpc.failure(&c.failure), Some(FailureClass::GrpcStatus));
+        assert_eq!(grpc_ok.failure(&c.failure), None);
+        assert_eq!(http.failure(&c.failure), Some(FailureClass::HttpStatus));
+        assert_eq!(ok(1).failure(&c.failure), None);
+        let mut no_resets = c.failure.clone();
+        no_resets.upstream_resets = false;
+        assert_eq!(reset.failure(&no_resets), None);
+    }
+
+    #[test]
+    fn samples_leave_the_window_after_it_slides_past_them() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let fail = Outcome {
+            http_status: Some(500),
+            ..ok(1)
+        };
+        record_all(&mut w, &c, 0, &[fail; 10]);
+        assert_eq!(w.totals(9).samples, 10, "still inside a 10-bucket window");
+        assert_eq!(
+            w.totals(10).samples,
+            0,
+            "bucket 0 has left the window at epoch 10"
+        );
+        assert_eq!(trip_reason(&w.totals(10), &c), None);
+    }
+
+    #[test]
+    fn rotation_reuses_a_bucket_for_a_newer_epoch() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        record_all(&mut w, &c, 0, &[ok(1); 3]);
+        record_all(&mut w, &c, 10_000, &[ok(2); 2]);
+        assert_eq!(w.totals(10).samples, 2);
+        assert_eq!(w.buckets[0].epoch, 10);
+    }
+
+    #[test]
+    fn a_straggler_older_than_the_window_is_dropped() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let mut r = Recorder::new(threshold_us(&c)).unwrap();
+        r.record(0, &ok(1), None).unwrap();
+        let mut s = Vec::new();
+        assert!(!w.merge_recorder(&r, 10, &mut s));
+        assert_eq!(w.totals(10).samples, 0);
+    }
+
+    #[test]
+    fn recorder_refuses_another_epoch_until_cleared() {
+        let mut r = Recorder::new(None).unwrap();
+        r.record(1, &ok(1), None).unwrap();
+        assert_eq!(r.record(2, &ok(1), None), Err(EpochChanged));
+        r.clear();
+        assert!(r.record(2, &ok(1), None).is_ok());
+        assert_eq!(r.epoch(), 2);
+    }
+
+    #[test]
+    fn window_merge_of_two_workers_equals_one_worker_recording_all() {
+        let c = cfg();
+        let a: Vec<Outcome> = (0..50).map(|i| ok(i * 7 % 300)).collect();
+        let b: Vec<Outcome> = (0..40)
+            .map(|i| Outcome {
+                http_status: Some(if i % 3 == 0 { 503 } else { 200 }),
+                ..ok(i * 11 % 500)
+            })
+            .collect();
+        let mut wa = Window::new(c.buckets, 0);
+        let mut wb = Window::new(c.buckets, 0);
+        let mut all = Window::new(c.buckets, 0);
+        record_all(&mut wa, &c, 1_000, &a);
+        record_all(&mut wb, &c, 1_000, &b);
+        record_all(&mut all, &c, 1_000, &a);
+        record_all(&mut all, &c, 1_000, &b);
+        let mut s = Vec::new();
+        wa.merge(&wb, 1, &mut s);
+        assert_eq!(wa, all);
+        assert_eq!(wa.p95_us(1, &mut s), all.p95_us(1, &mut s));
+    }
+
+    #[test]
+    fn reported_p95_is_within_one_percent_of_the_exact_sample() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let lat: Vec<Outcome> = (1..=1000)
+            .map(|i| Outcome {
+                latency_us: i * 1_237,
+                ..ok(0)
+            })
+            .collect();
+        record_all(&mut w, &c, 0, &lat);
+        let mut s = Vec::new();
+        let p = w.p95_us(0, &mut s).unwrap() as f64;
+        let exact = (950 * 1_237) as f64;
+        assert!((p - exact).abs() / exact <= 0.01, "{p} vs {exact}");
+    }
+
+    #[test]
+    fn kernel_resets_trip_is_strictly_over_the_rate() {
+        let mut t = Counts {
+            kernel_resets: 50,
+            ..Default::default()
+        };
+        assert!(!kernel_resets_exceed(&t, Duration::from_secs(10), 5.0));
+        t.kernel_resets = 51;
+        assert!(kernel_resets_exceed(&t, Duration::from_secs(10), 5.0));
+    }
+
+    #[test]
+    fn learned_hosts_are_bounded_and_unique() {
+        let mut w = Window::new(4, 0);
+        assert!(w.learn_host("127.0.0.1:80", 5));
+        assert!(!w.learn_host("127.0.0.1:80", 9));
+        for i in 0..40 {
+            w.learn_host(&format!("10.0.0.{i}:80"), 0);
+        }
+        assert_eq!(w.hosts.len(), MAX_HOSTS_PER_KEY);
+    }
+}
