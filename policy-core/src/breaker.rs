@@ -1,1 +1,649 @@
-//! (being written)
+//! The breaker state machine of one key: CLOSED → OPEN → HALF_OPEN → CLOSED (or back to OPEN).
+//!
+//! [`BreakerState`] is plain data because it lives in proxy-wasm shared data and is changed by
+//! every Envoy worker with compare-and-swap: a worker reads it, calls one of the methods here with
+//! `now`, and writes it back only when the method says it changed. In CLOSED, the common case, a
+//! request's decision changes nothing, so the request path costs one read.
+//!
+//! Randomness (the sleep-window jitter of SPEC) comes in through [`Jitter`]; time comes in as `now_ms`.
+
+use crate::config::{BreakerConfig, Mode};
+use crate::window::{trip_reason, Counts, TripReason};
+
+/// OPEN lasts the current sleep window times a uniform factor in `[1.0, 1.0 + JITTER_SPREAD]`.
+pub const JITTER_SPREAD: f64 = 0.2;
+
+/// The circuit's state; the numbers are the values of the `meshbreaker_state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum State {
+    #[default]
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+
+    pub fn gauge(self) -> i64 {
+        self as i64
+    }
+
+    pub fn from_u8(v: u8) -> Option<State> {
+        match v {
+            0 => Some(State::Closed),
+            1 => Some(State::Open),
+            2 => Some(State::HalfOpen),
+            _ => None,
+        }
+    }
+}
+
+/// A source of uniform random numbers in `[0, 1)`, injected so tests can pin the jitter.
+pub trait Jitter {
+    fn unit(&mut self) -> f64;
+}
+
+/// A small deterministic generator (SplitMix64) for callers that have a seed but no RNG.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl Jitter for SplitMix64 {
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A fixed jitter, for tests: `FixedJitter(0.0)` gives the shortest sleep, `0.999…` the longest.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedJitter(pub f64);
+
+impl Jitter for FixedJitter {
+    fn unit(&mut self) -> f64 {
+        self.0
+    }
+}
+
+/// A HALF_OPEN probe in flight: its id (so its completion finds it) and when it started (so a probe
+/// whose request never completes frees its slot after `sleep_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub id: u32,
+    pub started_ms: u64,
+}
+
+/// A state change, for the transition counter and the one info log line per transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    /// The trip reason for transitions into OPEN and HALF_OPEN; `None` on closing.
+    pub reason: Option<TripReason>,
+    /// For transitions into OPEN: how long it stays open, jitter included.
+    pub open_for_ms: u64,
+}
+
+/// Why a request is rejected, as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: TripReason,
+    /// `retry-after`: seconds until HALF_OPEN, rounded up, at least 1.
+    pub retry_after_s: u64,
+}
+
+/// What to do with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it upstream with its policy's retry headers.
+    Allow,
+    /// Send it upstream as a HALF_OPEN probe (no retries); report its outcome with the id.
+    Probe(u32),
+    /// Answer locally (SPEC "What a client sees").
+    Reject(Rejection),
+    /// `dry_run`: would have been rejected; send it upstream marked `would-reject`.
+    DryRunReject(Rejection),
+    /// `disabled`: pass through untouched, set no retry headers, record nothing.
+    PassThrough,
+}
+
+/// The result of a decision: the decision itself, and whether the state must be written back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub decision: Decision,
+    pub transition: Option<Transition>,
+    pub changed: bool,
+}
+
+/// The shared breaker state of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BreakerState {
+    pub state: State,
+    /// Why the circuit opened (kept through HALF_OPEN and re-opens); `None` while CLOSED.
+    pub reason: Option<TripReason>,
+    pub open_until_ms: u64,
+    /// The current sleep window before jitter: `sleep_window`, doubled per re-trip, capped.
+    pub sleep_ms: u64,
+    pub probes: Vec<Probe>,
+    pub next_probe_id: u32,
+    /// Successful probes since entering HALF_OPEN.
+    pub successes: u32,
+    /// Window generation: bumped on closing, which clears the window (see `window::Window`).
+    pub generation: u32,
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+impl BreakerState {
+    /// Decides one arriving request. OPEN turns into HALF_OPEN here once its time is up (SPEC:
+    /// evaluated when a request arrives); HALF_OPEN admits probes up to the quota.
+    pub fn decide(&mut self, mode: Mode, cfg: &BreakerConfig, now_ms: u64) -> Step {
+        let enforce = match mode {
+            Mode::Disabled => {
+                return Step {
+                    decision: Decision::PassThrough,
+                    transition: None,
+                    changed: false,
+                }
+            }
+            Mode::ForcedOpen => {
+                let r = Rejection {
+                    reason: TripReason::ForcedOpen,
+                    retry_after_s: ceil_secs(ms(cfg.sleep_window)),
+                };
+                return Step {
+                    decision: Decision::Reject(r),
+                    transition: None,
+                    changed: false,
+                };
+            }
+            Mode::Enforce => true,
+            Mode::DryRun => false,
+        };
+        let mut transition = None;
+        let mut changed = false;
+        if self.state == State::Open && now_ms >= self.open_until_ms {
+            transition = Some(Transition {
+                from: State::Open,
+                to: State::HalfOpen,
+                reason: self.reason,
+                open_for_ms: 0,
+            });
+            self.state = State::HalfOpen;
+            self.probes.clear();
+            self.successes = 0;
+            changed = true;
+        }
+        let reject = |r: Rejection| {
+            if enforce {
+                Decision::Reject(r)
+            } else {
+                Decision::DryRunReject(r)
+            }
+        };
+        let reason = self.reason.unwrap_or(TripReason::ErrorRate);
+        let decision = match self.state {
+            State::Closed => Decision::Allow,
+            State::Open => reject(Rejection {
+                reason,
+                retry_after_s: ceil_secs(self.open_until_ms.saturating_sub(now_ms)),
+            }),
+            State::HalfOpen => {
+                changed |= self.reclaim_stuck_probes(cfg, now_ms);
+                if self.probes.len() < cfg.half_open_max_probes as usize {
+                    let id = self.next_probe_id;
+                    self.next_probe_id = self.next_probe_id.wrapping_add(1);
+                    self.probes.push(Probe {
+                        id,
+                        started_ms: now_ms,
+                    });
+                    changed = true;
+                    Decision::Probe(id)
+                } else {
+                    reject(Rejection {
+                        reason,
+                        retry_after_s: 1,
+                    })
+                }
+            }
+        };
+        Step {
+            decision,
+            transition,
+            changed,
+        }
+    }
+
+    /// Frees the slots of probes older than `sleep_window` whose requests never completed.
+    fn reclaim_stuck_probes(&mut self, cfg: &BreakerConfig, now_ms: u64) -> bool {
+        let limit = ms(cfg.sleep_window);
+        let before = self.probes.len();
+        self.probes
+            .retain(|p| now_ms.saturating_sub(p.started_ms) < limit);
+        self.probes.len() != before
+    }
+
+    /// A probe completed. Enough successes close the circuit (and clear the window); one failure
+    /// re-opens it with a doubled sleep window. Returns `None` (and changes nothing) for a probe the
+    /// state no longer knows: reclaimed, or the circuit moved on.
+    pub fn complete_probe(
+        &mut self,
+        id: u32,
+        success: bool,
+        cfg: &BreakerConfig,
+        now_ms: u64,
+        jitter: &mut dyn Jitter,
+    ) -> Option<Transition> {
+        if self.state != State::HalfOpen {
+            return None;
+        }
+        let pos = self.probes.iter().position(|p| p.id == id)?;
+        self.probes.remove(pos);
+        if success {
+            self.successes = self.successes.saturating_add(1);
+            if self.successes >= cfg.half_open_successes_to_close {
+                return Some(self.close(cfg));
+            }
+            // Still HALF_OPEN; the probe count changed.
+            return Some(Transition {
+                from: State::HalfOpen,
+                to: State::HalfOpen,
+                reason: self.reason,
+                open_for_ms: 0,
+            });
+        }
+        let doubled = self.sleep_ms.max(ms(cfg.sleep_window)).saturating_mul(2);
+        self.sleep_ms = doubled.min(ms(cfg.max_sleep_window));
+        Some(self.open(
+            self.reason.unwrap_or(TripReason::ErrorRate),
+            State::HalfOpen,
+            now_ms,
+            jitter,
+        ))
+    }
+
+    /// Trips a CLOSED circuit with `reason`; `None` if it is not CLOSED.
+    pub fn trip(
+        &mut self,
+        reason: TripReason,
+        cfg: &BreakerConfig,
+        now_ms: u64,
+        jitter: &mut dyn Jitter,
+    ) -> Option<Transition> {
+        if self.state != State::Closed {
+            return None;
+        }
+        self.sleep_ms = ms(cfg.sleep_window).min(ms(cfg.max_sleep_window));
+        Some(self.open(reason, State::Closed, now_ms, jitter))
+    }
+
+    /// Applies SPEC's trip rule to a window's totals (only a CLOSED circuit trips).
+    pub fn evaluate(
+        &mut self,
+        totals: &Counts,
+        cfg: &BreakerConfig,
+        now_ms: u64,
+        jitter: &mut dyn Jitter,
+    ) -> Option<Transition> {
+        if self.state != State::Closed {
+            return None;
+        }
+        let reason = trip_reason(totals, cfg)?;
+        self.trip(reason, cfg, now_ms, jitter)
+    }
+
+    fn open(
+        &mut self,
+        reason: TripReason,
+        from: State,
+        now_ms: u64,
+        jitter: &mut dyn Jitter,
+    ) -> Transition {
+        let u = jitter.unit().clamp(0.0, 1.0);
+        let open_for_ms = ((self.sleep_ms as f64) * (1.0 + JITTER_SPREAD * u)).ceil() as u64;
+        self.state = State::Open;
+        self.reason = Some(reason);
+        self.open_until_ms = now_ms.saturating_add(open_for_ms);
+        self.probes.clear();
+        self.successes = 0;
+        Transition {
+            from,
+            to: State::Open,
+            reason: Some(reason),
+            open_for_ms,
+        }
+    }
+
+    fn close(&mut self, cfg: &BreakerConfig) -> Transition {
+        let reason = self.reason;
+        self.state = State::Closed;
+        self.reason = None;
+        self.open_until_ms = 0;
+        self.sleep_ms = ms(cfg.sleep_window);
+        self.probes.clear();
+        self.successes = 0;
+        self.generation = self.generation.wrapping_add(1);
+        Transition {
+            from: State::HalfOpen,
+            to: State::Closed,
+            reason,
+            open_for_ms: 0,
+        }
+    }
+
+    /// Probes in flight (for tests and the quota).
+    pub fn probes_in_flight(&self) -> usize {
+        self.probes.len()
+    }
+}
+
+impl Transition {
+    /// True for a real change of state (a probe success that keeps HALF_OPEN is not one).
+    pub fn is_change(&self) -> bool {
+        self.from != self.to
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::time::Duration;
+
+    fn cfg() -> BreakerConfig {
+        let mut c = Config::default().breaker;
+        c.sleep_window = Duration::from_secs(10);
+        c.max_sleep_window = Duration::from_secs(35);
+        c.half_open_max_probes = 2;
+        c.half_open_successes_to_close = 2;
+        c
+    }
+
+    fn tripped(c: &BreakerConfig, now: u64) -> BreakerState {
+        let mut s = BreakerState::default();
+        s.trip(TripReason::ErrorRate, c, now, &mut FixedJitter(0.0))
+            .unwrap();
+        s
+    }
+
+    #[test]
+    fn closed_allows_without_writing_state() {
+        let mut s = BreakerState::default();
+        let step = s.decide(Mode::Enforce, &cfg(), 5);
+        assert_eq!(step.decision, Decision::Allow);
+        assert!(!step.changed);
+    }
+
+    #[test]
+    fn trip_opens_for_the_sleep_window_with_the_reason() {
+        let c = cfg();
+        let mut s = BreakerState::default();
+        let t = s
+            .trip(TripReason::LatencyP95, &c, 1_000, &mut FixedJitter(0.0))
+            .unwrap();
+        assert_eq!(
+            (t.from, t.to, t.reason),
+            (State::Closed, State::Open, Some(TripReason::LatencyP95))
+        );
+        assert_eq!(s.open_until_ms, 11_000);
+        let step = s.decide(Mode::Enforce, &c, 1_500);
+        assert_eq!(
+            step.decision,
+            Decision::Reject(Rejection {
+                reason: TripReason::LatencyP95,
+                retry_after_s: 10
+            })
+        );
+    }
+
+    #[test]
+    fn sleep_window_jitter_stays_within_one_to_one_point_two() {
+        let c = cfg();
+        for u in [0.0, 0.25, 0.5, 0.999_999] {
+            let mut s = BreakerState::default();
+            let t = s
+                .trip(TripReason::ErrorRate, &c, 0, &mut FixedJitter(u))
+                .unwrap();
+            assert!(
+                t.open_for_ms >= 10_000 && t.open_for_ms <= 12_000,
+                "{u}: {}",
+                t.open_for_ms
+            );
+        }
+        let mut rng = SplitMix64(42);
+        let mut seen = (u64::MAX, 0);
+        for _ in 0..1000 {
+            let mut s = BreakerState::default();
+            let t = s.trip(TripReason::ErrorRate, &c, 0, &mut rng).unwrap();
+            seen = (seen.0.min(t.open_for_ms), seen.1.max(t.open_for_ms));
+        }
+        assert!(seen.0 >= 10_000 && seen.0 < 10_100, "{seen:?}");
+        assert!(seen.1 <= 12_000 && seen.1 > 11_900, "{seen:?}");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_the_seconds_until_half_open() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        match s.decide(Mode::Enforce, &c, 8_999).decision {
+            Decision::Reject(r) => assert_eq!(r.retry_after_s, 2),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn open_turns_half_open_when_a_request_arrives_after_the_sleep() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        let step = s.decide(Mode::Enforce, &c, 10_000);
+        assert_eq!(
+            step.transition.map(|t| (t.from, t.to)),
+            Some((State::Open, State::HalfOpen))
+        );
+        assert_eq!(step.decision, Decision::Probe(0));
+        assert!(step.changed);
+    }
+
+    #[test]
+    fn half_open_never_admits_more_than_max_probes() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        let ds: Vec<Decision> = (0..5)
+            .map(|i| s.decide(Mode::Enforce, &c, 10_000 + i).decision)
+            .collect();
+        assert_eq!(ds[0], Decision::Probe(0));
+        assert_eq!(ds[1], Decision::Probe(1));
+        for d in &ds[2..] {
+            assert_eq!(
+                *d,
+                Decision::Reject(Rejection {
+                    reason: TripReason::ErrorRate,
+                    retry_after_s: 1
+                })
+            );
+        }
+        assert_eq!(s.probes_in_flight(), 2);
+    }
+
+    #[test]
+    fn a_completed_probe_frees_its_slot() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        s.decide(Mode::Enforce, &c, 10_000);
+        s.decide(Mode::Enforce, &c, 10_000);
+        s.complete_probe(0, true, &c, 10_010, &mut FixedJitter(0.0));
+        assert_eq!(
+            s.decide(Mode::Enforce, &c, 10_020).decision,
+            Decision::Probe(2)
+        );
+    }
+
+    #[test]
+    fn stuck_probe_frees_its_slot_after_sleep_window() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        s.decide(Mode::Enforce, &c, 10_000);
+        s.decide(Mode::Enforce, &c, 10_000);
+        assert!(matches!(
+            s.decide(Mode::Enforce, &c, 19_999).decision,
+            Decision::Reject(_)
+        ));
+        assert_eq!(
+            s.decide(Mode::Enforce, &c, 20_000).decision,
+            Decision::Probe(2)
+        );
+        // The reclaimed probe's late completion is ignored.
+        assert_eq!(
+            s.complete_probe(0, false, &c, 20_001, &mut FixedJitter(0.0)),
+            None
+        );
+        assert_eq!(s.state, State::HalfOpen);
+    }
+
+    #[test]
+    fn successes_to_close_close_the_circuit_and_clear_the_window() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        let g = s.generation;
+        s.decide(Mode::Enforce, &c, 10_000);
+        s.decide(Mode::Enforce, &c, 10_000);
+        let t1 = s
+            .complete_probe(0, true, &c, 10_100, &mut FixedJitter(0.0))
+            .unwrap();
+        assert!(!t1.is_change());
+        let t2 = s
+            .complete_probe(1, true, &c, 10_200, &mut FixedJitter(0.0))
+            .unwrap();
+        assert_eq!((t2.from, t2.to), (State::HalfOpen, State::Closed));
+        assert_eq!(s.state, State::Closed);
+        assert_eq!(s.generation, g + 1);
+        assert_eq!(s.reason, None);
+    }
+
+    #[test]
+    fn failed_probe_reopens_with_doubled_sleep_capped_at_max() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        let mut now = 0;
+        let mut sleeps = vec![];
+        for _ in 0..4 {
+            now = s.open_until_ms;
+            let step = s.decide(Mode::Enforce, &c, now);
+            let Decision::Probe(id) = step.decision else {
+                panic!("{step:?}")
+            };
+            let t = s
+                .complete_probe(id, false, &c, now, &mut FixedJitter(0.0))
+                .unwrap();
+            assert_eq!((t.from, t.to), (State::HalfOpen, State::Open));
+            sleeps.push(t.open_for_ms);
+        }
+        assert_eq!(sleeps, vec![20_000, 35_000, 35_000, 35_000]);
+        // Closing resets the sleep window.
+        now = s.open_until_ms;
+        for _ in 0..2 {
+            let Decision::Probe(id) = s.decide(Mode::Enforce, &c, now).decision else {
+                panic!()
+            };
+            s.complete_probe(id, true, &c, now, &mut FixedJitter(0.0));
+        }
+        assert_eq!(s.state, State::Closed);
+        let t = s
+            .trip(TripReason::ErrorRate, &c, now, &mut FixedJitter(0.0))
+            .unwrap();
+        assert_eq!(t.open_for_ms, 10_000);
+    }
+
+    #[test]
+    fn evaluate_trips_only_a_closed_circuit() {
+        let mut c = cfg();
+        c.min_requests = 2;
+        let bad = Counts {
+            samples: 4,
+            failures: [4, 0, 0, 0],
+            latency_samples: 4,
+            ..Default::default()
+        };
+        let mut s = BreakerState::default();
+        let t = s.evaluate(&bad, &c, 0, &mut FixedJitter(0.0)).unwrap();
+        assert_eq!(t.reason, Some(TripReason::ErrorRate));
+        assert_eq!(s.evaluate(&bad, &c, 1, &mut FixedJitter(0.0)), None);
+    }
+
+    #[test]
+    fn dry_run_decides_and_counts_but_never_rejects() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        assert!(
+            matches!(s.decide(Mode::DryRun, &c, 5).decision, Decision::DryRunReject(r) if r.reason == TripReason::ErrorRate)
+        );
+        // The state machine still runs: HALF_OPEN after the sleep, probes counted.
+        assert_eq!(
+            s.decide(Mode::DryRun, &c, 10_000).decision,
+            Decision::Probe(0)
+        );
+        assert_eq!(
+            s.decide(Mode::DryRun, &c, 10_000).decision,
+            Decision::Probe(1)
+        );
+        assert!(matches!(
+            s.decide(Mode::DryRun, &c, 10_000).decision,
+            Decision::DryRunReject(_)
+        ));
+    }
+
+    #[test]
+    fn forced_open_rejects_everything_with_sleep_window_retry_after() {
+        let c = cfg();
+        let mut s = BreakerState::default();
+        let step = s.decide(Mode::ForcedOpen, &c, 5);
+        assert_eq!(
+            step.decision,
+            Decision::Reject(Rejection {
+                reason: TripReason::ForcedOpen,
+                retry_after_s: 10
+            })
+        );
+        assert!(!step.changed);
+    }
+
+    #[test]
+    fn disabled_passes_through_even_when_open() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        assert_eq!(
+            s.decide(Mode::Disabled, &c, 5).decision,
+            Decision::PassThrough
+        );
+    }
+
+    #[test]
+    fn splitmix_units_are_in_zero_one() {
+        let mut r = SplitMix64(7);
+        for _ in 0..10_000 {
+            let u = r.unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}
