@@ -1,1 +1,566 @@
-//! (being written)
+//! A compact, versioned byte encoding of a key's shared state, for proxy-wasm shared data.
+//!
+//! Every Envoy worker runs its own VM, so a key's breaker and its merged window live in shared
+//! data, changed with compare-and-swap. Shared-data entries cannot be deleted, so the filter uses a
+//! fixed set of `max_keys` slots, each named by the key it currently holds. A slot has two entries:
+//!
+//! - the **state** entry ([`SlotState`]): the key name and the [`BreakerState`]. It is small (tens
+//!   of bytes) because every request reads it;
+//! - the **window** entry ([`Window`]): the merged buckets, written by the workers' flushes.
+//!
+//! Layout: a 3-byte header `b'M'`, [`VERSION`], a kind byte, then fields as unsigned LEB128 varints
+//! and length-prefixed byte strings. Decoding checks every length against a bound and the end of
+//! the input, so garbage returns [`DecodeError`] and never panics or allocates without bound.
+
+use crate::breaker::{BreakerState, Probe, State};
+use crate::window::{
+    Bucket, Counts, HostCursor, TripReason, Window, FAILURE_CLASSES, MAX_HOSTS_PER_KEY,
+};
+
+pub const MAGIC: u8 = b'M';
+pub const VERSION: u8 = 1;
+const KIND_STATE: u8 = b'S';
+const KIND_WINDOW: u8 = b'W';
+const KIND_RESETS: u8 = b'R';
+
+/// Longest key (SPEC: keys are cut to 128 bytes).
+pub const MAX_KEY_BYTES: usize = 128;
+/// Bounds that decoding enforces on untrusted input.
+const MAX_PROBES: usize = 4096;
+const MAX_BUCKETS: usize = 60;
+const MAX_BINS_PER_BUCKET: usize = 8192;
+const MAX_HOST_BYTES: usize = 64;
+const MAX_RESET_PEERS: usize = 16_384;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    BadHeader,
+    UnsupportedVersion(u8),
+    WrongKind,
+    Truncated,
+    VarintOverflow,
+    TooLong(&'static str),
+    BadValue(&'static str),
+    TrailingBytes,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+/// The state entry of a slot: which key holds it, and that key's breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotState {
+    pub key: String,
+    pub breaker: BreakerState,
+}
+
+/// The sidecar's kernel reset totals as the polling VM publishes them: per peer (`addr:port`),
+/// resets + refused + timeouts counted since the filter first saw the sidecar. These totals never go
+/// backwards (a sidecar restart is absorbed by the poller), so keys can take deltas of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResetTotals {
+    /// Bumped on every publish, so readers can skip an unchanged snapshot.
+    pub sequence: u64,
+    pub peers: Vec<(String, u64)>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn header(out: &mut Vec<u8>, kind: u8) {
+    out.clear();
+    out.extend_from_slice(&[MAGIC, VERSION, kind]);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], kind: u8) -> Result<Reader<'a>, DecodeError> {
+        match buf {
+            [m, v, k, ..] => {
+                if *m != MAGIC {
+                    return Err(DecodeError::BadHeader);
+                }
+                if *v != VERSION {
+                    return Err(DecodeError::UnsupportedVersion(*v));
+                }
+                if *k != kind {
+                    return Err(DecodeError::WrongKind);
+                }
+                Ok(Reader { buf, pos: 3 })
+            }
+            _ => Err(DecodeError::BadHeader),
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let b = *self.buf.get(self.pos).ok_or(DecodeError::Truncated)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let part = u64::from(b & 0x7f);
+            if shift == 63 && part > 1 {
+                return Err(DecodeError::VarintOverflow);
+            }
+            v |= part << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::VarintOverflow)
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        u32::try_from(self.varint()?).map_err(|_| DecodeError::BadValue(what))
+    }
+
+    fn len(&mut self, max: usize, what: &'static str) -> Result<usize, DecodeError> {
+        let n = self.varint()?;
+        if n > max as u64 {
+            return Err(DecodeError::TooLong(what));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, max: usize, what: &'static str) -> Result<String, DecodeError> {
+        let n = self.len(max, what)?;
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let b = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::BadValue(what))
+    }
+
+    fn finish(self) -> Result<(), DecodeError> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes)
+        }
+    }
+}
+
+fn reason_code(r: Option<TripReason>) -> u8 {
+    match r {
+        None => 0,
+        Some(TripReason::ErrorRate) => 1,
+        Some(TripReason::LatencyP95) => 2,
+        Some(TripReason::KernelResets) => 3,
+        Some(TripReason::ForcedOpen) => 4,
+    }
+}
+
+fn reason_from(c: u8) -> Result<Option<TripReason>, DecodeError> {
+    Ok(match c {
+        0 => None,
+        1 => Some(TripReason::ErrorRate),
+        2 => Some(TripReason::LatencyP95),
+        3 => Some(TripReason::KernelResets),
+        4 => Some(TripReason::ForcedOpen),
+        _ => return Err(DecodeError::BadValue("reason")),
+    })
+}
+
+impl SlotState {
+    /// Encodes into `out` (cleared first; reuse it to avoid allocation).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        header(out, KIND_STATE);
+        let key = self.key.as_bytes();
+        put_bytes(out, key.get(..key.len().min(MAX_KEY_BYTES)).unwrap_or(&[]));
+        let b = &self.breaker;
+        out.push(b.state as u8);
+        out.push(reason_code(b.reason));
+        put_varint(out, b.open_until_ms);
+        put_varint(out, b.sleep_ms);
+        put_varint(out, u64::from(b.next_probe_id));
+        put_varint(out, u64::from(b.successes));
+        put_varint(out, u64::from(b.generation));
+        put_varint(out, b.probes.len() as u64);
+        for p in &b.probes {
+            put_varint(out, u64::from(p.id));
+            put_varint(out, p.started_ms);
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(48 + self.key.len());
+        self.encode_into(&mut v);
+        v
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<SlotState, DecodeError> {
+        let mut r = Reader::new(buf, KIND_STATE)?;
+        let key = r.string(MAX_KEY_BYTES, "key")?;
+        let state = State::from_u8(r.byte()?).ok_or(DecodeError::BadValue("state"))?;
+        let reason = reason_from(r.byte()?)?;
+        let open_until_ms = r.varint()?;
+        let sleep_ms = r.varint()?;
+        let next_probe_id = r.u32("next_probe_id")?;
+        let successes = r.u32("successes")?;
+        let generation = r.u32("generation")?;
+        let n = r.len(MAX_PROBES, "probes")?;
+        let mut probes = Vec::with_capacity(n.min(16));
+        for _ in 0..n {
+            let id = r.u32("probe id")?;
+            probes.push(Probe {
+                id,
+                started_ms: r.varint()?,
+            });
+        }
+        r.finish()?;
+        Ok(SlotState {
+            key,
+            breaker: BreakerState {
+                state,
+                reason,
+                open_until_ms,
+                sleep_ms,
+                probes,
+                next_probe_id,
+                successes,
+                generation,
+            },
+        })
+    }
+
+    /// Reads only the key name of an encoded state entry, without decoding the rest.
+    pub fn peek_key(buf: &[u8]) -> Result<&str, DecodeError> {
+        let mut r = Reader::new(buf, KIND_STATE)?;
+        let n = r.len(MAX_KEY_BYTES, "key")?;
+        let end = r.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let b = buf.get(r.pos..end).ok_or(DecodeError::Truncated)?;
+        std::str::from_utf8(b).map_err(|_| DecodeError::BadValue("key"))
+    }
+}
+
+fn put_counts(out: &mut Vec<u8>, c: &Counts) {
+    put_varint(out, c.samples);
+    for f in &c.failures {
+        put_varint(out, *f);
+    }
+    put_varint(out, c.latency_samples);
+    put_varint(out, c.slow);
+    put_varint(out, c.requests);
+    put_varint(out, c.retries);
+    put_varint(out, c.kernel_resets);
+}
+
+fn read_counts(r: &mut Reader<'_>) -> Result<Counts, DecodeError> {
+    let samples = r.varint()?;
+    let mut failures = [0u64; FAILURE_CLASSES];
+    for f in failures.iter_mut() {
+        *f = r.varint()?;
+    }
+    Ok(Counts {
+        samples,
+        failures,
+        latency_samples: r.varint()?,
+        slow: r.varint()?,
+        requests: r.varint()?,
+        retries: r.varint()?,
+        kernel_resets: r.varint()?,
+    })
+}
+
+impl Window {
+    /// Encodes into `out` (cleared first). Empty buckets take one byte; bins are delta-coded.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        header(out, KIND_WINDOW);
+        put_varint(out, u64::from(self.generation));
+        put_varint(out, self.last_used_ms);
+        put_varint(out, self.hosts.len() as u64);
+        for h in &self.hosts {
+            put_bytes(out, h.host.as_bytes());
+            put_varint(out, h.seen);
+        }
+        put_varint(out, self.buckets.len() as u64);
+        for b in &self.buckets {
+            if b.counts == Counts::default() && b.bins.is_empty() {
+                out.push(0);
+                continue;
+            }
+            out.push(1);
+            put_varint(out, b.epoch);
+            put_counts(out, &b.counts);
+            put_varint(out, b.bins.len() as u64);
+            let mut prev = 0u64;
+            for (v, c) in &b.bins {
+                put_varint(out, v.saturating_sub(prev));
+                put_varint(out, *c);
+                prev = *v;
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode_into(&mut v);
+        v
+    }
+
+    /// Decodes into `self`, reusing its allocations (the filter keeps one scratch window per VM).
+    pub fn decode_into(&mut self, buf: &[u8]) -> Result<(), DecodeError> {
+        let mut r = Reader::new(buf, KIND_WINDOW)?;
+        self.generation = r.u32("generation")?;
+        self.last_used_ms = r.varint()?;
+        let nh = r.len(MAX_HOSTS_PER_KEY, "hosts")?;
+        self.hosts.clear();
+        for _ in 0..nh {
+            let host = r.string(MAX_HOST_BYTES, "host")?;
+            self.hosts.push(HostCursor {
+                host,
+                seen: r.varint()?,
+            });
+        }
+        let nb = r.len(MAX_BUCKETS, "buckets")?;
+        if nb == 0 {
+            return Err(DecodeError::BadValue("buckets"));
+        }
+        self.buckets.resize(nb, Bucket::default());
+        for b in self.buckets.iter_mut() {
+            b.bins.clear();
+            match r.byte()? {
+                0 => {
+                    b.epoch = 0;
+                    b.counts = Counts::default();
+                }
+                1 => {
+                    b.epoch = r.varint()?;
+                    b.counts = read_counts(&mut r)?;
+                    let nbins = r.len(MAX_BINS_PER_BUCKET, "bins")?;
+                    let mut prev = 0u64;
+                    for i in 0..nbins {
+                        let d = r.varint()?;
+                        if i > 0 && d == 0 {
+                            return Err(DecodeError::BadValue("bins not ascending"));
+                        }
+                        prev = prev
+                            .checked_add(d)
+                            .ok_or(DecodeError::BadValue("bin value"))?;
+                        let c = r.varint()?;
+                        if c == 0 {
+                            return Err(DecodeError::BadValue("empty bin"));
+                        }
+                        b.bins.push((prev, c));
+                    }
+                }
+                _ => return Err(DecodeError::BadValue("bucket tag")),
+            }
+        }
+        r.finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Window, DecodeError> {
+        let mut w = Window::default();
+        w.decode_into(buf)?;
+        Ok(w)
+    }
+}
+
+impl ResetTotals {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        header(&mut out, KIND_RESETS);
+        put_varint(&mut out, self.sequence);
+        put_varint(&mut out, self.peers.len() as u64);
+        for (p, n) in &self.peers {
+            put_bytes(&mut out, p.as_bytes());
+            put_varint(&mut out, *n);
+        }
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<ResetTotals, DecodeError> {
+        let mut r = Reader::new(buf, KIND_RESETS)?;
+        let sequence = r.varint()?;
+        let n = r.len(MAX_RESET_PEERS, "peers")?;
+        let mut peers = Vec::with_capacity(n.min(256));
+        for _ in 0..n {
+            let p = r.string(MAX_HOST_BYTES, "peer")?;
+            peers.push((p, r.varint()?));
+        }
+        r.finish()?;
+        Ok(ResetTotals { sequence, peers })
+    }
+
+    /// The cumulative total for `peer`, 0 if the sidecar has not seen it.
+    pub fn total_for(&self, peer: &str) -> u64 {
+        self.peers
+            .iter()
+            .find(|(p, _)| p == peer)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::{Outcome, Recorder};
+    use proptest::prelude::*;
+
+    fn sample_state() -> SlotState {
+        SlotState {
+            key: "outbound|8080||reviews.default.svc".into(),
+            breaker: BreakerState {
+                state: State::HalfOpen,
+                reason: Some(TripReason::LatencyP95),
+                open_until_ms: 1_700_000_123_456,
+                sleep_ms: 60_000,
+                probes: vec![
+                    Probe {
+                        id: 7,
+                        started_ms: 1_700_000_100_000,
+                    },
+                    Probe {
+                        id: 8,
+                        started_ms: 9,
+                    },
+                ],
+                next_probe_id: 9,
+                successes: 1,
+                generation: 3,
+            },
+        }
+    }
+
+    fn sample_window() -> Window {
+        let mut w = Window::new(12, 2);
+        let mut r = Recorder::new(Some(800_000)).unwrap();
+        for i in 0..200u64 {
+            let o = Outcome {
+                http_status: Some(200),
+                latency_us: 1000 + i * 997,
+                attempts: 1 + (i % 3) as u32,
+                ..Default::default()
+            };
+            r.record(40, &o, None).unwrap();
+        }
+        let mut s = Vec::new();
+        w.merge_recorder(&r, 40, &mut s);
+        w.last_used_ms = 123;
+        w.learn_host("127.0.0.1:8080", 4);
+        w.learn_host("[::1]:9", 0);
+        w
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let s = sample_state();
+        assert_eq!(SlotState::decode(&s.encode()).unwrap(), s);
+        assert_eq!(SlotState::peek_key(&s.encode()).unwrap(), s.key);
+    }
+
+    #[test]
+    fn window_round_trips() {
+        let w = sample_window();
+        assert_eq!(Window::decode(&w.encode()).unwrap(), w);
+    }
+
+    #[test]
+    fn reset_totals_round_trip() {
+        let t = ResetTotals {
+            sequence: 5,
+            peers: vec![("127.0.0.1:80".into(), 10), ("[::1]:443".into(), 2)],
+        };
+        let d = ResetTotals::decode(&t.encode()).unwrap();
+        assert_eq!(d, t);
+        assert_eq!(d.total_for("[::1]:443"), 2);
+        assert_eq!(d.total_for("nope:1"), 0);
+    }
+
+    #[test]
+    fn closed_state_entry_is_small() {
+        let s = SlotState {
+            key: "outbound|8080||reviews.default.svc".into(),
+            breaker: BreakerState::default(),
+        };
+        assert!(s.encode().len() <= 3 + 1 + 34 + 10, "{}", s.encode().len());
+    }
+
+    #[test]
+    fn other_versions_and_kinds_are_rejected() {
+        let mut b = sample_state().encode();
+        b[1] = 2;
+        assert_eq!(
+            SlotState::decode(&b),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            Window::decode(&sample_state().encode()),
+            Err(DecodeError::WrongKind)
+        );
+        assert_eq!(SlotState::decode(b"xyz"), Err(DecodeError::BadHeader));
+        assert_eq!(SlotState::decode(b""), Err(DecodeError::BadHeader));
+    }
+
+    #[test]
+    fn every_truncation_of_valid_input_is_an_error() {
+        let s = sample_state().encode();
+        for n in 0..s.len() {
+            assert!(SlotState::decode(&s[..n]).is_err(), "prefix {n}");
+        }
+        let w = sample_window().encode();
+        for n in 0..w.len() {
+            assert!(Window::decode(&w[..n]).is_err(), "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn huge_lengths_are_refused_before_allocating() {
+        let mut b = vec![MAGIC, VERSION, KIND_WINDOW, 0, 0, 0];
+        b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert_eq!(Window::decode(&b), Err(DecodeError::TooLong("buckets")));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = SlotState::decode(&bytes);
+            let _ = Window::decode(&bytes);
+            let _ = ResetTotals::decode(&bytes);
+            let _ = SlotState::peek_key(&bytes);
+        }
+
+        #[test]
+        fn garbage_after_a_valid_header_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), kind in prop_oneof![Just(KIND_STATE), Just(KIND_WINDOW), Just(KIND_RESETS)]) {
+            let mut b = vec![MAGIC, VERSION, kind];
+            b.extend_from_slice(&bytes);
+            let _ = SlotState::decode(&b);
+            let _ = Window::decode(&b);
+            let _ = ResetTotals::decode(&b);
+        }
+
+        #[test]
+        fn mutated_encodings_never_panic(pos in 0usize..400, val in any::<u8>()) {
+            let mut w = sample_window().encode();
+            let i = pos % w.len();
+            w[i] = val;
+            let _ = Window::decode(&w);
+            let mut s = sample_state().encode();
+            let j = pos % s.len();
+            s[j] = val;
+            let _ = SlotState::decode(&s);
+        }
+    }
+}
