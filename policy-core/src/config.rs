@@ -383,29 +383,6 @@ pub const RETRY_GRPC_ON_VALUES: [&str; 5] = [
     "unavailable",
 ];
 
-/// Longest key kept after sanitization (SPEC "key_by").
-const MAX_KEY_BYTES: usize = 128;
-
-/// SPEC's key sanitization: lowercase, every character outside `[a-z0-9._:|-]` becomes `_`, cut to
-/// 128 bytes. A private copy of `keys::sanitize_key` so override matches are compared exactly as
-/// the keys they are matched against.
-fn sanitize_key(raw: &str) -> String {
-    raw.chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || matches!(c, '.' | '_' | ':' | '|' | '-')
-            {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(MAX_KEY_BYTES)
-        .collect()
-}
-
 type Res<T> = Result<T, ConfigError>;
 
 const MIN_BUCKET: Duration = Duration::from_millis(100);
@@ -1209,7 +1186,7 @@ fn parse_override(v: &Value, path: &str, top: &Config) -> Res<Override> {
     let mut matcher = None;
     for (field, value) in m {
         let raw = non_empty_string(value, &child(&match_path, field))?;
-        let key = sanitize_key(&raw);
+        let key = crate::keys::sanitize_key(&raw);
         matcher = match field.as_str() {
             "cluster" => Some(OverrideMatch::Cluster(key)),
             "route" => Some(OverrideMatch::Route(key)),
@@ -2332,7 +2309,6 @@ mod tests {
             c.overrides[0].matcher,
             OverrideMatch::Route("a".repeat(128))
         );
-        assert_eq!(sanitize_key("Ünï|Code"), "_n_|code");
     }
 
     #[test]
