@@ -1,0 +1,248 @@
+//! The Envoy bootstrap the tests run: the same structure as `envoy-config/envoy.yaml` (listener with
+//! codec AUTO, the wasm filter before the router, `backend` / `grpc_backend` / `meshbreaker_sidecar`
+//! clusters, retry policies with backoff and `previous_hosts` but no `retry_on`, attempt-count
+//! headers, the `key`/`decision`/`to` stats tags), with the test's ports, wasm path and plugin
+//! configuration filled in. Generated as JSON (a subset of YAML) so that the plugin configuration
+//! string needs no YAML escaping.
+//!
+//! Each test can get its own upstream cluster: [`Bootstrap::cluster`] adds a cluster `name` and a
+//! route selected by the request header `x-route: name`, so tests sharing one Envoy have distinct
+//! breaker keys (with `key_by: cluster`, the key is the cluster name).
+
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Which protocol the cluster speaks upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// HTTP/1.1 upstream.
+    Http,
+    /// HTTP/2 (h2c) upstream, route also requires `content-type: application/grpc*`.
+    Grpc,
+}
+
+/// Builder for a test bootstrap.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// 0 = let Envoy pick (the harness reads the bound port back from the admin API).
+    pub listener_port: u16,
+    /// 0 = let Envoy pick (read back through `--admin-address-path`).
+    pub admin_port: u16,
+    pub backend: SocketAddr,
+    pub grpc_backend: SocketAddr,
+    pub sidecar: SocketAddr,
+    /// `(wasm file, plugin configuration JSON)`; `None` runs Envoy without the filter.
+    pub filter: Option<(PathBuf, String)>,
+    /// Treat loopback clients as internal (`internal_address_config` 127.0.0.0/8), so that
+    /// Envoy itself would honour client-sent `x-envoy-*` headers.
+    pub trust_loopback: bool,
+    pub extra: Vec<(String, RouteKind, SocketAddr)>,
+}
+
+fn unbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9))
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Self {
+            listener_port: 0,
+            admin_port: 0,
+            backend: unbound(),
+            grpc_backend: unbound(),
+            sidecar: SocketAddr::from(([127, 0, 0, 1], 9911)),
+            filter: None,
+            trust_loopback: false,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl Bootstrap {
+    /// No filter, upstreams unset (point them with [`Bootstrap::backend`] etc.).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the meshbreaker filter (wasm from [`crate::require_wasm`]) with this plugin JSON.
+    pub fn with_filter(mut self, plugin_json: impl Into<String>) -> Self {
+        self.filter = Some((crate::require_wasm(), plugin_json.into()));
+        self
+    }
+
+    /// Adds the meshbreaker filter from an explicit wasm path.
+    pub fn with_filter_at(mut self, wasm: PathBuf, plugin_json: impl Into<String>) -> Self {
+        self.filter = Some((wasm, plugin_json.into()));
+        self
+    }
+
+    pub fn backend(mut self, addr: SocketAddr) -> Self {
+        self.backend = addr;
+        self
+    }
+
+    pub fn grpc_backend(mut self, addr: SocketAddr) -> Self {
+        self.grpc_backend = addr;
+        self
+    }
+
+    pub fn trust_loopback(mut self, yes: bool) -> Self {
+        self.trust_loopback = yes;
+        self
+    }
+
+    /// Adds cluster `name` at `addr` and a route to it selected by header `x-route: name`.
+    pub fn cluster(mut self, name: &str, kind: RouteKind, addr: SocketAddr) -> Self {
+        self.extra.push((name.to_string(), kind, addr));
+        self
+    }
+
+    /// The bootstrap as text Envoy accepts with `-c` (JSON, which is YAML).
+    pub fn to_yaml(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).unwrap_or_default()
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut routes = Vec::new();
+        for (name, kind, _) in &self.extra {
+            let mut headers = vec![json!({"name": "x-route", "string_match": {"exact": name}})];
+            if *kind == RouteKind::Grpc {
+                headers.push(grpc_match());
+            }
+            routes.push(route(name, headers, name));
+        }
+        routes.push(route("grpc", vec![grpc_match()], "grpc_backend"));
+        routes.push(route("http", vec![], "backend"));
+
+        let mut http_filters = Vec::new();
+        if let Some((wasm, plugin)) = &self.filter {
+            http_filters.push(json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "meshbreaker",
+                        "root_id": "meshbreaker",
+                        "vm_config": {
+                            "vm_id": "meshbreaker",
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": wasm.display().to_string()}}
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": plugin
+                        }
+                    }
+                }
+            }));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress_http",
+            "codec_type": "AUTO",
+            "use_remote_address": true,
+            "route_config": {
+                "name": "local_route",
+                "virtual_hosts": [{
+                    "name": "local",
+                    "domains": ["*"],
+                    "include_request_attempt_count": true,
+                    "include_attempt_count_in_response": true,
+                    "routes": routes
+                }]
+            },
+            "http_filters": http_filters
+        });
+        if self.trust_loopback {
+            hcm["internal_address_config"] =
+                json!({"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]});
+        }
+
+        let mut clusters = vec![
+            cluster("backend", self.backend, false, "1s"),
+            cluster("grpc_backend", self.grpc_backend, true, "1s"),
+            cluster("meshbreaker_sidecar", self.sidecar, false, "0.25s"),
+        ];
+        for (name, kind, addr) in &self.extra {
+            clusters.push(cluster(name, *addr, *kind == RouteKind::Grpc, "1s"));
+        }
+
+        json!({
+            "node": {"id": "meshbreaker-test", "cluster": "meshbreaker"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
+            "stats_config": {"stats_tags": [
+                {"tag_name": "key", "regex": "(key=\\.=(.*?);\\.;)"},
+                {"tag_name": "decision", "regex": "(decision=\\.=(.*?);\\.;)"},
+                {"tag_name": "to", "regex": "(to=\\.=(.*?);\\.;)"}
+            ]},
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listener_port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm
+                    }]}]
+                }],
+                "clusters": clusters
+            }
+        })
+    }
+}
+
+fn grpc_match() -> Value {
+    json!({"name": "content-type", "string_match": {"prefix": "application/grpc"}})
+}
+
+fn route(name: &str, headers: Vec<Value>, cluster: &str) -> Value {
+    let mut m = json!({"prefix": "/"});
+    if !headers.is_empty() {
+        m["headers"] = Value::Array(headers);
+    }
+    json!({
+        "name": name,
+        "match": m,
+        "route": {
+            "cluster": cluster,
+            "timeout": "30s",
+            // No retry_on: only the filter's headers make Envoy retry.
+            "retry_policy": {
+                "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+                "retry_host_predicate": [{
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+                }],
+                "host_selection_retry_max_attempts": 3
+            }
+        }
+    })
+}
+
+fn cluster(name: &str, addr: SocketAddr, h2: bool, connect_timeout: &str) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": addr.ip().to_string(), "port_value": addr.port()
+            }}}}]}]
+        }
+    });
+    if h2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+    }
+    c
+}

@@ -1,0 +1,236 @@
+//! A programmable HTTP upstream (HTTP/1.1 and h2c on one port) that records what reaches it.
+//!
+//! Behaviour comes from a shared [`Behavior`] the test sets, and each request may override it
+//! with headers (which Envoy forwards untouched):
+//! - `x-test-status: 503` — answer with that status;
+//! - `x-test-delay-ms: 300` — wait before answering;
+//! - `x-test-fail-first: 503` — answer that status when `x-envoy-attempt-count` is 1 (or absent),
+//!   200 on later attempts: "fails the first attempt only";
+//! - `x-test-reset: 1` — abort instead of answering (HTTP/1.1: the connection is closed; HTTP/2:
+//!   the stream is reset).
+//!
+//! It also counts requests in flight and the maximum ever in flight at once, which is how the
+//! half-open probe quota is observed.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the upstream does with requests that carry no `x-test-*` header.
+#[derive(Debug, Clone, Default)]
+pub struct Behavior {
+    /// Status to answer (200 if `None`).
+    pub status: Option<u16>,
+    /// Delay before answering.
+    pub delay: Duration,
+    /// Answer this status on the first attempt (`x-envoy-attempt-count` 1 or absent), 200 after.
+    pub fail_first_attempt: Option<u16>,
+    /// Abort the request instead of answering.
+    pub reset: bool,
+    /// Answer with `status` only for every n-th request (1-based count); others get 200.
+    pub fail_every_nth: Option<usize>,
+}
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    /// Lowercase names, in arrival order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RecordedRequest {
+    /// First value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `x-envoy-attempt-count` as a number.
+    pub fn attempt(&self) -> Option<u32> {
+        self.header("x-envoy-attempt-count")
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    behavior: Mutex<Behavior>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    seen: AtomicUsize,
+}
+
+/// A running upstream on `127.0.0.1:<port>`; stops when dropped.
+pub struct HttpUpstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct InFlight<'a>(&'a State);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl HttpUpstream {
+    /// Starts on a free loopback port (call within a runtime; use [`crate::run`] for shared ones).
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("upstream bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("upstream addr: {e}"));
+        let state = Arc::new(State::default());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Replaces the default behaviour.
+    pub fn set(&self, b: Behavior) {
+        if let Ok(mut g) = self.state.behavior.lock() {
+            *g = b;
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state
+            .requests
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of requests received so far.
+    pub fn count(&self) -> usize {
+        self.state.seen.load(Ordering::SeqCst)
+    }
+
+    /// Forgets recorded requests and resets the concurrency high-water mark.
+    pub fn clear(&self) {
+        if let Ok(mut g) = self.state.requests.lock() {
+            g.clear();
+        }
+        self.state.seen.store(0, Ordering::SeqCst);
+        self.state.max_in_flight.store(
+            self.state.in_flight.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Requests being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Most requests ever handled at once (since start or [`HttpUpstream::clear`]).
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(
+    st: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(&st);
+    let nth = st.seen.fetch_add(1, Ordering::SeqCst) + 1;
+
+    let rec = RecordedRequest {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        version: format!("{:?}", req.version()),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    };
+    let mut b = st.behavior.lock().map(|g| g.clone()).unwrap_or_default();
+    if let Some(s) = rec.header("x-test-status").and_then(|v| v.parse().ok()) {
+        b.status = Some(s);
+    }
+    if let Some(ms) = rec.header("x-test-delay-ms").and_then(|v| v.parse().ok()) {
+        b.delay = Duration::from_millis(ms);
+    }
+    if let Some(s) = rec.header("x-test-fail-first").and_then(|v| v.parse().ok()) {
+        b.fail_first_attempt = Some(s);
+    }
+    if rec.header("x-test-reset") == Some("1") {
+        b.reset = true;
+    }
+    let attempt = rec.attempt().unwrap_or(1);
+    if let Ok(mut g) = st.requests.lock() {
+        g.push(rec);
+    }
+    // Drain the request body so HTTP/1.1 connections can be reused.
+    let _ = req.into_body().collect().await;
+    if !b.delay.is_zero() {
+        tokio::time::sleep(b.delay).await;
+    }
+    if b.reset {
+        return Err(std::io::Error::other("programmed reset"));
+    }
+    let status = match (b.fail_first_attempt, b.fail_every_nth) {
+        (Some(s), _) if attempt <= 1 => s,
+        (Some(_), _) => 200,
+        (None, Some(n)) if n > 0 && nth % n != 0 => 200,
+        _ => b.status.unwrap_or(200),
+    };
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .header("x-upstream-attempt", attempt.to_string())
+        .body(Full::new(Bytes::from(format!("upstream {status}\n"))))
+        .map_err(std::io::Error::other)?;
+    Ok(resp)
+}
