@@ -1,0 +1,271 @@
+//! Polling the eBPF sidecar (`reset_signals`): exactly one VM per Envoy polls, the others read.
+//!
+//! The poller holds a lease in shared data (`…/poller` = `token:until_ms`, renewed by CAS on each
+//! poll), so when its worker stops ticking another VM takes over after the lease runs out. It turns
+//! the sidecar's cumulative counters into deltas with `policy_core::resets::ResetTracker` (a new
+//! `started_at_ms` is a restart: zero deltas, no jump) and publishes per-peer totals that never go
+//! backwards (`…/resets`, [`ResetTotals`]); each key takes its own share of them when it flushes.
+//! A sidecar that is down, slow or answers garbage is logged once per episode; nothing else stops.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use policy_core::config::ResetSignals;
+use policy_core::encoding::ResetTotals;
+use policy_core::resets::{parse_snapshot, ResetTracker};
+
+use crate::engine::Names;
+use crate::host::Host;
+
+/// The most peers the published totals carry.
+const MAX_PUBLISHED_PEERS: usize = 4096;
+
+pub struct PollRequest {
+    pub cluster: String,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+pub struct Poller {
+    cfg: ResetSignals,
+    token: u64,
+    holds_lease: bool,
+    next_poll_ms: u64,
+    in_flight: Option<(u32, u64)>,
+    tracker: ResetTracker,
+    totals: HashMap<String, u64>,
+    sequence: u64,
+    /// Inside a failure episode (already logged).
+    down: bool,
+}
+
+impl Poller {
+    pub fn new(cfg: ResetSignals, seed: u64) -> Poller {
+        Poller {
+            cfg,
+            token: seed | 1,
+            holds_lease: false,
+            next_poll_ms: 0,
+            in_flight: None,
+            tracker: ResetTracker::default(),
+            totals: HashMap::new(),
+            sequence: 0,
+            down: false,
+        }
+    }
+
+    fn poll_ms(&self) -> u64 {
+        self.cfg.poll_interval.as_millis() as u64
+    }
+
+    /// Takes or renews the lease; true when this VM is the poller.
+    fn lease<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> bool {
+        let name = names.poller_lease();
+        let (v, cas) = host.get_shared(&name);
+        let current = v
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.split_once(':'))
+            .and_then(|(t, u)| Some((t.parse::<u64>().ok()?, u.parse::<u64>().ok()?)));
+        let mine = current.is_some_and(|(t, _)| t == self.token);
+        let free = current.is_none_or(|(_, until)| until < now_ms);
+        if !mine && !free {
+            self.holds_lease = false;
+            return false;
+        }
+        let until = now_ms + 3 * self.poll_ms() + 1_000;
+        let value = format!("{}:{until}", self.token);
+        if host.set_shared(&name, value.as_bytes(), Some(cas.unwrap_or(0))).is_err() {
+            self.holds_lease = false;
+            return false;
+        }
+        if !self.holds_lease {
+            // New poller: continue from the published totals, take the next snapshot as baseline.
+            self.tracker = ResetTracker::default();
+            self.totals.clear();
+            if let Some(t) = host.get_shared(&names.resets()).0.and_then(|b| ResetTotals::decode(&b).ok()) {
+                self.sequence = t.sequence;
+                self.totals.extend(t.peers);
+            }
+            self.holds_lease = true;
+        }
+        true
+    }
+
+    /// A request to send now, if a poll is due and this VM holds the lease.
+    pub fn due<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> Option<PollRequest> {
+        if let Some((_, sent)) = self.in_flight {
+            let timeout = self.poll_ms().max(1_000);
+            if now_ms.saturating_sub(sent) < timeout + 1_000 {
+                return None;
+            }
+            self.in_flight = None;
+            self.failed("no answer", now_ms);
+        }
+        if now_ms < self.next_poll_ms {
+            return None;
+        }
+        self.next_poll_ms = now_ms + self.poll_ms();
+        if !self.lease(host, names, now_ms) {
+            return None;
+        }
+        Some(PollRequest {
+            cluster: self.cfg.cluster.clone(),
+            path: self.cfg.path.clone(),
+            timeout: Duration::from_millis(self.poll_ms().max(1_000)),
+        })
+    }
+
+    pub fn dispatched(&mut self, token: u32, now_ms: u64) {
+        self.in_flight = Some((token, now_ms));
+    }
+
+    pub fn dispatch_failed(&mut self, why: &str, now_ms: u64) {
+        self.failed(&format!("cannot dispatch to cluster {}: {why}", self.cfg.cluster), now_ms);
+    }
+
+    fn failed(&mut self, why: &str, _now_ms: u64) {
+        if !self.down {
+            log::warn!("meshbreaker: reset sidecar unavailable ({why}); breaking on HTTP signals only until it is back");
+            self.down = true;
+        }
+    }
+
+    pub fn on_response<H: Host>(
+        &mut self,
+        host: &H,
+        names: &Names,
+        token: u32,
+        status: Option<&str>,
+        body: &[u8],
+        now_ms: u64,
+    ) {
+        if self.in_flight.is_some_and(|(t, _)| t != token) {
+            return;
+        }
+        self.in_flight = None;
+        if status != Some("200") {
+            self.failed(&format!("status {}", status.unwrap_or("none")), now_ms);
+            return;
+        }
+        let snap = match parse_snapshot(body) {
+            Ok(s) => s,
+            Err(e) => {
+                self.failed(&format!("unreadable answer: {e:?}"), now_ms);
+                return;
+            }
+        };
+        if self.down {
+            log::info!("meshbreaker: reset sidecar is back (started_at_ms={})", snap.started_at_ms);
+            self.down = false;
+        }
+        let mut changed = false;
+        for d in self.tracker.observe(&snap) {
+            let n = d.total();
+            if n == 0 {
+                continue;
+            }
+            let peer = d.peer.to_string();
+            if !self.totals.contains_key(&peer) && self.totals.len() >= MAX_PUBLISHED_PEERS {
+                continue;
+            }
+            let t = self.totals.entry(peer).or_insert(0);
+            *t = t.saturating_add(n);
+            changed = true;
+        }
+        if changed {
+            self.sequence += 1;
+            let published = ResetTotals {
+                sequence: self.sequence,
+                peers: self.totals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            };
+            let _ = host.set_shared(&names.resets(), &published.encode(), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::FakeHost;
+
+    fn cfg() -> ResetSignals {
+        ResetSignals {
+            cluster: "meshbreaker_sidecar".into(),
+            path: "/v1/resets".into(),
+            poll_interval: Duration::from_secs(1),
+            max_resets_per_second: 5.0,
+        }
+    }
+
+    fn body(started: u64, resets: u64) -> Vec<u8> {
+        format!(
+            r#"{{"started_at_ms":{started},"now_ms":{},"peers":[{{"addr":"127.0.0.1","port":80,"resets":{resets},"refused":0,"timeouts":0,"last_ms":{}}}]}}"#,
+            started + 10,
+            started + 10
+        )
+        .into_bytes()
+    }
+
+    fn published(host: &FakeHost, names: &Names) -> u64 {
+        host.get_shared(&names.resets())
+            .0
+            .and_then(|b| ResetTotals::decode(&b).ok())
+            .map(|t| t.total_for("127.0.0.1:80"))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn only_one_vm_polls() {
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let mut a = Poller::new(cfg(), 2);
+        let mut b = Poller::new(cfg(), 4);
+        assert!(a.due(&host, &names, 0).is_some());
+        assert!(b.due(&host, &names, 0).is_none());
+        // The lease runs out when its holder stops polling.
+        assert!(b.due(&host, &names, 10_000).is_some());
+    }
+
+    #[test]
+    fn deltas_accumulate_and_a_sidecar_restart_does_not_jump() {
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let mut p = Poller::new(cfg(), 2);
+        p.due(&host, &names, 0);
+        p.dispatched(1, 0);
+        p.on_response(&host, &names, 1, Some("200"), &body(100, 50), 0);
+        assert_eq!(published(&host, &names), 0, "first snapshot is a baseline");
+        p.due(&host, &names, 1000);
+        p.dispatched(2, 0);
+        p.on_response(&host, &names, 2, Some("200"), &body(100, 57), 1000);
+        assert_eq!(published(&host, &names), 7);
+        p.due(&host, &names, 2000);
+        p.dispatched(3, 0);
+        p.on_response(&host, &names, 3, Some("200"), &body(5_000, 3), 2000);
+        assert_eq!(published(&host, &names), 7, "restart: new baseline");
+        p.due(&host, &names, 3000);
+        p.dispatched(4, 0);
+        p.on_response(&host, &names, 4, Some("200"), &body(5_000, 5), 3000);
+        assert_eq!(published(&host, &names), 9);
+    }
+
+    #[test]
+    fn garbage_and_errors_change_nothing() {
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let mut p = Poller::new(cfg(), 2);
+        p.due(&host, &names, 0);
+        p.dispatched(1, 0);
+        p.on_response(&host, &names, 1, Some("200"), b"{not json", 0);
+        assert!(p.down);
+        p.due(&host, &names, 1000);
+        p.dispatched(2, 0);
+        p.on_response(&host, &names, 2, Some("503"), b"", 1000);
+        assert_eq!(published(&host, &names), 0);
+        p.due(&host, &names, 2000);
+        p.dispatched(3, 0);
+        p.on_response(&host, &names, 3, Some("200"), &body(1, 1), 2000);
+        assert!(!p.down);
+    }
+}
