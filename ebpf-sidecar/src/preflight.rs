@@ -51,6 +51,16 @@ fn check_capabilities(proc_status: &str) -> Result<(), String> {
 }
 
 fn check_tracefs() -> Result<(), String> {
+    if let Some(denied) = TRACEFS
+        .iter()
+        .map(Path::new)
+        .find(|p| fs::read_dir(p).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied))
+    {
+        return Err(format!(
+            "tracefs at {} is not readable by this user (run as uid 0 with CAP_BPF and CAP_PERFMON)",
+            denied.display()
+        ));
+    }
     let Some(root) = TRACEFS
         .iter()
         .map(Path::new)

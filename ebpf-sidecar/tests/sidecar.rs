@@ -473,6 +473,34 @@ fn run_failing(wrapper: &[&str]) -> (bool, Vec<String>) {
 }
 
 #[test]
+fn cap_bpf_and_cap_perfmon_are_all_it_needs_as_uid_0() {
+    if skip_bpf_tests("cap_bpf_and_cap_perfmon_are_all_it_needs_as_uid_0") {
+        return;
+    }
+    // What docker-compose.yml and the DaemonSet grant: no CAP_SYS_ADMIN, no DAC override.
+    let sidecar =
+        Sidecar::start_wrapped(&["setpriv", "--bounding-set=-all,+bpf,+perfmon", "--"], &[]);
+    let caps = std::fs::read_to_string(format!("/proc/{}/status", sidecar.pid())).unwrap();
+    let eff = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    assert_eq!(
+        u64::from_str_radix(eff, 16).unwrap(),
+        (1 << 38) | (1 << 39),
+        "CapEff {eff}"
+    );
+    let port = closed_port();
+    refuse_n(LOCALHOST, port, 3);
+    let want = Counts {
+        refused: 3,
+        ..zero()
+    };
+    assert_eq!(sidecar.wait_counts(LOCALHOST, port, want), want);
+}
+
+#[test]
 fn without_capabilities_it_names_them_in_one_line() {
     if skip_bpf_tests("without_capabilities_it_names_them_in_one_line") {
         return;

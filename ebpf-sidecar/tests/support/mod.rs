@@ -75,9 +75,22 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the binary on a free port and waits until /healthz answers.
     pub fn start(extra_args: &[&str]) -> Sidecar {
+        Sidecar::start_wrapped(&[], extra_args)
+    }
+
+    /// Starts the binary through `wrapper` (e.g. setpriv restricting capabilities).
+    pub fn start_wrapped(wrapper: &[&str], extra_args: &[&str]) -> Sidecar {
         ensure_tracefs();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra_args)
