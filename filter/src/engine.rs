@@ -46,7 +46,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(plugin: &str) -> Names {
-        Names { prefix: format!("meshbreaker/{}/", keys::sanitize_key(plugin)) }
+        Names {
+            prefix: format!("meshbreaker/{}/", keys::sanitize_key(plugin)),
+        }
     }
     fn state(&self, slot: u32, out: &mut String) {
         out.clear();
@@ -185,7 +187,10 @@ impl<H: Host> Engine<H> {
     }
 
     fn effective(&self, cfg_index: usize) -> (Mode, &BreakerConfig) {
-        match cfg_index.checked_sub(1).and_then(|i| self.cfg.overrides.get(i)) {
+        match cfg_index
+            .checked_sub(1)
+            .and_then(|i| self.cfg.overrides.get(i))
+        {
             Some(o) => (o.mode, &o.breaker),
             None => (self.cfg.mode, &self.cfg.breaker),
         }
@@ -222,9 +227,12 @@ impl<H: Host> Engine<H> {
             to_closed: h.define_metric(MetricKind::Counter, &to("closed")),
             error_rate_ppm: h.define_metric(MetricKind::Gauge, &tag("meshbreaker_error_rate_ppm")),
             latency_p95_ms: h.define_metric(MetricKind::Gauge, &tag("meshbreaker_latency_p95_ms")),
-            budget_denied: h
-                .define_metric(MetricKind::Counter, &tag("meshbreaker_retry_budget_denied_total")),
-            kernel_resets: h.define_metric(MetricKind::Counter, &tag("meshbreaker_kernel_resets_total")),
+            budget_denied: h.define_metric(
+                MetricKind::Counter,
+                &tag("meshbreaker_retry_budget_denied_total"),
+            ),
+            kernel_resets: h
+                .define_metric(MetricKind::Counter, &tag("meshbreaker_kernel_resets_total")),
         };
         self.labels.insert(label.to_string(), m);
         m
@@ -258,7 +266,11 @@ impl<H: Host> Engine<H> {
         let count_name = self.names.label_count();
         for _ in 0..CAS_ATTEMPTS {
             let (v, cas) = self.get(&count_name);
-            let n: u32 = v.as_deref().and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let n: u32 = v
+                .as_deref()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             if !keys::may_create_label(n, self.cfg.max_keys) {
                 if self.no_label.len() >= self.cfg.max_keys as usize {
                     self.no_label.clear();
@@ -293,7 +305,12 @@ impl<H: Host> Engine<H> {
         Some((state, cas))
     }
 
-    fn write_state(&mut self, slot: u32, state: &SlotState, cas: Option<u32>) -> Result<(), SetError> {
+    fn write_state(
+        &mut self,
+        slot: u32,
+        state: &SlotState,
+        cas: Option<u32>,
+    ) -> Result<(), SetError> {
         let mut name = std::mem::take(&mut self.name_buf);
         let mut enc = std::mem::take(&mut self.enc);
         self.names.state(slot, &mut name);
@@ -346,7 +363,8 @@ impl<H: Host> Engine<H> {
                     }
                     continue;
                 }
-                let idle = state.breaker.probes.is_empty() && state.breaker.state != State::HalfOpen;
+                let idle =
+                    state.breaker.probes.is_empty() && state.breaker.state != State::HalfOpen;
                 if idle {
                     let last = self.read_window_last_used(slot);
                     if now_ms.saturating_sub(last) >= IDLE_MS && victim.is_none_or(|v| last < v.3) {
@@ -361,7 +379,10 @@ impl<H: Host> Engine<H> {
             };
             let fresh = SlotState {
                 key: key.to_string(),
-                breaker: BreakerState { generation: generation.wrapping_add(1), ..Default::default() },
+                breaker: BreakerState {
+                    generation: generation.wrapping_add(1),
+                    ..Default::default()
+                },
             };
             match self.write_state(slot, &fresh, cas) {
                 Ok(()) => return Some(slot),
@@ -393,7 +414,9 @@ impl<H: Host> Engine<H> {
                 .unwrap_or(0)
         };
         let (_, bcfg) = self.effective(cfg_index);
-        let Some(recorder) = Recorder::new(threshold_us(bcfg)) else { return false };
+        let Some(recorder) = Recorder::new(threshold_us(bcfg)) else {
+            return false;
+        };
         let label = self.label_for(key);
         let slot = self.find_slot(key, now_ms);
         if slot.is_none() && !self.warned_no_slot {
@@ -414,7 +437,11 @@ impl<H: Host> Engine<H> {
             new_hosts: Vec::new(),
         };
         // Evicting a local entry drops its unflushed samples; only idle entries are evicted.
-        self.keys.insert(key, local, now_ms, |l| l.in_flight == 0 && l.recorder.is_empty()).is_ok()
+        self.keys
+            .insert(key, local, now_ms, |l| {
+                l.in_flight == 0 && l.recorder.is_empty()
+            })
+            .is_ok()
     }
 
     // ---------------------------------------------------------------- requests
@@ -422,22 +449,46 @@ impl<H: Host> Engine<H> {
     /// Decides a request: the key, the decision, the retry headers.
     pub fn on_request(&mut self, parts: &KeyParts<'_>, req: &RequestView<'_>, now_ms: u64) -> Plan {
         let mut key = std::mem::take(&mut self.key_buf);
-        keys::key_for(self.cfg.key_by, parts.cluster, parts.route, parts.authority, &mut key);
+        keys::key_for(
+            self.cfg.key_by,
+            parts.cluster,
+            parts.route,
+            parts.authority,
+            &mut key,
+        );
         let plan = self.decide(key.clone(), parts, req, now_ms);
         self.key_buf = key;
         plan
     }
 
-    fn decide(&mut self, key: String, parts: &KeyParts<'_>, req: &RequestView<'_>, now_ms: u64) -> Plan {
-        let pass = |key: String, decision: Decision| Plan { key, decision, retry_headers: Vec::new(), record: false };
+    fn decide(
+        &mut self,
+        key: String,
+        parts: &KeyParts<'_>,
+        req: &RequestView<'_>,
+        now_ms: u64,
+    ) -> Plan {
+        let pass = |key: String, decision: Decision| Plan {
+            key,
+            decision,
+            retry_headers: Vec::new(),
+            record: false,
+        };
         if self.cfg.mode == Mode::Disabled && self.cfg.overrides.is_empty() {
             return pass(key, Decision::PassThrough);
         }
         if !self.ensure_key(&key, parts, now_ms) {
             return pass(key, Decision::Allow);
         }
-        let Some(local) = self.keys.get(&key) else { return pass(key, Decision::Allow) };
-        let (cfg_index, slot, label, budget_ok) = (local.cfg_index, local.slot, local.label.clone(), local.budget_ok);
+        let Some(local) = self.keys.get(&key) else {
+            return pass(key, Decision::Allow);
+        };
+        let (cfg_index, slot, label, budget_ok) = (
+            local.cfg_index,
+            local.slot,
+            local.label.clone(),
+            local.budget_ok,
+        );
         let (mode, bcfg) = self.effective(cfg_index);
         let bcfg = bcfg.clone();
         let metrics = self.label_metrics(&label);
@@ -470,7 +521,12 @@ impl<H: Host> Engine<H> {
                 l.in_flight = l.in_flight.saturating_add(1);
             }
         }
-        Plan { key, decision, retry_headers, record }
+        Plan {
+            key,
+            decision,
+            retry_headers,
+            record,
+        }
     }
 
     /// Reads the key's breaker state (one shared read), decides, and writes back with CAS only if
@@ -485,7 +541,9 @@ impl<H: Host> Engine<H> {
         now_ms: u64,
     ) -> Decision {
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut st, cas)) = self.read_state(slot) else { break };
+            let Some((mut st, cas)) = self.read_state(slot) else {
+                break;
+            };
             if st.key != key {
                 // Another worker took the slot over: find (or claim) one again next time.
                 if let Some(l) = self.keys.get_mut(key, now_ms) {
@@ -520,7 +578,13 @@ impl<H: Host> Engine<H> {
         Decision::Allow
     }
 
-    fn on_transition(&self, key: &str, t: &Transition, metrics: &LabelMetrics, figures: Option<String>) {
+    fn on_transition(
+        &self,
+        key: &str,
+        t: &Transition,
+        metrics: &LabelMetrics,
+        figures: Option<String>,
+    ) {
         if !t.is_change() {
             return;
         }
@@ -534,8 +598,14 @@ impl<H: Host> Engine<H> {
             "meshbreaker: transition key={key} from={} to={} reason={}{}{}",
             t.from.as_str(),
             t.to.as_str(),
-            t.reason.map(TripReason::as_str).unwrap_or("probes_succeeded"),
-            if t.to == State::Open { format!(" open_for_ms={}", t.open_for_ms) } else { String::new() },
+            t.reason
+                .map(TripReason::as_str)
+                .unwrap_or("probes_succeeded"),
+            if t.to == State::Open {
+                format!(" open_for_ms={}", t.open_for_ms)
+            } else {
+                String::new()
+            },
             figures.map(|f| format!(" {f}")).unwrap_or_default(),
         );
     }
@@ -550,11 +620,14 @@ impl<H: Host> Engine<H> {
         upstream_host: Option<&str>,
         now_ms: u64,
     ) {
-        let Some(local) = self.keys.get_mut(key, now_ms) else { return };
+        let Some(local) = self.keys.get_mut(key, now_ms) else {
+            return;
+        };
         local.in_flight = local.in_flight.saturating_sub(1);
         let (cfg_index, slot) = (local.cfg_index, local.slot);
         if let Some(h) = upstream_host {
-            if !h.is_empty() && !local.new_hosts.iter().any(|x| x == h) && local.new_hosts.len() < 4 {
+            if !h.is_empty() && !local.new_hosts.iter().any(|x| x == h) && local.new_hosts.len() < 4
+            {
                 local.new_hosts.push(h.to_string());
             }
         }
@@ -563,12 +636,22 @@ impl<H: Host> Engine<H> {
         let failure = outcome.failure(&bcfg.failure);
         let epoch = now_ms / bucket_ms(&bcfg);
         if let (Some(id), Some(slot)) = (probe, slot) {
-            self.complete_probe(key, slot, id, failure.is_none() && outcome.retried_attempts() == 0, &bcfg, now_ms);
+            self.complete_probe(
+                key,
+                slot,
+                id,
+                failure.is_none() && outcome.retried_attempts() == 0,
+                &bcfg,
+                now_ms,
+            );
         }
         let (recorded, due) = match self.keys.get_mut(key, now_ms) {
             Some(l) => {
                 let recorded = l.recorder.record(epoch, outcome, failure).is_ok();
-                (recorded, !recorded || now_ms.saturating_sub(l.last_flush_ms) >= FLUSH_MS)
+                (
+                    recorded,
+                    !recorded || now_ms.saturating_sub(l.last_flush_ms) >= FLUSH_MS,
+                )
             }
             None => return,
         };
@@ -582,16 +665,35 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    fn complete_probe(&mut self, key: &str, slot: u32, id: u32, success: bool, bcfg: &BreakerConfig, now_ms: u64) {
-        let label = self.keys.get(key).map(|l| l.label.clone()).unwrap_or_else(|| OTHER_LABEL.into());
+    fn complete_probe(
+        &mut self,
+        key: &str,
+        slot: u32,
+        id: u32,
+        success: bool,
+        bcfg: &BreakerConfig,
+        now_ms: u64,
+    ) {
+        let label = self
+            .keys
+            .get(key)
+            .map(|l| l.label.clone())
+            .unwrap_or_else(|| OTHER_LABEL.into());
         let metrics = self.label_metrics(&label);
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut st, cas)) = self.read_state(slot) else { return };
+            let Some((mut st, cas)) = self.read_state(slot) else {
+                return;
+            };
             if st.key != key {
                 return;
             }
             let mut rng = self.rng.clone();
-            let Some(t) = st.breaker.complete_probe(id, success, bcfg, now_ms, &mut rng) else { return };
+            let Some(t) = st
+                .breaker
+                .complete_probe(id, success, bcfg, now_ms, &mut rng)
+            else {
+                return;
+            };
             match self.write_state(slot, &st, cas) {
                 Ok(()) => {
                     self.rng = rng;
@@ -613,7 +715,11 @@ impl<H: Host> Engine<H> {
         let resets_on = self.cfg.reset_signals.is_some();
         for (k, l) in self.keys.iter() {
             let stale = now_ms.saturating_sub(l.last_flush_ms) >= FLUSH_MS;
-            if stale && (!l.recorder.is_empty() || !l.new_hosts.is_empty() || (resets_on && l.slot.is_some())) {
+            if stale
+                && (!l.recorder.is_empty()
+                    || !l.new_hosts.is_empty()
+                    || (resets_on && l.slot.is_some()))
+            {
                 due.push(k.to_string());
             }
         }
@@ -625,7 +731,9 @@ impl<H: Host> Engine<H> {
     /// Merges the key's recorder into the shared window (CAS), attributes kernel resets, updates
     /// gauges and the retry budget, and trips the breaker when the merged window says so.
     pub fn flush_key(&mut self, key: &str, now_ms: u64) {
-        let Some(local) = self.keys.get_mut(key, now_ms) else { return };
+        let Some(local) = self.keys.get_mut(key, now_ms) else {
+            return;
+        };
         local.last_flush_ms = now_ms;
         let (cfg_index, label) = (local.cfg_index, local.label.clone());
         let Some(slot) = local.slot else {
@@ -648,7 +756,9 @@ impl<H: Host> Engine<H> {
         let mut window_name = String::new();
         self.names.window(slot, &mut window_name);
         for _ in 0..CAS_ATTEMPTS {
-            let Some((st, _)) = self.read_state(slot) else { return };
+            let Some((st, _)) = self.read_state(slot) else {
+                return;
+            };
             if st.key != key {
                 if let Some(l) = self.keys.get_mut(key, now_ms) {
                     l.recorder.clear();
@@ -659,8 +769,15 @@ impl<H: Host> Engine<H> {
             let (bytes, cas) = self.get(&window_name);
             let mut w = std::mem::take(&mut self.window);
             let ok = bytes.as_deref().is_some_and(|b| w.decode_into(b).is_ok());
-            if !ok || w.generation != st.breaker.generation || w.buckets.len() != bcfg.buckets as usize {
-                let hosts = if ok { std::mem::take(&mut w.hosts) } else { Vec::new() };
+            if !ok
+                || w.generation != st.breaker.generation
+                || w.buckets.len() != bcfg.buckets as usize
+            {
+                let hosts = if ok {
+                    std::mem::take(&mut w.hosts)
+                } else {
+                    Vec::new()
+                };
                 w.reset(bcfg.buckets, st.breaker.generation);
                 w.hosts = hosts;
                 w.last_used_ms = 0;
@@ -707,25 +824,34 @@ impl<H: Host> Engine<H> {
                     if let Some(l) = self.keys.get_mut(key, now_ms) {
                         l.recorder.clear();
                         l.new_hosts.clear();
-                        l.budget_ok = budget_allows_retry(&budget, bcfg.window, totals.requests, totals.retries);
+                        l.budget_ok = budget_allows_retry(
+                            &budget,
+                            bcfg.window,
+                            totals.requests,
+                            totals.retries,
+                        );
                     }
                     self.inc(metrics.kernel_resets, attributed as i64);
-                    self.gauge(metrics.error_rate_ppm, (totals.error_rate() * 1e6).round() as u64);
-                    self.gauge(metrics.latency_p95_ms, p95.map(|us| us.div_ceil(1000)).unwrap_or(0));
+                    self.gauge(
+                        metrics.error_rate_ppm,
+                        (totals.error_rate() * 1e6).round() as u64,
+                    );
+                    self.gauge(
+                        metrics.latency_p95_ms,
+                        p95.map(|us| us.div_ceil(1000)).unwrap_or(0),
+                    );
                     self.gauge(metrics.state, st.breaker.state.gauge() as u64);
                     let figures = format!(
-                        "samples={} failures={} error_rate={:.3} p95_ms={} kernel_resets={}",
+                        "samples={} failures={} error_rate_ppm={} p95_ms={} kernel_resets={}",
                         totals.samples,
                         totals.failed(),
-                        totals.error_rate(),
+                        (totals.error_rate() * 1e6).round() as u64,
                         p95.map(|us| us.div_ceil(1000)).unwrap_or(0),
                         totals.kernel_resets
                     );
-                    let kernel = self
-                        .cfg
-                        .reset_signals
-                        .as_ref()
-                        .is_some_and(|rs| kernel_resets_exceed(&totals, bcfg.window, rs.max_resets_per_second));
+                    let kernel = self.cfg.reset_signals.as_ref().is_some_and(|rs| {
+                        kernel_resets_exceed(&totals, bcfg.window, rs.max_resets_per_second)
+                    });
                     self.maybe_trip(key, slot, &bcfg, &totals, kernel, &metrics, figures, now_ms);
                     return;
                 }
@@ -744,7 +870,10 @@ impl<H: Host> Engine<H> {
     }
 
     fn cfg_budget(&self, cfg_index: usize) -> policy_core::config::BudgetConfig {
-        match cfg_index.checked_sub(1).and_then(|i| self.cfg.overrides.get(i)) {
+        match cfg_index
+            .checked_sub(1)
+            .and_then(|i| self.cfg.overrides.get(i))
+        {
             Some(o) => o.retry.budget.clone(),
             None => self.cfg.retry.budget.clone(),
         }
@@ -763,13 +892,20 @@ impl<H: Host> Engine<H> {
         now_ms: u64,
     ) {
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut st, cas)) = self.read_state(slot) else { return };
+            let Some((mut st, cas)) = self.read_state(slot) else {
+                return;
+            };
             if st.key != key || st.breaker.state != State::Closed {
                 return;
             }
             let mut rng = self.rng.clone();
             let t = if kernel {
-                st.breaker.trip(TripReason::KernelResets, bcfg, now_ms, &mut rng as &mut dyn Jitter)
+                st.breaker.trip(
+                    TripReason::KernelResets,
+                    bcfg,
+                    now_ms,
+                    &mut rng as &mut dyn Jitter,
+                )
             } else {
                 st.breaker.evaluate(totals, bcfg, now_ms, &mut rng)
             };
@@ -794,26 +930,50 @@ mod tests {
     use crate::host::FakeHost;
 
     fn engine(host: &FakeHost, json: &str, seed: u64) -> Engine<FakeHost> {
-        Engine::new(host.clone(), Config::parse(json.as_bytes()).unwrap(), "mb", seed)
+        Engine::new(
+            host.clone(),
+            Config::parse(json.as_bytes()).unwrap(),
+            "mb",
+            seed,
+        )
     }
 
     const FAST: &str = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5,
         "sleep_window":"1s","half_open_max_probes":2,"half_open_successes_to_close":2}}"#;
 
     fn get() -> RequestView<'static> {
-        RequestView { method: "GET", path: "/", content_type: None, headers: &() }
+        RequestView {
+            method: "GET",
+            path: "/",
+            content_type: None,
+            headers: &(),
+        }
     }
 
     fn parts(c: &str) -> KeyParts<'_> {
-        KeyParts { cluster: c, route: "r", authority: "a" }
+        KeyParts {
+            cluster: c,
+            route: "r",
+            authority: "a",
+        }
     }
 
     fn fail(ms: u64) -> Outcome {
-        Outcome { http_status: Some(503), latency_us: ms * 1000, attempts: 1, ..Default::default() }
+        Outcome {
+            http_status: Some(503),
+            latency_us: ms * 1000,
+            attempts: 1,
+            ..Default::default()
+        }
     }
 
     fn ok() -> Outcome {
-        Outcome { http_status: Some(200), latency_us: 1000, attempts: 1, ..Default::default() }
+        Outcome {
+            http_status: Some(200),
+            latency_us: 1000,
+            attempts: 1,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -832,8 +992,15 @@ mod tests {
         let host = FakeHost::default();
         let mut e = engine(&host, "{}", 1);
         let p = e.on_request(&parts("backend"), &get(), 0);
-        assert!(p.retry_headers.contains(&("x-envoy-retry-on", "5xx,reset".to_string())), "{:?}", p.retry_headers);
-        assert!(p.retry_headers.contains(&("x-envoy-max-retries", "2".to_string())));
+        assert!(
+            p.retry_headers
+                .contains(&("x-envoy-retry-on", "5xx,reset".to_string())),
+            "{:?}",
+            p.retry_headers
+        );
+        assert!(p
+            .retry_headers
+            .contains(&("x-envoy-max-retries", "2".to_string())));
     }
 
     #[test]
@@ -848,12 +1015,25 @@ mod tests {
             b.on_complete("backend", &fail(1), None, None, i);
         }
         a.on_tick(200);
-        assert_eq!(b.on_request(&parts("backend"), &get(), 201).decision, Decision::Allow, "3 of 6 seen");
+        assert_eq!(
+            b.on_request(&parts("backend"), &get(), 201).decision,
+            Decision::Allow,
+            "3 of 6 seen"
+        );
         b.on_tick(300);
         let p = a.on_request(&parts("backend"), &get(), 301);
-        assert!(matches!(p.decision, Decision::Reject(r) if r.reason == TripReason::ErrorRate), "{p:?}");
-        assert!(matches!(b.on_request(&parts("backend"), &get(), 302).decision, Decision::Reject(_)));
-        assert_eq!(host.metric("key=.=backend;.;to=.=open;.;meshbreaker_transitions_total"), Some(1));
+        assert!(
+            matches!(p.decision, Decision::Reject(r) if r.reason == TripReason::ErrorRate),
+            "{p:?}"
+        );
+        assert!(matches!(
+            b.on_request(&parts("backend"), &get(), 302).decision,
+            Decision::Reject(_)
+        ));
+        assert_eq!(
+            host.metric("key=.=backend;.;to=.=open;.;meshbreaker_transitions_total"),
+            Some(1)
+        );
         assert_eq!(host.metric("key=.=backend;.;meshbreaker_state"), Some(1));
     }
 
@@ -872,7 +1052,9 @@ mod tests {
             for _ in 0..2 {
                 let p = e.on_request(&parts("backend"), &get(), t);
                 if let Decision::Probe(id) = p.decision {
-                    assert!(p.retry_headers.contains(&("x-envoy-max-retries", "0".to_string())));
+                    assert!(p
+                        .retry_headers
+                        .contains(&("x-envoy-max-retries", "0".to_string())));
                     probes.push((n, id));
                 }
             }
@@ -881,8 +1063,14 @@ mod tests {
         for (n, id) in probes {
             w[n].on_complete("backend", &ok(), Some(id), None, t + 10);
         }
-        assert_eq!(w[2].on_request(&parts("backend"), &get(), t + 20).decision, Decision::Allow);
-        assert_eq!(host.metric("key=.=backend;.;to=.=closed;.;meshbreaker_transitions_total"), Some(1));
+        assert_eq!(
+            w[2].on_request(&parts("backend"), &get(), t + 20).decision,
+            Decision::Allow
+        );
+        assert_eq!(
+            host.metric("key=.=backend;.;to=.=closed;.;meshbreaker_transitions_total"),
+            Some(1)
+        );
     }
 
     #[test]
@@ -893,11 +1081,21 @@ mod tests {
         let mut b = engine(&host, cfg, 2);
         for i in 0..20u64 {
             let auth = format!("h{i};.;x=.=y");
-            let p = KeyParts { cluster: "c", route: "r", authority: &auth };
+            let p = KeyParts {
+                cluster: "c",
+                route: "r",
+                authority: &auth,
+            };
             let e = if i % 2 == 0 { &mut a } else { &mut b };
             e.on_request(&p, &get(), i * 2000);
         }
-        let names: Vec<String> = host.inner.borrow().metric_names.iter().map(|(_, n)| n.clone()).collect();
+        let names: Vec<String> = host
+            .inner
+            .borrow()
+            .metric_names
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect();
         let mut labels: Vec<&str> = names
             .iter()
             .filter_map(|n| n.strip_prefix("key=.=").and_then(|r| r.split(";.;").next()))
@@ -913,7 +1111,9 @@ mod tests {
     fn forced_open_rejects_and_disabled_passes_without_headers() {
         let host = FakeHost::default();
         let mut f = engine(&host, r#"{"mode":"forced_open"}"#, 1);
-        assert!(matches!(f.on_request(&parts("c"), &get(), 0).decision, Decision::Reject(r) if r.reason == TripReason::ForcedOpen && r.retry_after_s == 30));
+        assert!(
+            matches!(f.on_request(&parts("c"), &get(), 0).decision, Decision::Reject(r) if r.reason == TripReason::ForcedOpen && r.retry_after_s == 30)
+        );
         let mut d = engine(&FakeHost::default(), r#"{"mode":"disabled"}"#, 1);
         let p = d.on_request(&parts("c"), &get(), 0);
         assert_eq!(p.decision, Decision::PassThrough);
@@ -923,9 +1123,19 @@ mod tests {
     #[test]
     fn override_applies_to_its_cluster_only() {
         let host = FakeHost::default();
-        let mut e = engine(&host, r#"{"overrides":[{"match":{"cluster":"hot"},"mode":"forced_open"}]}"#, 1);
-        assert!(matches!(e.on_request(&parts("hot"), &get(), 0).decision, Decision::Reject(_)));
-        assert_eq!(e.on_request(&parts("cold"), &get(), 0).decision, Decision::Allow);
+        let mut e = engine(
+            &host,
+            r#"{"overrides":[{"match":{"cluster":"hot"},"mode":"forced_open"}]}"#,
+            1,
+        );
+        assert!(matches!(
+            e.on_request(&parts("hot"), &get(), 0).decision,
+            Decision::Reject(_)
+        ));
+        assert_eq!(
+            e.on_request(&parts("cold"), &get(), 0).decision,
+            Decision::Allow
+        );
     }
 
     #[test]
@@ -935,14 +1145,31 @@ mod tests {
         let mut e = engine(&host, cfg, 1);
         for i in 0..20 {
             e.on_request(&parts("c"), &get(), i * 10);
-            e.on_complete("c", &Outcome { attempts: 2, ..ok() }, None, None, i * 10);
+            e.on_complete(
+                "c",
+                &Outcome {
+                    attempts: 2,
+                    ..ok()
+                },
+                None,
+                None,
+                i * 10,
+            );
         }
         e.on_tick(1000);
         let p = e.on_request(&parts("c"), &get(), 1001);
-        assert!(p.retry_headers.contains(&("x-envoy-max-retries", "0".to_string())), "{:?}", p.retry_headers);
+        assert!(
+            p.retry_headers
+                .contains(&("x-envoy-max-retries", "0".to_string())),
+            "{:?}",
+            p.retry_headers
+        );
         // The flush at t=100ms saw 11 retries for 11 requests (allowance 1.1): requests 11..19 and
         // this one went out with retries switched off.
-        assert_eq!(host.metric("key=.=c;.;meshbreaker_retry_budget_denied_total"), Some(10));
+        assert_eq!(
+            host.metric("key=.=c;.;meshbreaker_retry_budget_denied_total"),
+            Some(10)
+        );
     }
 
     #[test]
@@ -951,15 +1178,43 @@ mod tests {
         let cfg = r#"{"reset_signals":{"max_resets_per_second":1},"breaker":{"window":"10s","buckets":10}}"#;
         let mut e = engine(&host, cfg, 1);
         let name = e.names().resets();
-        host.set_shared(&name, &ResetTotals { sequence: 1, peers: vec![("127.0.0.1:80".into(), 100)] }.encode(), None).unwrap();
+        host.set_shared(
+            &name,
+            &ResetTotals {
+                sequence: 1,
+                peers: vec![("127.0.0.1:80".into(), 100)],
+            }
+            .encode(),
+            None,
+        )
+        .unwrap();
         e.on_request(&parts("c"), &get(), 0);
         e.on_complete("c", &ok(), None, Some("127.0.0.1:80"), 0);
         e.on_tick(200);
-        assert_eq!(e.on_request(&parts("c"), &get(), 201).decision, Decision::Allow, "old resets are a baseline");
-        host.set_shared(&name, &ResetTotals { sequence: 2, peers: vec![("127.0.0.1:80".into(), 111)] }.encode(), None).unwrap();
+        assert_eq!(
+            e.on_request(&parts("c"), &get(), 201).decision,
+            Decision::Allow,
+            "old resets are a baseline"
+        );
+        host.set_shared(
+            &name,
+            &ResetTotals {
+                sequence: 2,
+                peers: vec![("127.0.0.1:80".into(), 111)],
+            }
+            .encode(),
+            None,
+        )
+        .unwrap();
         e.on_tick(400);
         let p = e.on_request(&parts("c"), &get(), 401);
-        assert!(matches!(p.decision, Decision::Reject(r) if r.reason == TripReason::KernelResets), "{p:?}");
-        assert_eq!(host.metric("key=.=c;.;meshbreaker_kernel_resets_total"), Some(11));
+        assert!(
+            matches!(p.decision, Decision::Reject(r) if r.reason == TripReason::KernelResets),
+            "{p:?}"
+        );
+        assert_eq!(
+            host.metric("key=.=c;.;meshbreaker_kernel_resets_total"),
+            Some(11)
+        );
     }
 }

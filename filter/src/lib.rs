@@ -7,7 +7,10 @@
 //! request go with the router's retry headers; `on_log` records the outcome.
 //!
 //! Nothing here may panic: a panic kills the VM and with it the worker's traffic.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod engine;
 pub mod host;
@@ -35,15 +38,20 @@ proxy_wasm::main! {{
 }}
 
 fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn property_string(ctx: &dyn Context, path: Vec<&str>) -> Option<String> {
-    ctx.get_property(path).and_then(|b| String::from_utf8(b).ok())
+    ctx.get_property(path)
+        .and_then(|b| String::from_utf8(b).ok())
 }
 
 #[derive(Default)]
@@ -54,10 +62,18 @@ struct Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         let now = millis(self.get_current_time());
         let status = self.get_http_call_response_header(":status");
-        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
         if let (Some(p), Some(e)) = (self.poller.as_mut(), self.engine.borrow_mut().as_mut()) {
             p.on_response(&e.host, e.names(), token, status.as_deref(), &body, now);
         }
@@ -74,12 +90,16 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let plugin = property_string(self, vec!["plugin_name"]).unwrap_or_else(|| "meshbreaker".into());
+        let plugin =
+            property_string(self, vec!["plugin_name"]).unwrap_or_else(|| "meshbreaker".into());
         let now = self.get_current_time();
         // Seed for the sleep-window jitter: the clock and this VM's address space differ per worker.
         let seed = micros(now) ^ (Rc::as_ptr(&self.engine) as u64).rotate_left(32);
         self.strip = cfg.retry.strip_downstream_headers;
-        self.poller = cfg.reset_signals.clone().map(|rs| resets::Poller::new(rs, seed));
+        self.poller = cfg
+            .reset_signals
+            .clone()
+            .map(|rs| resets::Poller::new(rs, seed));
         let engine = Engine::new(ProxyWasmHost, cfg, &plugin, seed);
         *self.engine.borrow_mut() = Some(engine);
         self.set_tick_period(Duration::from_millis(FLUSH_MS));
@@ -95,12 +115,19 @@ impl RootContext for Root {
             None => None,
         };
         if let Some(req) = req {
-            let headers = vec![(":method", "GET"), (":path", req.path.as_str()), (":authority", "meshbreaker-sidecar")];
+            let headers = vec![
+                (":method", "GET"),
+                (":path", req.path.as_str()),
+                (":authority", "meshbreaker-sidecar"),
+            ];
             let sent = self.dispatch_http_call(&req.cluster, headers, None, vec![], req.timeout);
             if let Some(p) = self.poller.as_mut() {
                 match sent {
                     Ok(token) => p.dispatched(token, now),
-                    Err(status) => p.dispatch_failed(&format!("{status:?}"), now),
+                    Err(_) => p.dispatch_failed(
+                        "the host refused the call (is the cluster defined?)",
+                        now,
+                    ),
                 }
             }
         }
@@ -108,7 +135,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http { engine: self.engine.clone(), strip: self.strip, ..Default::default() }))
+        Some(Box::new(Http {
+            engine: self.engine.clone(),
+            strip: self.strip,
+            ..Default::default()
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -173,14 +204,25 @@ impl HttpContext for Http {
         }
         let cluster = property_string(self, vec!["xds", "cluster_name"]).unwrap_or_default();
         let route = property_string(self, vec!["xds", "route_name"]).unwrap_or_default();
-        let authority = self.get_http_request_header(":authority").unwrap_or_default();
+        let authority = self
+            .get_http_request_header(":authority")
+            .unwrap_or_default();
         let method = self.get_http_request_header(":method").unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
         let content_type = self.get_http_request_header("content-type");
         let lookup = HeaderFn(|name: &str| self.get_http_request_header(name));
-        let req = RequestView { method: &method, path: &path, content_type: content_type.as_deref(), headers: &lookup };
+        let req = RequestView {
+            method: &method,
+            path: &path,
+            content_type: content_type.as_deref(),
+            headers: &lookup,
+        };
         let grpc = req.is_grpc();
-        let parts = KeyParts { cluster: &cluster, route: &route, authority: &authority };
+        let parts = KeyParts {
+            cluster: &cluster,
+            route: &route,
+            authority: &authority,
+        };
         let plan = {
             let mut guard = self.engine.borrow_mut();
             match guard.as_mut() {
@@ -206,8 +248,13 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        self.status = self.get_http_response_header(":status").and_then(|s| s.parse().ok());
-        if let Some(g) = self.get_http_response_header("grpc-status").and_then(|s| s.parse().ok()) {
+        self.status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse().ok());
+        if let Some(g) = self
+            .get_http_response_header("grpc-status")
+            .and_then(|s| s.parse().ok())
+        {
             self.grpc_status = Some(g);
         }
         self.attempts = self
@@ -221,7 +268,10 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_trailers(&mut self, _n: usize) -> Action {
-        if let Some(g) = self.get_http_response_trailer("grpc-status").and_then(|s| s.parse().ok()) {
+        if let Some(g) = self
+            .get_http_response_trailer("grpc-status")
+            .and_then(|s| s.parse().ok())
+        {
             self.grpc_status = Some(g);
         }
         Action::Continue

@@ -75,7 +75,10 @@ impl Poller {
         }
         let until = now_ms + 3 * self.poll_ms() + 1_000;
         let value = format!("{}:{until}", self.token);
-        if host.set_shared(&name, value.as_bytes(), Some(cas.unwrap_or(0))).is_err() {
+        if host
+            .set_shared(&name, value.as_bytes(), Some(cas.unwrap_or(0)))
+            .is_err()
+        {
             self.holds_lease = false;
             return false;
         }
@@ -83,7 +86,11 @@ impl Poller {
             // New poller: continue from the published totals, take the next snapshot as baseline.
             self.tracker = ResetTracker::default();
             self.totals.clear();
-            if let Some(t) = host.get_shared(&names.resets()).0.and_then(|b| ResetTotals::decode(&b).ok()) {
+            if let Some(t) = host
+                .get_shared(&names.resets())
+                .0
+                .and_then(|b| ResetTotals::decode(&b).ok())
+            {
                 self.sequence = t.sequence;
                 self.totals.extend(t.peers);
             }
@@ -121,7 +128,10 @@ impl Poller {
     }
 
     pub fn dispatch_failed(&mut self, why: &str, now_ms: u64) {
-        self.failed(&format!("cannot dispatch to cluster {}: {why}", self.cfg.cluster), now_ms);
+        self.failed(
+            &format!("cannot dispatch to cluster {}: {why}", self.cfg.cluster),
+            now_ms,
+        );
     }
 
     fn failed(&mut self, why: &str, _now_ms: u64) {
@@ -151,12 +161,15 @@ impl Poller {
         let snap = match parse_snapshot(body) {
             Ok(s) => s,
             Err(e) => {
-                self.failed(&format!("unreadable answer: {e:?}"), now_ms);
+                self.failed(&format!("unreadable answer: {e}"), now_ms);
                 return;
             }
         };
         if self.down {
-            log::info!("meshbreaker: reset sidecar is back (started_at_ms={})", snap.started_at_ms);
+            log::info!(
+                "meshbreaker: reset sidecar is back (started_at_ms={})",
+                snap.started_at_ms
+            );
             self.down = false;
         }
         let mut changed = false;

