@@ -78,6 +78,10 @@ impl Stack {
             .with_filter(plugin.to_string())
             .trust_loopback(trust_loopback);
         let mut hs = HashMap::new();
+        // The default route's `backend` cluster (what requests without `x-route` reach).
+        let backend = HttpUpstream::start().await;
+        b = b.backend(backend.addr);
+        hs.insert("backend".to_string(), backend);
         for name in http {
             let up = HttpUpstream::start().await;
             b = b.cluster(name, RouteKind::Http, up.addr);
@@ -97,7 +101,7 @@ impl Stack {
         }
     }
 
-    /// The HTTP upstream behind cluster `name`.
+    /// The HTTP upstream behind cluster `name` (`backend`: the default route's).
     pub fn up(&self, name: &str) -> &HttpUpstream {
         self.http
             .get(name)

@@ -223,7 +223,7 @@ async fn handle(
     let status = match (b.fail_first_attempt, b.fail_every_nth) {
         (Some(s), _) if attempt <= 1 => s,
         (Some(_), _) => 200,
-        (None, Some(n)) if n > 0 && nth % n != 0 => 200,
+        (None, Some(n)) if n > 0 && !nth.is_multiple_of(n) => 200,
         _ => b.status.unwrap_or(200),
     };
     let resp = Response::builder()

@@ -356,3 +356,37 @@ fn envoy_is_killed_when_dropped() {
         .await;
     })
 }
+
+/// The authority-key forging test needs Envoy to accept such Host headers (sub-delims are valid
+/// in an authority).
+#[test]
+fn envoy_accepts_hosts_with_tag_delimiters() {
+    run(async {
+        let fx = fx().await;
+        let host = "Evil;.;decision=.=rejected;.;To=.=open";
+        let r = fx.envoy.http1().get("/forge", &[("host", host)]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = fx.http.requests();
+        let req = seen.iter().find(|r| r.path == "/forge").unwrap();
+        assert_eq!(req.header("host"), Some(host));
+    })
+}
+
+/// metrics.rs keys clusters named like Istio's and with characters the key sanitizer replaces.
+#[test]
+fn odd_cluster_names_route_through_envoy() {
+    run(async {
+        let up = HttpUpstream::start().await;
+        let names = ["outbound|8080||Reviews.default.svc", "Odd+Name V2"];
+        let mut b = Bootstrap::new();
+        for n in names {
+            b = b.cluster(n, RouteKind::Http, up.addr);
+        }
+        let envoy = Envoy::start(b.to_yaml()).await;
+        for n in names {
+            let r = envoy.http1().get("/odd", &[("x-route", n)]).await;
+            assert_eq!(r.status, 200, "{n}: {r:?}");
+        }
+        assert_eq!(up.count(), 2);
+    })
+}

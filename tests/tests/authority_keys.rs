@@ -1,0 +1,163 @@
+//! Behaviour 11: `key_by: authority` with client-chosen Host headers. 10,000 distinct hosts with
+//! `max_keys: 100` keep Envoy up with bounded memory and at most 100 `key` labels plus `_other`;
+//! a Host full of `;.;` and `=.=` cannot forge a label.
+
+use meshbreaker_tests::*;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn authority_config() -> serde_json::Value {
+    let mut cfg = fast_config();
+    cfg["key_by"] = "authority".into();
+    cfg["max_keys"] = 100.into();
+    cfg
+}
+
+/// Sends `n` requests with hosts `h{start+i}.example`, 32 at a time.
+async fn flood(s: &Stack, start: usize, n: usize) {
+    let c = s.client();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(start));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let c = c.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= start + n {
+                    break;
+                }
+                let host = format!("h{i}.example");
+                let r = c.get("/", &[("host", &host)]).await;
+                assert_eq!(r.status, 200, "{host}: {r:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn assert_labels_cannot_be_forged(samples: &[Sample]) {
+    for x in samples.iter().filter(|x| x.name.starts_with("meshbreaker")) {
+        assert!(
+            SPEC_METRICS.contains(&x.name.as_str()),
+            "unexpected metric {x:?}"
+        );
+        for (k, v) in &x.labels {
+            assert!(
+                ["key", "decision", "to"].contains(&k.as_str()),
+                "label {k} in {x:?}"
+            );
+            assert!(
+                !v.contains(';') && !v.contains('='),
+                "forged value in {x:?}"
+            );
+        }
+        if let Some(d) = x.label("decision") {
+            assert!(
+                ["allowed", "rejected", "probe", "dry_run_reject"].contains(&d),
+                "{x:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_hosts_keep_memory_and_key_labels_bounded() {
+    run(async {
+        let s = Stack::start(&authority_config(), &[], &[], false).await;
+        // Warm up: VMs, connections and the first 100 keys + `_other` exist before measuring.
+        flood(&s, 0, 300).await;
+        let alloc_before = s.envoy.memory_allocated().await;
+        let rss_before = s.envoy.rss_bytes();
+        flood(&s, 300, 10_000).await;
+        assert!(s.envoy.is_running());
+        let (status, ready) = s.envoy.admin_get("/ready").await;
+        assert_eq!((status, ready.trim()), (200, "LIVE"));
+        let alloc_after = s.envoy.memory_allocated().await;
+        let rss_after = s.envoy.rss_bytes();
+        // Bounds: with state per Host, 10,000 new keys would each add 7 stats (Envoy allocates
+        // ~1 KiB per stat with its name and tags) and a window + histogram in the wasm heap
+        // (a few KiB): >= 70 MiB of Envoy heap, tens of MiB of RSS. Bounded state only
+        // moves allocator noise and buffers, well under these limits.
+        let alloc_growth = alloc_after.saturating_sub(alloc_before);
+        let rss_growth = rss_after.saturating_sub(rss_before);
+        assert!(
+            alloc_growth < 8 << 20,
+            "Envoy heap grew by {alloc_growth} bytes over 10,000 hosts"
+        );
+        assert!(
+            rss_growth < 48 << 20,
+            "Envoy RSS grew by {rss_growth} bytes over 10,000 hosts"
+        );
+
+        let samples = s.envoy.samples().await;
+        let keys: BTreeSet<&str> = samples
+            .iter()
+            .filter(|x| x.name.starts_with("meshbreaker"))
+            .filter_map(|x| x.label("key"))
+            .collect();
+        assert!(keys.contains("_other"), "later keys report under _other");
+        assert!(
+            keys.len() <= 101,
+            "{} key labels, at most 100 + _other allowed",
+            keys.len()
+        );
+        assert_labels_cannot_be_forged(&samples);
+        let total: f64 = samples
+            .iter()
+            .filter(|x| {
+                x.name == "meshbreaker_requests_total" && x.label("decision") == Some("allowed")
+            })
+            .map(|x| x.value)
+            .sum();
+        assert_eq!(
+            total, 10_300.0,
+            "every request counted once, under some key"
+        );
+    })
+}
+
+#[test]
+fn host_with_tag_delimiters_cannot_forge_labels() {
+    run(async {
+        let s = Stack::start(&authority_config(), &[], &[], false).await;
+        let evil = "Evil;.;decision=.=rejected;.;To=.=open";
+        let long = format!("{}.example", "a".repeat(200));
+        for host in [evil, long.as_str()] {
+            let r = s.client().get("/", &[("host", host)]).await;
+            assert_eq!(r.status, 200, "{host}: {r:?}");
+        }
+        let evil_key = sanitize_key(evil);
+        assert_eq!(evil_key, "evil_._decision_._rejected_._to_._open");
+        let long_key = sanitize_key(&long);
+        assert_eq!(long_key.len(), 128);
+        for key in [&evil_key, &long_key] {
+            eventually(Duration::from_secs(3), "sanitized key counted", || async {
+                (s.metric(
+                    "meshbreaker_requests_total",
+                    key,
+                    &[("decision", "allowed")],
+                )
+                .await
+                    == 1.0)
+                    .then_some(())
+            })
+            .await;
+        }
+        let samples = s.envoy.samples().await;
+        assert_labels_cannot_be_forged(&samples);
+        assert_eq!(
+            samples
+                .iter()
+                .filter(|x| x.name == "meshbreaker_requests_total"
+                    && x.label("decision") == Some("rejected"))
+                .map(|x| x.value)
+                .sum::<f64>(),
+            0.0,
+            "the Host header did not create a rejected counter"
+        );
+    })
+}

@@ -1,0 +1,163 @@
+//! Behaviour 9: modes `dry_run`, `forced_open`, `disabled`, and per-cluster overrides.
+
+use meshbreaker_tests::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn failing() -> Behavior {
+    Behavior {
+        status: Some(500),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn dry_run_never_rejects_but_marks_would_be_rejected_responses() {
+    run(async {
+        let mut cfg = fast_config();
+        cfg["mode"] = "dry_run".into();
+        let s = Stack::start(&cfg, &["dry"], &[], false).await;
+        let up = s.up("dry");
+        up.set(failing());
+        let mut marked = 0;
+        for i in 0..15 {
+            let r = s.send("dry", "POST", &[]).await;
+            assert_eq!(
+                r.status, 500,
+                "request {i}: the upstream answer, never a rejection"
+            );
+            assert_eq!(r.header("x-meshbreaker"), None);
+            match r.header("x-meshbreaker-dry-run") {
+                Some("would-reject") => marked += 1,
+                // Unmarked after the trip only as a (virtual) half-open probe.
+                None => {}
+                Some(other) => panic!("unexpected x-meshbreaker-dry-run: {other}"),
+            }
+            if i == 5 {
+                // Give the merged state time to show the (virtual) trip.
+                eventually(Duration::from_secs(3), "dry-run state open", || async {
+                    (s.metric("meshbreaker_state", "dry", &[]).await == 1.0).then_some(())
+                })
+                .await;
+            }
+        }
+        assert_eq!(up.count(), 15, "dry_run never rejects");
+        assert!(marked >= 5, "only {marked} responses marked would-reject");
+        eventually(Duration::from_secs(3), "dry_run_reject counter", || async {
+            (s.metric(
+                "meshbreaker_requests_total",
+                "dry",
+                &[("decision", "dry_run_reject")],
+            )
+            .await
+                == marked as f64)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            s.metric(
+                "meshbreaker_requests_total",
+                "dry",
+                &[("decision", "rejected")]
+            )
+            .await,
+            0.0
+        );
+    })
+}
+
+#[test]
+fn forced_open_rejects_everything_with_sleep_window_retry_after() {
+    run(async {
+        let mut cfg = fast_config();
+        cfg["mode"] = "forced_open".into();
+        cfg["breaker"]["sleep_window"] = "3s".into();
+        let s = Stack::start(&cfg, &["forced"], &[], false).await;
+        for method in ["GET", "POST", "DELETE", "GET"] {
+            let r = s.send("forced", method, &[]).await;
+            let retry_after = assert_spec_rejection(&r, "forced", "forced_open");
+            assert_eq!(retry_after, 3);
+        }
+        assert_eq!(s.up("forced").count(), 0);
+        eventually(Duration::from_secs(3), "rejected = 4", || async {
+            (s.metric(
+                "meshbreaker_requests_total",
+                "forced",
+                &[("decision", "rejected")],
+            )
+            .await
+                == 4.0)
+                .then_some(())
+        })
+        .await;
+    })
+}
+
+#[test]
+fn disabled_mode_passes_through_without_retries_or_rejections() {
+    run(async {
+        let mut cfg = fast_config();
+        cfg["mode"] = "disabled".into();
+        // Trusted listener: client retry headers would work in Envoy if the filter kept them.
+        let s = Stack::start(&cfg, &["off"], &[], true).await;
+        let up = s.up("off");
+        let r = s.send("off", "GET", &[("x-test-fail-first", "503")]).await;
+        assert_eq!(r.status, 503, "no retry headers: Envoy does not retry");
+        let r = s
+            .send(
+                "off",
+                "GET",
+                &[
+                    ("x-test-fail-first", "503"),
+                    ("x-envoy-retry-on", "5xx"),
+                    ("x-envoy-max-retries", "3"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            r.status, 503,
+            "client retry headers are stripped in every mode"
+        );
+        assert!(up.requests().iter().all(|r| r.attempt() == Some(1)));
+        assert_eq!(up.count(), 2);
+        up.set(failing());
+        for _ in 0..15 {
+            let r = s.send("off", "POST", &[]).await;
+            assert_eq!(r.status, 500);
+            assert_eq!(r.header("x-meshbreaker"), None);
+            assert_eq!(r.header("x-meshbreaker-dry-run"), None);
+        }
+        assert_eq!(up.count(), 17);
+    })
+}
+
+#[test]
+fn overrides_apply_per_cluster() {
+    run(async {
+        let mut cfg = fast_config();
+        cfg["overrides"] = json!([
+            {"match": {"cluster": "ov_lenient"}, "breaker": {"min_requests": 50}},
+            {"match": {"cluster": "ov_forced"}, "mode": "forced_open"}
+        ]);
+        let s = Stack::start(&cfg, &["ov_strict", "ov_lenient", "ov_forced"], &[], false).await;
+        for route in ["ov_strict", "ov_lenient"] {
+            s.up(route).set(failing());
+        }
+        let mut strict_rejected = false;
+        for _ in 0..12 {
+            strict_rejected |= is_rejection(&s.send("ov_strict", "POST", &[]).await);
+            let r = s.send("ov_lenient", "POST", &[]).await;
+            assert_eq!(r.status, 500, "min_requests 50 for ov_lenient: {r:?}");
+            let _ = s.metric("meshbreaker_state", "ov_strict", &[]).await;
+        }
+        assert!(
+            strict_rejected,
+            "ov_strict keeps the default min_requests 5"
+        );
+        assert_eq!(s.up("ov_lenient").count(), 12);
+        assert_eq!(s.metric("meshbreaker_state", "ov_lenient", &[]).await, 0.0);
+        let r = s.send("ov_forced", "GET", &[]).await;
+        assert_spec_rejection(&r, "ov_forced", "forced_open");
+        assert_eq!(s.up("ov_forced").count(), 0);
+    })
+}

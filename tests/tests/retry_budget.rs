@@ -1,0 +1,69 @@
+//! Behaviour 7: under sustained partial failure the retry budget switches retries off
+//! (`x-envoy-max-retries: 0`) and `meshbreaker_retry_budget_denied_total` counts it.
+//!
+//! Budget here: ratio 0 and 1 retry/s over a 2 s window, i.e. 2 retries per window. Every request's
+//! first attempt fails with 503 and a retry succeeds, so without a budget all 20 would be retried.
+//! The breaker never trips (threshold 1.0 and a high min_requests) so only the budget acts.
+
+use meshbreaker_tests::*;
+use std::time::Duration;
+
+#[test]
+fn budget_denies_retries_under_sustained_partial_failure() {
+    run(async {
+        let mut cfg = fast_config();
+        cfg["breaker"]["min_requests"] = 1000.into();
+        cfg["breaker"]["error_rate_threshold"] = 1.0.into();
+        cfg["retry"] = serde_json::json!({
+            "budget": {"ratio": 0.0, "min_retries_per_second": 1}
+        });
+        let s = Stack::start(&cfg, &["budget"], &[], false).await;
+        let up = s.up("budget");
+        up.set(Behavior {
+            fail_first_attempt: Some(503),
+            ..Default::default()
+        });
+        let mut retried = 0;
+        let mut not_retried = 0;
+        for _ in 0..20 {
+            let r = s.send("budget", "GET", &[]).await;
+            match r.status {
+                200 => {
+                    assert_eq!(r.header("x-envoy-attempt-count"), Some("2"));
+                    retried += 1;
+                }
+                503 => {
+                    assert!(!is_rejection(&r), "breaker must not trip here: {r:?}");
+                    assert_eq!(r.header("x-envoy-attempt-count"), Some("1"));
+                    not_retried += 1;
+                }
+                s => panic!("unexpected status {s}"),
+            }
+        }
+        // Budget = 0 x requests + 1/s x 2 s = 2 retries per window; the 20 requests take far less
+        // than a window. Slack of 2 for the up-to-100 ms merge lag between the two workers.
+        assert!(
+            retried <= 4,
+            "{retried} retries made, the budget allows 2 (+2 merge slack)"
+        );
+        assert!(retried >= 1, "the budget allows some retries");
+        assert_eq!(retried + not_retried, 20);
+        let retry_attempts = up
+            .requests()
+            .iter()
+            .filter(|r| r.attempt() == Some(2))
+            .count();
+        assert_eq!(retry_attempts, retried);
+        eventually(
+            Duration::from_secs(3),
+            "retry_budget_denied_total = requests sent without retries",
+            || async {
+                let v = s
+                    .metric("meshbreaker_retry_budget_denied_total", "budget", &[])
+                    .await;
+                (v == not_retried as f64).then_some(())
+            },
+        )
+        .await;
+    })
+}
