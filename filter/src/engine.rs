@@ -436,12 +436,15 @@ impl<H: Host> Engine<H> {
             in_flight: 0,
             new_hosts: Vec::new(),
         };
-        // Evicting a local entry drops its unflushed samples; only idle entries are evicted.
-        self.keys
-            .insert(key, local, now_ms, |l| {
-                l.in_flight == 0 && l.recorder.is_empty()
-            })
-            .is_ok()
+        let idle = |l: &KeyLocal| l.in_flight == 0 && l.recorder.is_empty();
+        if self.keys.len() >= self.keys.capacity() {
+            // Full: flush the least recently used key so that it becomes idle and can make room
+            // without losing its samples.
+            if let Some(lru) = self.keys.lru_key().map(str::to_string) {
+                self.flush_key(&lru, now_ms);
+            }
+        }
+        self.keys.insert(key, local, now_ms, idle).is_ok()
     }
 
     // ---------------------------------------------------------------- requests
@@ -478,6 +481,9 @@ impl<H: Host> Engine<H> {
             return pass(key, Decision::PassThrough);
         }
         if !self.ensure_key(&key, parts, now_ms) {
+            // Every local entry is busy: the request passes unguarded, counted under `_other`.
+            let metrics = self.label_metrics(OTHER_LABEL);
+            self.inc(metrics.allowed, 1);
             return pass(key, Decision::Allow);
         }
         let Some(local) = self.keys.get(&key) else {
