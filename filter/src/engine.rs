@@ -139,6 +139,8 @@ pub struct Engine<H: Host> {
     key_buf: String,
     enc: Vec<u8>,
     warned_no_slot: bool,
+    /// Sequence of the last kernel reset totals this VM attributed.
+    resets_seen: Option<u64>,
     /// Shared-data traffic, for the per-request cost measurement.
     pub shared_reads: u64,
     pub shared_writes: u64,
@@ -172,6 +174,7 @@ impl<H: Host> Engine<H> {
             key_buf: String::new(),
             enc: Vec::new(),
             warned_no_slot: false,
+            resets_seen: None,
             shared_reads: 0,
             shared_writes: 0,
             cfg,
@@ -718,14 +721,24 @@ impl<H: Host> Engine<H> {
     /// Flushes every key with samples older than [`FLUSH_MS`] (called from the root's tick).
     pub fn on_tick(&mut self, now_ms: u64) {
         let mut due = Vec::new();
-        let resets_on = self.cfg.reset_signals.is_some();
+        // New kernel reset totals from the poller: every key with a slot takes its share.
+        let mut resets_changed = false;
+        if self.cfg.reset_signals.is_some() {
+            let name = self.names.resets();
+            let seq = self
+                .get(&name)
+                .0
+                .and_then(|b| ResetTotals::decode(&b).ok())
+                .map(|t| t.sequence);
+            if seq.is_some() && seq != self.resets_seen {
+                self.resets_seen = seq;
+                resets_changed = true;
+            }
+        }
         for (k, l) in self.keys.iter() {
             let stale = now_ms.saturating_sub(l.last_flush_ms) >= FLUSH_MS;
-            if stale
-                && (!l.recorder.is_empty()
-                    || !l.new_hosts.is_empty()
-                    || (resets_on && l.slot.is_some()))
-            {
+            let has_news = !l.recorder.is_empty() || !l.new_hosts.is_empty();
+            if (stale && has_news) || (resets_changed && l.slot.is_some()) {
                 due.push(k.to_string());
             }
         }
