@@ -1,0 +1,2 @@
+//! Placeholder while the benchmarks are written.
+fn main() {}

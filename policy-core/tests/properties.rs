@@ -1,0 +1,821 @@
+//! Property tests of policy-core's invariants, over random event sequences and clocks.
+//!
+//! Why these and not more unit tests: the breaker is shared by every Envoy worker through
+//! compare-and-swap on encoded bytes, and the window is merged from many workers' recorders, so the
+//! bugs that matter show up only under interleavings and sample sets nobody writes by hand. Each
+//! property states one SPEC promise (probe quota, legal transitions, exact P95 trip, P95 within 2%,
+//! merge = one recorder, lossless encoding) and checks it against an independent, obvious model.
+//!
+//! Native only: proptest is not built for wasm32 (the wasm run uses `tests/scenarios.rs`).
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::time::Duration;
+
+use policy_core::breaker::{BreakerState, Decision, Probe, SplitMix64, State, Transition};
+use policy_core::config::{BreakerConfig, Config, Mode};
+use policy_core::encoding::{DecodeError, SlotState};
+use policy_core::window::{
+    bucket_ms, nearest_rank, threshold_us, trip_reason, Bucket, Counts, FailureClass, HostCursor,
+    Outcome, Recorder, TripReason, Window, FAILURE_CLASSES, HIST_HIGHEST_US, MAX_HOSTS_PER_KEY,
+};
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------------------------
+// Breaker: probe quota and legal transitions, with workers sharing the state through CAS on bytes.
+// ---------------------------------------------------------------------------------------------
+
+/// One step of the simulation. `worker` picks which worker acts; `stale` makes the worker first try
+/// its write with the copy it read earlier (so the CAS can fail and it must re-read and redo).
+#[derive(Debug, Clone)]
+enum Op {
+    /// A request arrives at `worker`.
+    Decide {
+        worker: usize,
+        dry_run: bool,
+        stale: bool,
+    },
+    /// One of the probes `worker` holds completes (index into its list, modulo its length).
+    Complete {
+        worker: usize,
+        pick: usize,
+        success: bool,
+        stale: bool,
+    },
+    /// A tick on `worker` evaluates the window: the totals given either trip or not.
+    Evaluate {
+        worker: usize,
+        failed: u64,
+        samples: u64,
+        stale: bool,
+    },
+    /// Time passes.
+    Advance(u64),
+}
+
+fn op_strategy(workers: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..workers, any::<bool>(), any::<bool>())
+            .prop_map(|(worker, dry_run, stale)| Op::Decide { worker, dry_run, stale }),
+        3 => (0..workers, any::<usize>(), any::<bool>(), any::<bool>())
+            .prop_map(|(worker, pick, success, stale)| Op::Complete { worker, pick, success, stale }),
+        1 => (0..workers, 0u64..40, 0u64..40, any::<bool>())
+            .prop_map(|(worker, failed, samples, stale)| Op::Evaluate { worker, failed, samples, stale }),
+        3 => prop_oneof![0u64..50, 0u64..2_000, 0u64..40_000].prop_map(Op::Advance),
+    ]
+}
+
+fn breaker_cfg_strategy() -> impl Strategy<Value = BreakerConfig> {
+    (1u32..6, 1u32..6, 100u64..5_000, 1u64..8, 1u32..30).prop_map(
+        |(probes, to_close, sleep_ms, max_factor, min_requests)| {
+            let mut c = Config::default().breaker;
+            c.half_open_max_probes = probes;
+            c.half_open_successes_to_close = to_close;
+            c.sleep_window = Duration::from_millis(sleep_ms);
+            c.max_sleep_window = Duration::from_millis(sleep_ms * max_factor);
+            c.min_requests = min_requests;
+            c.error_rate_threshold = 0.5;
+            c
+        },
+    )
+}
+
+/// The shared-data entry: encoded bytes and a CAS token, as proxy-wasm gives them.
+struct Shared {
+    bytes: Vec<u8>,
+    cas: u32,
+}
+
+/// SPEC's state changes; anything else is a bug.
+fn legal_change(from: State, to: State) -> bool {
+    matches!(
+        (from, to),
+        (State::Closed, State::Open)
+            | (State::Open, State::HalfOpen)
+            | (State::HalfOpen, State::Closed)
+            | (State::HalfOpen, State::Open)
+    )
+}
+
+/// Checks a transition returned by the state machine against the states seen before and after.
+fn check_transition(
+    t: &Option<Transition>,
+    before: State,
+    after: State,
+) -> Result<(), TestCaseError> {
+    match t {
+        Some(t) if t.is_change() => {
+            prop_assert!(legal_change(t.from, t.to), "illegal transition {t:?}");
+            prop_assert_eq!(
+                (t.from, t.to),
+                (before, after),
+                "transition does not match states"
+            );
+            if t.to == State::Open {
+                prop_assert!(t.reason.is_some() && t.open_for_ms > 0, "{:?}", t);
+            }
+        }
+        Some(t) => {
+            // The only non-change a method reports: a probe success that keeps HALF_OPEN.
+            prop_assert_eq!((t.from, t.to), (State::HalfOpen, State::HalfOpen));
+            prop_assert_eq!((before, after), (State::HalfOpen, State::HalfOpen));
+        }
+        None => prop_assert_eq!(before, after, "state changed without a transition"),
+    }
+    Ok(())
+}
+
+fn run_breaker_sequence(
+    cfg: &BreakerConfig,
+    workers: usize,
+    ops: &[Op],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let mut shared = Shared {
+        bytes: SlotState {
+            key: "k".into(),
+            breaker: BreakerState::default(),
+        }
+        .encode(),
+        cas: 0,
+    };
+    let mut jitter = SplitMix64(seed);
+    let mut now = 1_000_000u64;
+    // What each worker last read (for stale attempts) and the probes it has in flight.
+    let mut cached: Vec<(SlotState, u32)> =
+        vec![(SlotState::decode(&shared.bytes).unwrap(), shared.cas); workers];
+    let mut held: Vec<Vec<u32>> = vec![Vec::new(); workers];
+    let mut observed = vec![State::Closed];
+
+    for op in ops {
+        if let Op::Advance(ms) = op {
+            now += ms;
+            continue;
+        }
+        let (worker, stale) = match *op {
+            Op::Decide { worker, stale, .. }
+            | Op::Complete { worker, stale, .. }
+            | Op::Evaluate { worker, stale, .. } => (worker, stale),
+            Op::Advance(_) => unreachable!(),
+        };
+        // The probe a completion reports, chosen before the CAS loop (the request is what completes).
+        let completing = match *op {
+            Op::Complete { pick, .. } if !held[worker].is_empty() => {
+                Some(held[worker][pick % held[worker].len()])
+            }
+            Op::Complete { .. } => continue,
+            _ => None,
+        };
+        let mut use_cache = stale;
+        // The filter's read-modify-CAS loop: on a CAS failure, read again and redo the step.
+        loop {
+            let (mut slot, token) = if use_cache {
+                cached[worker].clone()
+            } else {
+                (SlotState::decode(&shared.bytes).unwrap(), shared.cas)
+            };
+            use_cache = false;
+            let before = slot.breaker.state;
+            let (transition, changed, probe) = match *op {
+                Op::Decide { dry_run, .. } => {
+                    let mode = if dry_run { Mode::DryRun } else { Mode::Enforce };
+                    let step = slot.breaker.decide(mode, cfg, now);
+                    let probe = match step.decision {
+                        Decision::Probe(id) => Some(id),
+                        _ => None,
+                    };
+                    (step.transition, step.changed, probe)
+                }
+                Op::Complete { success, .. } => {
+                    let id = completing.unwrap_or_default();
+                    let t = slot
+                        .breaker
+                        .complete_probe(id, success, cfg, now, &mut jitter);
+                    (t, t.is_some(), None)
+                }
+                Op::Evaluate {
+                    failed, samples, ..
+                } => {
+                    let samples = samples.max(failed);
+                    let totals = Counts {
+                        samples,
+                        failures: [failed, 0, 0, 0],
+                        latency_samples: samples,
+                        ..Default::default()
+                    };
+                    let t = slot.breaker.evaluate(&totals, cfg, now, &mut jitter);
+                    (t, t.is_some(), None)
+                }
+                Op::Advance(_) => unreachable!(),
+            };
+            let after = slot.breaker.state;
+            check_transition(&transition, before, after)?;
+            prop_assert!(
+                slot.breaker.probes_in_flight() <= cfg.half_open_max_probes as usize,
+                "{} probes in flight, quota {}",
+                slot.breaker.probes_in_flight(),
+                cfg.half_open_max_probes
+            );
+            if token != shared.cas {
+                // Stale read: a write fails its CAS, and a no-op on stale data is redone on fresh
+                // data too (the filter reads the entry fresh for every request).
+                continue;
+            }
+            if !changed {
+                prop_assert_eq!(before, after);
+                break;
+            }
+            shared.bytes = slot.encode();
+            shared.cas += 1;
+            cached[worker] = (slot.clone(), shared.cas);
+            if let Some(id) = probe {
+                held[worker].push(id);
+            }
+            if observed.last() != Some(&after) {
+                observed.push(after);
+            }
+            break;
+        }
+        // A completed request no longer holds its probe, whether the state still knew it or not.
+        if let Some(id) = completing {
+            held[worker].retain(|h| *h != id);
+        }
+        // The shared state itself, after every step.
+        let shared_state = SlotState::decode(&shared.bytes).unwrap().breaker;
+        prop_assert!(shared_state.probes_in_flight() <= cfg.half_open_max_probes as usize);
+        if shared_state.state != State::HalfOpen {
+            prop_assert_eq!(shared_state.probes_in_flight(), 0);
+        }
+        // Every probe the shared state counts is held by exactly one worker.
+        for p in &shared_state.probes {
+            let holders = held.iter().filter(|h| h.contains(&p.id)).count();
+            prop_assert_eq!(holders, 1, "probe {:?} held by {} workers", p, holders);
+        }
+        if cached[worker].1 != shared.cas {
+            cached[worker] = (SlotState::decode(&shared.bytes).unwrap(), shared.cas);
+        }
+    }
+    for pair in observed.windows(2) {
+        prop_assert!(legal_change(pair[0], pair[1]), "observed {:?}", observed);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Quota and transitions, with 1–4 workers interleaving random requests, probe completions,
+    /// window evaluations and clock jumps; every step goes through encode/decode and CAS.
+    #[test]
+    fn probes_never_exceed_quota_and_only_spec_transitions_happen(
+        cfg in breaker_cfg_strategy(),
+        workers in 1usize..5,
+        ops in prop::collection::vec(op_strategy(4), 1..200),
+        seed in any::<u64>(),
+    ) {
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Decide { worker, dry_run, stale } => Op::Decide { worker: worker % workers, dry_run, stale },
+                Op::Complete { worker, pick, success, stale } => Op::Complete { worker: worker % workers, pick, success, stale },
+                Op::Evaluate { worker, failed, samples, stale } => Op::Evaluate { worker: worker % workers, failed, samples, stale },
+                a @ Op::Advance(_) => a,
+            })
+            .collect();
+        run_breaker_sequence(&cfg, workers, &ops, seed)?;
+    }
+
+    /// Without evaluation noise, a trip followed by a long run of requests and completions must walk
+    /// through every legal state (a liveness sanity check for the property above: it really
+    /// reaches HALF_OPEN and both of its exits).
+    #[test]
+    fn open_half_open_cycles_reach_closed_or_reopen(
+        cfg in breaker_cfg_strategy(),
+        outcomes in prop::collection::vec(any::<bool>(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        let mut s = BreakerState::default();
+        let mut rng = SplitMix64(seed);
+        let mut now = 0u64;
+        let t = s.trip(TripReason::ErrorRate, &cfg, now, &mut rng).unwrap();
+        prop_assert!(t.open_for_ms >= cfg.sleep_window.as_millis() as u64);
+        prop_assert!(t.open_for_ms as f64 <= (cfg.sleep_window.as_millis() as f64) * 1.2 + 1.0);
+        let mut closed = false;
+        for success in outcomes {
+            now = now.max(s.open_until_ms);
+            let before = s.state;
+            let step = s.decide(Mode::Enforce, &cfg, now);
+            check_transition(&step.transition, before, s.state)?;
+            let Decision::Probe(id) = step.decision else {
+                return Err(TestCaseError::fail(format!("HALF_OPEN with free quota must probe: {step:?}")));
+            };
+            let before = s.state;
+            let t = s.complete_probe(id, success, &cfg, now, &mut rng);
+            check_transition(&t, before, s.state)?;
+            if s.state == State::Closed {
+                closed = true;
+                break;
+            }
+            if s.state == State::Open {
+                let max = cfg.max_sleep_window.as_millis() as u64;
+                prop_assert!(s.sleep_ms <= max, "sleep {} over max {}", s.sleep_ms, max);
+            }
+        }
+        if closed {
+            prop_assert_eq!(s.sleep_ms, cfg.sleep_window.as_millis() as u64);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Window: error rate, exact P95 trip, reported P95, merge.
+// ---------------------------------------------------------------------------------------------
+
+/// The exact nearest-rank P95 of `samples`: the ceil(0.95 n)-th smallest. Independent of the crate:
+/// integer ceil of 95 n / 100.
+fn exact_p95(samples: &[u64]) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v = samples.to_vec();
+    v.sort_unstable();
+    let n = v.len();
+    let rank = (95 * n + 99) / 100;
+    Some(v[rank - 1])
+}
+
+/// A latency sample for the trip property: at an offset from the threshold, or anywhere.
+#[derive(Debug, Clone, Copy)]
+enum Sample {
+    Offset(i64),
+    Absolute(u64),
+}
+
+fn ok_outcome(latency_us: u64, attempts: u32) -> Outcome {
+    Outcome {
+        http_status: Some(200),
+        latency_us,
+        attempts,
+        ..Default::default()
+    }
+}
+
+/// A latency sample spread over every order of magnitude of the histogram.
+fn latency_strategy() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1u64..300,
+        300u64..100_000,
+        100_000u64..10_000_000,
+        10_000_000u64..=HIST_HIGHEST_US,
+    ]
+}
+
+/// A random outcome: status, gRPC status, reset flag, latency, attempts.
+fn outcome_strategy() -> impl Strategy<Value = Outcome> {
+    (
+        prop::option::of(prop_oneof![
+            Just(200u16),
+            Just(404),
+            Just(429),
+            Just(500),
+            Just(503)
+        ]),
+        prop::option::of(0u32..17),
+        any::<bool>(),
+        latency_strategy(),
+        prop_oneof![Just(0u32), Just(1), 2u32..5, Just(u32::MAX)],
+    )
+        .prop_map(
+            |(http_status, grpc_status, upstream_reset, latency_us, attempts)| Outcome {
+                http_status,
+                grpc_status,
+                upstream_reset,
+                latency_us,
+                attempts,
+            },
+        )
+}
+
+fn counts_strategy() -> impl Strategy<Value = Counts> {
+    let big = prop_oneof![0u64..100, any::<u64>()];
+    (
+        big.clone(),
+        prop::array::uniform4(big.clone()),
+        big.clone(),
+        big.clone(),
+        big.clone(),
+        big.clone(),
+        big,
+    )
+        .prop_map(
+            |(samples, failures, latency_samples, slow, requests, retries, kernel_resets)| Counts {
+                samples,
+                failures,
+                latency_samples,
+                slow,
+                requests,
+                retries,
+                kernel_resets,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any counters at all, even saturated or inconsistent ones, give a rate in [0, 1].
+    #[test]
+    fn error_rate_of_any_counts_is_in_zero_one(a in counts_strategy(), b in counts_strategy()) {
+        for c in [a, b, { let mut s = a; s.add(&b); s }] {
+            let r = c.error_rate();
+            prop_assert!((0.0..=1.0).contains(&r), "{r} for {c:?}");
+        }
+    }
+
+    /// Recorded outcomes (retried attempts included, up to u32::MAX of them) give a rate in [0, 1]
+    /// in every bucket and in the window totals, and the rate is failed / samples.
+    #[test]
+    fn error_rate_of_recorded_windows_is_in_zero_one(
+        outcomes in prop::collection::vec((0u64..15, outcome_strategy()), 0..120),
+    ) {
+        let cfg = Config::default().breaker;
+        let mut w = Window::new(cfg.buckets, 0);
+        let mut r = Recorder::new(threshold_us(&cfg)).unwrap();
+        let mut scratch = Vec::new();
+        let mut sorted = outcomes;
+        sorted.sort_by_key(|(e, _)| *e);
+        for (epoch, o) in &sorted {
+            if r.record(*epoch, o, o.failure(&cfg.failure)).is_err() {
+                // Flushed late, at the new epoch: kept only while its bucket is in the window.
+                let live = epoch - r.epoch() < u64::from(cfg.buckets);
+                prop_assert_eq!(w.merge_recorder(&r, *epoch, &mut scratch), live);
+                r.clear();
+                r.record(*epoch, o, o.failure(&cfg.failure)).unwrap();
+            }
+        }
+        let last = sorted.last().map_or(0, |(e, _)| *e);
+        w.merge_recorder(&r, last, &mut scratch);
+        for now in last..last + 14 {
+            let t = w.totals(now);
+            let rate = t.error_rate();
+            prop_assert!((0.0..=1.0).contains(&rate), "{rate}");
+            if t.samples > 0 && t.failed() <= t.samples {
+                prop_assert!((rate - t.failed() as f64 / t.samples as f64).abs() < 1e-12);
+            }
+        }
+    }
+
+    /// The latency trip equals the exact nearest-rank P95 compared with the threshold, samples
+    /// equal to the threshold included, whether the samples come through one recorder or many
+    /// workers' recorders over several buckets of the window.
+    #[test]
+    fn p95_trip_decision_is_exact(
+        threshold_ms in 1u64..2_000,
+        // Offsets around the threshold, so that many samples land on it or just beside it.
+        picks in prop::collection::vec(
+            (0u64..12, 0usize..3, prop_oneof![
+                3 => Just(Sample::Offset(0)),
+                2 => (-3i64..=3).prop_map(Sample::Offset),
+                2 => (-1_000_000i64..1_000_000).prop_map(Sample::Offset),
+                1 => latency_strategy().prop_map(Sample::Absolute),
+            ]),
+            1..300,
+        ),
+    ) {
+        let mut cfg = Config::default().breaker;
+        cfg.latency_p95_threshold = Some(Duration::from_millis(threshold_ms));
+        cfg.min_requests = 1;
+        cfg.error_rate_threshold = 1.0;
+        let t_us = threshold_ms * 1000;
+        let samples: Vec<(u64, usize, u64)> = picks
+            .iter()
+            .map(|(e, worker, sample)| {
+                let v = match *sample {
+                    Sample::Offset(off) => (t_us as i64 + off).max(0) as u64,
+                    Sample::Absolute(v) => v,
+                };
+                (*e, *worker, v)
+            })
+            .collect();
+        let lat: Vec<u64> = samples.iter().map(|s| s.2).collect();
+        let exact = exact_p95(&lat).unwrap() >= t_us;
+
+        // One recorder, one bucket.
+        let mut r = Recorder::new(threshold_us(&cfg)).unwrap();
+        for v in &lat {
+            r.record(3, &ok_outcome(*v, 1), None).unwrap();
+        }
+        prop_assert_eq!(r.counts().p95_at_or_over_threshold(), exact);
+
+        // Three workers over the buckets of the window, merged.
+        let mut w = Window::new(cfg.buckets, 0);
+        let mut scratch = Vec::new();
+        let mut sorted = samples.clone();
+        sorted.sort_by_key(|s| s.0);
+        for epoch in 0..12u64 {
+            for worker in 0..3usize {
+                let mut r = Recorder::new(threshold_us(&cfg)).unwrap();
+                for s in sorted.iter().filter(|s| s.0 == epoch && s.1 == worker) {
+                    r.record(epoch, &ok_outcome(s.2, 1), None).unwrap();
+                }
+                prop_assert!(w.merge_recorder(&r, epoch, &mut scratch));
+            }
+        }
+        let totals = w.totals(11);
+        prop_assert_eq!(totals.latency_samples, lat.len() as u64);
+        prop_assert_eq!(totals.p95_at_or_over_threshold(), exact);
+        let expected = exact.then_some(TripReason::LatencyP95);
+        prop_assert_eq!(trip_reason(&totals, &cfg), expected);
+        // Nearest rank agrees with the independent formula.
+        let n = lat.len() as u64;
+        prop_assert_eq!(nearest_rank(n), (95 * n).div_ceil(100));
+    }
+
+    /// The reported P95 is within 2% (relative) of the exact nearest-rank P95, from 1 µs to the top
+    /// of the histogram.
+    #[test]
+    fn reported_p95_is_within_two_percent(
+        lat in prop::collection::vec(latency_strategy(), 1..400),
+        epochs in prop::collection::vec(0u64..12, 1..400),
+    ) {
+        let cfg = Config::default().breaker;
+        let mut w = Window::new(cfg.buckets, 0);
+        let mut scratch = Vec::new();
+        let mut by_epoch: Vec<(u64, u64)> =
+            lat.iter().enumerate().map(|(i, v)| (epochs[i % epochs.len()], *v)).collect();
+        by_epoch.sort_unstable();
+        let mut r = Recorder::new(threshold_us(&cfg)).unwrap();
+        for (e, v) in &by_epoch {
+            if r.record(*e, &ok_outcome(*v, 1), None).is_err() {
+                prop_assert!(w.merge_recorder(&r, *e, &mut scratch));
+                r.clear();
+                r.record(*e, &ok_outcome(*v, 1), None).unwrap();
+            }
+        }
+        prop_assert!(w.merge_recorder(&r, 11, &mut scratch));
+        let exact = exact_p95(&lat).unwrap() as f64;
+        let reported = w.p95_us(11, &mut scratch).unwrap() as f64;
+        prop_assert!(
+            (reported - exact).abs() <= 0.02 * exact,
+            "reported {reported} vs exact {exact}"
+        );
+    }
+
+    /// Two (or three) workers, each merging its own recorders into its own window bucket by bucket,
+    /// then one window merged into the other, equal one window fed with every sample: the same
+    /// `Window`, totals and P95 — also when the samples span more epochs than the window holds.
+    #[test]
+    fn merged_worker_windows_equal_one_window_of_all_samples(
+        buckets in 1u32..13,
+        workers in 2usize..4,
+        // (epoch, worker, outcome); epochs may run past the window.
+        samples in prop::collection::vec((0u64..30, 0usize..3, outcome_strategy()), 0..200),
+        threshold_ms in prop::option::of(1u64..1_000),
+    ) {
+        let mut cfg = Config::default().breaker;
+        cfg.buckets = buckets;
+        cfg.latency_p95_threshold = threshold_ms.map(Duration::from_millis);
+        let n = u64::from(buckets);
+        let mut sorted = samples;
+        sorted.sort_by_key(|s| s.0);
+        let last_epoch = sorted.last().map_or(0, |s| s.0);
+        let first_epoch = sorted.first().map_or(0, |s| s.0);
+
+        let mut worker_windows: Vec<Window> = (0..workers).map(|_| Window::new(buckets, 7)).collect();
+        let mut all = Window::new(buckets, 7);
+        let mut scratch = Vec::new();
+        let mut epoch = first_epoch;
+        while epoch <= last_epoch {
+            let mut all_rec = Recorder::new(threshold_us(&cfg)).unwrap();
+            for (wi, ww) in worker_windows.iter_mut().enumerate() {
+                let mut r = Recorder::new(threshold_us(&cfg)).unwrap();
+                for (_, _, o) in sorted.iter().filter(|s| s.0 == epoch && s.1 % workers == wi) {
+                    let f = o.failure(&cfg.failure);
+                    r.record(epoch, o, f).unwrap();
+                    all_rec.record(epoch, o, f).unwrap();
+                }
+                prop_assert!(ww.merge_recorder(&r, epoch, &mut scratch));
+            }
+            prop_assert!(all.merge_recorder(&all_rec, epoch, &mut scratch));
+            epoch += 1;
+        }
+        let mut merged = worker_windows[0].clone();
+        for other in &worker_windows[1..] {
+            merged.merge(other, last_epoch, &mut scratch);
+        }
+        for now in [last_epoch, last_epoch + 1, last_epoch + n / 2, last_epoch + n] {
+            prop_assert_eq!(merged.totals(now), all.totals(now), "totals at {}", now);
+            let mut s2 = Vec::new();
+            prop_assert_eq!(merged.p95_us(now, &mut scratch), all.p95_us(now, &mut s2), "p95 at {}", now);
+        }
+        if last_epoch - first_epoch < n {
+            // Every sample still in the window: the windows are identical, bucket by bucket.
+            prop_assert_eq!(&merged, &all);
+        } else {
+            // Buckets older than the window may differ (a dead bucket is dropped by `merge` but
+            // kept by a window that never reused its slot); the live buckets must not.
+            for (a, b) in merged.buckets.iter().zip(&all.buckets) {
+                let live = |x: &Bucket| x.epoch <= last_epoch && last_epoch - x.epoch < n && x.counts != Counts::default();
+                if live(a) || live(b) {
+                    prop_assert_eq!(a, b);
+                }
+            }
+        }
+        // And the trip decision follows.
+        prop_assert_eq!(trip_reason(&merged.totals(last_epoch), &cfg), trip_reason(&all.totals(last_epoch), &cfg));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding: lossless round trips, and garbage never panics.
+// ---------------------------------------------------------------------------------------------
+
+fn state_strategy() -> impl Strategy<Value = State> {
+    prop_oneof![
+        Just(State::Closed),
+        Just(State::Open),
+        Just(State::HalfOpen)
+    ]
+}
+
+fn reason_strategy() -> impl Strategy<Value = Option<TripReason>> {
+    prop::option::of(prop_oneof![
+        Just(TripReason::ErrorRate),
+        Just(TripReason::LatencyP95),
+        Just(TripReason::KernelResets),
+        Just(TripReason::ForcedOpen),
+    ])
+}
+
+fn slot_state_strategy() -> impl Strategy<Value = SlotState> {
+    (
+        // Sanitized keys (the real ones), or any UTF-8 of at most 128 bytes.
+        prop_oneof![
+            "[a-z0-9._:|-]{0,128}",
+            ".{0,32}".prop_filter("at most 128 bytes", |s: &String| s.len() <= 128),
+        ],
+        state_strategy(),
+        reason_strategy(),
+        any::<u64>(),
+        any::<u64>(),
+        prop::collection::vec((any::<u32>(), any::<u64>()), 0..8),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(
+                key,
+                state,
+                reason,
+                open_until_ms,
+                sleep_ms,
+                probes,
+                next_probe_id,
+                successes,
+                generation,
+            )| SlotState {
+                key,
+                breaker: BreakerState {
+                    state,
+                    reason,
+                    open_until_ms,
+                    sleep_ms,
+                    probes: probes
+                        .into_iter()
+                        .map(|(id, started_ms)| Probe { id, started_ms })
+                        .collect(),
+                    next_probe_id,
+                    successes,
+                    generation,
+                },
+            },
+        )
+}
+
+fn bucket_strategy() -> impl Strategy<Value = Bucket> {
+    prop_oneof![
+        // An empty bucket encodes as one byte and decodes with epoch 0.
+        1 => Just(Bucket::default()),
+        3 => (
+            any::<u64>(),
+            counts_strategy(),
+            // Ascending distinct values, non-zero counts.
+            prop::collection::btree_map(prop_oneof![1u64..10_000, any::<u64>()], 1u64..u64::MAX, 0..40),
+        )
+            .prop_map(|(epoch, counts, bins)| Bucket { epoch, counts, bins: bins.into_iter().collect() })
+            .prop_filter("non-empty", |b| b.counts != Counts::default() || !b.bins.is_empty()),
+    ]
+}
+
+fn window_strategy() -> impl Strategy<Value = Window> {
+    (
+        any::<u32>(),
+        any::<u64>(),
+        prop::collection::vec(
+            ("[0-9a-f:.\\[\\]]{1,64}", any::<u64>()),
+            0..=MAX_HOSTS_PER_KEY,
+        ),
+        prop::collection::vec(bucket_strategy(), 1..=60),
+    )
+        .prop_map(|(generation, last_used_ms, hosts, buckets)| Window {
+            generation,
+            last_used_ms,
+            hosts: hosts
+                .into_iter()
+                .map(|(host, seen)| HostCursor { host, seen })
+                .collect(),
+            buckets,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn slot_state_round_trips(s in slot_state_strategy()) {
+        let bytes = s.encode();
+        prop_assert_eq!(SlotState::decode(&bytes), Ok(s.clone()));
+        prop_assert_eq!(SlotState::peek_key(&bytes), Ok(s.key.as_str()));
+        // Every strict prefix is rejected, never misread.
+        for cut in 0..bytes.len() {
+            prop_assert!(SlotState::decode(&bytes[..cut]).is_err(), "prefix {} accepted", cut);
+        }
+        // A trailing byte is rejected.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        prop_assert_eq!(SlotState::decode(&longer), Err(DecodeError::TrailingBytes));
+    }
+
+    #[test]
+    fn window_round_trips(w in window_strategy(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 16)) {
+        let bytes = w.encode();
+        prop_assert_eq!(Window::decode(&bytes), Ok(w.clone()));
+        // Decoding into a reused window of another shape gives the same result.
+        let mut reused = Window::new(60, 99);
+        reused.learn_host("1.2.3.4:5", 6);
+        reused.decode_into(&bytes).unwrap();
+        prop_assert_eq!(&reused, &w);
+        // Strict prefixes (a sample of them: the whole set is quadratic in a 50 KB window) are
+        // rejected, never misread.
+        for cut in cuts.iter().map(|i| i.index(bytes.len())).chain([0, 3, bytes.len() - 1]) {
+            prop_assert!(Window::decode(&bytes[..cut]).is_err(), "prefix {} accepted", cut);
+        }
+    }
+
+    /// A window built by recording real traffic round trips too (its bins come from the histogram).
+    #[test]
+    fn recorded_window_round_trips(
+        samples in prop::collection::vec((0u64..12, outcome_strategy()), 1..150),
+    ) {
+        let cfg = Config::default().breaker;
+        let mut w = Window::new(cfg.buckets, 3);
+        let mut scratch = Vec::new();
+        let mut sorted = samples;
+        sorted.sort_by_key(|s| s.0);
+        let mut r = Recorder::new(threshold_us(&cfg)).unwrap();
+        for (e, o) in &sorted {
+            if r.record(*e, o, o.failure(&cfg.failure)).is_err() {
+                w.merge_recorder(&r, *e, &mut scratch);
+                r.clear();
+                r.record(*e, o, o.failure(&cfg.failure)).unwrap();
+            }
+        }
+        w.merge_recorder(&r, 11, &mut scratch);
+        let d = Window::decode(&w.encode()).unwrap();
+        prop_assert_eq!(&d, &w);
+        prop_assert_eq!(d.totals(11), w.totals(11));
+        prop_assert_eq!(d.p95_us(11, &mut scratch), w.p95_us(11, &mut Vec::new()));
+    }
+
+    /// Random bytes (with a valid header half the time) never panic and are mostly rejected.
+    #[test]
+    fn garbage_never_panics(
+        body in prop::collection::vec(any::<u8>(), 0..200),
+        kind in prop_oneof![Just(b'S'), Just(b'W'), Just(b'R'), any::<u8>()],
+        with_header in any::<bool>(),
+    ) {
+        let mut buf = if with_header { vec![b'M', 1, kind] } else { Vec::new() };
+        buf.extend_from_slice(&body);
+        let _ = SlotState::decode(&buf);
+        let _ = SlotState::peek_key(&buf);
+        let _ = Window::decode(&buf);
+        let _ = policy_core::encoding::ResetTotals::decode(&buf);
+    }
+}
+
+/// Sanity for the generators: the P95 model above is the textbook one.
+#[test]
+fn exact_p95_model_matches_known_values() {
+    let v: Vec<u64> = (1..=100).collect();
+    assert_eq!(exact_p95(&v), Some(95));
+    let v: Vec<u64> = (1..=20).collect();
+    assert_eq!(exact_p95(&v), Some(19));
+    let v: Vec<u64> = (1..=21).collect();
+    assert_eq!(exact_p95(&v), Some(20));
+    assert_eq!(exact_p95(&[7]), Some(7));
+    assert_eq!(FAILURE_CLASSES, 4);
+    let _ = (
+        bucket_ms(&Config::default().breaker),
+        FailureClass::HttpStatus,
+    );
+}
