@@ -1,7 +1,7 @@
 //! The plugin configuration of SPEC ("Plugin configuration"): types, defaults, parsing, validation,
 //! and overrides merged onto the defaults.
 //!
-//! Why a hand-written walk over `serde_json::Value` instead of `#[derive(Deserialize)]`: every error
+//! Why a hand-written walk over a JSON [`json::Value`] instead of `#[derive(Deserialize)]`: every error
 //! must name the field path (`overrides[0].breaker.window`) and the reason, overrides are *partial*
 //! documents merged onto the top level, and this code ships inside a wasm filter with a 200 KiB
 //! budget. One generic `Value` parse plus plain functions is both the smallest code and the one that
@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use self::json::{Map, Value};
 
 /// What one breaker guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,7 +304,7 @@ impl Config {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Ok(Config::default());
         }
-        let doc: Value = serde_json::from_slice(json).map_err(|e| ConfigError {
+        let doc = self::json::parse(json, false).map_err(|e| ConfigError {
             path: String::new(),
             reason: format!("invalid JSON: {e}"),
         })?;
@@ -427,7 +427,7 @@ fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError {
 }
 
 /// The object at `path`, after checking that it has no field outside `allowed`.
-fn object<'v>(v: &'v Value, path: &str, allowed: &[&str]) -> Res<&'v Map<String, Value>> {
+fn object<'v>(v: &'v Value, path: &str, allowed: &[&str]) -> Res<&'v Map> {
     let map = v
         .as_object()
         .ok_or_else(|| wrong_type(path, "an object", v))?;
@@ -476,7 +476,7 @@ fn integer(v: &Value, path: &str, lo: u64, hi: u64) -> Res<u64> {
     } else if n.as_i64().is_some() {
         None // negative
     } else {
-        let f = n.as_f64().unwrap_or(f64::NAN);
+        let f = n.as_f64();
         if f.fract() != 0.0 || !f.is_finite() {
             return Err(error(path, format!("must be an integer, got {n}")));
         }
@@ -1215,6 +1215,677 @@ fn parse_override(v: &Value, path: &str, top: &Config) -> Res<Override> {
         breaker,
         retry,
     })
+}
+
+/// A small JSON reader (RFC 8259) producing [`json::Value`], shared by the configuration and the
+/// sidecar's reset snapshots ([`crate::resets::parse_snapshot`]).
+///
+/// Why not serde_json: the filter ships as wasm with a 200 KiB budget, and serde_json's generic
+/// machinery (plus the float printing its error messages pull in) cost about a quarter of it. This
+/// reader keeps serde_json's observable rules: objects keep their keys sorted and the last of a
+/// repeated key wins (serde_json's default `Map`), integers that fit are `u64`/`i64` (`-0` and
+/// anything larger are floats), at most 128 nested arrays/objects, strings must be valid UTF-8
+/// with paired surrogate escapes. A number keeps its source text, which is what error messages
+/// show (`got 1.5`).
+pub mod json {
+    use std::fmt;
+
+    /// A JSON number: its value (as serde_json would classify it) and its text in the document.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Number {
+        text: Box<str>,
+        value: Num,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Num {
+        PosInt(u64),
+        NegInt(i64),
+        Float(f64),
+    }
+
+    impl Number {
+        pub fn as_u64(&self) -> Option<u64> {
+            match self.value {
+                Num::PosInt(u) => Some(u),
+                _ => None,
+            }
+        }
+        pub fn as_i64(&self) -> Option<i64> {
+            match self.value {
+                Num::PosInt(u) => i64::try_from(u).ok(),
+                Num::NegInt(i) => Some(i),
+                Num::Float(_) => None,
+            }
+        }
+        pub fn as_f64(&self) -> f64 {
+            match self.value {
+                Num::PosInt(u) => u as f64,
+                Num::NegInt(i) => i as f64,
+                Num::Float(f) => f,
+            }
+        }
+    }
+
+    impl fmt::Display for Number {
+        /// The number as written in the document.
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.text)
+        }
+    }
+
+    /// A JSON object: keys sorted, unique.
+    #[derive(Debug, Clone, PartialEq, Default)]
+    pub struct Map(Vec<(String, Value)>);
+
+    impl Map {
+        fn find(&self, key: &str) -> Result<usize, usize> {
+            self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        }
+        pub fn get(&self, key: &str) -> Option<&Value> {
+            self.find(key)
+                .ok()
+                .and_then(|i| self.0.get(i))
+                .map(|(_, v)| v)
+        }
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+        pub fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+        pub fn keys(&self) -> impl Iterator<Item = &String> {
+            self.0.iter().map(|(k, _)| k)
+        }
+        pub fn iter(&self) -> std::slice::Iter<'_, (String, Value)> {
+            self.0.iter()
+        }
+    }
+
+    impl<'a> IntoIterator for &'a Map {
+        type Item = &'a (String, Value);
+        type IntoIter = std::slice::Iter<'a, (String, Value)>;
+        fn into_iter(self) -> Self::IntoIter {
+            self.0.iter()
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Value {
+        Null,
+        Bool(bool),
+        Number(Number),
+        String(String),
+        Array(Vec<Value>),
+        Object(Map),
+    }
+
+    impl Value {
+        pub fn is_null(&self) -> bool {
+            matches!(self, Value::Null)
+        }
+        pub fn as_bool(&self) -> Option<bool> {
+            match self {
+                Value::Bool(b) => Some(*b),
+                _ => None,
+            }
+        }
+        pub fn as_number(&self) -> Option<&Number> {
+            match self {
+                Value::Number(n) => Some(n),
+                _ => None,
+            }
+        }
+        pub fn as_f64(&self) -> Option<f64> {
+            self.as_number().map(Number::as_f64)
+        }
+        pub fn as_str(&self) -> Option<&str> {
+            match self {
+                Value::String(s) => Some(s),
+                _ => None,
+            }
+        }
+        pub fn as_array(&self) -> Option<&Vec<Value>> {
+            match self {
+                Value::Array(a) => Some(a),
+                _ => None,
+            }
+        }
+        pub fn as_object(&self) -> Option<&Map> {
+            match self {
+                Value::Object(m) => Some(m),
+                _ => None,
+            }
+        }
+    }
+
+    /// Why a document is not JSON, and where (1-based line and column of the offending byte).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Error {
+        pub reason: &'static str,
+        pub line: usize,
+        pub column: usize,
+    }
+
+    impl fmt::Display for Error {
+        /// `expected value at line 1 column 2`
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "{} at line {} column {}",
+                self.reason, self.line, self.column
+            )
+        }
+    }
+
+    impl std::error::Error for Error {}
+
+    const MAX_DEPTH: u32 = 128;
+
+    /// Parses a whole document. With `duplicate_keys_are_errors`, an object that repeats a key is
+    /// rejected (serde's derive behaviour) instead of keeping the last value.
+    pub fn parse(input: &[u8], duplicate_keys_are_errors: bool) -> Result<Value, Error> {
+        let mut p = Parser {
+            s: input,
+            pos: 0,
+            depth: 0,
+            strict: duplicate_keys_are_errors,
+        };
+        let v = p.value()?;
+        p.ws();
+        if p.pos < input.len() {
+            return Err(p.err("trailing characters"));
+        }
+        Ok(v)
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        pos: usize,
+        depth: u32,
+        strict: bool,
+    }
+
+    impl Parser<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.pos).copied()
+        }
+
+        fn next(&mut self) -> Option<u8> {
+            let b = self.peek();
+            if b.is_some() {
+                self.pos += 1;
+            }
+            b
+        }
+
+        fn ws(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\n' | b'\t' | b'\r')) {
+                self.pos += 1;
+            }
+        }
+
+        fn err(&self, reason: &'static str) -> Error {
+            let seen = self.s.get(..self.pos + 1).unwrap_or(self.s);
+            let line = 1 + seen.iter().filter(|&&b| b == b'\n').count();
+            let column = seen.len() - seen.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            Error {
+                reason,
+                line,
+                column,
+            }
+        }
+
+        fn digits(&mut self) -> usize {
+            let start = self.pos;
+            while matches!(self.peek(), Some(b'0'..=b'9')) {
+                self.pos += 1;
+            }
+            self.pos - start
+        }
+
+        fn value(&mut self) -> Result<Value, Error> {
+            self.ws();
+            let Some(b) = self.peek() else {
+                return Err(self.err("EOF while parsing a value"));
+            };
+            match b {
+                b'n' => self.literal("null", Value::Null),
+                b't' => self.literal("true", Value::Bool(true)),
+                b'f' => self.literal("false", Value::Bool(false)),
+                b'"' => {
+                    self.pos += 1;
+                    self.string().map(Value::String)
+                }
+                b'-' | b'0'..=b'9' => self.number(),
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    if self.depth > MAX_DEPTH {
+                        return Err(self.err("recursion limit exceeded"));
+                    }
+                    self.pos += 1;
+                    let v = if b == b'[' {
+                        self.array()
+                    } else {
+                        self.object()
+                    };
+                    self.depth -= 1;
+                    v
+                }
+                _ => Err(self.err("expected value")),
+            }
+        }
+
+        fn literal(&mut self, word: &str, v: Value) -> Result<Value, Error> {
+            for &w in word.as_bytes() {
+                match self.next() {
+                    Some(b) if b == w => {}
+                    None => return Err(self.err("EOF while parsing a value")),
+                    Some(_) => {
+                        self.pos -= 1;
+                        return Err(self.err("expected ident"));
+                    }
+                }
+            }
+            Ok(v)
+        }
+
+        /// After `[`.
+        fn array(&mut self) -> Result<Value, Error> {
+            let mut items = Vec::new();
+            self.ws();
+            if self.peek() == Some(b']') {
+                self.pos += 1;
+                return Ok(Value::Array(items));
+            }
+            loop {
+                items.push(self.value()?);
+                self.ws();
+                match self.next() {
+                    Some(b',') => {}
+                    Some(b']') => return Ok(Value::Array(items)),
+                    None => return Err(self.err("EOF while parsing a list")),
+                    Some(_) => {
+                        self.pos -= 1;
+                        return Err(self.err("expected `,` or `]`"));
+                    }
+                }
+            }
+        }
+
+        /// After `{`.
+        fn object(&mut self) -> Result<Value, Error> {
+            let mut map = Map::default();
+            self.ws();
+            if self.peek() == Some(b'}') {
+                self.pos += 1;
+                return Ok(Value::Object(map));
+            }
+            loop {
+                self.ws();
+                match self.next() {
+                    Some(b'"') => {}
+                    None => return Err(self.err("EOF while parsing an object")),
+                    Some(_) => {
+                        self.pos -= 1;
+                        return Err(self.err("key must be a string"));
+                    }
+                }
+                let key = self.string()?;
+                self.ws();
+                match self.next() {
+                    Some(b':') => {}
+                    None => return Err(self.err("EOF while parsing an object")),
+                    Some(_) => {
+                        self.pos -= 1;
+                        return Err(self.err("expected `:`"));
+                    }
+                }
+                let value = self.value()?;
+                match map.find(&key) {
+                    Ok(_) if self.strict => return Err(self.err("duplicate field")),
+                    Ok(i) => {
+                        if let Some(slot) = map.0.get_mut(i) {
+                            slot.1 = value;
+                        }
+                    }
+                    Err(i) => map.0.insert(i, (key, value)),
+                }
+                self.ws();
+                match self.next() {
+                    Some(b',') => {}
+                    Some(b'}') => return Ok(Value::Object(map)),
+                    None => return Err(self.err("EOF while parsing an object")),
+                    Some(_) => {
+                        self.pos -= 1;
+                        return Err(self.err("expected `,` or `}`"));
+                    }
+                }
+            }
+        }
+
+        /// After the opening quote.
+        fn string(&mut self) -> Result<String, Error> {
+            let mut out = Vec::new();
+            loop {
+                let Some(b) = self.next() else {
+                    return Err(self.err("EOF while parsing a string"));
+                };
+                match b {
+                    b'"' => break,
+                    b'\\' => {
+                        let c = match self.next() {
+                            Some(b'"') => '"',
+                            Some(b'\\') => '\\',
+                            Some(b'/') => '/',
+                            Some(b'b') => '\u{8}',
+                            Some(b'f') => '\u{c}',
+                            Some(b'n') => '\n',
+                            Some(b'r') => '\r',
+                            Some(b't') => '\t',
+                            Some(b'u') => self.unicode_escape()?,
+                            None => return Err(self.err("EOF while parsing a string")),
+                            Some(_) => return Err(self.err("invalid escape")),
+                        };
+                        let mut buf = [0; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    }
+                    0..=0x1f => {
+                        return Err(self.err(
+                            "control character (\\u0000-\\u001F) found while parsing a string",
+                        ))
+                    }
+                    _ => out.push(b),
+                }
+            }
+            String::from_utf8(out).map_err(|_| self.err("invalid unicode code point"))
+        }
+
+        fn hex4(&mut self) -> Result<u32, Error> {
+            let mut n = 0;
+            for _ in 0..4 {
+                let d = match self.next() {
+                    Some(b) => char::from(b).to_digit(16),
+                    None => return Err(self.err("EOF while parsing a string")),
+                };
+                n = n * 16 + d.ok_or_else(|| self.err("invalid escape"))?;
+            }
+            Ok(n)
+        }
+
+        /// After `\u`: one code point, a surrogate pair taking two escapes.
+        fn unicode_escape(&mut self) -> Result<char, Error> {
+            let hi = self.hex4()?;
+            let code = match hi {
+                0xD800..=0xDBFF => {
+                    if self.next() != Some(b'\\') || self.next() != Some(b'u') {
+                        return Err(self.err("lone leading surrogate in hex escape"));
+                    }
+                    let lo = self.hex4()?;
+                    if !(0xDC00..=0xDFFF).contains(&lo) {
+                        return Err(self.err("lone leading surrogate in hex escape"));
+                    }
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                }
+                _ => hi,
+            };
+            char::from_u32(code).ok_or_else(|| self.err("invalid unicode code point"))
+        }
+
+        fn number(&mut self) -> Result<Value, Error> {
+            let start = self.pos;
+            let negative = self.peek() == Some(b'-');
+            if negative {
+                self.pos += 1;
+            }
+            let int_start = self.pos;
+            match self.peek() {
+                Some(b'0') => {
+                    self.pos += 1;
+                    if matches!(self.peek(), Some(b'0'..=b'9')) {
+                        return Err(self.err("invalid number"));
+                    }
+                }
+                Some(b'1'..=b'9') => {
+                    self.digits();
+                }
+                _ => return Err(self.err("invalid number")),
+            }
+            let int_end = self.pos;
+            let mut frac = (self.pos, self.pos);
+            let mut exp: i64 = 0;
+            let mut float = false;
+            if self.peek() == Some(b'.') {
+                self.pos += 1;
+                float = true;
+                let f0 = self.pos;
+                if self.digits() == 0 {
+                    return Err(self.err("invalid number"));
+                }
+                frac = (f0, self.pos);
+            }
+            if matches!(self.peek(), Some(b'e' | b'E')) {
+                self.pos += 1;
+                float = true;
+                let exp_negative = match self.peek() {
+                    Some(b'-') => {
+                        self.pos += 1;
+                        true
+                    }
+                    Some(b'+') => {
+                        self.pos += 1;
+                        false
+                    }
+                    _ => false,
+                };
+                let e0 = self.pos;
+                if self.digits() == 0 {
+                    return Err(self.err("invalid number"));
+                }
+                for &d in self.s.get(e0..self.pos).unwrap_or(&[]) {
+                    exp = (exp * 10 + i64::from(d - b'0')).min(1 << 20);
+                }
+                if exp_negative {
+                    exp = -exp;
+                }
+            }
+            let int_digits = self.s.get(int_start..int_end).unwrap_or(&[]);
+            let frac_digits = self.s.get(frac.0..frac.1).unwrap_or(&[]);
+            let value = if float {
+                self.float(int_digits, frac_digits, exp, negative)?
+            } else {
+                match int_digits.iter().try_fold(0u64, |acc, &d| {
+                    acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                }) {
+                    Some(u) if !negative => Num::PosInt(u),
+                    Some(u) => match (u as i64).wrapping_neg() {
+                        n if n < 0 => Num::NegInt(n),
+                        _ => Num::Float(-(u as f64)),
+                    },
+                    None => self.float(int_digits, &[], 0, negative)?,
+                }
+            };
+            let text = self.s.get(start..self.pos).unwrap_or(&[]);
+            Ok(Value::Number(Number {
+                text: String::from_utf8_lossy(text).into(),
+                value,
+            }))
+        }
+
+        /// `int.frac × 10^exp`, from at most 19 significant digits (later ones are below an f64's
+        /// precision); exact for up to 15 digits and |exponent| ≤ 22, which covers any
+        /// configuration value.
+        fn float(&self, int: &[u8], frac: &[u8], exp: i64, negative: bool) -> Result<Num, Error> {
+            let mut mantissa: u64 = 0;
+            let mut exp = exp;
+            let mut kept = 0;
+            for (i, &d) in int.iter().chain(frac).enumerate() {
+                let in_frac = i >= int.len();
+                if mantissa == 0 && d == b'0' {
+                    if in_frac {
+                        exp -= 1;
+                    }
+                    continue;
+                }
+                if kept < 19 {
+                    mantissa = mantissa * 10 + u64::from(d - b'0');
+                    kept += 1;
+                    if in_frac {
+                        exp -= 1;
+                    }
+                } else if !in_frac {
+                    exp += 1;
+                }
+            }
+            let mut f = mantissa as f64;
+            if mantissa != 0 {
+                while exp > 22 && f.is_finite() {
+                    f *= 1e22;
+                    exp -= 22;
+                }
+                while exp < -22 && f != 0.0 {
+                    f /= 1e22;
+                    exp += 22;
+                }
+                let mut pow = 1.0;
+                for _ in 0..exp.unsigned_abs().min(22) {
+                    pow *= 10.0;
+                }
+                f = if exp >= 0 { f * pow } else { f / pow };
+            }
+            if !f.is_finite() {
+                return Err(self.err("number out of range"));
+            }
+            Ok(Num::Float(if negative { -f } else { f }))
+        }
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    mod tests {
+        use super::*;
+
+        fn num(s: &str) -> Number {
+            match parse(s.as_bytes(), false).unwrap() {
+                Value::Number(n) => n,
+                other => panic!("{s} parsed as {other:?}"),
+            }
+        }
+
+        #[test]
+        fn classifies_numbers_like_serde_json() {
+            assert_eq!(num("20").as_u64(), Some(20));
+            assert_eq!(num("-3").as_i64(), Some(-3));
+            assert_eq!(num("-3").as_u64(), None);
+            assert_eq!(num("20.0").as_u64(), None);
+            assert_eq!(num("20.0").as_f64(), 20.0);
+            assert_eq!(num("18446744073709551615").as_u64(), Some(u64::MAX));
+            assert_eq!(num("18446744073709551616").as_u64(), None);
+            assert_eq!(num("18446744073709551616").as_f64(), 18446744073709551616.0);
+            assert_eq!(num("-9223372036854775808").as_i64(), Some(i64::MIN));
+            let minus_zero = num("-0");
+            assert_eq!(minus_zero.as_i64(), None);
+            assert!(minus_zero.as_f64().is_sign_negative());
+        }
+
+        #[test]
+        fn parses_decimal_fractions_to_the_nearest_f64() {
+            for (text, want) in [
+                ("0.3", 0.3),
+                ("1.5", 1.5),
+                ("-0.01", -0.01),
+                ("1.01", 1.01),
+                ("2.5e-3", 2.5e-3),
+                ("1E2", 100.0),
+                ("0.000001", 0.000001),
+                ("123456789.125", 123456789.125),
+                ("1e300", 1e300),
+                ("0.0000000000000000000000000000001", 1e-31),
+            ] {
+                let got = num(text).as_f64();
+                assert!((got - want).abs() <= want.abs() * 1e-15, "{text}: {got}");
+            }
+            assert_eq!(num("0.3").as_f64().to_bits(), 0.3f64.to_bits());
+        }
+
+        #[test]
+        fn numbers_display_as_written() {
+            assert_eq!(num("1.50").to_string(), "1.50");
+            assert_eq!(num("-1e5").to_string(), "-1e5");
+        }
+
+        #[test]
+        fn rejects_malformed_numbers() {
+            for bad in ["01", "1.", ".5", "-", "1e", "1e+", "+1", "1e400", "0x10"] {
+                assert!(parse(bad.as_bytes(), false).is_err(), "{bad}");
+            }
+        }
+
+        #[test]
+        fn decodes_string_escapes_and_surrogate_pairs() {
+            let v = parse(br#""a\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00""#, false).unwrap();
+            assert_eq!(v.as_str(), Some("a\"\\/\u{8}\u{c}\n\r\t\u{e9}\u{1f600}"));
+            for bad in [
+                &br#""\ud83d""#[..],
+                br#""\ude00""#,
+                br#""\x""#,
+                b"\"a\nb\"",
+                b"\"\xff\"",
+                br#""abc"#,
+            ] {
+                assert!(
+                    parse(bad, false).is_err(),
+                    "{}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
+        }
+
+        #[test]
+        fn objects_are_sorted_and_the_last_repeated_key_wins() {
+            let v = parse(br#"{"b": 1, "a": 2, "b": 3}"#, false).unwrap();
+            let m = v.as_object().unwrap();
+            assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+            assert_eq!(
+                m.get("b")
+                    .and_then(Value::as_number)
+                    .and_then(Number::as_u64),
+                Some(3)
+            );
+            let e = parse(br#"{"b": 1, "b": 3}"#, true).unwrap_err();
+            assert_eq!(e.reason, "duplicate field");
+        }
+
+        #[test]
+        fn reports_where_the_syntax_error_is() {
+            let e = parse(b"{\n  \"a\": tru }", false).unwrap_err();
+            assert_eq!((e.line, e.column), (2, 11), "{e}");
+            assert!(e.to_string().ends_with("at line 2 column 11"), "{e}");
+            for bad in [
+                "",
+                "[1,",
+                "[1 2]",
+                "{\"a\" 1}",
+                "{1: 2}",
+                "{} x",
+                "[1,]",
+                "nul",
+            ] {
+                assert!(parse(bad.as_bytes(), false).is_err(), "{bad:?}");
+            }
+        }
+
+        #[test]
+        fn limits_nesting_to_128_levels() {
+            let ok = format!("{}{}", "[".repeat(128), "]".repeat(128));
+            assert!(parse(ok.as_bytes(), false).is_ok());
+            let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+            assert_eq!(
+                parse(deep.as_bytes(), false).unwrap_err().reason,
+                "recursion limit exceeded"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
-use serde::Deserialize;
+use crate::config::json::{self, Map, Value};
 
 /// The `x-meshbreaker-reason` and log reason of a trip caused by kernel resets.
 pub const TRIP_REASON: &str = "kernel_resets";
@@ -115,7 +115,7 @@ pub struct Snapshot {
 /// Why a sidecar body was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResetParseError {
-    /// Not JSON of the expected shape (message from serde_json).
+    /// Not JSON of the expected shape (what was wrong, and where for a syntax error).
     Json(String),
     /// A peer `addr` that is not an IP address.
     BadAddress(String),
@@ -132,63 +132,85 @@ impl fmt::Display for ResetParseError {
 
 impl std::error::Error for ResetParseError {}
 
-#[derive(Deserialize)]
-struct RawSnapshot<'a> {
-    started_at_ms: u64,
-    now_ms: u64,
-    #[serde(borrow)]
-    peers: Vec<RawPeer<'a>>,
+/// A required field of a sidecar object.
+fn field<'v>(obj: &'v Map, name: &str) -> Result<&'v Value, ResetParseError> {
+    obj.get(name)
+        .ok_or_else(|| ResetParseError::Json(format!("missing field `{name}`")))
 }
 
-#[derive(Deserialize)]
-struct RawPeer<'a> {
-    #[serde(borrow)]
-    addr: std::borrow::Cow<'a, str>,
-    port: u16,
-    resets: u64,
-    refused: u64,
-    timeouts: u64,
-    last_ms: u64,
+/// A non-negative JSON integer no larger than `max` (a float such as `1.0` is rejected, as the
+/// sidecar only ever writes integers).
+fn uint(obj: &Map, name: &str, max: u64) -> Result<u64, ResetParseError> {
+    let v = field(obj, name)?;
+    v.as_number()
+        .and_then(|n| n.as_u64())
+        .filter(|&u| u <= max)
+        .ok_or_else(|| {
+            let got = match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(_) => "a string".into(),
+                _ => "another type".into(),
+            };
+            ResetParseError::Json(format!(
+                "field `{name}`: expected an integer in [0, {max}], got {got}"
+            ))
+        })
 }
 
 /// Parses the sidecar's `GET /v1/resets` body. All fields of SPEC are required; extra fields are
-/// ignored; any other deviation (bad JSON, negative or fractional counters, a port above 65535, an
-/// `addr` that is not an IP) rejects the whole body.
+/// ignored; any other deviation (bad JSON, a repeated field, negative or fractional counters, a port
+/// above 65535, an `addr` that is not an IP) rejects the whole body.
 pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, ResetParseError> {
-    let raw: RawSnapshot<'_> =
-        serde_json::from_slice(body).map_err(|e| ResetParseError::Json(e.to_string()))?;
-    let mut peers: Vec<PeerCounters> = Vec::with_capacity(raw.peers.len());
-    let mut seen: HashMap<PeerKey, usize> = HashMap::with_capacity(raw.peers.len());
-    for p in raw.peers {
-        let ip: IpAddr = p
-            .addr
+    let doc = json::parse(body, true).map_err(|e| ResetParseError::Json(e.to_string()))?;
+    let not = |what: &str| ResetParseError::Json(format!("expected {what}"));
+    let top = doc.as_object().ok_or_else(|| not("an object"))?;
+    let started_at_ms = uint(top, "started_at_ms", u64::MAX)?;
+    let now_ms = uint(top, "now_ms", u64::MAX)?;
+    let raw = field(top, "peers")?
+        .as_array()
+        .ok_or_else(|| not("`peers` to be an array"))?;
+    let mut peers: Vec<PeerCounters> = Vec::with_capacity(raw.len());
+    let mut seen: HashMap<PeerKey, usize> = HashMap::with_capacity(raw.len());
+    for p in raw {
+        let p = p
+            .as_object()
+            .ok_or_else(|| not("each peer to be an object"))?;
+        let addr = field(p, "addr")?
+            .as_str()
+            .ok_or_else(|| not("`addr` to be a string"))?;
+        let port = uint(p, "port", u64::from(u16::MAX))? as u16;
+        let resets = uint(p, "resets", u64::MAX)?;
+        let refused = uint(p, "refused", u64::MAX)?;
+        let timeouts = uint(p, "timeouts", u64::MAX)?;
+        let last_ms = uint(p, "last_ms", u64::MAX)?;
+        let ip: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| ResetParseError::BadAddress(p.addr.to_string()))?;
-        let peer = PeerKey::new(ip, p.port);
+            .map_err(|_| ResetParseError::BadAddress(addr.to_string()))?;
+        let peer = PeerKey::new(ip, port);
         let existing = seen.get(&peer).and_then(|&i| peers.get_mut(i));
         match existing {
             Some(c) => {
-                c.resets = c.resets.saturating_add(p.resets);
-                c.refused = c.refused.saturating_add(p.refused);
-                c.timeouts = c.timeouts.saturating_add(p.timeouts);
-                c.last_ms = c.last_ms.max(p.last_ms);
+                c.resets = c.resets.saturating_add(resets);
+                c.refused = c.refused.saturating_add(refused);
+                c.timeouts = c.timeouts.saturating_add(timeouts);
+                c.last_ms = c.last_ms.max(last_ms);
             }
             None => {
                 seen.insert(peer, peers.len());
                 peers.push(PeerCounters {
                     peer,
-                    resets: p.resets,
-                    refused: p.refused,
-                    timeouts: p.timeouts,
-                    last_ms: p.last_ms,
+                    resets,
+                    refused,
+                    timeouts,
+                    last_ms,
                 });
             }
         }
     }
     Ok(Snapshot {
-        started_at_ms: raw.started_at_ms,
-        now_ms: raw.now_ms,
+        started_at_ms,
+        now_ms,
         peers,
     })
 }
