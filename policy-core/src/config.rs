@@ -422,6 +422,18 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// `a, b, c` (a plain loop: `join` is generic code the wasm filter would carry for this alone).
+fn join(items: &[&str]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(item);
+    }
+    out
+}
+
 fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError {
     error(path, format!("expected {expected}, got {}", describe(got)))
 }
@@ -434,7 +446,7 @@ fn object<'v>(v: &'v Value, path: &str, allowed: &[&str]) -> Res<&'v Map> {
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(error(
             &child(path, unknown),
-            format!("unknown field, expected one of: {}", allowed.join(", ")),
+            format!("unknown field, expected one of: {}", join(allowed)),
         ));
     }
     Ok(map)
@@ -512,10 +524,30 @@ pub fn format_duration(d: Duration) -> String {
         } else {
             format!("{s}s")
         }
-    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
     } else {
-        format!("{d:?}")
+        // Like `Duration`'s Debug (`1.5s`, `83.333333ms`, `1.5µs`, `7ns`), but whole milliseconds
+        // as `1500ms`, and without the float-style formatting code Debug brings into the wasm.
+        let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+        let (int, frac, width, unit) = if nanos.is_multiple_of(1_000_000) && secs < u64::MAX / 1000
+        {
+            (secs * 1000 + u64::from(nanos / 1_000_000), 0, 0, "ms")
+        } else if secs > 0 {
+            (secs, nanos, 9, "s")
+        } else if nanos >= 1_000_000 {
+            (u64::from(nanos / 1_000_000), nanos % 1_000_000, 6, "ms")
+        } else if nanos >= 1_000 {
+            (u64::from(nanos / 1_000), nanos % 1_000, 3, "µs")
+        } else {
+            (u64::from(nanos), 0, 0, "ns")
+        };
+        let mut out = int.to_string();
+        if frac != 0 {
+            let digits = format!("{frac:0width$}");
+            out.push('.');
+            out.push_str(digits.trim_end_matches('0'));
+        }
+        out.push_str(unit);
+        out
     }
 }
 
@@ -967,7 +999,7 @@ fn condition_list(v: &Value, path: &str, allowed: &[&str], what: &str) -> Res<Ve
                 format!(
                     "unknown {what} {}, expected one of: {}",
                     describe(item),
-                    allowed.join(", ")
+                    join(allowed)
                 ),
             ));
         };
@@ -2335,6 +2367,26 @@ mod tests {
             &breaker(r#""sleep_window": "-30s""#),
             "breaker.sleep_window",
             "negative",
+        );
+    }
+
+    #[test]
+    fn format_duration_prints_fractions_like_duration_debug() {
+        for nanos in [
+            83_333_333,
+            1_000_000_500,
+            61_250_000_001,
+            1_500,
+            7,
+            2_500_000,
+            999_999,
+        ] {
+            let d = Duration::from_nanos(nanos);
+            assert_eq!(format_duration(d), format!("{d:?}"), "{nanos}ns");
+        }
+        assert_eq!(
+            format_duration(Duration::from_nanos(1_250_000_000)),
+            "1250ms"
         );
     }
 

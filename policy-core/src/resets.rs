@@ -125,7 +125,9 @@ impl fmt::Display for ResetParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ResetParseError::Json(e) => write!(f, "sidecar resets body: {e}"),
-            ResetParseError::BadAddress(a) => write!(f, "sidecar resets body: bad peer addr {a:?}"),
+            ResetParseError::BadAddress(a) => {
+                write!(f, "sidecar resets body: bad peer addr \"{a}\"")
+            }
         }
     }
 }

@@ -23,6 +23,7 @@
 //!   case-insensitive — Envoy's own definition. `application/grpc-web` is a different protocol
 //!   and is not gRPC here.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::config::{BudgetConfig, Mode, RetryConfig, RetryPolicy};
@@ -153,22 +154,20 @@ impl CompiledPolicy {
         }
         let mut router_headers = Vec::with_capacity(5);
         if !retry_on.is_empty() {
-            router_headers.push((RETRY_ON_HEADER, retry_on.join(",")));
+            router_headers.push((RETRY_ON_HEADER, comma_list(&retry_on)));
         }
         if !policy.retry_grpc_on.is_empty() {
-            router_headers.push((RETRY_GRPC_ON_HEADER, policy.retry_grpc_on.join(",")));
+            router_headers.push((RETRY_GRPC_ON_HEADER, comma_list(&policy.retry_grpc_on)));
         }
         router_headers.push((MAX_RETRIES_HEADER, policy.max_retries.to_string()));
         if let Some(timeout) = policy.per_try_timeout {
             router_headers.push((PER_TRY_TIMEOUT_HEADER, ceil_millis(timeout).to_string()));
         }
         if !policy.retriable_status_codes.is_empty() {
-            let codes: Vec<String> = policy
-                .retriable_status_codes
-                .iter()
-                .map(u16::to_string)
-                .collect();
-            router_headers.push((RETRIABLE_STATUS_CODES_HEADER, codes.join(",")));
+            router_headers.push((
+                RETRIABLE_STATUS_CODES_HEADER,
+                comma_list(&policy.retriable_status_codes),
+            ));
         }
         CompiledPolicy {
             name: policy.name.clone(),
@@ -217,8 +216,24 @@ impl CompiledPolicy {
     }
 }
 
-fn ceil_millis(d: Duration) -> u128 {
-    d.as_nanos().div_ceil(1_000_000)
+/// Whole milliseconds, rounded up (saturating: u64 milliseconds are 584 million years).
+fn ceil_millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)))
+}
+
+/// `a,b,c`: the list syntax of Envoy's retry headers. (One plain loop instead of `join`, whose
+/// generic code the wasm filter would carry once per element type.)
+fn comma_list<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{item}");
+    }
+    out
 }
 
 /// The retry configuration of one key, compiled at configure time.
