@@ -18,7 +18,8 @@ const MAX_WASM_BYTES: u64 = 200 * 1024;
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Debian packages the build and the tests use: clang and libbpf-dev build the eBPF program,
 /// binaryen (wasm-opt) shrinks the wasm, iproute2 makes the sidecar tests' network namespaces,
-/// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml.
+/// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml, python3-yaml and
+/// python3-jsonschema check the Istio manifests against Istio's CRD schemas.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "libbpf-dev",
@@ -26,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-venv",
     "docker-compose",
+    "python3-yaml",
+    "python3-jsonschema",
 ];
 
 type Result<T = ()> = std::result::Result<T, String>;
