@@ -434,8 +434,15 @@ fn join(items: &[&str]) -> String {
     out
 }
 
-fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError {
-    error(path, format!("expected {expected}, got {}", describe(got)))
+/// `"<reason>, got <the value>"` at `path`: the shape of most validation errors. One function
+/// instead of a `format!` at every call site keeps the wasm filter small.
+#[inline(never)]
+fn got(path: &str, reason: &str, v: &Value) -> ConfigError {
+    error(path, format!("{reason}, got {}", describe(v)))
+}
+
+fn wrong_type(path: &str, expected: &str, v: &Value) -> ConfigError {
+    error(path, format!("expected {expected}, got {}", describe(v)))
 }
 
 /// The object at `path`, after checking that it has no field outside `allowed`.
@@ -609,12 +616,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn duration(v: &Value, path: &str) -> Res<Duration> {
     match v {
         Value::String(s) => parse_duration(s).map_err(|reason| error(path, reason)),
-        other => Err(error(
+        other => Err(got(
             path,
-            format!(
-                "expected a duration string such as \"30s\" (units ms, s, m, h), got {}",
-                describe(other)
-            ),
+            "expected a duration string such as \"30s\" (units ms, s, m, h)",
+            other,
         )),
     }
 }
@@ -685,12 +690,10 @@ fn parse_key_by(v: &Value, path: &str) -> Res<KeyBy> {
         "route" => Ok(KeyBy::Route),
         "cluster_route" => Ok(KeyBy::ClusterRoute),
         "authority" => Ok(KeyBy::Authority),
-        _ => Err(error(
+        _ => Err(got(
             path,
-            format!(
-                "must be one of cluster, route, cluster_route, authority, got {}",
-                describe(v)
-            ),
+            "must be one of cluster, route, cluster_route, authority",
+            v,
         )),
     }
 }
@@ -701,12 +704,10 @@ fn parse_mode(v: &Value, path: &str) -> Res<Mode> {
         "dry_run" => Ok(Mode::DryRun),
         "forced_open" => Ok(Mode::ForcedOpen),
         "disabled" => Ok(Mode::Disabled),
-        _ => Err(error(
+        _ => Err(got(
             path,
-            format!(
-                "must be one of enforce, dry_run, forced_open, disabled, got {}",
-                describe(v)
-            ),
+            "must be one of enforce, dry_run, forced_open, disabled",
+            v,
         )),
     }
 }
@@ -734,10 +735,7 @@ fn apply_breaker(b: &mut BreakerConfig, v: &Value, path: &str) -> Res<()> {
         let p = child(path, "window");
         let d = duration(v, &p)?;
         if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
-            return Err(error(
-                &p,
-                format!("must be in [1s, 1h], got {}", describe(v)),
-            ));
+            return Err(got(&p, "must be in [1s, 1h]", v));
         }
         b.window = d;
     }
@@ -751,7 +749,7 @@ fn apply_breaker(b: &mut BreakerConfig, v: &Value, path: &str) -> Res<()> {
         let p = child(path, "error_rate_threshold");
         let x = number(v, &p)?;
         if !(x > 0.0 && x <= 1.0) {
-            return Err(error(&p, format!("must be in (0, 1], got {}", describe(v))));
+            return Err(got(&p, "must be in (0, 1]", v));
         }
         b.error_rate_threshold = x;
     }
@@ -762,12 +760,10 @@ fn apply_breaker(b: &mut BreakerConfig, v: &Value, path: &str) -> Res<()> {
         } else {
             let d = duration(v, &p)?;
             if d.is_zero() {
-                return Err(error(
+                return Err(got(
                     &p,
-                    format!(
-                        "must be greater than 0 (or null to turn it off), got {}",
-                        describe(v)
-                    ),
+                    "must be greater than 0 (or null to turn it off)",
+                    v,
                 ));
             }
             Some(d)
@@ -851,15 +847,7 @@ fn apply_failure(f: &mut FailureConfig, v: &Value, path: &str) -> Res<()> {
 
 /// An HTTP status code 100–599, as a JSON integer or a numeric string (`"429"`).
 fn status_code(v: &Value, path: &str) -> Res<u16> {
-    let bad = || {
-        error(
-            path,
-            format!(
-                "must be an HTTP status code in [100, 599], got {}",
-                describe(v)
-            ),
-        )
-    };
+    let bad = || got(path, "must be an HTTP status code in [100, 599]", v);
     let code = match v {
         Value::String(s) => s.parse::<u16>().map_err(|_| bad())?,
         Value::Number(_) => {
@@ -879,10 +867,7 @@ fn parse_http_status(v: &Value, path: &str) -> Res<HttpStatusMatch> {
         if b.len() == 3 && b.get(1..).is_some_and(|r| r.eq_ignore_ascii_case(b"xx")) {
             return match b.first() {
                 Some(d @ b'1'..=b'5') => Ok(HttpStatusMatch::Class(u16::from(d - b'0'))),
-                _ => Err(error(
-                    path,
-                    format!("status class must be one of 1xx..5xx, got {}", describe(v)),
-                )),
+                _ => Err(got(path, "status class must be one of 1xx..5xx", v)),
             };
         }
     }
@@ -898,12 +883,10 @@ fn parse_http_status(v: &Value, path: &str) -> Res<HttpStatusMatch> {
 
 fn parse_grpc_status(v: &Value, path: &str) -> Res<u32> {
     let bad = || {
-        error(
+        got(
             path,
-            format!(
-                "must be a gRPC status name (OK … UNAUTHENTICATED) or code 0–16, got {}",
-                describe(v)
-            ),
+            "must be a gRPC status name (OK … UNAUTHENTICATED) or code 0–16",
+            v,
         )
     };
     match v {
@@ -947,7 +930,7 @@ fn apply_budget(b: &mut BudgetConfig, v: &Value, path: &str) -> Res<()> {
         let p = child(path, "ratio");
         let x = number(v, &p)?;
         if !(0.0..=1.0).contains(&x) {
-            return Err(error(&p, format!("must be in [0, 1], got {}", describe(v))));
+            return Err(got(&p, "must be in [0, 1]", v));
         }
         b.ratio = x;
     }
@@ -955,10 +938,7 @@ fn apply_budget(b: &mut BudgetConfig, v: &Value, path: &str) -> Res<()> {
         let p = child(path, "min_retries_per_second");
         let x = number(v, &p)?;
         if !(x >= 0.0 && x.is_finite()) {
-            return Err(error(
-                &p,
-                format!("must be at least 0, got {}", describe(v)),
-            ));
+            return Err(got(&p, "must be at least 0", v));
         }
         b.min_retries_per_second = x;
     }
@@ -1064,10 +1044,7 @@ fn parse_policy(v: &Value, path: &str) -> Res<RetryPolicy> {
         if !v.is_null() {
             let d = duration(v, &p)?;
             if d.is_zero() {
-                return Err(error(
-                    &p,
-                    format!("must be greater than 0, got {}", describe(v)),
-                ));
+                return Err(got(&p, "must be greater than 0", v));
             }
             policy.per_try_timeout = Some(d);
         }
@@ -1109,10 +1086,7 @@ fn parse_policy_match(v: &Value, path: &str) -> Res<PolicyMatch> {
             let pi = index(&p, i);
             let s = string(item, &pi)?;
             if !is_token(s) {
-                return Err(error(
-                    &pi,
-                    format!("must be an HTTP method token, got {}", describe(item)),
-                ));
+                return Err(got(&pi, "must be an HTTP method token", item));
             }
             let upper = s.to_ascii_uppercase();
             if !m.methods.contains(&upper) {
@@ -1124,10 +1098,7 @@ fn parse_policy_match(v: &Value, path: &str) -> Res<PolicyMatch> {
         let p = child(path, "path_prefix");
         let s = string(v, &p)?;
         if !s.starts_with('/') {
-            return Err(error(
-                &p,
-                format!("must start with \"/\", got {}", describe(v)),
-            ));
+            return Err(got(&p, "must start with \"/\"", v));
         }
         m.path_prefix = Some(s.to_string());
     }
@@ -1172,10 +1143,7 @@ fn parse_reset_signals(v: &Value, path: &str) -> Res<Option<ResetSignals>> {
         let p = child(path, "path");
         let s = string(v, &p)?;
         if !s.starts_with('/') {
-            return Err(error(
-                &p,
-                format!("must start with \"/\", got {}", describe(v)),
-            ));
+            return Err(got(&p, "must start with \"/\"", v));
         }
         r.path = s.to_string();
     }
@@ -1186,10 +1154,7 @@ fn parse_reset_signals(v: &Value, path: &str) -> Res<Option<ResetSignals>> {
         let p = child(path, "max_resets_per_second");
         let x = number(v, &p)?;
         if !(x > 0.0 && x.is_finite()) {
-            return Err(error(
-                &p,
-                format!("must be greater than 0, got {}", describe(v)),
-            ));
+            return Err(got(&p, "must be greater than 0", v));
         }
         r.max_resets_per_second = x;
     }
