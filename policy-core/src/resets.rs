@@ -135,6 +135,7 @@ impl fmt::Display for ResetParseError {
 impl std::error::Error for ResetParseError {}
 
 /// A required field of a sidecar object.
+#[inline(never)]
 fn field<'v>(obj: &'v Map, name: &str) -> Result<&'v Value, ResetParseError> {
     obj.get(name)
         .ok_or_else(|| ResetParseError::Json(format!("missing field `{name}`")))
@@ -142,6 +143,7 @@ fn field<'v>(obj: &'v Map, name: &str) -> Result<&'v Value, ResetParseError> {
 
 /// A non-negative JSON integer no larger than `max` (a float such as `1.0` is rejected, as the
 /// sidecar only ever writes integers).
+#[inline(never)]
 fn uint(obj: &Map, name: &str, max: u64) -> Result<u64, ResetParseError> {
     let v = field(obj, name)?;
     v.as_number()
@@ -164,7 +166,7 @@ fn uint(obj: &Map, name: &str, max: u64) -> Result<u64, ResetParseError> {
 /// above 65535, an `addr` that is not an IP) rejects the whole body.
 pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, ResetParseError> {
     let doc = json::parse(body, true).map_err(|e| ResetParseError::Json(e.to_string()))?;
-    let not = |what: &str| ResetParseError::Json(format!("expected {what}"));
+    let not = |what: &'static str| ResetParseError::Json(format!("expected {what}"));
     let top = doc.as_object().ok_or_else(|| not("an object"))?;
     let started_at_ms = uint(top, "started_at_ms", u64::MAX)?;
     let now_ms = uint(top, "now_ms", u64::MAX)?;

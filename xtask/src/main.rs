@@ -169,6 +169,7 @@ fn build() -> Result<PathBuf> {
         run(Command::new("wasm-opt")
             .args([
                 "-Oz",
+                "--converge",
                 "--enable-bulk-memory",
                 "--enable-sign-ext",
                 "--enable-mutable-globals",
