@@ -8,6 +8,8 @@
 //!
 //! Native only: proptest is not built for wasm32 (the wasm run uses `tests/scenarios.rs`).
 #![cfg(not(target_arch = "wasm32"))]
+// Test code: a failed unwrap is a failed test (house rules allow it outside the library).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
@@ -331,7 +333,8 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 /// The exact nearest-rank P95 of `samples`: the ceil(0.95 n)-th smallest. Independent of the crate:
-/// integer ceil of 95 n / 100.
+/// integer ceil of 95 n / 100, spelled out rather than through `div_ceil` as the crate does.
+#[allow(clippy::manual_div_ceil)]
 fn exact_p95(samples: &[u64]) -> Option<u64> {
     if samples.is_empty() {
         return None;
@@ -429,6 +432,32 @@ proptest! {
             let r = c.error_rate();
             prop_assert!((0.0..=1.0).contains(&r), "{r} for {c:?}");
         }
+    }
+
+    /// The error-rate trip equals the exact rational comparison failed / samples ≥ k / 1000 (no
+    /// floating-point surprise at the threshold, e.g. 3 of 10 at 0.3 trips), with the
+    /// `min_requests` guard.
+    #[test]
+    fn error_rate_trip_is_exact_at_decimal_thresholds(
+        k in 1u64..=1000,
+        samples in 0u64..2_000_000,
+        failed_frac in 0u64..=1000,
+        min_requests in 1u32..50,
+    ) {
+        let failed = samples * failed_frac / 1000;
+        let mut cfg = Config::default().breaker;
+        cfg.error_rate_threshold = k as f64 / 1000.0;
+        cfg.latency_p95_threshold = None;
+        cfg.min_requests = min_requests;
+        let totals = Counts { samples, failures: [failed, 0, 0, 0], ..Default::default() };
+        let exact = samples >= u64::from(min_requests) && failed * 1000 >= k * samples;
+        prop_assert_eq!(trip_reason(&totals, &cfg) == Some(TripReason::ErrorRate), exact);
+        // Right at the threshold: k of 1000 trips, k - 1 of 1000 does not.
+        let at = Counts { samples: 1000, failures: [k, 0, 0, 0], ..Default::default() };
+        let below = Counts { samples: 1000, failures: [k - 1, 0, 0, 0], ..Default::default() };
+        cfg.min_requests = 1;
+        prop_assert_eq!(trip_reason(&at, &cfg), Some(TripReason::ErrorRate));
+        prop_assert_eq!(trip_reason(&below, &cfg), None);
     }
 
     /// Recorded outcomes (retried attempts included, up to u32::MAX of them) give a rate in [0, 1]

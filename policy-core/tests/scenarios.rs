@@ -6,6 +6,8 @@
 //! `CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner`): arithmetic that differs
 //! on a 32-bit `usize` or a missing platform feature would show up here. No proptest in this file
 //! (it is not built for wasm32); the randomized versions live in `tests/properties.rs`.
+// Test code: a failed unwrap is a failed test (house rules allow it outside the library).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
