@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use crate::config::json::{self, Map, Value};
@@ -54,20 +54,25 @@ impl PeerKey {
         }
     }
 
-    /// Parses an Envoy address string (`10.0.0.5:8080`, `[::1]:8080`, `[fe80::1%eth0]:80`).
-    /// Anything else (a pipe path, a hostname, no port) is `None`.
+    /// Parses an Envoy address string (`10.0.0.5:8080`, `[::1]:8080`, `[fe80::1%eth0]:80`; any
+    /// scope is dropped). Anything else (a pipe path, a hostname, no port) is `None`.
     pub fn parse(address: &str) -> Option<Self> {
         let address = address.trim();
-        if let Ok(sa) = address.parse::<SocketAddr>() {
-            return Some(PeerKey::new(sa.ip(), sa.port()));
+        if let Some(rest) = address.strip_prefix('[') {
+            let (inside, port) = rest.split_once("]:")?;
+            let ip = inside.split_once('%').map_or(inside, |(ip, _)| ip);
+            let ip = parse_ipv6(ip.as_bytes())?;
+            let port: u16 = port.parse().ok()?;
+            return Some(PeerKey::new(IpAddr::V6(ip), port));
         }
-        // `[addr%scope]:port` with a non-numeric scope: drop the scope.
-        let rest = address.strip_prefix('[')?;
-        let (inside, port) = rest.split_once("]:")?;
-        let ip = inside.split_once('%').map_or(inside, |(ip, _)| ip);
-        let ip: Ipv6Addr = ip.parse().ok()?;
-        let port: u16 = port.parse().ok()?;
-        Some(PeerKey::new(IpAddr::V6(ip), port))
+        let (ip, port) = address.split_once(':')?;
+        let ip = parse_ipv4(ip.as_bytes())?;
+        let port = port.as_bytes();
+        let mut pos = 0;
+        let port = read_number(port, &mut pos, 10, 5, true)
+            .filter(|_| pos == port.len())
+            .and_then(|p| u16::try_from(p).ok())?;
+        Some(PeerKey::new(IpAddr::V4(ip), port))
     }
 
     pub fn ip(&self) -> IpAddr {
@@ -80,9 +85,174 @@ impl PeerKey {
 }
 
 impl fmt::Display for PeerKey {
-    /// `10.0.0.5:8080` or `[::1]:8080`.
+    /// `10.0.0.5:8080` or `[::1]:8080`: the text of `SocketAddr`'s Display (RFC 5952 for IPv6).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        match self.0 {
+            SocketAddr::V4(a) => {
+                let [x, y, z, w] = a.ip().octets();
+                write!(f, "{x}.{y}.{z}.{w}:{}", a.port())
+            }
+            SocketAddr::V6(a) => {
+                f.write_str("[")?;
+                write_ipv6(f, a.ip())?;
+                if a.scope_id() != 0 {
+                    write!(f, "%{}", a.scope_id())?;
+                }
+                write!(f, "]:{}", a.port())
+            }
+        }
+    }
+}
+
+// Address parsing and printing by hand, with exactly the rules of `core::net` (checked against it
+// in the tests): the std versions are generic over every address form and cost the wasm filter
+// about 8 KB, four times what these do.
+
+/// 1 to `max` digits in `radix` at `*pos` (more than `max` digits is an error, as in std); without
+/// `zero_prefix` a number may not start with `0` unless it is `0`.
+fn read_number(
+    s: &[u8],
+    pos: &mut usize,
+    radix: u32,
+    max: usize,
+    zero_prefix: bool,
+) -> Option<u32> {
+    let start = *pos;
+    let mut value: u32 = 0;
+    while let Some(d) = s.get(*pos).and_then(|&b| char::from(b).to_digit(radix)) {
+        if *pos - start == max {
+            return None;
+        }
+        value = value * radix + d;
+        *pos += 1;
+    }
+    let digits = *pos - start;
+    if digits == 0 || (!zero_prefix && digits > 1 && s.get(start) == Some(&b'0')) {
+        return None;
+    }
+    Some(value)
+}
+
+/// Dotted quad at `*pos`.
+fn read_ipv4(s: &[u8], pos: &mut usize) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    for (i, o) in octets.iter_mut().enumerate() {
+        if i > 0 {
+            if s.get(*pos) != Some(&b'.') {
+                return None;
+            }
+            *pos += 1;
+        }
+        *o = u8::try_from(read_number(s, pos, 10, 3, false)?).ok()?;
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
+fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut pos = 0;
+    read_ipv4(s, &mut pos).filter(|_| pos == s.len())
+}
+
+/// Colon-separated hex groups into `groups`, the last two possibly a dotted quad; returns how
+/// many were filled and whether a dotted quad ended them.
+fn read_groups(s: &[u8], pos: &mut usize, groups: &mut [u16]) -> (usize, bool) {
+    let limit = groups.len();
+    for i in 0..limit {
+        let before = *pos;
+        if i > 0 {
+            if s.get(*pos) != Some(&b':') {
+                return (i, false);
+            }
+            *pos += 1;
+        }
+        if i + 1 < limit {
+            let group_start = *pos;
+            if let Some(v4) = read_ipv4(s, pos) {
+                let [a, b, c, d] = v4.octets();
+                if let Some([g, h]) = groups.get_mut(i..i + 2) {
+                    *g = u16::from_be_bytes([a, b]);
+                    *h = u16::from_be_bytes([c, d]);
+                }
+                return (i + 2, true);
+            }
+            *pos = group_start;
+        }
+        match (read_number(s, pos, 16, 4, true), groups.get_mut(i)) {
+            (Some(g), Some(slot)) => *slot = g as u16,
+            _ => {
+                *pos = before;
+                return (i, false);
+            }
+        }
+    }
+    (limit, false)
+}
+
+fn parse_ipv6(s: &[u8]) -> Option<Ipv6Addr> {
+    let mut pos = 0;
+    let mut head = [0u16; 8];
+    let (head_len, head_v4) = read_groups(s, &mut pos, &mut head);
+    if head_len < 8 {
+        // A dotted quad may only end the address; `::` stands for at least one zero group.
+        if head_v4 || s.get(pos..pos + 2) != Some(b"::") {
+            return None;
+        }
+        pos += 2;
+        let mut tail = [0u16; 7];
+        let limit = 7 - head_len;
+        let (tail_len, _) = read_groups(s, &mut pos, tail.get_mut(..limit)?);
+        head.get_mut(8 - tail_len..)?
+            .copy_from_slice(tail.get(..tail_len)?);
+    }
+    (pos == s.len()).then(|| Ipv6Addr::from(head))
+}
+
+/// An IP address as `IpAddr::from_str` reads it.
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let s = s.as_bytes();
+    parse_ipv4(s)
+        .map(IpAddr::V4)
+        .or_else(|| parse_ipv6(s).map(IpAddr::V6))
+}
+
+fn write_groups(f: &mut fmt::Formatter<'_>, groups: &[u16]) -> fmt::Result {
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            f.write_str(":")?;
+        }
+        write!(f, "{g:x}")?;
+    }
+    Ok(())
+}
+
+/// RFC 5952 text, as `Ipv6Addr`'s Display: lower-case hex, the first longest run of two or more
+/// zero groups as `::`, IPv4-mapped addresses as `::ffff:a.b.c.d`.
+fn write_ipv6(f: &mut fmt::Formatter<'_>, ip: &Ipv6Addr) -> fmt::Result {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        let [a, b, c, d] = v4.octets();
+        return write!(f, "::ffff:{a}.{b}.{c}.{d}");
+    }
+    let segments = ip.segments();
+    let (mut best_start, mut best_len, mut run_start, mut run_len) = (0, 0, 0, 0);
+    for (i, &g) in segments.iter().enumerate() {
+        if g == 0 {
+            if run_len == 0 {
+                run_start = i;
+            }
+            run_len += 1;
+            if run_len > best_len {
+                (best_start, best_len) = (run_start, run_len);
+            }
+        } else {
+            run_len = 0;
+        }
+    }
+    if best_len > 1 {
+        write_groups(f, segments.get(..best_start).unwrap_or(&[]))?;
+        f.write_str("::")?;
+        write_groups(f, segments.get(best_start + best_len..).unwrap_or(&[]))
+    } else {
+        write_groups(f, &segments)
     }
 }
 
@@ -187,10 +357,8 @@ pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, ResetParseError> {
         let refused = uint(p, "refused", u64::MAX)?;
         let timeouts = uint(p, "timeouts", u64::MAX)?;
         let last_ms = uint(p, "last_ms", u64::MAX)?;
-        let ip: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| ResetParseError::BadAddress(addr.to_string()))?;
+        let ip =
+            parse_ip(addr.trim()).ok_or_else(|| ResetParseError::BadAddress(addr.to_string()))?;
         let peer = PeerKey::new(ip, port);
         let existing = seen.get(&peer).and_then(|&i| peers.get_mut(i));
         match existing {
@@ -516,6 +684,170 @@ impl ResetCounter {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// The std implementation `PeerKey::parse` used to be: `SocketAddr`'s parser, then
+    /// `[addr%scope]:port` with any scope.
+    fn std_peer_parse(address: &str) -> Option<PeerKey> {
+        let address = address.trim();
+        if let Ok(sa) = address.parse::<SocketAddr>() {
+            return Some(PeerKey::new(sa.ip(), sa.port()));
+        }
+        let rest = address.strip_prefix('[')?;
+        let (inside, port) = rest.split_once("]:")?;
+        let ip = inside.split_once('%').map_or(inside, |(ip, _)| ip);
+        let ip: Ipv6Addr = ip.parse().ok()?;
+        let port: u16 = port.parse().ok()?;
+        Some(PeerKey::new(IpAddr::V6(ip), port))
+    }
+
+    fn address_corpus() -> Vec<String> {
+        let mut out: Vec<String> = [
+            "",
+            ":",
+            "::",
+            ":::",
+            "::1",
+            "1::",
+            "1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7:8:9",
+            "1:2:3:4:5:6:7::",
+            "::2:3:4:5:6:7:8",
+            "1::8",
+            "1:::8",
+            "1::2::3",
+            "::ffff:1.2.3.4",
+            "::1.2.3.4",
+            "1.2.3.4::",
+            "1:2:3:4:5:6:1.2.3.4",
+            "1:2:3:4:5:6:7:1.2.3.4",
+            "::ffff:1.2.3",
+            "::ffff:01.2.3.4",
+            "12345::",
+            "0:0:0:0:0:0:0:0",
+            "fe80::1",
+            "FE80::ABCD",
+            "fe80::1%eth0",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.02.3.4",
+            "0.0.0.00",
+            "1..2.3",
+            " 1.2.3.4",
+            "1.2.3.4 ",
+            "+1.2.3.4",
+            "1.2.3.-4",
+            "g::1",
+            "::g",
+            "1:2:3:4:5:6:7:8:",
+            ":1:2:3:4:5:6:7",
+            "[::1]",
+            "2001:db8:0:0:1:0:0:1",
+            "2001:0db8:0000:0000:0000:ff00:0042:8329",
+            "::ffff:0:1.2.3.4",
+            "0:0:0:0:0:ffff:1.2.3.4",
+            "1:0:0:2:0:0:0:3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let r = next();
+            let mut segs = [0u16; 8];
+            for (k, s) in segs.iter_mut().enumerate() {
+                // Mostly zeros and small values, so that runs of zero groups are common.
+                *s = match (r >> (k * 3)) & 7 {
+                    0..=3 => 0,
+                    4 => 1,
+                    5 => 0xffff,
+                    _ => (next() & 0xffff) as u16,
+                };
+            }
+            let v6 = Ipv6Addr::from(segs);
+            let v4 = Ipv4Addr::from((next() as u32).to_be_bytes());
+            out.push(v6.to_string());
+            out.push(v4.to_string());
+            out.push(format!(
+                "{:x}:{:X}:{}:{}:{}:{}:{}:{}",
+                segs[0], segs[1], segs[2], segs[3], segs[4], segs[5], segs[6], segs[7]
+            ));
+            out.push(format!("::ffff:{v4}"));
+            // Mutations: drop, duplicate or replace one character.
+            let base = if r & 1 == 0 {
+                v6.to_string()
+            } else {
+                v4.to_string()
+            };
+            let b = base.as_bytes();
+            let at = (next() as usize) % (b.len() + 1);
+            let c = b":.0f9a%x "[(next() % 9) as usize];
+            let mut m = b.to_vec();
+            match next() % 3 {
+                0 if at < m.len() => {
+                    m.remove(at);
+                }
+                1 => m.insert(at, c),
+                _ if at < m.len() => m[at] = c,
+                _ => m.push(c),
+            }
+            out.push(String::from_utf8(m).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn ip_parsing_matches_std_exactly() {
+        for s in address_corpus() {
+            assert_eq!(parse_ip(&s), s.parse::<IpAddr>().ok(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn peer_parse_and_display_match_std_socket_addresses() {
+        for ip in address_corpus() {
+            for candidate in [
+                format!("{ip}:8080"),
+                format!("[{ip}]:443"),
+                format!("[{ip}%eth0]:80"),
+                format!("[{ip}%3]:0080"),
+                format!("[{ip}]:+80"),
+                format!("{ip}:+80"),
+                format!("{ip}:65536"),
+                format!(" {ip}:1 "),
+            ] {
+                let ours = PeerKey::parse(&candidate);
+                assert_eq!(ours, std_peer_parse(&candidate), "{candidate:?}");
+                if let Some(p) = ours {
+                    assert_eq!(p.to_string(), p.0.to_string(), "{candidate:?}");
+                }
+            }
+        }
+        let scoped = PeerKey(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::LOCALHOST,
+            80,
+            0,
+            7,
+        )));
+        assert_eq!(scoped.to_string(), "[::1%7]:80");
+        let mapped = PeerKey(SocketAddr::V6(SocketAddrV6::new(
+            Ipv4Addr::new(10, 0, 0, 5).to_ipv6_mapped(),
+            80,
+            0,
+            0,
+        )));
+        assert_eq!(mapped.to_string(), mapped.0.to_string());
+    }
 
     fn peer(s: &str) -> PeerKey {
         PeerKey::parse(s).unwrap()
