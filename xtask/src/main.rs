@@ -290,7 +290,17 @@ fn test(args: &[String]) -> Result {
         .env("MESHBREAKER_WASM", &wasm))?;
     step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
     run(cargo()
-        .args(["test", "-p", "policy-core", "--target", WASM_TARGET])
+        // The scenarios file holds the core scenarios; the unit and property tests use proptest,
+        // which is native-only.
+        .args([
+            "test",
+            "-p",
+            "policy-core",
+            "--target",
+            WASM_TARGET,
+            "--test",
+            "scenarios",
+        ])
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner))?;
     eprintln!(
         "\ncargo xtask test: all passed in {:.0}s",
