@@ -45,8 +45,18 @@ pub enum DecodeError {
 }
 
 impl std::fmt::Display for DecodeError {
+    // Spelled out rather than `{:?}`: Debug formatting of strings costs kilobytes of wasm.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            DecodeError::BadHeader => f.write_str("not a meshbreaker encoding"),
+            DecodeError::UnsupportedVersion(v) => write!(f, "unsupported encoding version {v}"),
+            DecodeError::WrongKind => f.write_str("wrong kind of entry"),
+            DecodeError::Truncated => f.write_str("truncated"),
+            DecodeError::VarintOverflow => f.write_str("varint overflow"),
+            DecodeError::TooLong(what) => write!(f, "{what}: too long"),
+            DecodeError::BadValue(what) => write!(f, "{what}: bad value"),
+            DecodeError::TrailingBytes => f.write_str("trailing bytes"),
+        }
     }
 }
 

@@ -12,7 +12,10 @@
 //! - [`breaker`]: the CLOSED / OPEN / HALF_OPEN state machine and per-request decisions;
 //! - [`encoding`]: the versioned byte encoding of a key's shared state (proxy-wasm shared data);
 //! - [`resets`]: arithmetic on the sidecar's cumulative kernel reset counters.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod breaker;
 pub mod config;

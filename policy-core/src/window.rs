@@ -145,9 +145,8 @@ impl Counts {
 
 /// The nearest rank of the P95 among `n` samples, `ceil(0.95 n)`, in exact integer arithmetic.
 pub fn nearest_rank(n: u64) -> u64 {
-    // ceil(95 n / 100) without floating point.
-    let n = n as u128;
-    ((95 * n).div_ceil(100)) as u64
+    // ceil(95 n / 100) without floating point; counts never come near u64::MAX / 95.
+    n.saturating_mul(95).div_ceil(100)
 }
 
 /// What a key's bucket length is: `window / buckets`, rounded up to whole milliseconds.
