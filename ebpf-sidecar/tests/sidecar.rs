@@ -8,7 +8,6 @@ mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,13 +17,35 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A loopback port nothing listens on, below the ephemeral range so no client
 /// socket's own port can equal it (no TCP self-connect).
-fn closed_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    loop {
-        let offset = (std::process::id() as u16 % 600) * 16 + NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + offset % 12_000;
-        if std::net::TcpListener::bind((LOCALHOST, port)).is_ok() {
-            return port;
+/// A loopback port that refuses connects for as long as the returned guard lives: a socket bound to
+/// it that never listens. Holding the bind keeps parallel tests (and anything else) off the port,
+/// so a connect can only be answered by the kernel's RST.
+fn closed_port() -> (u16, ClosedPort) {
+    // SAFETY: plain socket calls on a fresh fd with correctly sized sockaddr structs.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        let rc = libc::getsockname(fd, &mut got as *mut _ as *mut libc::sockaddr, &mut got_len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (u16::from_be(got.sin_port), ClosedPort(fd))
+    }
+}
+
+struct ClosedPort(libc::c_int);
+
+impl Drop for ClosedPort {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by this guard.
+        unsafe {
+            libc::close(self.0);
         }
     }
 }
@@ -39,7 +60,7 @@ fn refused_connects_on_loopback_count_once_each_and_nothing_else() {
         return;
     }
     let sidecar = Sidecar::start(&[]);
-    let port = closed_port();
+    let (port, _reserved) = closed_port();
     refuse_n(LOCALHOST, port, 25);
     let unrelated = normal_exchange(LOCALHOST);
 
@@ -102,7 +123,7 @@ fn normal_traffic_counts_nothing() {
     let sidecar = Sidecar::start(&[]);
     let ports: Vec<u16> = (0..10).map(|_| normal_exchange(LOCALHOST)).collect();
     // A refusal afterwards proves the program was attached while the exchanges ran.
-    let marker = closed_port();
+    let (marker, _reserved_marker) = closed_port();
     refuse_n(LOCALHOST, marker, 1);
     let one = Counts {
         refused: 1,
@@ -248,7 +269,7 @@ fn http_api_serves_spec_json_prometheus_healthz_and_404() {
         return;
     }
     let sidecar = Sidecar::start(&[]);
-    let port = closed_port();
+    let (port, _reserved) = closed_port();
     refuse_n(LOCALHOST, port, 3);
     let want = Counts {
         refused: 3,
@@ -321,7 +342,7 @@ fn restart_gives_a_new_started_at_and_fresh_counters() {
         return;
     }
     let first = Sidecar::start(&[]);
-    let port = closed_port();
+    let (port, _reserved) = closed_port();
     refuse_n(LOCALHOST, port, 2);
     let two = Counts {
         refused: 2,
@@ -432,7 +453,7 @@ fn more_peers_than_the_map_holds_keep_counting_with_bounded_rss() {
     );
 
     // Still counting exactly after all that eviction.
-    let port = closed_port();
+    let (port, _reserved) = closed_port();
     refuse_n(LOCALHOST, port, 7);
     let want = Counts {
         refused: 7,
@@ -491,7 +512,7 @@ fn cap_bpf_and_cap_perfmon_are_all_it_needs_as_uid_0() {
         (1 << 38) | (1 << 39),
         "CapEff {eff}"
     );
-    let port = closed_port();
+    let (port, _reserved) = closed_port();
     refuse_n(LOCALHOST, port, 3);
     let want = Counts {
         refused: 3,
