@@ -10,6 +10,12 @@ fn built_filter_is_at_most_200_kib() {
         .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask build`)", path.display()))
         .len();
     eprintln!("{}: {size} bytes", path.display());
-    assert!(size <= MAX_WASM_BYTES, "meshbreaker.wasm is {size} bytes, over {MAX_WASM_BYTES}");
-    assert!(size > 10 * 1024, "{size} bytes is too small to be the filter");
+    assert!(
+        size <= MAX_WASM_BYTES,
+        "meshbreaker.wasm is {size} bytes, over {MAX_WASM_BYTES}"
+    );
+    assert!(
+        size > 10 * 1024,
+        "{size} bytes is too small to be the filter"
+    );
 }
