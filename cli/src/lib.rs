@@ -30,7 +30,11 @@ pub type Checked = Vec<(String, Result<Config, ConfigError>)>;
 /// Reads `path` and checks every meshbreaker configuration in it with the filter's own parser.
 pub fn check_file(path: &Path) -> Result<Checked, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let found = source::find_configs(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json_file = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let found = source::find_configs_in(&text, json_file)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(found
         .into_iter()
         .map(|f| (f.location, Config::parse(f.json.as_bytes())))

@@ -21,12 +21,18 @@ pub struct Found {
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
-/// Every meshbreaker configuration in `text`. A document that starts with `{` and does not
-/// look like an Envoy bootstrap is taken as the plugin configuration itself (even if it is not
-/// valid JSON: checking it reports the syntax error).
+/// Every meshbreaker configuration in `text`. A document that starts with `{` (or any text when
+/// `json_file`, a `.json` file) and does not look like an Envoy bootstrap or a Kubernetes object
+/// is taken as the plugin configuration itself, even if it is not valid JSON: checking it
+/// reports the syntax error, as the filter would.
 pub fn find_configs(text: &str) -> Result<Vec<Found>, String> {
+    find_configs_in(text, false)
+}
+
+/// [`find_configs`] for a file whose name says whether it is JSON.
+pub fn find_configs_in(text: &str, json_file: bool) -> Result<Vec<Found>, String> {
     let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
+    if json_file || trimmed.starts_with('{') {
         match serde_json::from_str::<Value>(text) {
             Ok(doc) if is_envoy_or_istio(&doc) => return Ok(from_document(&doc, "")),
             _ => {
