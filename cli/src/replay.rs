@@ -65,8 +65,11 @@ pub struct KeyReport {
     pub dry_run_rejects: u64,
     pub transitions: Vec<TransitionAt>,
     pub transitions_dropped: u64,
-    /// (time, window error rate, state) at most every second of log time, for the plot.
+    /// (time, window error rate, state) when samples are merged, at most every
+    /// `point_step_ms` of log time, for the plot.
     pub points: Vec<(u64, f32, State)>,
+    /// The spacing of `points`: 1 s, doubled each time they are thinned out.
+    pub point_step_ms: u64,
 }
 
 struct KeyState {
@@ -78,7 +81,6 @@ struct KeyState {
     window: Window,
     recorder: Recorder,
     last_flush_ms: u64,
-    point_step_ms: u64,
     last_point_ms: u64,
     scratch: Vec<(u64, u64)>,
 }
@@ -287,6 +289,7 @@ impl Replay {
         self.keys.push(KeyState {
             report: KeyReport {
                 key: self.key_buf.clone(),
+                point_step_ms: 1000,
                 ..KeyReport::default()
             },
             override_index,
@@ -294,7 +297,6 @@ impl Replay {
             window: Window::new(bcfg.buckets, 0),
             recorder,
             last_flush_ms: 0,
-            point_step_ms: 1000,
             last_point_ms: 0,
             scratch: Vec::new(),
         });
@@ -388,7 +390,9 @@ fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut SplitMix64
         );
         push_transition(ks, now, t, figures);
     }
-    if now >= ks.last_point_ms.saturating_add(ks.point_step_ms) || ks.report.points.is_empty() {
+    if now >= ks.last_point_ms.saturating_add(ks.report.point_step_ms)
+        || ks.report.points.is_empty()
+    {
         ks.last_point_ms = now;
         ks.report
             .points
@@ -399,7 +403,7 @@ fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut SplitMix64
                 i += 1;
                 i % 2 == 1
             });
-            ks.point_step_ms = ks.point_step_ms.saturating_mul(2);
+            ks.report.point_step_ms = ks.report.point_step_ms.saturating_mul(2);
         }
     }
 }

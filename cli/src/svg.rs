@@ -109,14 +109,25 @@ pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
                 } else {
                     BLACK.mix(0.6).stroke_width(1)
                 };
-                chart
-                    .draw_series(LineSeries::new(
-                        k.points.iter().map(|(t, e, _)| {
-                            (t.saturating_sub(first) as f64 / 1000.0, f64::from(*e))
-                        }),
-                        style,
-                    ))
-                    .map_err(err)?;
+                // No samples are merged while a key is OPEN: break the line at gaps instead of
+                // drawing a slope across them.
+                let gap_s = 2.5 * k.point_step_ms as f64 / 1000.0;
+                let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+                for (t, e, _) in &k.points {
+                    let x = t.saturating_sub(first) as f64 / 1000.0;
+                    let last = segments.last().and_then(|s| s.last()).map(|p| p.0);
+                    if last.is_some_and(|px| x - px > gap_s) {
+                        segments.push(Vec::new());
+                    }
+                    if let Some(seg) = segments.last_mut() {
+                        seg.push((x, f64::from(*e)));
+                    }
+                }
+                for seg in segments {
+                    chart
+                        .draw_series(LineSeries::new(seg, style))
+                        .map_err(err)?;
+                }
             }
         }
     }
