@@ -500,4 +500,36 @@ mod tests {
         let (_, reports) = r.finish();
         assert_eq!(reports[0].requests, 2);
     }
+
+    #[test]
+    fn keys_follow_key_by_and_overrides_resolve_per_key() {
+        let cfg = r#"{"key_by": "authority",
+            "breaker": {"window": "10s", "buckets": 10, "min_requests": 10, "error_rate_threshold": 0.5},
+            "overrides": [{"match": {"authority": "API.example:80"}, "breaker": {"error_rate_threshold": 0.9}}]}"#;
+        let t0 = 1_700_000_000_000;
+        let mut lines = Vec::new();
+        for (i, authority) in ["api.example:80", "other.example:80"].iter().enumerate() {
+            // 70% failures: enough for 0.5, not for the override's 0.9.
+            for j in 0..30u64 {
+                let status = if j % 10 < 7 { 503 } else { 200 };
+                lines.push(line(t0 + i as u64 * 1000 + j * 10, status).replace(
+                    "\"authority\":\"a\"",
+                    &format!("\"authority\":\"{authority}\""),
+                ));
+            }
+        }
+        let (_, reports) = run(cfg, &lines);
+        let opened = |key: &str| {
+            reports
+                .iter()
+                .find(|r| r.key == key)
+                .map(|r| r.transitions.iter().any(|t| t.to == State::Open))
+        };
+        assert_eq!(
+            opened("api.example:80"),
+            Some(false),
+            "the override's 0.9 holds"
+        );
+        assert_eq!(opened("other.example:80"), Some(true));
+    }
 }
