@@ -24,8 +24,9 @@ use std::path::Path;
 
 use policy_core::config::{Config, ConfigError};
 
-/// Each configuration found in a file: where, and what the filter's parser made of it.
-pub type Checked = Vec<(String, Result<Config, ConfigError>)>;
+/// Each configuration found in a file: where, and what the filter's parser made of it (every
+/// error; the filter logs the first).
+pub type Checked = Vec<(String, Result<Config, Vec<ConfigError>>)>;
 
 /// Reads `path` and checks every meshbreaker configuration in it with the filter's own parser.
 pub fn check_file(path: &Path) -> Result<Checked, String> {
@@ -37,7 +38,7 @@ pub fn check_file(path: &Path) -> Result<Checked, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(found
         .into_iter()
-        .map(|f| (f.location, Config::parse(f.json.as_bytes())))
+        .map(|f| (f.location, Config::parse_all(f.json.as_bytes())))
         .collect())
 }
 
@@ -53,7 +54,10 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
     }
     match checked.into_iter().next() {
         Some((_, Ok(cfg))) => Ok(cfg),
-        Some((loc, Err(e))) => Err(format!("{} ({loc}): {e}", path.display())),
+        Some((loc, Err(errors))) => {
+            let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            Err(format!("{} ({loc}): {}", path.display(), shown.join("; ")))
+        }
         None => Err(format!("{}: no configuration", path.display())),
     }
 }

@@ -124,8 +124,10 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 for (location, result) in results {
                     match result {
                         Ok(_) => println!("{}: {location}: ok", f.display()),
-                        Err(e) => {
-                            println!("{}: {location}: {e}", f.display());
+                        Err(errors) => {
+                            for e in errors {
+                                println!("{}: {location}: {e}", f.display());
+                            }
                             failed = true;
                         }
                     }

@@ -90,6 +90,26 @@ fn check_exits_1_with_the_field_path_and_2_without_a_configuration() {
         stdout.contains(r#"WasmPlugin meshbreaker: spec.pluginConfig: config error at breaker.window: must be in [1s, 1h], got "2h""#),
         "{stdout}"
     );
+    // Every error of a document, one line each.
+    let two = dir.join("two.json");
+    std::fs::write(&two, r#"{"max_keys": 0, "breaker": {"buckets": 61}}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshbreaker"))
+        .arg("check")
+        .arg(&two)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].ends_with("config error at max_keys: must be in [1, 100000], got 0"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("config error at breaker.buckets: must be in [1, 60], got 61"),
+        "{stdout}"
+    );
     let none = dir.join("none.yaml");
     std::fs::write(&none, "kind: Service\nmetadata: {name: x}\n").unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(env!("CARGO_BIN_EXE_meshbreaker"))

@@ -109,9 +109,9 @@ fn replay_of_envoys_own_access_log_reproduces_the_live_transitions() {
                     .await
             }
         };
-        for _ in 0..10 {
-            assert_eq!(send("GET").await.status, 200);
-        }
+        // Failures only, so that the trip does not depend on how far the two workers' windows
+        // were merged when one of them evaluated it (live, a worker trips on the merged view;
+        // the replay sees every sample at once).
         up.set(Behavior {
             status: Some(500),
             ..Default::default()
@@ -136,8 +136,11 @@ fn replay_of_envoys_own_access_log_reproduces_the_live_transitions() {
             t.last().is_some_and(|(_, to)| to == "closed").then_some(())
         })
         .await;
-        for _ in 0..5 {
+        // Traffic for longer than the replay's own open period can differ from the live one
+        // (another trip instant, another jitter draw: at most 600 ms), so it closes too.
+        for _ in 0..40 {
             let _ = send("GET").await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
 
         // status: the live metrics as a table.
@@ -158,6 +161,7 @@ fn replay_of_envoys_own_access_log_reproduces_the_live_transitions() {
             .unwrap_or_else(|| panic!("{table}"));
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cells[1], "closed", "{table}");
+        assert!(cells[4].parse::<u64>().unwrap() >= 40, "allowed: {table}");
         assert!(cells[5].parse::<u64>().unwrap() >= 1, "rejected: {table}");
         assert!(cells[8].parse::<u64>().unwrap() >= 1, "opened: {table}");
 
