@@ -10,7 +10,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// YAML and JSON files outside target/ and .git/ that hold a meshbreaker configuration.
+/// YAML and JSON files that hold a meshbreaker configuration, outside build output and tests.
 fn shipped(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -19,7 +19,12 @@ fn shipped(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.path();
         let name = e.file_name().to_string_lossy().to_string();
         if p.is_dir() {
-            if !matches!(name.as_str(), "target" | ".git" | ".venv" | "node_modules") {
+            // Not shipped: build output, tools, and test inputs (fuzz seeds and test fixtures
+            // hold invalid configurations on purpose).
+            if !matches!(
+                name.as_str(),
+                "target" | ".git" | ".venv" | "node_modules" | "fuzz" | "tests" | "testdata"
+            ) {
                 shipped(&p, out);
             }
         } else if (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
