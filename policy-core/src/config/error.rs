@@ -30,10 +30,13 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
+    /// Both parts are made safe for one log line here, whatever built them: the path and the
+    /// reason can quote what the configuration said (serde echoes unknown variants and field
+    /// names verbatim), and a `pluginConfig` string must not be able to forge Envoy log lines.
     pub(crate) fn new(path: &str, reason: impl Into<String>) -> ConfigError {
         ConfigError {
-            path: path.to_string(),
-            reason: reason.into(),
+            path: one_line(path),
+            reason: one_line(&reason.into()),
         }
     }
 
@@ -69,6 +72,27 @@ impl ConfigError {
     }
 }
 
+/// The longest path or reason kept, in characters; a longer one is cut and ends in `…`. Long
+/// enough for every message the rules write; what it cuts is a value a user pasted.
+const MAX_PART_CHARS: usize = 300;
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`) and cut to [`MAX_PART_CHARS`].
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_PART_CHARS + 8));
+    for (n, c) in text.chars().enumerate() {
+        if n == MAX_PART_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `parent.key`, or `key` at the document root.
 pub(crate) fn child(path: &str, key: &str) -> String {
     if path.is_empty() {
@@ -81,4 +105,36 @@ pub(crate) fn child(path: &str, key: &str) -> String {
 /// `path[i]`.
 pub(crate) fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_error_escapes_control_characters_in_path_and_reason() {
+        let e = ConfigError::new("a\nb", "unknown variant `x\ny`\r\u{1b}[2J");
+        assert_eq!(e.path, "a\\nb");
+        assert_eq!(e.reason, "unknown variant `x\\ny`\\r\\u{1b}[2J");
+        assert!(!e.to_string().contains(['\n', '\r']));
+    }
+
+    #[test]
+    fn config_error_cuts_long_values() {
+        let e = ConfigError::new("mode", "x".repeat(10_000));
+        assert_eq!(e.reason.chars().count(), MAX_PART_CHARS + 1);
+        assert!(e.reason.ends_with('…'));
+    }
+
+    #[test]
+    fn unknown_variant_with_a_newline_cannot_forge_a_log_line() {
+        // Regression (fuzz finding config/unknown_variant_echoes_newline): serde quotes the value raw.
+        let e = crate::config::Config::parse(br#"{"mode":"a\nb"}"#).err();
+        let line = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            line.starts_with("config error at mode: unknown variant `a\\nb`"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
 }
