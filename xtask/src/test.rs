@@ -29,6 +29,25 @@ pub fn test(args: &[String]) -> Result {
         .args(args)
         .env("MESHBREAKER_ENVOY", &envoy)
         .env("MESHBREAKER_WASM", &wasm))?;
+    match std::env::var_os("MESHBREAKER_ISTIO_CRDS") {
+        Some(dir) => {
+            step("the manifest validator held to Istio's own CRD file and fixtures");
+            run(cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "meshbreaker-tests",
+                    "--test",
+                    "manifests_shared",
+                ])
+                .args(["--", "--ignored"])
+                .env("MESHBREAKER_ISTIO_CRDS", dir))?;
+        }
+        None => eprintln!(
+            "\nmanifests_shared: not run (set MESHBREAKER_ISTIO_CRDS to a directory with Istio's \
+             customresourcedefinitions.gen.yaml and WasmPlugin fixtures to run it)"
+        ),
+    }
     step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
     run(cargo()
         // The scenarios file holds the core scenarios; the unit and property tests use proptest,
