@@ -568,3 +568,45 @@ fn docker_compose_file_is_valid_for_docker_compose_v1() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The wasm filter's plugin configuration in a bootstrap document, taken out.
+fn without_plugin_config(mut envoy: Value) -> (Value, Value) {
+    let filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .expect("http_filters");
+    let wasm = filters
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.wasm")
+        .expect("the wasm filter");
+    let value = wasm["typed_config"]["config"]["configuration"]["value"].take();
+    let config = serde_json::from_str(value.as_str().expect("a StringValue")).expect("JSON");
+    (envoy, config)
+}
+
+#[test]
+fn demo_bootstrap_is_the_shipped_one_with_demo_windows_and_validates() {
+    let shipped = docs(&repo().join("envoy-config/envoy.yaml"))
+        .pop()
+        .expect("a document");
+    let demo = docs(&repo().join("envoy-config/demo.yaml"))
+        .pop()
+        .expect("a document");
+    let (shipped_rest, _) = without_plugin_config(shipped);
+    let (demo_rest, demo_config) = without_plugin_config(demo);
+    assert_eq!(
+        demo_rest, shipped_rest,
+        "envoy-config/demo.yaml must differ from envoy.yaml only in the plugin configuration"
+    );
+    let json = serde_json::to_vec(&demo_config).expect("serializable");
+    let config = Config::parse(&json).unwrap_or_else(|e| panic!("demo config refused: {e:?}"));
+    assert!(config.reset_signals.is_some(), "the demo polls the sidecar");
+
+    require_wasm();
+    let text = std::fs::read_to_string(repo().join("envoy-config/demo.yaml")).expect("read");
+    let (ok, out) = envoy_validate(&text);
+    assert!(
+        ok,
+        "envoy --mode validate refuses envoy-config/demo.yaml:\n{out}"
+    );
+}

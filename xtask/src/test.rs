@@ -29,6 +29,10 @@ pub fn test(args: &[String]) -> Result {
         .args(args)
         .env("MESHBREAKER_ENVOY", &envoy)
         .env("MESHBREAKER_WASM", &wasm))?;
+    step("cargo xtask demo --ci (the whole stack through its phases, asserted)");
+    // The demo finds Envoy through MESHBREAKER_ENVOY, like the tests.
+    std::env::set_var("MESHBREAKER_ENVOY", &envoy);
+    crate::demo::demo(&["--ci".to_owned()])?;
     match std::env::var_os("MESHBREAKER_ISTIO_CRDS") {
         Some(dir) => {
             step("the manifest validator held to Istio's own CRD file and fixtures");
