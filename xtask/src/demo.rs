@@ -561,6 +561,11 @@ fn alive(pid: u32) -> bool {
 fn check_interrupt_leaves_nothing() -> Result {
     step("demo --ci: Ctrl-C stops everything the demo started");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Rebuilt while running: Linux reports the old inode as "<path> (deleted)".
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    };
     let out = root().join("target").join("demo").join("interrupt");
     let _ = fs::remove_file(out.join("pids"));
     let mut child = Command::new(exe)

@@ -23,6 +23,8 @@ pub fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     let wasm = build()?;
+    // tests/tests/oci.rs verifies the image this writes.
+    crate::oci::oci(&["--skip-build".to_owned()])?;
     step("native tests (unit, property, Envoy integration, eBPF sidecar)");
     run(cargo()
         .args(["test", "--workspace", "--exclude", "xtask"])
