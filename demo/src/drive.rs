@@ -202,13 +202,13 @@ pub async fn drive(opts: Options) -> Result<Report, String> {
     );
     let mut samples: Vec<Sample> = Vec::new();
     let mut reports = Vec::new();
-    let mut phase_start = 0.0;
+
     for (i, phase) in opts.phases.iter().enumerate() {
         if i > 0 {
             set_fault(&client, &opts.upstream, phase.fault).await?;
         }
         shared.phase.store(i, Ordering::SeqCst);
-        phase_start = if i == 0 {
+        let phase_start = if i == 0 {
             0.0
         } else {
             shared.started.elapsed().as_secs_f64()
@@ -241,7 +241,6 @@ pub async fn drive(opts: Options) -> Result<Report, String> {
     for w in workers {
         let _ = w.await;
     }
-    let _ = phase_start;
 
     let phases = opts
         .phases
