@@ -204,7 +204,7 @@ impl<H: Host> Engine<H> {
             metrics: Metrics::new(cfg.max_keys),
             names: Names::new(plugin),
             meta: Meta {
-                seed: 0,
+                seeds: Vec::new(),
                 sizes: Vec::new(),
             },
             meta_checked_ms: 0,
@@ -229,7 +229,7 @@ impl<H: Host> Engine<H> {
     fn configure_shared(&mut self, seed: u64) {
         let meta_name = self.names.meta();
         let first = Meta {
-            seed: SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64(),
+            seeds: vec![SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64()],
             sizes: vec![self.cfg.max_keys],
         };
         first.encode(&mut self.enc);

@@ -58,22 +58,34 @@ impl<H: Host> Engine<H> {
         self.metrics.flush(&self.host);
     }
 
-    /// Re-reads `…/meta`; a different seed (another VM won the startup race) moves every key to
-    /// the slots that seed gives.
+    /// Re-reads `…/meta`. If another VM's startup write replaced the seed this VM claimed slots
+    /// under, that seed is added back (a real CAS now that the entry exists), so every worker
+    /// can find those slots; a changed seed list makes every key look its slot up again, and
+    /// lookups prefer a key's OPEN or HALF_OPEN slot, so all workers settle on the same one.
     fn refresh_meta(&mut self, now_ms: u64) {
         if crate::engine::since(now_ms, self.meta_checked_ms) < META_REFRESH_MS {
             return;
         }
         self.meta_checked_ms = now_ms;
-        let Some(m) = self
-            .host
-            .get_shared(&self.names.meta())
-            .0
-            .and_then(|b| Meta::decode(&b))
-        else {
-            return;
-        };
-        if m.seed != self.meta.seed {
+        let mine = self.meta.seed();
+        let name = self.names.meta();
+        let m = cas_update(
+            &self.host,
+            &name,
+            &mut self.enc,
+            Meta::decode,
+            Meta::encode,
+            |m| {
+                if m.seeds.contains(&mine) {
+                    Update::Keep(m.clone())
+                } else {
+                    *m = m.with_seed(mine);
+                    Update::Write(m.clone())
+                }
+            },
+            |_, last| last.unwrap_or_else(|| self.meta.clone()),
+        );
+        if m.seeds != self.meta.seeds {
             self.keys.for_each_mut(|_, l| {
                 l.slot = None;
                 l.slot_tried_ms = None;

@@ -1125,3 +1125,23 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
     // :status; flags, attempt count, duration.
     assert_eq!(total, 14, "{closed:?}");
 }
+
+#[test]
+fn workers_that_raced_to_seed_the_slot_hash_settle_on_the_open_slot() {
+    // Shared data has no create-if-absent: two VMs starting together can each write a seed.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":64,"breaker":{"window":"10s","buckets":10,"min_requests":5,
+        "error_rate_threshold":0.5,"sleep_window":"30s"}}"#;
+    let mut a = engine(&host, cfg, 1);
+    // b's blind first write lands after a's: b never sees a's seed at configure time.
+    host.set_shared("meshbreaker/mb/v2/meta", b"999|64", None)
+        .unwrap();
+    let mut b = engine(&host, cfg, 2);
+    trip_req(&mut a, &auth("victim"), 0);
+    // Until the next meta refresh b may look in the wrong place; after it, never.
+    exchange(&mut b, 300, &auth("victim"), &ok());
+    a.on_tick(1_500);
+    b.on_tick(1_600);
+    assert!(exchange(&mut b, 1_700, &auth("victim"), &ok()).rejected());
+    assert!(exchange(&mut a, 1_700, &auth("victim"), &ok()).rejected());
+}
