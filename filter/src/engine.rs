@@ -47,7 +47,6 @@ pub(crate) struct Profile {
     pub breaker: BreakerConfig,
     pub retry: CompiledRetry,
     pub budget: BudgetConfig,
-    pub strip: bool,
     pub geometry: Geometry,
 }
 
@@ -183,7 +182,6 @@ impl<H: Host> Engine<H> {
                 breaker: b.clone(),
                 retry: CompiledRetry::new(r),
                 budget: r.budget.clone(),
-                strip: r.strip_downstream_headers,
                 geometry: geometry(b),
             };
         let mut profiles = vec![profile(cfg.mode, &cfg.breaker, &cfg.retry)];
@@ -506,7 +504,7 @@ impl<H: Host> Engine<H> {
     /// the others are removed only when stripping is on.
     pub fn apply_retry_headers(&self, a: &Admission) {
         use crate::host::Map;
-        use policy_core::retry::{MAX_RETRIES_HEADER, ROUTER_RETRY_HEADERS};
+        use policy_core::retry::MAX_RETRIES_HEADER;
         if matches!(a.decision, Decision::Reject(_)) {
             return;
         }
@@ -516,8 +514,8 @@ impl<H: Host> Engine<H> {
             _ => &[],
         };
         let off = matches!(a.retry, RetryPlan::Off);
-        if p.strip {
-            for h in ROUTER_RETRY_HEADERS {
+        {
+            for &h in p.retry.headers_to_strip() {
                 let overwritten =
                     written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
                 if !overwritten {

@@ -1124,6 +1124,58 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
     // Round 1: 23. Now: clock, cluster, :method, content-type, state, 3 strips, 2 retry headers;
     // :status; flags, attempt count, duration.
     assert_eq!(total, 14, "{closed:?}");
+
+    // OPEN: the state read and the local reply; nothing written, no metric call.
+    let mut e = engine(&FakeHost::default(), "{}", 1);
+    let host = e.host.clone();
+    for i in 0..20 {
+        exchange(&mut e, 100 + i, &get("c"), &fail());
+    }
+    e.on_tick(300);
+    host.reset_calls();
+    assert!(exchange(&mut e, 301, &get("c"), &ok()).rejected());
+    let open = host.inner.borrow().calls.clone();
+    eprintln!("OPEN: {} host calls {open:?}", host.total_calls());
+    assert_eq!(
+        (host.calls("get_shared"), host.calls("set_shared")),
+        (1, 0),
+        "{open:?}"
+    );
+    assert_eq!(host.calls("send_local_response"), 1);
+    assert_eq!(host.total_calls(), 6, "{open:?}");
+
+    // HALF_OPEN: a probe is admitted with one CAS write; its completion is one more read and
+    // write; the probe gets x-envoy-max-retries: 0 and no attempt-count read.
+    let t = 300 + 40_000;
+    exchange(&mut e, t, &get("c"), &ok().attempts(Some(1)));
+    let (x, _) = {
+        host.reset_calls();
+        start(&mut e, t + 1, &get("c"))
+    };
+    let probe_start = host.inner.borrow().calls.clone();
+    eprintln!(
+        "HALF_OPEN probe admission: {} host calls {probe_start:?}",
+        host.total_calls()
+    );
+    assert_eq!(
+        (host.calls("get_shared"), host.calls("set_shared")),
+        (1, 1),
+        "{probe_start:?}"
+    );
+    assert_eq!(host.total_calls(), 11, "{probe_start:?}");
+    host.reset_calls();
+    finish(&mut e, x, t + 2, &ok());
+    let probe_end = host.inner.borrow().calls.clone();
+    eprintln!(
+        "HALF_OPEN probe completion: {} host calls {probe_end:?}",
+        host.total_calls()
+    );
+    assert_eq!(
+        host.calls("property"),
+        2,
+        "flags and duration only: {probe_end:?}"
+    );
+    assert_eq!(host.total_calls(), 6, "{probe_end:?}");
 }
 
 #[test]
