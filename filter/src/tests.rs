@@ -1197,3 +1197,22 @@ fn workers_that_raced_to_seed_the_slot_hash_settle_on_the_open_slot() {
     assert!(exchange(&mut b, 1_700, &auth("victim"), &ok()).rejected());
     assert!(exchange(&mut a, 1_700, &auth("victim"), &ok()).rejected());
 }
+
+#[test]
+fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
+    // Issue 13: a dense 12 KiB histogram per key and worker made 10,000 keys cost 160 MiB.
+    // What a key holds in this VM: its registry entry (name twice, the value), its recorder's
+    // latencies (at most RECORDER_MAX_SAMPLES between merges), its label's ids and name.
+    use policy_core::window::RECORDER_MAX_SAMPLES;
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":4000}"#;
+    let mut e = engine(&host, cfg, 1);
+    for i in 0..2000u64 {
+        exchange(&mut e, i, &auth(&format!("host-{i}.example.com")), &ok());
+    }
+    e.on_tick(5_000);
+    let worst_recorder = RECORDER_MAX_SAMPLES * std::mem::size_of::<u32>();
+    let per_key = e.heap_per_key_estimate();
+    eprintln!("heap per key: {per_key} B (+ at most {worst_recorder} B of unmerged latencies)");
+    assert!(per_key + worst_recorder <= 2048, "{per_key} B per key");
+}
