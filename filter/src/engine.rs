@@ -81,7 +81,10 @@ pub struct KeyParts<'a> {
 /// What the request glue must do with, and remember about, one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
-    pub key: String,
+    /// Where the key's entry is in this worker's registry while this request is in flight (it
+    /// cannot be evicted while it has a request in flight), so the outcome finds it without
+    /// the key's name being copied per request.
+    pub local: Option<usize>,
     pub decision: Decision,
     /// Record the outcome (false for `disabled`, rejected requests and untracked keys).
     pub record: bool,
@@ -393,7 +396,7 @@ impl<H: Host> Engine<H> {
         let untracked = |e: &Self, decision: Decision, profile: usize| {
             let retry = e.retry_plan(profile, &decision, req, true);
             Admission {
-                key: key.to_string(),
+                local: None,
                 decision,
                 record: false,
                 max_attempts: retry.1,
@@ -453,14 +456,16 @@ impl<H: Host> Engine<H> {
         {
             self.metrics.inc(label, Counter::BudgetDenied, 1);
         }
+        let mut local = None;
         if record {
             if let Some(l) = self.keys.peek_mut(key) {
                 l.in_flight = l.in_flight.saturating_add(1);
                 l.active = true;
+                local = self.keys.slot(key);
             }
         }
         Admission {
-            key: key.to_string(),
+            local,
             decision,
             record,
             max_attempts,
@@ -547,14 +552,29 @@ impl<H: Host> Engine<H> {
         self.names.state(slot, &mut name);
         let p = &self.profiles[profile.min(self.profiles.len() - 1)];
         let (mode, bcfg) = (p.mode, &p.breaker);
+        // The CLOSED fast path: the key name and the state byte, no decode, no allocation. A
+        // CLOSED circuit allows and changes nothing (in enforce and dry_run alike).
+        let first = self.host.get_shared(&name);
+        if let Some(b) = first.0.as_deref() {
+            if let Ok((k, State::Closed)) = SlotState::peek(b) {
+                if k == key.as_bytes() {
+                    self.name_buf = name;
+                    if let Some(l) = self.keys.peek_mut(key) {
+                        l.state = State::Closed;
+                    }
+                    return Decision::Allow;
+                }
+            }
+        }
         enum Seen {
             Lost,
             Decided(Decision, Option<Transition>, State),
             Failed(Decision),
         }
-        let seen = cas_update(
+        let seen = shared::cas_update_from(
             &self.host,
             &name,
+            Some(first),
             &mut self.enc,
             |b| SlotState::decode(b).ok(),
             SlotState::encode_into,
@@ -664,8 +684,12 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// Records a completed request. `probe` is the probe id when the request was a HALF_OPEN probe;
-    /// `upstream_host` is Envoy's `upstream.address` (used only with `reset_signals`).
+    /// The key of the request [`Engine::on_request`] decided last (for the local reply).
+    pub fn last_key(&self) -> &str {
+        &self.key_buf
+    }
+
+    /// Records a completed request of `key` (see [`Engine::on_complete_at`]).
     pub fn on_complete(
         &mut self,
         key: &str,
@@ -674,8 +698,25 @@ impl<H: Host> Engine<H> {
         upstream_host: Option<&str>,
         now_ms: u64,
     ) {
+        if let Some(i) = self.keys.slot(key) {
+            self.on_complete_at(i, outcome, probe, upstream_host, now_ms);
+        }
+    }
+
+    /// Records a completed request whose key is at `local` ([`Admission::local`]). `probe` is the
+    /// probe id when the request was a HALF_OPEN probe; `upstream_host` is Envoy's
+    /// `upstream.address` (used only with `reset_signals`). The key's name is copied only when a
+    /// probe completes or a flush is due, not per request.
+    pub fn on_complete_at(
+        &mut self,
+        at: usize,
+        outcome: &Outcome,
+        probe: Option<u32>,
+        upstream_host: Option<&str>,
+        now_ms: u64,
+    ) {
         let learn = self.cfg.reset_signals.is_some();
-        let Some(local) = self.keys.peek_mut(key) else {
+        let Some((_, local)) = self.keys.at_mut(at) else {
             return;
         };
         local.in_flight = local.in_flight.saturating_sub(1);
@@ -691,10 +732,12 @@ impl<H: Host> Engine<H> {
         let epoch = now_ms / p.geometry.bucket_ms.max(1);
         if let (Some(id), Some(slot)) = (probe, slot) {
             let success = failure.is_none() && outcome.retried_attempts() == 0;
-            self.complete_probe(key, slot, id, success, profile, now_ms);
+            if let Some(key) = self.keys.at_mut(at).map(|(k, _)| k.to_string()) {
+                self.complete_probe(&key, slot, id, success, profile, now_ms);
+            }
         }
-        let (recorded, due) = match self.keys.peek_mut(key) {
-            Some(l) => {
+        let (recorded, due) = match self.keys.at_mut(at) {
+            Some((_, l)) => {
                 let recorded = l.recorder.record(epoch, outcome, failure).is_ok();
                 (
                     recorded,
@@ -706,9 +749,12 @@ impl<H: Host> Engine<H> {
             None => return,
         };
         if due {
-            self.flush_key(key, now_ms);
+            let Some(key) = self.keys.at_mut(at).map(|(k, _)| k.to_string()) else {
+                return;
+            };
+            self.flush_key(&key, now_ms);
             if !recorded {
-                if let Some(l) = self.keys.peek_mut(key) {
+                if let Some((_, l)) = self.keys.at_mut(at) {
                     let _ = l.recorder.record(epoch, outcome, failure);
                 }
             }
@@ -791,8 +837,8 @@ impl<H: Host> Engine<H> {
     /// A request that ended without a response and without an upstream failure (the client went
     /// away): no sample, but it is no longer in flight. A probe among them frees its slot when
     /// `sleep_window` reclaims it.
-    pub fn on_abandoned(&mut self, key: &str) {
-        if let Some(l) = self.keys.peek_mut(key) {
+    pub fn on_abandoned(&mut self, at: usize) {
+        if let Some((_, l)) = self.keys.at_mut(at) {
             l.in_flight = l.in_flight.saturating_sub(1);
         }
     }

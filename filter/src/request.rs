@@ -172,7 +172,7 @@ pub fn local_reply(key: &str, r: &Rejection, grpc: bool) -> LocalReply {
 /// Per-request state between Envoy's callbacks.
 #[derive(Debug, Default)]
 pub struct Exchange {
-    key: Option<String>,
+    local: Option<usize>,
     probe: Option<u32>,
     record: bool,
     dry_run_mark: bool,
@@ -230,7 +230,7 @@ impl Exchange {
         let a = e.on_request(&parts, &view, now_ms);
         match a.decision {
             Decision::Reject(r) => {
-                let reply = local_reply(&a.key, &r, self.grpc);
+                let reply = local_reply(e.last_key(), &r, self.grpc);
                 let headers: Vec<(&str, &[u8])> = reply
                     .headers
                     .iter()
@@ -247,7 +247,7 @@ impl Exchange {
         e.apply_retry_headers(&a);
         self.record = a.record;
         self.max_attempts = a.max_attempts.max(1);
-        self.key = Some(a.key);
+        self.local = a.local;
         true
     }
 
@@ -297,7 +297,7 @@ impl Exchange {
         if !self.record {
             return;
         }
-        let Some(key) = self.key.take() else { return };
+        let Some(at) = self.local.take() else { return };
         let flags = if e.needs.response_flags {
             e.host
                 .property(RESPONSE_FLAGS)
@@ -341,7 +341,7 @@ impl Exchange {
         if self.status.is_none() && !upstream_reset {
             // No response and no upstream failure: the client went away (or a filter before us
             // answered). That says nothing about the upstream, so it is not a sample.
-            e.on_abandoned(&key);
+            e.on_abandoned(at);
             return;
         }
         let host = if e.needs.upstream_address {
@@ -356,13 +356,7 @@ impl Exchange {
             latency_us,
             attempts,
         };
-        e.on_complete(
-            &key,
-            &outcome,
-            self.probe,
-            host.as_deref().map(text),
-            now_ms,
-        );
+        e.on_complete_at(at, &outcome, self.probe, host.as_deref().map(text), now_ms);
     }
 }
 

@@ -117,12 +117,31 @@ pub fn cas_update<H: Host, T, R>(
     enc: &mut Vec<u8>,
     decode: impl Fn(&[u8]) -> Option<T>,
     encode: impl Fn(&T, &mut Vec<u8>),
+    f: impl FnMut(&mut T) -> Update<R>,
+    on_exhausted: impl FnOnce(Exhausted, Option<T>) -> R,
+) -> R {
+    cas_update_from(host, name, None, enc, decode, encode, f, on_exhausted)
+}
+
+/// A host read: the value and its CAS token.
+pub type Read = (Option<Vec<u8>>, Option<u32>);
+
+/// [`cas_update`] starting from a read the caller already made (`first`), so a fast path that
+/// looked at the entry does not read it twice.
+#[allow(clippy::too_many_arguments)]
+pub fn cas_update_from<H: Host, T, R>(
+    host: &H,
+    name: &str,
+    mut first: Option<Read>,
+    enc: &mut Vec<u8>,
+    decode: impl Fn(&[u8]) -> Option<T>,
+    encode: impl Fn(&T, &mut Vec<u8>),
     mut f: impl FnMut(&mut T) -> Update<R>,
     on_exhausted: impl FnOnce(Exhausted, Option<T>) -> R,
 ) -> R {
     let mut last = None;
     for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = host.get_shared(name);
+        let (bytes, cas) = first.take().unwrap_or_else(|| host.get_shared(name));
         let (Some(bytes), Some(cas)) = (bytes, cas) else {
             return on_exhausted(Exhausted::Absent, last);
         };
