@@ -110,7 +110,7 @@ pub enum RetryPlan {
 pub struct Engine<H: Host> {
     pub host: H,
     /// What the request path reads (from the configuration, once).
-    pub needs: crate::request::Needs,
+    pub needs: std::rc::Rc<crate::request::Needs>,
     pub(crate) cfg: Config,
     pub(crate) profiles: Vec<Profile>,
     pub(crate) names: Names,
@@ -200,7 +200,7 @@ impl<H: Host> Engine<H> {
             .unwrap_or(0);
         let mut e = Engine {
             host,
-            needs: crate::request::Needs::of(&cfg),
+            needs: std::rc::Rc::new(crate::request::Needs::of(&cfg)),
             keys: KeyRegistry::new(cfg.max_keys),
             metrics: Metrics::new(cfg.max_keys),
             names: Names::new(plugin),
@@ -504,10 +504,18 @@ impl<H: Host> Engine<H> {
         (plan, rd.max_attempts().unwrap_or(MAX_ATTEMPTS))
     }
 
+    /// Whether any configuration of this filter strips client retry headers.
+    pub fn strips_any(&self) -> bool {
+        self.profiles
+            .iter()
+            .any(|p| !p.retry.headers_to_strip().is_empty())
+    }
+
     /// Writes the router's retry headers for `a` and strips the client's (per the key's
     /// configuration): headers the plan writes are replaced (which removes every client value),
-    /// the others are removed only when stripping is on.
-    pub fn apply_retry_headers(&self, a: &Admission) {
+    /// the others are removed only when stripping is on and the client sent them (`present`:
+    /// bit `i` for `ROUTER_RETRY_HEADERS[i]`; all ones when unknown).
+    pub fn apply_retry_headers(&self, a: &Admission, present: u8) {
         use crate::host::Map;
         use policy_core::retry::MAX_RETRIES_HEADER;
         if matches!(a.decision, Decision::Reject(_)) {
@@ -519,13 +527,11 @@ impl<H: Host> Engine<H> {
             _ => &[],
         };
         let off = matches!(a.retry, RetryPlan::Off);
-        {
-            for &h in p.retry.headers_to_strip() {
-                let overwritten =
-                    written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
-                if !overwritten {
-                    self.host.remove_header(Map::RequestHeaders, h);
-                }
+        for (i, &h) in p.retry.headers_to_strip().iter().enumerate() {
+            let overwritten =
+                written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
+            if !overwritten && present & (1 << i) != 0 {
+                self.host.remove_header(Map::RequestHeaders, h);
             }
         }
         for (n, v) in written {

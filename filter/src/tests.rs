@@ -1121,9 +1121,10 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
     assert_eq!(host.calls("get_shared"), 1, "{closed:?}");
     assert_eq!(host.calls("set_shared"), 0, "{closed:?}");
     assert_eq!(host.calls("increment_metric"), 0, "{closed:?}");
-    // Round 1: 23. Now: clock, cluster, :method, content-type, state, 3 strips, 2 retry headers;
-    // :status; flags, attempt count, duration.
-    assert_eq!(total, 14, "{closed:?}");
+    // Round 1: 23. Now: clock, cluster, all request headers in one call, state, 2 retry headers
+    // (no strip: the client sent none); :status; flags, attempt count, duration.
+    assert_eq!(total, 10, "{closed:?}");
+    assert_eq!(host.calls("remove_header"), 0, "{closed:?}");
 
     // OPEN: the state read and the local reply; nothing written, no metric call.
     let mut e = engine(&FakeHost::default(), "{}", 1);
@@ -1142,7 +1143,7 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
         "{open:?}"
     );
     assert_eq!(host.calls("send_local_response"), 1);
-    assert_eq!(host.total_calls(), 6, "{open:?}");
+    assert_eq!(host.total_calls(), 5, "{open:?}");
 
     // HALF_OPEN: a probe is admitted with one CAS write; its completion is one more read and
     // write; the probe gets x-envoy-max-retries: 0 and no attempt-count read.
@@ -1162,7 +1163,7 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
         (1, 1),
         "{probe_start:?}"
     );
-    assert_eq!(host.total_calls(), 11, "{probe_start:?}");
+    assert_eq!(host.total_calls(), 6, "{probe_start:?}");
     host.reset_calls();
     finish(&mut e, x, t + 2, &ok());
     let probe_end = host.inner.borrow().calls.clone();
