@@ -59,15 +59,34 @@ pub(crate) struct KeyLocal {
     pub recorder: Recorder,
     pub label: LabelId,
     pub last_flush_ms: u64,
-    /// Requests started or completed since `last_active_ms` was last written.
-    pub active: bool,
-    pub active_written_ms: u64,
+    /// When a request of this key last started or completed here.
+    pub last_activity_ms: u64,
+    /// The activity time last written to the slot's `last_active_ms` (`None`: never).
+    pub activity_written: Option<u64>,
     pub budget_ok: bool,
     pub in_flight: u32,
     /// The circuit state this worker last read: keys not CLOSED are never evicted.
     pub state: State,
     /// Upstream hosts seen since the last flush (only with `reset_signals`), normalized.
     pub new_hosts: Vec<String>,
+}
+
+impl KeyLocal {
+    /// The activity time to write to the slot now, if any: the last request start or completion
+    /// (or now, while requests are in flight, so long streams keep their key's slot), at most
+    /// once per [`ACTIVE_WRITE_MS`] and only when newer than what was written.
+    pub fn activity_to_write(&self, now_ms: u64) -> Option<u64> {
+        let activity = if self.in_flight > 0 {
+            now_ms
+        } else {
+            self.last_activity_ms
+        };
+        match self.activity_written {
+            None => Some(activity),
+            Some(w) if activity > w && activity - w >= ACTIVE_WRITE_MS => Some(activity),
+            Some(_) => None,
+        }
+    }
 }
 
 /// The request-time identity of a key (from Envoy properties and headers).
@@ -337,8 +356,8 @@ impl<H: Host> Engine<H> {
             recorder,
             label: other,
             last_flush_ms: now_ms,
-            active: false,
-            active_written_ms: 0,
+            last_activity_ms: now_ms,
+            activity_written: None,
             budget_ok: true,
             in_flight: 0,
             state: State::Closed,
@@ -460,7 +479,7 @@ impl<H: Host> Engine<H> {
         if record {
             if let Some(l) = self.keys.peek_mut(key) {
                 l.in_flight = l.in_flight.saturating_add(1);
-                l.active = true;
+                l.last_activity_ms = now_ms;
                 local = self.keys.slot(key);
             }
         }
@@ -726,7 +745,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         local.in_flight = local.in_flight.saturating_sub(1);
-        local.active = true;
+        local.last_activity_ms = now_ms;
         let (profile, slot) = (local.profile, local.slot);
         if let (true, Some(h)) = (learn, upstream_host.and_then(normalize_upstream)) {
             if !local.new_hosts.contains(&h) && local.new_hosts.len() < 4 {

@@ -14,7 +14,7 @@ use policy_core::encoding::{ResetTotals, SlotState};
 use policy_core::retry::budget_allows_retry;
 use policy_core::window::{kernel_resets_exceed, trip_reason, Counts, Recorder, TripReason};
 
-use crate::engine::{Engine, ACTIVE_WRITE_MS, FLUSH_MS};
+use crate::engine::{Engine, FLUSH_MS};
 use crate::host::{Host, SetError};
 use crate::metrics::Gauge;
 use crate::shared::{cas_update, newer, Meta, Update, CAS_ATTEMPTS};
@@ -45,13 +45,26 @@ impl<H: Host> Engine<H> {
         for (k, l) in self.keys.iter() {
             let stale = crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS;
             let has_news = !l.recorder.is_empty() || !l.new_hosts.is_empty();
-            let refresh = l.slot.is_some()
-                && (l.active || l.in_flight > 0)
-                && crate::engine::since(now_ms, l.active_written_ms) >= ACTIVE_WRITE_MS;
+            let refresh = l.slot.is_some() && l.activity_to_write(now_ms).is_some();
             if (stale && has_news) || (resets_changed && l.slot.is_some()) || refresh {
                 due.push(k.to_string());
             }
         }
+        for k in due {
+            self.flush_key(&k, now_ms);
+        }
+        self.metrics.flush(&self.host);
+    }
+
+    /// Flushes every key that holds samples or hosts, whatever their age (the plugin is going
+    /// away), and the batched counters.
+    pub fn flush_all(&mut self, now_ms: u64) {
+        let due: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, l)| !l.recorder.is_empty() || !l.new_hosts.is_empty())
+            .map(|(k, _)| k.to_string())
+            .collect();
         for k in due {
             self.flush_key(&k, now_ms);
         }
@@ -103,8 +116,7 @@ impl<H: Host> Engine<H> {
         };
         local.last_flush_ms = now_ms;
         let (profile, label) = (local.profile, local.label);
-        let refresh_active = (local.active || local.in_flight > 0)
-            && crate::engine::since(now_ms, local.active_written_ms) >= ACTIVE_WRITE_MS;
+        let activity = local.activity_to_write(now_ms);
         let Some(slot) = local.slot else {
             local.recorder.clear();
             local.new_hosts.clear();
@@ -252,17 +264,9 @@ impl<H: Host> Engine<H> {
         });
         let may_trip =
             seen_state == State::Closed && (kernel || trip_reason(&totals, &p.breaker).is_some());
-        if may_trip || refresh_active {
+        if may_trip || activity.is_some() {
             self.update_state_after_flush(
-                key,
-                slot,
-                pi,
-                gen,
-                &totals,
-                p95_ms,
-                kernel,
-                refresh_active,
-                now_ms,
+                key, slot, pi, gen, &totals, p95_ms, kernel, activity, now_ms,
             );
         }
     }
@@ -279,7 +283,7 @@ impl<H: Host> Engine<H> {
         totals: &Counts,
         p95_ms: u64,
         kernel: bool,
-        refresh_active: bool,
+        activity: Option<u64>,
         now_ms: u64,
     ) {
         let mut name = std::mem::take(&mut self.name_buf);
@@ -297,8 +301,8 @@ impl<H: Host> Engine<H> {
                     return Update::Keep(None);
                 }
                 let mut write = false;
-                if refresh_active && now_ms > st.last_active_ms {
-                    st.last_active_ms = now_ms;
+                if let Some(a) = activity.filter(|a| *a > st.last_active_ms) {
+                    st.last_active_ms = a;
                     write = true;
                 }
                 let mut t = None;
@@ -336,9 +340,8 @@ impl<H: Host> Engine<H> {
         };
         let label = match self.keys.peek_mut(key) {
             Some(l) => {
-                if refresh_active {
-                    l.active_written_ms = now_ms;
-                    l.active = false;
+                if activity.is_some() {
+                    l.activity_written = activity;
                 }
                 l.state = state;
                 l.label

@@ -720,12 +720,12 @@ fn closed_key_loses_its_slot_only_after_idling_longer_than_the_window() {
         Some(0),
         "idle 10 s < window 20 s"
     );
-    // "old" was last active at its flush, 1.5 s.
+    // "old" was last active at 0 s, its only request.
     exchange(&mut e, 22_000, &auth("new"), &ok());
     assert_eq!(
         slot_of(&host, "new").map(|s| s.0),
         Some(0),
-        "idle 20.5 s > window"
+        "idle 22 s > window"
     );
 }
 
@@ -1216,4 +1216,40 @@ fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
     let per_key = e.heap_per_key_estimate();
     eprintln!("heap per key: {per_key} B (+ at most {worst_recorder} B of unmerged latencies)");
     assert!(per_key + worst_recorder <= 2048, "{per_key} B per key");
+}
+
+#[test]
+fn a_plugin_going_away_hands_over_its_unmerged_samples() {
+    // B3: unflushed recorders (up to 100 ms per worker) died with an old root on reload.
+    let host = FakeHost::default();
+    let mut old = engine(&host, FAST, 1);
+    for i in 0..5 {
+        exchange(&mut old, 10 + i, &get("c"), &fail());
+    }
+    old.flush_all(20);
+    let mut new = engine(&host, FAST, 2);
+    assert!(
+        exchange(&mut new, 30, &get("c"), &ok()).rejected(),
+        "the old VM's failures count"
+    );
+}
+
+#[test]
+fn a_slot_taken_over_does_not_inherit_the_previous_keys_hosts() {
+    // Smaller item: a takeover kept the previous key's host cursors.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":1,"reset_signals":{},"breaker":{"window":"1s","buckets":2}}"#;
+    let mut e = engine(&host, cfg, 1);
+    exchange(&mut e, 0, &auth("old"), &ok());
+    e.on_tick(200);
+    let w = window_of(&host, cfg, 0);
+    assert_eq!(w.hosts.len(), 1);
+    let mut other = ok();
+    other.upstream = Some(b"10.9.9.9:80".to_vec());
+    exchange(&mut e, 10_000, &auth("new"), &other);
+    e.on_tick(10_200);
+    assert!(slot_of(&host, "new").is_some());
+    let w = window_of(&host, cfg, 0);
+    let hosts: Vec<&str> = w.hosts.iter().map(|h| h.host.as_str()).collect();
+    assert_eq!(hosts, vec!["10.9.9.9:80"]);
 }
