@@ -27,6 +27,7 @@ impl<H: Host> Engine<H> {
     /// Flushes every key with samples older than [`FLUSH_MS`], refreshes activity marks, and
     /// hands the batched counters to Envoy (called from the root's tick).
     pub fn on_tick(&mut self, now_ms: u64) {
+        self.slot_searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
         self.refresh_meta(now_ms);
         let mut resets_changed = false;
         if self.cfg.reset_signals.is_some() {
