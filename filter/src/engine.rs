@@ -150,6 +150,9 @@ pub struct Engine<H: Host> {
     pub(crate) warned_no_slot: bool,
     /// Sequence of the last kernel reset totals this VM attributed.
     pub(crate) resets_seen: Option<u64>,
+    /// The last published totals as read (to skip decoding an unchanged entry) and decoded.
+    pub(crate) reset_bytes: Vec<u8>,
+    pub(crate) reset_totals: Option<std::rc::Rc<std::collections::HashMap<String, u64>>>,
     /// How long a CLOSED key must have been idle before its slot may be taken over.
     pub(crate) takeover_idle_ms: u64,
     /// Slot searches left until the next tick ([`SLOT_SEARCHES_PER_TICK`]).
@@ -242,6 +245,8 @@ impl<H: Host> Engine<H> {
             key_buf: String::new(),
             warned_no_slot: false,
             resets_seen: None,
+            reset_bytes: Vec::new(),
+            reset_totals: None,
             takeover_idle_ms: longest_window.max(MIN_TAKEOVER_IDLE_MS),
             slot_searches_left: SLOT_SEARCHES_PER_TICK,
             profiles,

@@ -29,19 +29,7 @@ impl<H: Host> Engine<H> {
     pub fn on_tick(&mut self, now_ms: u64) {
         self.slot_searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
         self.refresh_meta(now_ms);
-        let mut resets_changed = false;
-        if self.cfg.reset_signals.is_some() {
-            let seq = self
-                .host
-                .get_shared(&self.names.resets())
-                .0
-                .and_then(|b| ResetTotals::decode(&b).ok())
-                .map(|t| t.sequence);
-            if seq.is_some() && seq != self.resets_seen {
-                self.resets_seen = seq;
-                resets_changed = true;
-            }
-        }
+        let resets_changed = self.refresh_resets();
         let mut due = Vec::new();
         for (k, l) in self.keys.iter() {
             let stale = crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS;
@@ -55,6 +43,29 @@ impl<H: Host> Engine<H> {
             self.flush_key(&k, now_ms);
         }
         self.metrics.flush(&self.host);
+    }
+
+    /// Reads the published kernel reset totals (one shared read per tick) and decodes them only
+    /// when their bytes changed, into a map that flushes look hosts up in. True when the
+    /// sequence moved (every placed key then takes its share).
+    fn refresh_resets(&mut self) -> bool {
+        if self.cfg.reset_signals.is_none() {
+            return false;
+        }
+        let Some(bytes) = self.host.get_shared(&self.names.resets()).0 else {
+            return false;
+        };
+        if bytes == self.reset_bytes {
+            return false;
+        }
+        let Ok(t) = ResetTotals::decode(&bytes) else {
+            return false;
+        };
+        self.reset_bytes = bytes;
+        let changed = self.resets_seen != Some(t.sequence);
+        self.resets_seen = Some(t.sequence);
+        self.reset_totals = Some(std::rc::Rc::new(t.peers.into_iter().collect()));
+        changed
     }
 
     /// Flushes every key that holds samples or hosts, whatever their age (the plugin is going
@@ -126,14 +137,13 @@ impl<H: Host> Engine<H> {
         let pi = profile.min(self.profiles.len() - 1);
         let g = self.profiles[pi].geometry;
         let now_epoch = now_ms / g.bucket_ms.max(1);
-        let resets = match &self.cfg.reset_signals {
-            Some(_) => self
-                .host
-                .get_shared(&self.names.resets())
-                .0
-                .and_then(|b| ResetTotals::decode(&b).ok()),
-            None => None,
-        };
+        // The totals as of this VM's last tick (decoded once per published change, not per flush);
+        // read now if no tick has read them yet, so a host is never learned with a zero baseline
+        // while totals exist (that would attribute the sidecar's history to this key).
+        if self.reset_totals.is_none() {
+            self.refresh_resets();
+        }
+        let resets = self.reset_totals.clone();
         let mut state_name = String::new();
         self.names.state(slot, &mut state_name);
         let mut window_name = String::new();
@@ -186,7 +196,10 @@ impl<H: Host> Engine<H> {
             if let Some(l) = self.keys.get(key) {
                 w.merge_recorder(&l.recorder, now_epoch, &mut bins);
                 for h in &l.new_hosts {
-                    let total = resets.as_ref().map(|r| r.total_for(h)).unwrap_or(0);
+                    let total = resets
+                        .as_ref()
+                        .and_then(|r| r.get(h.as_str()).copied())
+                        .unwrap_or(0);
                     w.learn_host(h, total);
                 }
                 if !l.recorder.is_empty() {
@@ -195,7 +208,7 @@ impl<H: Host> Engine<H> {
             }
             if let Some(r) = &resets {
                 for h in w.hosts.iter_mut() {
-                    let total = r.total_for(&h.host);
+                    let total = r.get(h.host.as_str()).copied().unwrap_or(0);
                     if total > h.seen {
                         attributed = attributed.saturating_add(total - h.seen);
                     }

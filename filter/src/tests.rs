@@ -1285,3 +1285,28 @@ fn a_flood_of_new_keys_costs_a_bounded_number_of_slot_searches() {
         "searched again after the tick"
     );
 }
+
+#[test]
+fn a_host_learned_before_the_first_tick_takes_the_published_totals_as_baseline() {
+    use policy_core::encoding::ResetTotals;
+    let host = FakeHost::default();
+    let cfg =
+        r#"{"reset_signals":{"max_resets_per_second":1},"breaker":{"window":"10s","buckets":10}}"#;
+    let mut e = engine(&host, cfg, 1);
+    let totals = ResetTotals {
+        sequence: 7,
+        peers: vec![("10.0.0.5:8080".into(), 5_000)],
+    };
+    host.set_shared(&e.names().resets(), &totals.encode(), None)
+        .unwrap();
+    // Two completions 100 ms apart: the second flushes from the request path, before any tick.
+    exchange(&mut e, 0, &get("c"), &ok());
+    exchange(&mut e, 150, &get("c"), &ok());
+    e.on_tick(300);
+    assert!(
+        exchange(&mut e, 301, &get("c"), &ok()).admitted,
+        "history is not news"
+    );
+    e.on_tick(400);
+    assert_eq!(metric(&host, "c", "meshbreaker_kernel_resets_total"), 0);
+}
