@@ -12,12 +12,14 @@
 use policy_core::breaker::{Jitter, State};
 use policy_core::encoding::{ResetTotals, SlotState};
 use policy_core::retry::budget_allows_retry;
-use policy_core::window::{kernel_resets_exceed, trip_reason, Counts, Recorder, TripReason};
+use policy_core::window::{
+    kernel_resets_exceed, trip_reason, Counts, Recorder, TripReason, Window,
+};
 
 use crate::engine::{Engine, FLUSH_MS};
-use crate::host::{Host, SetError};
+use crate::host::Host;
 use crate::metrics::Gauge;
-use crate::shared::{cas_update, newer, Meta, Update, CAS_ATTEMPTS};
+use crate::shared::{cas_update, newer, Meta, Update};
 
 /// The table description (seed, sizes) is re-read this often, so that VMs which raced to create
 /// it at startup converge on one seed.
@@ -149,14 +151,105 @@ impl<H: Host> Engine<H> {
         let mut window_name = String::new();
         self.names.window(&g, slot, &mut window_name);
 
-        let mut merged = None;
-        for _ in 0..CAS_ATTEMPTS {
-            let (sb, _) = self.host.get_shared(&state_name);
-            let Some(st) = sb.and_then(|b| SlotState::decode(&b).ok()) else {
-                return;
-            };
-            if st.key != key {
-                // Taken over (this key was CLOSED and idle): its samples belong to no slot now.
+        enum Merge {
+            /// The slot holds another key now (this key was CLOSED and idle).
+            Lost,
+            /// The state or window is not ours to read or write, or the merge lost every CAS:
+            /// the recorder keeps its samples for the next flush.
+            Kept,
+            Merged {
+                totals: Counts,
+                p95: Option<u64>,
+                generation: u32,
+                attributed: u64,
+                state: State,
+            },
+        }
+        let host = &self.host;
+        let local = self.keys.get(key);
+        let mut bins = std::mem::take(&mut self.bins);
+        let merge = cas_update(
+            host,
+            &window_name,
+            &mut self.enc,
+            |b| Window::decode(b).ok(),
+            |w, out| w.encode_into(out),
+            |w| {
+                // The state first, for the generation the window must have.
+                let sb = host.get_shared(&state_name).0;
+                let Some(st) = sb.and_then(|b| SlotState::decode(&b).ok()) else {
+                    return Update::Keep(Merge::Kept);
+                };
+                if st.key != key {
+                    return Update::Keep(Merge::Lost);
+                }
+                let gen = st.breaker.generation;
+                if newer(w.generation, gen) {
+                    // Our state read is older than the window: read both again.
+                    return Update::Again;
+                }
+                if newer(gen, w.generation)
+                    || w.bucket_ms != g.bucket_ms
+                    || w.threshold_us != g.threshold_us
+                    || w.buckets.len() != g.buckets as usize
+                {
+                    w.reset(g.buckets, gen);
+                    w.bucket_ms = g.bucket_ms;
+                    w.threshold_us = g.threshold_us;
+                }
+                w.clear_future(now_epoch);
+                let mut attributed = 0u64;
+                if let Some(l) = local {
+                    w.merge_recorder(&l.recorder, now_epoch, &mut bins);
+                    for h in &l.new_hosts {
+                        let total = resets
+                            .as_ref()
+                            .and_then(|r| r.get(h.as_str()).copied())
+                            .unwrap_or(0);
+                        w.learn_host(h, total);
+                    }
+                    if !l.recorder.is_empty() {
+                        w.last_used_ms = now_ms;
+                    }
+                }
+                if let Some(r) = &resets {
+                    for h in w.hosts.iter_mut() {
+                        let total = r.get(h.host.as_str()).copied().unwrap_or(0);
+                        if total > h.seen {
+                            attributed = attributed.saturating_add(total - h.seen);
+                        }
+                        // Totals never go backwards; if they seem to, keep the cursor where it
+                        // was so the next rise is not counted twice.
+                        h.seen = h.seen.max(total);
+                    }
+                }
+                if attributed > 0 {
+                    if let Some(mut kr) = Recorder::new(None) {
+                        let _ = kr.record_kernel_resets(now_epoch, attributed);
+                        w.merge_recorder(&kr, now_epoch, &mut bins);
+                    }
+                }
+                Update::Write(Merge::Merged {
+                    totals: w.totals(now_epoch),
+                    p95: w.p95_us(now_epoch, &mut bins),
+                    generation: w.generation,
+                    attributed,
+                    state: st.breaker.state,
+                })
+            },
+            |_, _| Merge::Kept,
+        );
+        self.bins = bins;
+        let (totals, p95, gen, attributed, seen_state) = match merge {
+            Merge::Merged {
+                totals,
+                p95,
+                generation,
+                attributed,
+                state,
+            } => (totals, p95, generation, attributed, state),
+            Merge::Kept => return,
+            Merge::Lost => {
                 if let Some(l) = self.keys.peek_mut(key) {
                     l.recorder.clear();
                     l.new_hosts.clear();
@@ -165,92 +258,8 @@ impl<H: Host> Engine<H> {
                 }
                 return;
             }
-            let (wb, cas) = self.host.get_shared(&window_name);
-            let (Some(wb), Some(cas)) = (wb, cas) else {
-                return;
-            };
-            let mut w = std::mem::take(&mut self.window);
-            if w.decode_into(&wb).is_err() {
-                // Not ours to overwrite (see `shared`); the samples wait for the next flush.
-                self.window = w;
-                return;
-            }
-            let gen = st.breaker.generation;
-            if newer(w.generation, gen) {
-                // Our state read is older than the window: read the state again.
-                self.window = w;
-                continue;
-            }
-            if newer(gen, w.generation)
-                || w.bucket_ms != g.bucket_ms
-                || w.threshold_us != g.threshold_us
-                || w.buckets.len() != g.buckets as usize
-            {
-                w.reset(g.buckets, gen);
-                w.bucket_ms = g.bucket_ms;
-                w.threshold_us = g.threshold_us;
-            }
-            w.clear_future(now_epoch);
-            let mut bins = std::mem::take(&mut self.bins);
-            let mut attributed = 0u64;
-            if let Some(l) = self.keys.get(key) {
-                w.merge_recorder(&l.recorder, now_epoch, &mut bins);
-                for h in &l.new_hosts {
-                    let total = resets
-                        .as_ref()
-                        .and_then(|r| r.get(h.as_str()).copied())
-                        .unwrap_or(0);
-                    w.learn_host(h, total);
-                }
-                if !l.recorder.is_empty() {
-                    w.last_used_ms = now_ms;
-                }
-            }
-            if let Some(r) = &resets {
-                for h in w.hosts.iter_mut() {
-                    let total = r.get(h.host.as_str()).copied().unwrap_or(0);
-                    if total > h.seen {
-                        attributed = attributed.saturating_add(total - h.seen);
-                    }
-                    // Totals never go backwards; if they seem to, keep the cursor where it was
-                    // so the next rise is not counted twice.
-                    h.seen = h.seen.max(total);
-                }
-            }
-            if attributed > 0 {
-                if let Some(mut kr) = Recorder::new(None) {
-                    let _ = kr.record_kernel_resets(now_epoch, attributed);
-                    w.merge_recorder(&kr, now_epoch, &mut bins);
-                }
-            }
-            let mut enc = std::mem::take(&mut self.enc);
-            w.encode_into(&mut enc);
-            let r = self.host.set_shared(&window_name, &enc, Some(cas));
-            self.enc = enc;
-            match r {
-                Ok(()) => {
-                    let totals = w.totals(now_epoch);
-                    let p95 = w.p95_us(now_epoch, &mut bins);
-                    merged = Some((totals, p95, w.generation, attributed, st.breaker.state));
-                    self.bins = bins;
-                    self.window = w;
-                    break;
-                }
-                Err(SetError::CasMismatch) => {
-                    self.bins = bins;
-                    self.window = w;
-                }
-                Err(SetError::Failed) => {
-                    self.bins = bins;
-                    self.window = w;
-                    return;
-                }
-            }
-        }
-        // Contention: the recorder keeps its samples for the next flush.
-        let Some((totals, p95, gen, attributed, seen_state)) = merged else {
-            return;
         };
+
         let p = &self.profiles[pi];
         let budget_ok =
             budget_allows_retry(&p.budget, p.breaker.window, totals.requests, totals.retries);
