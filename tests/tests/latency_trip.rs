@@ -28,26 +28,45 @@ fn slow_upstream_trips_on_p95_latency() {
         for _ in 0..5 {
             let c = c.clone();
             tasks.push(tokio::spawn(async move {
-                c.get("/slow", &[("x-route", "slow")]).await
+                let t0 = std::time::Instant::now();
+                let r = c.get("/slow", &[("x-route", "slow")]).await;
+                (r, t0.elapsed())
             }));
         }
+        // What the client measured bounds what the filter measured (request headers to end of
+        // response, inside the client's round trip).
+        let mut client_ms = Vec::new();
         for t in tasks {
-            let r = t.await.unwrap();
+            let (r, took) = t.await.unwrap();
             assert_eq!(r.status, 200);
+            client_ms.push(took.as_secs_f64() * 1000.0);
         }
-        eventually(Duration::from_secs(3), "state gauge = 1 (open)", || async {
-            (s.metric("meshbreaker_state", "slow", &[]).await == 1.0).then_some(())
-        })
+        client_ms.sort_by(f64::total_cmp);
+        // Nearest rank of 5 samples at 95%: the 5th.
+        let client_p95 = client_ms[client_ms.len() - 1];
+        eventually(
+            Duration::from_secs(10),
+            "state gauge = 1 (open)",
+            || async { (s.metric("meshbreaker_state", "slow", &[]).await == 1.0).then_some(()) },
+        )
         .await;
         let reached = up.count();
         let r = s.send("slow", "GET", &[]).await;
         assert_spec_rejection(&r, "slow", "latency_p95");
         assert_eq!(up.count(), reached);
-        // The gauge shows the window's P95 within 2% of 400 ms (and Envoy adds a little).
-        let p95 = s.metric("meshbreaker_latency_p95_ms", "slow", &[]).await;
-        assert!((392.0..1000.0).contains(&p95), "p95 gauge {p95}");
+        // SPEC: the gauge is within 2% of the window's P95. Every sample took at least the
+        // upstream's 400 ms and at most what the client saw (a loaded machine adds to both).
+        let p95 = s
+            .metric_present("meshbreaker_latency_p95_ms", "slow", &[])
+            .await;
+        let (lo, hi) = (400.0 * 0.98, (client_p95 * 1.02).ceil() + 1.0);
+        assert!(
+            (lo..=hi).contains(&p95),
+            "p95 gauge {p95} ms, expected {lo}..={hi} (client saw {client_ms:?})"
+        );
         assert_eq!(
-            s.metric("meshbreaker_error_rate_ppm", "slow", &[]).await,
+            s.metric_present("meshbreaker_error_rate_ppm", "slow", &[])
+                .await,
             0.0,
             "slow successes are not failures"
         );
@@ -62,7 +81,7 @@ fn fast_upstream_does_not_trip_on_latency() {
             let r = s.send("fast", "GET", &[]).await;
             assert_eq!(r.status, 200);
         }
-        eventually(Duration::from_secs(3), "p95 gauge published", || async {
+        eventually(Duration::from_secs(10), "p95 gauge published", || async {
             let v = s
                 .envoy
                 .metric("meshbreaker_latency_p95_ms", &[("key", "fast")])
@@ -72,7 +91,10 @@ fn fast_upstream_does_not_trip_on_latency() {
         .await;
         let p95 = s.metric("meshbreaker_latency_p95_ms", "fast", &[]).await;
         assert!(p95 < 300.0, "p95 {p95}");
-        assert_eq!(s.metric("meshbreaker_state", "fast", &[]).await, 0.0);
+        assert_eq!(
+            s.metric_present("meshbreaker_state", "fast", &[]).await,
+            0.0
+        );
         assert_eq!(s.up("fast").count(), 20);
     })
 }
