@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use policy_core::breaker::{Decision, Rejection, SplitMix64, State, Transition};
-use policy_core::config::{BreakerConfig, BudgetConfig, Config, KeyBy, Mode, OverrideMatch};
+use policy_core::config::{BreakerConfig, BudgetConfig, Config, Mode, OverrideMatch};
 use policy_core::encoding::SlotState;
 use policy_core::keys::{self, KeyRegistry};
 use policy_core::retry::{CompiledRetry, RequestView, RetryDecision};
@@ -176,31 +176,6 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Overrides this filter cannot apply exactly: one matching a dimension the key does not carry
-/// (a `route` override with `key_by: cluster` would be resolved from whichever request came
-/// first and then frozen for the whole key). `Err` names the field and the reason.
-pub fn check_overrides(cfg: &Config) -> Result<(), String> {
-    for (i, o) in cfg.overrides.iter().enumerate() {
-        let (field, ok) = match &o.matcher {
-            OverrideMatch::Cluster(_) => (
-                "cluster",
-                matches!(cfg.key_by, KeyBy::Cluster | KeyBy::ClusterRoute),
-            ),
-            OverrideMatch::Route(_) => (
-                "route",
-                matches!(cfg.key_by, KeyBy::Route | KeyBy::ClusterRoute),
-            ),
-            OverrideMatch::Authority(_) => ("authority", cfg.key_by == KeyBy::Authority),
-        };
-        if !ok {
-            return Err(format!(
-                "config error at overrides[{i}].match.{field}: a key_by that does not include the {field} cannot tell its keys apart; use a key_by that does"
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl<H: Host> Engine<H> {
     /// Compiles the configuration and creates every shared entry it uses (see
     /// [`crate::shared`]); `seed` feeds the sleep-window jitter and, if this is the first VM of
@@ -317,7 +292,7 @@ impl<H: Host> Engine<H> {
     }
 
     /// The profile index for a key with these (raw) parts: the first override that matches, 1-based,
-    /// or 0. Only dimensions the key carries are compared ([`check_overrides`]).
+    /// or 0. Only dimensions the key carries are compared (configuration refuses overrides on others).
     fn profile_for(&self, parts: &KeyParts<'_>) -> usize {
         if self.cfg.overrides.is_empty() {
             return 0;

@@ -102,10 +102,6 @@ impl RootContext for Root {
                 return false;
             }
         };
-        if let Err(e) = engine::check_overrides(&cfg) {
-            log::error!("meshbreaker: {e}");
-            return false;
-        }
         let plugin = host
             .property(request::PLUGIN_NAME)
             .and_then(|b| String::from_utf8(b).ok())

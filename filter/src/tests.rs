@@ -6,7 +6,7 @@ use policy_core::config::Config;
 use policy_core::encoding::SlotState;
 use policy_core::window::Window;
 
-use crate::engine::{check_overrides, normalize_upstream, Engine, MIN_TAKEOVER_IDLE_MS};
+use crate::engine::{normalize_upstream, Engine, MIN_TAKEOVER_IDLE_MS};
 use crate::host::{FakeHost, Host, Map};
 use crate::request::{
     Exchange, ATTEMPT_COUNT, CLUSTER_NAME, REQUEST_DURATION, RESPONSE_FLAGS, UPSTREAM_ADDRESS,
@@ -385,25 +385,6 @@ fn override_strip_downstream_headers_applies_to_its_keys() {
         other.upstream_header("x-envoy-retry-on").as_deref(),
         Some("5xx,reset")
     );
-}
-
-#[test]
-fn overrides_on_a_dimension_the_key_lacks_are_refused() {
-    // Smaller item: such an override was resolved from the first request and frozen for the key.
-    let cfg = |j: &str| Config::parse(j.as_bytes()).unwrap();
-    let e = check_overrides(&cfg(
-        r#"{"overrides":[{"match":{"route":"r"},"mode":"dry_run"}]}"#,
-    ))
-    .unwrap_err();
-    assert!(e.contains("overrides[0].match.route"), "{e}");
-    assert!(check_overrides(&cfg(
-        r#"{"key_by":"cluster_route","overrides":[{"match":{"route":"r"},"mode":"dry_run"}]}"#
-    ))
-    .is_ok());
-    assert!(check_overrides(&cfg(
-        r#"{"key_by":"authority","overrides":[{"match":{"cluster":"c"},"mode":"dry_run"}]}"#
-    ))
-    .is_err());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::raw::{
     quoted, Field, Int, Number, RawBreaker, RawConfig, RawOverride, RawPolicy, RawPolicyMatch,
     RawResetSignals, RawRetry,
 };
-use super::{BreakerConfig, Config, RETRY_GRPC_ON_VALUES, RETRY_ON_VALUES};
+use super::{BreakerConfig, Config, KeyBy, OverrideMatch, RETRY_GRPC_ON_VALUES, RETRY_ON_VALUES};
 
 type Res = Result<(), ConfigError>;
 
@@ -389,6 +389,32 @@ pub(crate) fn rules(cfg: &Config, e: &mut Errors) {
     breaker_rules(&cfg.breaker, "breaker", e);
     for (i, o) in cfg.overrides.iter().enumerate() {
         breaker_rules(&o.breaker, &child(&index("overrides", i), "breaker"), e);
+        override_dimension(cfg.key_by, &o.matcher, &index("overrides", i), e);
+    }
+}
+
+/// An override must match on a dimension the key carries: with `key_by: cluster`, a `route`
+/// override would be resolved from whichever request of the key came first and then frozen for
+/// the whole key, so the filter would apply it to requests it does not match.
+fn override_dimension(key_by: KeyBy, matcher: &OverrideMatch, path: &str, e: &mut Errors) {
+    let (field, ok) = match matcher {
+        OverrideMatch::Cluster(_) => (
+            "cluster",
+            matches!(key_by, KeyBy::Cluster | KeyBy::ClusterRoute),
+        ),
+        OverrideMatch::Route(_) => (
+            "route",
+            matches!(key_by, KeyBy::Route | KeyBy::ClusterRoute),
+        ),
+        OverrideMatch::Authority(_) => ("authority", key_by == KeyBy::Authority),
+    };
+    if !ok {
+        e.add(fail(
+            &child(&child(path, "match"), field),
+            format!(
+                "a key_by that does not include the {field} cannot tell its keys apart; use a key_by that does"
+            ),
+        ));
     }
 }
 
