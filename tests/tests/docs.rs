@@ -77,6 +77,12 @@ fn document(path: &str, value: Value) -> Value {
     let mut doc = json!({});
     let segments: Vec<&str> = path.split('.').collect();
     set(&mut doc, &segments, value);
+    // An override must match a dimension the key carries (configuration.md, `overrides[].match`).
+    match path {
+        "overrides[].match.route" => doc["key_by"] = json!("route"),
+        "overrides[].match.authority" => doc["key_by"] = json!("authority"),
+        _ => {}
+    }
     doc
 }
 
@@ -114,14 +120,19 @@ fn code_fields(level: &str) -> BTreeSet<String> {
     };
     let err = parse(&document(&probe, json!(1))).expect_err("an unknown field must be rejected");
     let reason = err.reason.clone();
+    // serde: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
     let list = reason
-        .split_once("expected one of")
+        .split_once(", expected ")
         .unwrap_or_else(|| panic!("{probe}: the error does not list the known fields: {err}"))
         .1;
-    list.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|s| !s.is_empty())
+    let fields: BTreeSet<String> = list
+        .split('`')
+        .skip(1)
+        .step_by(2)
         .map(str::to_owned)
-        .collect()
+        .collect();
+    assert!(!fields.is_empty(), "{probe}: no field names in {err}");
+    fields
 }
 
 #[test]
