@@ -387,6 +387,10 @@ impl Window {
         self.hosts.clear();
         for _ in 0..nh {
             let host = r.string(MAX_HOST_BYTES, "host")?;
+            if host.is_empty() {
+                // The encoder never writes one: decoder and encoder hold the same rule.
+                return Err(DecodeError::BadValue("host"));
+            }
             self.hosts.push(HostCursor {
                 host,
                 seen: r.varint()?,
@@ -627,6 +631,24 @@ mod tests {
         let mut b = vec![MAGIC, VERSION, KIND_WINDOW, 0, 0, 0, 0, 0];
         b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert_eq!(Window::decode(&b), Err(DecodeError::TooLong("buckets")));
+    }
+
+    #[test]
+    fn a_window_entry_with_an_empty_host_is_refused() {
+        // Regression (fuzz finding shared_state/window_empty_host_dropped_on_encode): the decoder
+        // took a host the encoder never writes, so decode -> encode -> decode was not the identity.
+        let mut w = sample_window();
+        w.hosts = vec![HostCursor {
+            host: "zzzzzz".into(),
+            seen: 0,
+        }];
+        let good = w.encode();
+        let at = good.windows(7).position(|x| x == b"\x06zzzzzz").unwrap();
+        let mut bad = good[..at].to_vec();
+        bad.push(0);
+        bad.extend_from_slice(&good[at + 7..]);
+        assert!(Window::decode(&good).is_ok());
+        assert_eq!(Window::decode(&bad), Err(DecodeError::BadValue("host")));
     }
 
     #[test]

@@ -510,8 +510,9 @@ impl Window {
     }
 
     /// The nearest-rank P95 of the live buckets' histogram in µs: the highest value of the bin that
-    /// holds the rank, so within 1% of the exact sample. Runs over the sparse bins (a k-way merge
-    /// through `scratch`); called when the window is merged or rotated, never per request.
+    /// holds the rank, so within 1% of the exact sample. Runs over the sparse bins (gathered into
+    /// `scratch` and sorted); called when the window is merged or rotated, never per request.
+    /// Counts come from shared data, so every sum saturates.
     pub fn p95_us(&self, now_epoch: u64, scratch: &mut Vec<(u64, u64)>) -> Option<u64> {
         let n = self.buckets.len() as u64;
         scratch.clear();
@@ -519,7 +520,7 @@ impl Window {
         for b in &self.buckets {
             if Self::live(now_epoch, b.epoch, n) {
                 scratch.extend_from_slice(&b.bins);
-                total = total.saturating_add(b.bins.iter().map(|x| x.1).sum::<u64>());
+                total = total.saturating_add(b.bins.iter().fold(0, |t, x| t.saturating_add(x.1)));
             }
         }
         if total == 0 {
@@ -910,6 +911,21 @@ mod tests {
         let mut s = Vec::new();
         assert!(w.merge_recorder(&r, 5, &mut s));
         assert_eq!(w.totals(5).samples, 1);
+    }
+
+    #[test]
+    fn p95_saturates_on_bin_counts_from_shared_data() {
+        // Regression (fuzz finding shared_state/window_p95_bin_count_overflow): bins decoded from
+        // shared data can hold any counts; summing them overflowed.
+        let mut w = Window::new(4, 0);
+        w.buckets[0].epoch = 7;
+        w.buckets[0].counts.samples = 1;
+        w.buckets[0].bins = vec![(10, u64::MAX), (20, u64::MAX)];
+        w.buckets[1].epoch = 7;
+        w.buckets[1].counts.samples = 1;
+        w.buckets[1].bins = vec![(30, u64::MAX)];
+        let mut s = Vec::new();
+        assert!(w.p95_us(7, &mut s).is_some());
     }
 
     #[test]
