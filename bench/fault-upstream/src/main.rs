@@ -7,7 +7,8 @@
 //! connection, so the port answers a SYN with RST (connection refused); "reset" writes the status
 //! line, the headers and part of the body, then closes with `SO_LINGER 0`, so the kernel sends an
 //! RST in the middle of the response; "error" answers real 503s for a given fraction of the
-//! requests (an exact fraction, spread evenly, not a coin: runs are comparable); "delay" holds
+//! requests (at random, from a fixed seed per host: runs of errors occur as with a real flaky
+//! host, and every run gets the same sequence); "delay" holds
 //! every answer back, so latency rises with no error at all. "ok" heals any of them (re-binding
 //! the same port after "down").
 //!
@@ -46,7 +47,7 @@ const MAX_HEAD: usize = 64 * 1024;
 enum Fault {
     Ok,
     Down,
-    /// Answer 503 for `ratio` of the requests, evenly spread by an accumulator.
+    /// Answer 503 for `ratio` of the requests, at random (seeded: the same on every run).
     Error {
         ratio: f64,
     },
@@ -90,7 +91,8 @@ struct Running {
 struct Host {
     index: usize,
     port: u16,
-    state: Mutex<(Fault, f64)>,
+    /// The fault and the error mode's random state.
+    state: Mutex<(Fault, u64)>,
     log: Mutex<Log>,
     running: Mutex<Option<Running>>,
 }
@@ -117,9 +119,17 @@ impl Host {
                 Fault::Delay { ms } => Answer::Delayed(ms),
                 Fault::Reset => Answer::Reset,
                 Fault::Error { ratio } => {
-                    st.1 += ratio;
-                    if st.1 >= 1.0 {
-                        st.1 -= 1.0;
+                    // xorshift64*, seeded per host: random like a real flaky host (runs of
+                    // errors happen, so consecutive-error detectors get a fair chance), yet the
+                    // same sequence on every run.
+                    let mut x = st.1;
+                    x ^= x >> 12;
+                    x ^= x << 25;
+                    x ^= x >> 27;
+                    st.1 = x;
+                    let u =
+                        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+                    if u < ratio {
                         Answer::Error
                     } else {
                         Answer::Ok
@@ -351,19 +361,18 @@ async fn control(hosts: &[Arc<Host>], method: &str, target: &str) -> (u16, Value
 
 async fn serve_control(hosts: Arc<Vec<Arc<Host>>>, mut sock: TcpStream) {
     let mut buf = Vec::new();
-    while let Some(head) = read_request(&mut sock, &mut buf).await {
+    // One request per connection: callers read the answer to the end.
+    if let Some(head) = read_request(&mut sock, &mut buf).await {
         let mut first = head.lines().next().unwrap_or("").split_whitespace();
         let method = first.next().unwrap_or("");
         let target = first.next().unwrap_or("");
         let (status, body) = control(&hosts, method, target).await;
         let body = body.to_string();
         let reply = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
-        if sock.write_all(reply.as_bytes()).await.is_err() {
-            return;
-        }
+        let _ = sock.write_all(reply.as_bytes()).await;
     }
 }
 
@@ -394,7 +403,7 @@ async fn main() -> Result<(), String> {
         let h = Arc::new(Host {
             index,
             port,
-            state: Mutex::new((Fault::Ok, 0.0)),
+            state: Mutex::new((Fault::Ok, 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1))),
             log: Mutex::default(),
             running: Mutex::new(None),
         });
