@@ -258,6 +258,8 @@ struct SysData {
 
 struct ScenarioRun {
     scenario: Scenario,
+    /// The machine's 1-minute load average when the run started (other builds share it).
+    loadavg: f64,
     t_start: u64,
     t_fault: u64,
     t_heal: u64,
@@ -277,19 +279,37 @@ pub fn protection(args: &[String]) -> Result {
         .map(|s| s.split(',').map(str::to_string).collect());
     let envoy = harness::envoy_binary()?;
     let wasm = crate::setup::build()?;
-    run(quick, only.as_deref(), &envoy, &wasm)
+    let reanalyse = args.iter().any(|a| a == "--reanalyse");
+    run(quick, reanalyse, only.as_deref(), &envoy, &wasm)
 }
 
 /// The `--quick` variant for `cargo xtask test`, with the Envoy and the wasm it already has.
 pub fn quick(envoy: &Path, wasm: &Path) -> Result {
-    run(true, None, envoy, wasm)
+    run(true, false, None, envoy, wasm)
 }
 
-fn run(quick: bool, only: Option<&[String]>, envoy: &Path, wasm: &Path) -> Result {
+fn run(quick: bool, reanalyse: bool, only: Option<&[String]>, envoy: &Path, wasm: &Path) -> Result {
     let started = Instant::now();
+    let (phases, scenarios) = plan(quick, only);
+    if reanalyse {
+        step("re-analyse the saved results under target/bench/protection-*/");
+        let runs = scenarios
+            .iter()
+            .map(load_saved)
+            .collect::<Result<Vec<_>>>()?;
+        let ctx = ReportCtx {
+            envoy_version: harness::envoy_version(envoy),
+            wasm_bytes: std::fs::metadata(wasm).map(|m| m.len()).unwrap_or(0),
+            machine: Machine::probe(),
+            phases,
+            elapsed: Duration::from_secs(
+                runs.iter().map(|r| (r.t_end - r.t_start) / 1000 + 6).sum(),
+            ),
+        };
+        return report(quick, &runs, &ctx);
+    }
     step("build the fault upstream and the load client (release)");
     let bins = build_bins("fault-upstream", &["fault-upstream", "steady-load"], true)?;
-    let (phases, scenarios) = plan(quick, only);
     let needs_sidecar = scenarios
         .iter()
         .any(|s| s.systems.iter().any(|k| k.uses_sidecar()));
@@ -341,10 +361,14 @@ fn run(quick: bool, only: Option<&[String]>, envoy: &Path, wasm: &Path) -> Resul
         phases,
         elapsed: started.elapsed(),
     };
+    report(quick, &runs, &ctx)
+}
+
+fn report(quick: bool, runs: &[ScenarioRun], ctx: &ReportCtx) -> Result {
     if quick {
-        quick_report_and_assert(&runs, &ctx)
+        quick_report_and_assert(runs, ctx)
     } else {
-        full_report(&runs, &ctx)
+        full_report(runs, ctx)
     }
 }
 
@@ -881,7 +905,7 @@ fn run_scenario(
     let n_sys = sc.systems.len();
     let up = FaultUpstream::start(&bins["fault-upstream"], n_sys * sc.hosts)?;
     let name = format!("protection-{}", sc.id());
-    let dir = root().join("target").join("bench").join(&name);
+    let dir = scenario_dir(sc);
     let sidecar = sidecar.filter(|_| sc.systems.iter().any(|s| s.uses_sidecar()));
     let boot = bootstrap(sc, &up.hosts, wasm, &dir, sidecar);
     let yaml = to_yaml(&boot);
@@ -924,6 +948,7 @@ fn run_scenario(
     .arg("--out")
     .arg(&load_out)
     .stdin(Stdio::null());
+    let load_at_start = harness::loadavg()[0];
     let t_start = now_ms();
     let started = Instant::now();
     let mut load = Guard {
@@ -996,10 +1021,49 @@ fn run_scenario(
     let counts = up.counts()?;
     drop(envoy);
     drop(up);
-    let loaded: Value = serde_json::from_str(
-        &std::fs::read_to_string(&load_out).map_err(|e| format!("{}: {e}", load_out.display()))?,
-    )
-    .map_err(|e| format!("load.json: {e}"))?;
+    let save = |file: &str, v: &Value| {
+        std::fs::write(dir.join(file), v.to_string()).map_err(|e| format!("{file}: {e}"))
+    };
+    save("counts.json", &counts)?;
+    save(
+        "run.json",
+        &json!({"t_start": t_start, "t_fault": t_fault, "t_heal": t_heal, "t_end": t_end,
+                "loadavg": load_at_start}),
+    )?;
+    load_saved(sc)
+}
+
+/// The directory of a scenario's Envoy and raw results: `target/bench/protection-<id>/`.
+fn scenario_dir(sc: &Scenario) -> PathBuf {
+    root()
+        .join("target")
+        .join("bench")
+        .join(format!("protection-{}", sc.id()))
+}
+
+/// Reads a scenario's raw results back (`--reanalyse` redraws the report from them).
+fn load_saved(sc: &Scenario) -> Result<ScenarioRun> {
+    let dir = scenario_dir(sc);
+    let read = |file: &str| -> Result<Value> {
+        let p = dir.join(file);
+        serde_json::from_str(
+            &std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )
+        .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let times = read("run.json")?;
+    let time = |k: &str| times[k].as_u64().unwrap_or(0);
+    let loadavg = times["loadavg"].as_f64().unwrap_or(0.0);
+    let (t_start, t_fault, t_heal, t_end) = (
+        time("t_start"),
+        time("t_fault"),
+        time("t_heal"),
+        time("t_end"),
+    );
+    let counts = read("counts.json")?;
+    let stats = std::fs::read_to_string(dir.join("stats.txt")).unwrap_or_default();
+    let yaml = std::fs::read_to_string(dir.join("envoy.yaml")).unwrap_or_default();
+    let loaded = read("load.json")?;
     let mut data = Vec::new();
     for (i, &sys) in sc.systems.iter().enumerate() {
         let host_ports = &up_ports(&counts)[i * sc.hosts..(i + 1) * sc.hosts];
@@ -1070,6 +1134,7 @@ fn run_scenario(
     }
     Ok(ScenarioRun {
         scenario: sc.clone(),
+        loadavg,
         t_start,
         t_fault,
         t_heal,
@@ -1223,23 +1288,34 @@ fn analyse(run: &ScenarioRun, d: &SysData) -> Metrics {
             .collect();
         m.after_trip = Some((trip - tf, sent.len(), reached.len()));
     }
-    // Recovery: 1 s bins after the heal; the first from which every later complete bin gives the
-    // bad host at least 80% of its share.
-    let share = RATE / n;
-    let mut full = Vec::new();
+    // Recovery: 1 s bins after the heal, each compared with what the client actually sent in
+    // that second (so a stall of the client on this busy machine is not taken for shedding):
+    // recovered after the last second in which the healed host got less than half its share.
+    let mut last_short = None;
     let mut b = th;
+    let mut k = 0u64;
     while b + 1000 <= te {
-        let c = d
+        let got = d
             .bad_received
             .iter()
             .filter(|&&t| t >= b && t < b + 1000)
-            .count();
-        full.push(c as f64 >= share * 0.8);
+            .count() as f64;
+        let sent = d
+            .client
+            .iter()
+            .filter(|r| r.t >= b && r.t < b + 1000)
+            .count() as f64;
+        if got < 0.5 * sent / n {
+            last_short = Some(k);
+        }
         b += 1000;
+        k += 1;
     }
-    m.recover_ms = (0..full.len())
-        .find(|&k| full[k..].iter().all(|&x| x))
-        .map(|k| k as u64 * 1000);
+    m.recover_ms = match last_short {
+        None => Some(0),
+        Some(j) if j + 1 >= k => None,
+        Some(j) => Some((j + 1) * 1000),
+    };
     let mut b = run.t_start;
     while b + 1000 <= te {
         let c = d.bad.iter().filter(|h| h.t >= b && h.t < b + 1000).count();
@@ -1590,8 +1666,9 @@ fn render_doc(runs: &[ScenarioRun], ctx: &ReportCtx, pictures: &[(Fault, String)
            rejections (upstream 5xx, Envoy's 503 after a connect failure or reset, a body cut by \
            an RST); **shed locally**: local rejections. With three hosts, every shed request is \
            one the two healthy hosts could have served: traffic wasted.\n\
-         - **full traffic again**: from the heal to the first second from which the healed host \
-           gets at least 80% of its share in every later second of the run.\n",
+         - **full traffic again**: from the heal to the end of the last second in which the \
+           healed host got less than half of its share of what the client sent in that second \
+           (0: it never did).\n",
         rate = RATE,
         total = ctx.phases.total().as_secs(),
         warm = ctx.phases.warm.as_secs(),
@@ -1615,13 +1692,15 @@ fn render_doc(runs: &[ScenarioRun], ctx: &ReportCtx, pictures: &[(Fault, String)
         for run in of {
             let _ = writeln!(
                 md,
-                "### {} host{}\n",
+                "### {} host{}\n\nLoad average when this run started: {:.1} on {} cores.\n",
                 run.scenario.hosts,
                 if run.scenario.hosts == 1 {
                     ""
                 } else {
                     "s, one bad"
-                }
+                },
+                run.loadavg,
+                ctx.machine.nproc
             );
             md.push_str(&scenario_table(run));
             md.push('\n');
