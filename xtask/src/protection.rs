@@ -2038,3 +2038,106 @@ fn draw_timeline(path: &Path, fault: Fault, runs: &[&ScenarioRun], ctx: &ReportC
     root_area.present().map_err(|e| e.to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_yaml_keeps_strings_exact_and_nests_lists_of_maps() {
+        let v = json!({
+            "@type": "t",
+            "format": "a %B%\n",
+            "cfg": "{\n  \"x\": 1\n}",
+            "list": [{ "name": "n", "empty": {} }, 3],
+        });
+        let y = to_yaml(&v);
+        assert!(y.contains("\"@type\": \"t\"\n"), "{y}");
+        // `|` keeps the one trailing newline an access-log format needs; `|-` keeps none.
+        assert!(y.contains("format: |\n  a %B%\n"), "{y}");
+        assert!(y.contains("cfg: |-\n  {\n    \"x\": 1\n  }\n"), "{y}");
+        // (serde_json's maps are sorted by key.)
+        assert!(
+            y.contains("list:\n  - empty: {}\n    name: \"n\"\n  - 3\n"),
+            "{y}"
+        );
+    }
+
+    fn run_with(hosts: usize, client: Vec<Req>, bad: Vec<BadHit>) -> (ScenarioRun, SysData) {
+        let d = SysData {
+            client,
+            bad_received: bad.iter().map(|h| h.t).collect(),
+            bad,
+            ..SysData::default()
+        };
+        let run = ScenarioRun {
+            scenario: Scenario {
+                fault: Fault::Down,
+                hosts,
+                systems: vec![System::MbDefault],
+            },
+            loadavg: 0.0,
+            t_start: 0,
+            t_fault: 1_000,
+            t_heal: 3_000,
+            t_end: 5_000,
+            data: Vec::new(),
+            bootstrap: String::new(),
+        };
+        (run, d)
+    }
+
+    #[test]
+    fn analyse_counts_requests_sent_after_the_trip_that_still_reached_the_bad_host() {
+        // 200 req/s for 5 s; the fault at 1 s, the first local rejection at 1.5 s, the heal at 3 s.
+        let mut client = Vec::new();
+        let mut bad = Vec::new();
+        for i in 0..1000u64 {
+            let t = i * 5;
+            let local = (1_500..3_000).contains(&t) && i % 50 != 0;
+            client.push(Req {
+                t,
+                lat_us: 1_000,
+                class: if local { class::MB_OPEN } else { class::OK },
+                att: 1,
+                id: i,
+            });
+            if !local {
+                bad.push(BadHit { t: t + 1, id: i });
+            }
+        }
+        let (run, d) = run_with(1, client, bad);
+        let m = analyse(&run, &d);
+        assert_eq!(m.offered, 400);
+        assert_eq!(m.protect_ms, Some(505));
+        let (trip_ms, sent, reached) = m.after_trip.unwrap();
+        assert_eq!((trip_ms, sent), (505, 299));
+        assert_eq!(
+            reached, 5,
+            "every 50th request after the trip passed, as a probe would"
+        );
+        assert_eq!(m.shed_fault, 294);
+        assert_eq!(m.recover_ms, Some(0));
+    }
+
+    #[test]
+    fn analyse_recovery_is_the_end_of_the_last_second_the_healed_host_was_still_shed() {
+        // The host gets nothing until 4 s (one second after the heal), then everything.
+        let client: Vec<Req> = (0..1000u64)
+            .map(|i| Req {
+                t: i * 5,
+                lat_us: 1_000,
+                class: class::OK,
+                att: 1,
+                id: i,
+            })
+            .collect();
+        let bad: Vec<BadHit> = client
+            .iter()
+            .filter(|r| r.t < 1_000 || r.t >= 4_000)
+            .map(|r| BadHit { t: r.t, id: r.id })
+            .collect();
+        let (run, d) = run_with(1, client, bad);
+        assert_eq!(analyse(&run, &d).recover_ms, Some(1_000));
+    }
+}
