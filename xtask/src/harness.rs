@@ -18,8 +18,8 @@
 //! * [`oha_binary`] — oha from PATH or `~/.cargo/bin`, `cargo install`ed once when missing.
 //! * [`Load`] + [`run_oha`] → [`OhaReport`] — one oha run (closed loop, or fixed rate with
 //!   latency correction), parsed from oha's JSON output.
-//! * [`proc_cpu_time`], [`proc_rss_bytes`], [`pin`] — `/proc/<pid>/stat`, `/proc/<pid>/status`,
-//!   `taskset`.
+//! * [`proc_cpu_time`], [`proc_rss_bytes`], [`pin`] — `/proc/<pid>/task/*/schedstat` (ns; else
+//!   `/proc/<pid>/stat`), `/proc/<pid>/status`, `taskset`.
 //! * [`http_get`], [`flood_hosts`] — a tiny HTTP/1.1 client (admin calls, warm-up, one request
 //!   per distinct `Host` to grow a key table).
 //! * [`Machine::probe`] — nproc, CPU model, kernel, load average, for the reports.
@@ -263,9 +263,37 @@ fn clk_tck() -> u64 {
     })
 }
 
+/// CPU time of process `pid` so far: the sum of its threads' on-CPU nanoseconds
+/// (`/proc/<pid>/task/*/schedstat`, user + system, nanosecond resolution), or, where the kernel
+/// has no schedstat, utime + stime from `/proc/<pid>/stat` (10 ms ticks). Schedstat counts live
+/// threads only: fine for Envoy, whose threads live as long as the process.
+pub fn proc_cpu_time(pid: u32) -> Result<Duration> {
+    match proc_cpu_time_schedstat(pid) {
+        Some(d) => Ok(d),
+        None => proc_cpu_time_stat(pid),
+    }
+}
+
+fn proc_cpu_time_schedstat(pid: u32) -> Option<Duration> {
+    let mut ns: u64 = 0;
+    let mut any = false;
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        // A thread may exit between read_dir and the read: skip it.
+        let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) else {
+            continue;
+        };
+        ns += s.split_whitespace().next()?.parse::<u64>().ok()?;
+        any = true;
+    }
+    any.then(|| Duration::from_nanos(ns))
+}
+
 /// utime + stime of process `pid` (all its threads, including exited ones), from
 /// `/proc/<pid>/stat`. Resolution: one clock tick (10 ms) — measure over seconds.
-pub fn proc_cpu_time(pid: u32) -> Result<Duration> {
+pub fn proc_cpu_time_stat(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
     // The command name (field 2) is in parentheses and may contain spaces: split after the last ')'.
@@ -747,7 +775,14 @@ mod tests {
             x = x.wrapping_add(std::hint::black_box(1));
         }
         assert!(x > 0);
-        assert!(proc_cpu_time(pid).unwrap() > Duration::ZERO);
+        let precise = proc_cpu_time(pid).unwrap();
+        let ticks = proc_cpu_time_stat(pid).unwrap();
+        assert!(precise >= Duration::from_millis(40), "{precise:?}");
+        // Both sources agree to within a few ticks.
+        assert!(
+            precise.abs_diff(ticks) < Duration::from_millis(60),
+            "{precise:?} vs {ticks:?}"
+        );
         assert!(proc_rss_bytes(pid).unwrap() > 1024 * 1024);
     }
 
