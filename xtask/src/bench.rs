@@ -1619,3 +1619,120 @@ fn draw_svg(res: &Results, path: &Path) -> Result {
     root_area.present().map_err(|e| e.to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rps: f64, cpu_us: f64, p50_us: f64) -> Sample {
+        Sample {
+            rps,
+            cpu_us,
+            cpu_us_fixed: cpu_us * 3.0,
+            busy: 0.9,
+            p50_us,
+            p99_us: p50_us * 4.0,
+            fixed_rps: FIXED_RATE,
+            bad: 0,
+        }
+    }
+
+    /// Two rounds; meshbreaker costs `mb_cpu` µs per request, the trivial filter 33 (no filter 30).
+    fn results(mb_cpu: f64, rss_per_key: f64) -> Results {
+        let mut m = BTreeMap::new();
+        for (l, cpu, p50) in [
+            ("none", 30.0, 200.0),
+            ("native", 31.0, 205.0),
+            ("trivial", 33.0, 210.0),
+            ("mb_default", mb_cpu, 230.0),
+            ("mb_authority", mb_cpu + 2.0, 240.0),
+        ] {
+            m.insert(
+                l.to_string(),
+                vec![
+                    sample(1e6 / cpu, cpu, p50),
+                    sample(1e6 / cpu, cpu + 1.0, p50),
+                ],
+            );
+        }
+        let mut res = Results::default();
+        res.main.insert(1, m);
+        res.host_calls.insert("cluster".into(), vec![0.7, 0.8]);
+        res.rss
+            .push((10_000, (rss_per_key * 1e4) as u64, rss_per_key, 0));
+        res
+    }
+
+    fn render(res: &Results) -> String {
+        let opts = Opts::parse(&[]).unwrap();
+        let m = Machine::default();
+        let v = Versions {
+            envoy: "1.40.0".into(),
+            oha: "oha 1.16.0".into(),
+            rustc: "rustc".into(),
+            commit: "abc".into(),
+        };
+        report(res, &opts, &m, &m, &v, "today", Duration::from_secs(1))
+    }
+
+    #[test]
+    fn report_marks_targets_met_when_meshbreaker_is_near_the_trivial_filter() {
+        // +4.5 µs vs the trivial filter's +3 µs (+3.5 in round 2): within 2×; 3 KiB per key.
+        let doc = render(&results(34.5, 3000.0));
+        let cpu_row = doc
+            .lines()
+            .find(|l| l.starts_with("| added proxy CPU"))
+            .unwrap();
+        assert!(cpu_row.ends_with("**yes** |"), "{cpu_row}");
+        let rss_row = doc
+            .lines()
+            .find(|l| l.contains("RSS growth per tracked key ≤"))
+            .unwrap();
+        assert!(rss_row.ends_with("**yes** |"), "{rss_row}");
+        assert!(!doc.contains("What would close the memory gap"));
+    }
+
+    #[test]
+    fn report_says_by_how_much_a_target_is_missed() {
+        // +20 µs vs +3 µs: over 2× by 14 µs; 16 KiB per key is 12 KiB over.
+        let doc = render(&results(50.0, 16384.0));
+        let cpu_row = doc
+            .lines()
+            .find(|l| l.starts_with("| added proxy CPU"))
+            .unwrap();
+        assert!(cpu_row.contains("**no**: over by 14.0 µs"), "{cpu_row}");
+        let thr_row = doc.lines().find(|l| l.starts_with("| throughput")).unwrap();
+        assert!(thr_row.contains("**no**"), "{thr_row}");
+        assert!(doc.contains("missed by 12.0 KiB per key (4.0× the target)"));
+        assert!(doc.contains("What would close the CPU gap"));
+        assert!(doc.contains("What would close the memory gap"));
+    }
+
+    #[test]
+    fn fmt_stat_shows_median_and_spread() {
+        assert_eq!(fmt_stat(&[3.0, 1.0, 2.0], 1), "2.0 (1.0–3.0)");
+        assert_eq!(fmt_stat(&[5.0], 0), "5");
+    }
+
+    #[test]
+    fn draw_svg_writes_a_picture() {
+        let path =
+            std::env::temp_dir().join(format!("meshbreaker-bench-{}.svg", std::process::id()));
+        draw_svg(&results(50.0, 16384.0), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.starts_with("<svg") && svg.contains("RSS per tracked key"));
+    }
+
+    #[test]
+    fn proxy_config_has_a_listener_per_contender_and_host_call_kind() {
+        let y = proxy_yaml(8080, Path::new("/m.wasm"), Path::new("/n.wasm"), 50);
+        for l in MAIN {
+            assert!(y.contains(&format!("    - name: {l}\n")), "{l}");
+        }
+        for (k, _) in HOST_CALLS {
+            assert!(y.contains(&format!("value: \"{k}=50\"")), "{k}");
+        }
+        assert!(y.contains("port_value: 8080"));
+    }
+}
