@@ -160,6 +160,8 @@ struct Results {
     profile: Vec<(String, f64, BTreeMap<&'static str, f64>)>,
     /// Why there is no profile, if there is none.
     profile_skipped: Option<String>,
+    /// concurrency → distinct `key` labels of meshbreaker_requests_total after the warm-up.
+    keys_seen: BTreeMap<u32, usize>,
     /// (keys, RSS growth bytes, per key bytes, non-200 responses).
     rss: Vec<(usize, u64, f64, u64)>,
     rss_baseline: u64,
@@ -238,7 +240,7 @@ pub fn bench(args: &[String]) -> Result {
         {
             let p = port(&hc_listener(l))?;
             let got = harness::wait_for(Duration::from_secs(10), || {
-                harness::http_get(p, "/", Some("k00"))
+                harness::http_get(p, "/", Some(&format!("k00:{p}")))
                     .ok()
                     .filter(|(s, _)| *s == 200)
             });
@@ -255,6 +257,10 @@ pub fn bench(args: &[String]) -> Result {
             load.rate = None;
             harness::run_oha(&oha, &load)?;
         }
+        // The authority listener must really track its 100 keys (and the default one its cluster).
+        let keys = meshbreaker_keys(&proxy)?;
+        eprintln!("meshbreaker keys seen in the proxy's stats: {keys}");
+        res.keys_seen.insert(c, keys);
         let mut by_listener: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
         for r in 1..=opts.rounds {
             for l in MAIN {
@@ -464,6 +470,19 @@ fn fixed_load(listener: &str, port: u16, d: Duration) -> Load {
 fn closed_cpu(oha: &Path, proxy: &Envoy, port: u16, d: Duration) -> Result<f64> {
     let (_, cpu, _) = with_cpu(oha, proxy, &main_load("", port, d))?;
     Ok(cpu)
+}
+
+/// Distinct `key` labels of `meshbreaker_requests_total` in the proxy's Prometheus stats.
+fn meshbreaker_keys(proxy: &Envoy) -> Result<usize> {
+    let body = proxy.admin_get("/stats/prometheus")?;
+    let mut keys: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("meshbreaker_requests_total{"))
+        .filter_map(|l| l.split("key=\"").nth(1)?.split('"').next())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys.len())
 }
 
 /// Where the proxy's CPU goes, per shared object, for no filter, the trivial filter and
@@ -1125,7 +1144,14 @@ fn report(
         w,
         "The `key_by: authority` listener is driven with `--rand-regex-url` over {AUTHORITY_KEYS} \
          `Host`s, which costs oha (on the client CPU) more per request than a fixed URL: its \
-         closed-loop throughput understates the proxy's capacity; its CPU per request does not.\n"
+         closed-loop throughput understates the proxy's capacity; its CPU per request does not. \
+         Distinct `key` labels of `meshbreaker_requests_total` after the warm-up (both meshbreaker \
+         listeners; {AUTHORITY_KEYS} authorities + 1 cluster expected): {}.\n",
+        res.keys_seen
+            .iter()
+            .map(|(c, k)| format!("{k} with `--concurrency {c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let _ = writeln!(w, "## Cost of one host call\n");
