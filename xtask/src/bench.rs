@@ -329,24 +329,44 @@ pub fn bench(args: &[String]) -> Result {
         rustc: machine_before.rustc.clone(),
         commit: output(
             std::process::Command::new("git")
-                .args(["rev-parse", "--short", "HEAD"])
+                .args(["describe", "--always", "--dirty"])
                 .current_dir(root()),
         )
         .unwrap_or_default()
         .trim()
         .to_string(),
     };
-    let doc = report(
-        &res,
-        &opts,
-        &machine_before,
-        &machine_after,
-        &versions,
-        &date,
-        started.elapsed(),
-    );
     let docs = root().join("docs");
     std::fs::create_dir_all(docs.join("img")).map_err(|e| e.to_string())?;
+    // Full runs append their headline figures to the history, so a change's before and after
+    // stay side by side in the report.
+    let history_path = docs.join("perf-history.csv");
+    let mut history: Vec<String> = std::fs::read_to_string(&history_path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if !opts.quick {
+        if let Some(row) = history_row(&res, &versions, &date, &machine_before) {
+            history.push(row);
+            let mut csv = format!("{HISTORY_HEADER}\n");
+            for h in &history {
+                csv.push_str(h);
+                csv.push('\n');
+            }
+            std::fs::write(&history_path, csv).map_err(|e| e.to_string())?;
+        }
+    }
+    let run = RunInfo {
+        before: machine_before,
+        after: machine_after,
+        versions,
+        date,
+        took: started.elapsed(),
+    };
+    let doc = report(&res, &opts, &run, &history);
     std::fs::write(docs.join("PERFORMANCE.md"), doc).map_err(|e| e.to_string())?;
     draw_svg(&res, &docs.join("img").join("overhead.svg"))?;
     eprintln!(
@@ -958,15 +978,23 @@ fn col(m: &BTreeMap<String, Vec<Sample>>, l: &str, f: impl Fn(&Sample) -> f64) -
         .unwrap_or_default()
 }
 
-fn report(
-    res: &Results,
-    opts: &Opts,
-    m0: &Machine,
-    m1: &Machine,
-    v: &Versions,
-    date: &str,
+/// What the report says about the run itself.
+struct RunInfo {
+    before: Machine,
+    after: Machine,
+    versions: Versions,
+    date: String,
     took: Duration,
-) -> String {
+}
+
+fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> String {
+    let (m0, m1, v, date, took) = (
+        &run.before,
+        &run.after,
+        &run.versions,
+        run.date.as_str(),
+        run.took,
+    );
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(w, "# Performance\n");
@@ -1283,6 +1311,29 @@ fn report(
         let _ = writeln!(w);
     }
 
+    if !history.is_empty() {
+        let _ = writeln!(
+            w,
+            "## History\n\nHeadline figures of every full run (`docs/perf-history.csv`, appended by \
+             the command), oldest first: meshbreaker's default config against the trivial filter, \
+             `--concurrency 1`.\n"
+        );
+        let cols: Vec<&str> = HISTORY_HEADER.split(',').collect();
+        let _ = writeln!(
+            w,
+            "| {} |\n|{}",
+            HISTORY_TITLES.join(" | "),
+            " --- |".repeat(HISTORY_TITLES.len())
+        );
+        for h in history.iter().rev().take(20).rev() {
+            let cells: Vec<&str> = h.split(',').collect();
+            if cells.len() == cols.len() {
+                let _ = writeln!(w, "| {} |", cells.join(" | "));
+            }
+        }
+        let _ = writeln!(w);
+    }
+
     let _ = writeln!(w, "## policy-core (criterion)\n");
     if res.criterion.is_empty() {
         let _ = writeln!(w, "Not run (`--no-criterion`).\n");
@@ -1340,6 +1391,51 @@ fn report(
         v.rustc,
     );
     s
+}
+
+/// `docs/perf-history.csv`'s columns.
+const HISTORY_HEADER: &str = "date,commit,load1,mb_added_us,trivial_added_us,native_added_us,\
+per_core_vs_trivial,per_core_vs_none,per_core_vs_native,p50_delta_us,rss_per_key_bytes,wasm_bytes";
+/// Their titles in the report.
+const HISTORY_TITLES: &[&str] = &[
+    "date",
+    "commit",
+    "load (1 min)",
+    "meshbreaker added µs/req",
+    "trivial added µs/req",
+    "native added µs/req",
+    "per core vs trivial",
+    "vs no filter",
+    "vs native",
+    "p50 − trivial's, µs",
+    "RSS bytes per key (largest count)",
+    "wasm bytes",
+];
+
+/// One history line for this run (`None` without `--concurrency 1` figures).
+fn history_row(res: &Results, v: &Versions, date: &str, m: &Machine) -> Option<String> {
+    let c1 = res.main.get(&1)?;
+    let d = derive(c1);
+    let p50 = |l: &str| median(&col(c1, l, |s| s.p50_us));
+    let rss = res
+        .rss
+        .iter()
+        .max_by_key(|(n, _, _, _)| *n)
+        .map_or(0.0, |(_, _, per, _)| *per);
+    Some(format!(
+        "{date},{},{:.2},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.0},{:.0},{}",
+        v.commit.replace(',', " "),
+        m.loadavg[0],
+        med(&d.cpu_added, "mb_default"),
+        med(&d.cpu_added, "trivial"),
+        med(&d.cpu_added, "native"),
+        med(&d.cap_vs_trivial, "mb_default"),
+        med(&d.cap_vs_none, "mb_default"),
+        med(&d.cap_vs_native, "mb_default"),
+        p50("mb_default") - p50("trivial"),
+        rss,
+        res.wasm_bytes
+    ))
 }
 
 fn target_row(what: &str, measured: &str, met: bool, miss: &str) -> String {
@@ -1698,7 +1794,15 @@ mod tests {
             rustc: "rustc".into(),
             commit: "abc".into(),
         };
-        report(res, &opts, &m, &m, &v, "today", Duration::from_secs(1))
+        let row = history_row(res, &v, "today", &m).unwrap();
+        let run = RunInfo {
+            before: m.clone(),
+            after: m,
+            versions: v,
+            date: "today".into(),
+            took: Duration::from_secs(1),
+        };
+        report(res, &opts, &run, &[row])
     }
 
     #[test]
@@ -1732,6 +1836,17 @@ mod tests {
         assert!(doc.contains("missed by 12.0 KiB per key (4.0× the target)"));
         assert!(doc.contains("What would close the CPU gap"));
         assert!(doc.contains("What would close the memory gap"));
+        // The history row is rendered with every column.
+        let hist = doc
+            .lines()
+            .find(|l| l.starts_with("| today | abc |"))
+            .unwrap();
+        assert_eq!(
+            hist.matches(" | ").count() + 1,
+            HISTORY_TITLES.len(),
+            "{hist}"
+        );
+        assert!(hist.contains("| 20.0 | 3.0 | 1.0 |"), "{hist}");
     }
 
     #[test]
