@@ -327,14 +327,7 @@ pub fn bench(args: &[String]) -> Result {
         envoy: harness::envoy_version(&envoy),
         oha: harness::oha_version(&oha),
         rustc: machine_before.rustc.clone(),
-        commit: output(
-            std::process::Command::new("git")
-                .args(["describe", "--always", "--dirty"])
-                .current_dir(root()),
-        )
-        .unwrap_or_default()
-        .trim()
-        .to_string(),
+        commit: commit_id(),
     };
     let docs = root().join("docs");
     std::fs::create_dir_all(docs.join("img")).map_err(|e| e.to_string())?;
@@ -374,6 +367,28 @@ pub fn bench(args: &[String]) -> Result {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// HEAD's short hash, `+changes` when files outside `docs/` differ from it (the report itself
+/// is rewritten by every run).
+fn commit_id() -> String {
+    let git = |args: &[&str]| {
+        output(
+            std::process::Command::new("git")
+                .args(args)
+                .current_dir(root()),
+        )
+        .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).trim().to_string();
+    let dirty = !git(&["status", "--porcelain", "--", ".", ":!docs"])
+        .trim()
+        .is_empty();
+    if dirty {
+        format!("{head}+changes")
+    } else {
+        head
+    }
 }
 
 fn file_size(p: &Path) -> u64 {
