@@ -1825,7 +1825,11 @@ fn render_doc(runs: &[ScenarioRun], ctx: &ReportCtx, pictures: &[(Fault, String)
         if let Some((_, file)) = pictures.iter().find(|(f, _)| *f == fault) {
             let _ = writeln!(
                 md,
-                "![requests reaching the bad host per second, per system](img/{file})\n"
+                "![requests reaching the bad host per second, per system](img/{file})\n\n\
+                 A dip that every line shows in the same second, followed by a spike, is a stall \
+                 of this shared machine (the proxy or the upstream waited for a CPU, then caught \
+                 up), not protection; the figures in the tables are judged so that such stalls \
+                 do not count.\n"
             );
         }
         for run in of {
@@ -2022,6 +2026,24 @@ fn when_to_use(runs: &[ScenarioRun]) -> String {
             stat(Fault::Slow, 1, sys, "mb_opens"),
             stat(Fault::Slow, 1, sys, "mb_closes"),
         );
+        let through = get(Fault::Slow, 1, sys)
+            .and_then(|m| m.after_trip)
+            .map(|(_, sent, reached)| (sent, reached));
+        if let (true, Some((sent, reached))) = (closes >= 2.0, through) {
+            let _ = writeln!(
+                s,
+                "- **Half-open probes do not look at latency ({}):** it closed {} times over the \
+                 slow run, and {} of the {} requests sent between its first trip and the heal \
+                 still reached the slow host, in bursts (the spikes in the picture): a probe \
+                 that answers late but without an error counts as a success (a failure is an error status or a \
+                 reset, never a slow answer), the window starts afresh, and the latency trip opens the \
+                 breaker again once it holds `min_requests` slow samples.",
+                sys.label(),
+                closes,
+                reached,
+                sent
+            );
+        }
         // open -> closed -> open, and still open 45 s after the heal, with the host healthy.
         if closes >= 1.0 && opens > closes && stat(Fault::Slow, 1, sys, "mb_state") == 1.0 {
             let _ = writeln!(
