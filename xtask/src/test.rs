@@ -54,6 +54,8 @@ pub fn test(args: &[String]) -> Result {
              customresourcedefinitions.gen.yaml and WasmPlugin fixtures to run it)"
         ),
     }
+    step("protection, quick: meshbreaker keeps traffic away from a hard-down upstream (docs/PROTECTION.md is the full run)");
+    crate::protection::quick(&envoy, &wasm)?;
     step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
     run(cargo()
         // The scenarios file holds the core scenarios; the unit and property tests use proptest,
