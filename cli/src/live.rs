@@ -193,6 +193,16 @@ pub struct Comparison {
     pub problems: Vec<String>,
     /// Transitions inside kernel episodes (live and replayed) that were not paired.
     pub kernel_skipped: usize,
+    /// Kernel episodes the replay did not open for at all.
+    pub kernel_only: Vec<KernelOnly>,
+}
+
+/// A live kernel episode with no replayed counterpart (see [`compare`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelOnly {
+    pub key: String,
+    pub live_open_ms: u64,
+    pub live_close_ms: Option<u64>,
 }
 
 impl Comparison {
@@ -228,6 +238,17 @@ impl Comparison {
                 }
             );
         }
+        for k in &self.kernel_only {
+            let secs = |ms: u64| (ms as f64 - first as f64) / 1000.0;
+            let _ = writeln!(
+                out,
+                "{:<16} kernel-only episode: opened {:.3} s, closed {}; the replay stayed closed",
+                k.key,
+                secs(k.live_open_ms),
+                k.live_close_ms
+                    .map_or("never".into(), |ms| format!("{:.3} s", secs(ms)))
+            );
+        }
         out
     }
 }
@@ -242,13 +263,15 @@ fn replay_reason(r: &TransitionAt) -> &'static str {
 /// (from → to) in the same order with the same reasons, each within `tolerance_ms`.
 ///
 /// Kernel episodes are the exception, since their cause is not in the access log: a live
-/// opening with reason `kernel_resets`, up to the closing that ends it. The replay must open
-/// for the same failure with the reason the log can show (`error_rate`: the resets are upstream
+/// opening with reason `kernel_resets`, up to the closing that ends it. Either the replay stays
+/// CLOSED through it (a kernel-only episode: the filter opened on the kernel signal and
+/// rejected what followed, so the log may hold too few failures to trip on), or it opens for
+/// the same failure with the reason the log can show (`error_rate`: the resets are upstream
 /// failures there), no earlier than the live opening (less the tolerance: the kernel signal
-/// only adds to what the log shows) and before the live episode closed; it must close too, and
+/// only adds to what the log shows) and before the live episode closed, and then it must close
 /// before the filter's next transition, so that the comparison resumes in step. The transitions
 /// inside the episode (half-open probes, re-openings) are not compared: the replay opened later,
-/// so it probes other requests.
+/// so it probes other requests. Any other replayed transition inside the episode fails.
 pub fn compare(live: &[LiveTransition], replayed: &[KeyReport], tolerance_ms: u64) -> Comparison {
     let mut c = Comparison::default();
     let mut keys: Vec<&str> = Vec::new();
@@ -309,6 +332,27 @@ fn compare_key(
     while i < l.len() {
         let lt = l[i];
         let what = format!("key {key} live transition {}", i + 1);
+        if lt.from == State::Closed && lt.reason == "kernel_resets" {
+            let live_close = l[i..]
+                .iter()
+                .position(|t| t.to == State::Closed)
+                .map(|p| i + p);
+            let deadline = live_close.map_or(u64::MAX, |e| l[e].at_ms);
+            if r.get(j).is_none_or(|rt| rt.at_ms > deadline) {
+                // The replay stayed CLOSED through the live episode: the filter opened on the
+                // kernel signal and rejected what followed, so the log holds too few failures
+                // to trip on. A kernel-only episode: nothing to compare, both end CLOSED.
+                let end = live_close.unwrap_or(l.len() - 1);
+                c.kernel_only.push(KernelOnly {
+                    key: key.to_owned(),
+                    live_open_ms: lt.at_ms,
+                    live_close_ms: live_close.map(|e| l[e].at_ms),
+                });
+                c.kernel_skipped += end - i + 1;
+                i = end + 1;
+                continue;
+            }
+        }
         let Some(&rt) = r.get(j) else {
             c.problems.push(format!(
                 "{what} ({}, {}): the replay has no more transitions",
@@ -579,6 +623,18 @@ mod tests {
         // Never closing: refused.
         let never = &rows(er, open, close)[..4];
         assert!(!compare(&live, &replayed(never), 300).agrees());
+        // Staying closed through the episode (the log held too few failures): a kernel-only
+        // episode, and the latency trip after it still compared strictly.
+        let c = compare(&live, &replayed(&rows(er, open, close)[5..]), 300);
+        assert!(c.agrees(), "{:?}", c.problems);
+        assert_eq!(c.kernel_only.len(), 1);
+        assert_eq!(c.kernel_skipped, 5);
+        let mut late_latency = rows(er, open, close)[5..].to_vec();
+        late_latency[0].0 += 400;
+        assert!(!compare(&live, &replayed(&late_latency), 300).agrees());
+        // Anything but an opening inside the episode: refused.
+        let odd = &rows(er, open, close)[1..];
+        assert!(!compare(&live, &replayed(odd), 300).agrees());
     }
 
     #[test]

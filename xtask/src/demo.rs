@@ -612,21 +612,20 @@ fn check_replay(out: &Path) -> Result {
         .map(|p| p.delta_ms().unsigned_abs())
         .max()
         .unwrap_or(0);
-    let report = format!(
-        "{}\n{} transitions paired ({} in kernel episodes not paired); largest difference outside \
-         kernel episodes {max_delta} ms (tolerance: one bucket, {tolerance_ms} ms)\n",
-        c.table(),
+    let summary = format!(
+        "{} transitions paired, largest difference outside kernel episodes {max_delta} ms \
+         (tolerance: one bucket, {tolerance_ms} ms); kernel episodes: {} kernel-only (the \
+         replay stayed closed), {} transitions inside them not paired",
         c.pairs.len(),
+        c.kernel_only.len(),
         c.kernel_skipped
     );
-    let _ = fs::write(out.join("replay-vs-live.txt"), &report);
+    let _ = fs::write(
+        out.join("replay-vs-live.txt"),
+        format!("{}\n{summary}\n", c.table()),
+    );
     if c.agrees() {
-        eprintln!(
-            "replay agrees with the live filter: {} transitions paired, largest difference \
-             {max_delta} ms (≤ {tolerance_ms} ms); {} kernel-episode transitions not paired",
-            c.pairs.len(),
-            c.kernel_skipped
-        );
+        eprintln!("replay agrees with the live filter: {summary}");
         Ok(())
     } else {
         Err(format!(
