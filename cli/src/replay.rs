@@ -455,7 +455,14 @@ impl Replay {
         }
         let epoch = now / bucket_ms(bcfg);
         let recorded = ks.recorder.record(epoch, &p.outcome, failure).is_ok();
-        if !recorded || now.saturating_sub(ks.last_flush_ms) >= FLUSH_MS {
+        // While CLOSED, a failure or a slow sample is merged and the trip rule evaluated at
+        // once: the earliest any of the filter's workers could trip (each merges every 100 ms,
+        // so with several the shared window is merged more often than one worker's period).
+        let raises = ks.breaker.state == State::Closed
+            && (failure.is_some()
+                || p.outcome.retried_attempts() > 0
+                || threshold_us(bcfg).is_some_and(|t| p.outcome.latency_us >= t));
+        if !recorded || raises || now.saturating_sub(ks.last_flush_ms) >= FLUSH_MS {
             flush(ks, bcfg, now, &mut self.rng);
             if !recorded {
                 let _ = ks.recorder.record(epoch, &p.outcome, failure);
