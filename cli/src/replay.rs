@@ -718,6 +718,19 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_that_crosses_the_threshold_trips_at_its_completion() {
+        // 10 successes, then failures 1 ms apart: the 10th failure makes it 50% of 20. The
+        // trip comes at that failure's completion, not at the next 100 ms merge.
+        let t0 = 1_700_000_000_000u64;
+        let mut lines: Vec<String> = (0..10).map(|i| line(t0 + i, 200)).collect();
+        lines.extend((10..40).map(|i| line(t0 + i, 503)));
+        let (_, reports) = run(FAST, &lines);
+        let trip = &reports[0].transitions[0];
+        assert_eq!(trip.to, State::Open);
+        assert_eq!(trip.at_ms - t0, 19 + 5, "{}", trip.figures);
+    }
+
+    #[test]
     fn keys_follow_key_by_and_overrides_resolve_per_key() {
         let cfg = r#"{"key_by": "authority",
             "breaker": {"window": "10s", "buckets": 10, "min_requests": 10, "error_rate_threshold": 0.5},
