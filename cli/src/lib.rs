@@ -5,7 +5,8 @@
 //! - [`source`]: finding the plugin configuration in JSON, Envoy YAML or an Istio WasmPlugin;
 //! - [`status`]: a running Envoy's metrics as a table per key;
 //! - [`accesslog`] and [`replay`]: Envoy JSON access logs through policy-core;
-//! - [`report`] and [`svg`]: what a replay prints and draws.
+//! - [`report`] and [`svg`]: what a replay prints and draws;
+//! - [`live`]: a replay held to the transitions the filter logged live.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -13,6 +14,7 @@
 
 pub mod accesslog;
 pub mod gen;
+pub mod live;
 pub mod replay;
 pub mod report;
 pub mod source;

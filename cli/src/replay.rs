@@ -8,22 +8,24 @@
 //! - a request is decided when it starts (`start_time`), with `BreakerState::decide`;
 //! - an allowed request's outcome is recorded when it completes (`start_time` + `duration_ms`),
 //!   every attempt counted; the window is merged at most every 100 ms of log time and the trip
-//!   rule evaluated then, as the filter's flush does; probes complete with `complete_probe`;
+//!   rule evaluated then, as the filter's flush does, and 100 ms after the last merge when no
+//!   request completes (the filter's tick); probes complete with `complete_probe`;
 //! - a request the replayed breaker rejects is counted: *would have spared* when it failed in
 //!   reality, *would have cost* when it succeeded;
 //! - a request that never reached an upstream (no upstream host, no response flags: answered
 //!   locally, e.g. by the live breaker) has no known outcome and is not replayed.
 //!
-//! The log is written in completion order, so starts arrive slightly out of order: the clock
-//! only moves forward (a late start is decided at the current clock), and completions wait in a
-//! heap until the clock passes them. Memory is bounded by the requests in flight in the log,
-//! `max_keys` keys, and per key at most [`MAX_TRANSITIONS`] transitions and [`MAX_POINTS`] plot
-//! points. Jitter comes from a seeded [`SplitMix64`], so a replay is repeatable.
+//! The log is written in completion order, so starts arrive out of order by up to a request's
+//! duration: lines wait in a reorder heap until the log has moved [`REORDER_MS`] past their
+//! start, and are decided in start order; completions wait in a heap until the clock passes
+//! them. Memory is bounded by [`REORDER_MAX`] waiting lines, `max_keys` keys, and per key at
+//! most [`MAX_TRANSITIONS`] transitions and [`MAX_POINTS`] plot points. Jitter comes from a seeded [`SplitMix64`], so a replay is repeatable; or, to hold a
+//! replay to what the filter did live, from the live draws ([`Replay::with_jitter_draws`]).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use policy_core::breaker::{BreakerState, Decision, SplitMix64, State, Transition};
+use policy_core::breaker::{BreakerState, Decision, Jitter, SplitMix64, State, Transition};
 use policy_core::config::{BreakerConfig, Config, Mode};
 use policy_core::keys::{key_for, sanitize_key_into};
 use policy_core::window::{bucket_ms, threshold_us, Outcome, Recorder, TripReason, Window};
@@ -36,6 +38,15 @@ pub const FLUSH_MS: u64 = 100;
 pub const MAX_TRANSITIONS: usize = 10_000;
 /// Plot points kept per key; beyond, every other point is dropped and the spacing doubles.
 pub const MAX_POINTS: usize = 4096;
+/// How long a line waits before it is decided, in log time: Envoy writes a line when the request
+/// completes, so a request that took `d` is read after those that started up to `d` after it.
+/// Decided on reading, a slow request (a failure retried with backoff) would be decided and
+/// recorded `d` late; held until the log has reached `start + REORDER_MS`, every request shorter
+/// than that is decided in start order. A longer one is decided at the clock, late.
+pub const REORDER_MS: u64 = 10_000;
+/// At most this many lines wait (bounded memory at any request rate); beyond, the earliest is
+/// decided at once.
+pub const REORDER_MAX: usize = 1 << 18;
 
 /// One transition, with the window's figures when it opened.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +55,8 @@ pub struct TransitionAt {
     pub from: State,
     pub to: State,
     pub reason: Option<TripReason>,
+    /// For transitions into OPEN: how long it stays open, jitter included (as the filter logs it).
+    pub open_for_ms: u64,
     /// `error rate 42.0% of 50 samples, p95 812ms` for trips; empty otherwise.
     pub figures: String,
 }
@@ -83,6 +96,8 @@ struct KeyState {
     last_flush_ms: u64,
     last_point_ms: u64,
     scratch: Vec<(u64, u64)>,
+    /// A tick flush is queued in `Replay::ticks`.
+    tick_queued: bool,
 }
 
 struct Pending {
@@ -110,6 +125,32 @@ impl Ord for Pending {
     }
 }
 
+/// A request read from the log, waiting to be decided at its start.
+struct Started {
+    start_ms: u64,
+    seq: u64,
+    duration_ms: u64,
+    key: usize,
+    outcome: Outcome,
+}
+
+impl PartialEq for Started {
+    fn eq(&self, o: &Self) -> bool {
+        (self.start_ms, self.seq) == (o.start_ms, o.seq)
+    }
+}
+impl Eq for Started {}
+impl PartialOrd for Started {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Started {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.start_ms, self.seq).cmp(&(o.start_ms, o.seq))
+    }
+}
+
 /// Totals over every key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -131,9 +172,15 @@ pub struct Replay {
     keys: Vec<KeyState>,
     index: HashMap<String, usize>,
     pending: BinaryHeap<Reverse<Pending>>,
+    /// Lines read but not decided yet, by start time.
+    reorder: BinaryHeap<Reverse<Started>>,
+    /// The latest completion time read so far.
+    log_end_ms: u64,
+    /// Tick flushes due: (time, key), at most one per key.
+    ticks: BinaryHeap<Reverse<(u64, usize)>>,
     clock_ms: u64,
     seq: u64,
-    rng: SplitMix64,
+    rng: JitterSource,
     totals: Totals,
     parts: [String; 3],
     key_buf: String,
@@ -153,13 +200,32 @@ impl Replay {
             keys: Vec::new(),
             index: HashMap::new(),
             pending: BinaryHeap::new(),
+            reorder: BinaryHeap::new(),
+            log_end_ms: 0,
+            ticks: BinaryHeap::new(),
             clock_ms: 0,
             seq: 0,
-            rng: SplitMix64(0x6d65_7368_6272_6b72),
+            rng: JitterSource {
+                seeded: SplitMix64(0x6d65_7368_6272_6b72),
+                draws: HashMap::new(),
+            },
             totals: Totals::default(),
             parts: Default::default(),
             key_buf: String::new(),
         }
+    }
+
+    /// A replay whose sleep-window jitter, per key, takes the given unit draws in order (then the
+    /// seeded generator). The jitter is the breaker's one random input: with the draws the live
+    /// filter made (recovered from its `open_for_ms`, [`crate::live::jitter_draws`]), a replay of
+    /// the same traffic must give the same transitions at the same times.
+    pub fn with_jitter_draws(cfg: Config, draws: HashMap<String, Vec<f64>>) -> Replay {
+        let mut r = Replay::new(cfg);
+        r.rng.draws = draws
+            .into_iter()
+            .map(|(k, v)| (k, VecDeque::from(v)))
+            .collect();
+        r
     }
 
     pub fn totals(&self) -> &Totals {
@@ -172,7 +238,8 @@ impl Replay {
         self.totals.unreadable += 1;
     }
 
-    /// Feeds one access log line.
+    /// Feeds one access log line. It waits in the reorder buffer until no line still to come
+    /// can have started before it (see [`REORDER_MS`]), then is decided at its start.
     pub fn feed(&mut self, line: &Line<'_>) {
         self.totals.lines += 1;
         let Some(start_ms) = line.start_ms() else {
@@ -184,14 +251,10 @@ impl Replay {
             return;
         }
         let duration_ms = line.duration_ms.0.unwrap_or(0.0).max(0.0) as u64;
-        let now = start_ms.max(self.clock_ms);
-        self.advance(now);
-        let Some(k) = self.key_index(line) else {
+        let Some(key) = self.key_index(line) else {
             self.totals.over_max_keys += 1;
             return;
         };
-        self.totals.replayed += 1;
-        self.totals.first_ms.get_or_insert(start_ms);
         let outcome = Outcome {
             http_status: line.status.0.and_then(|s| u16::try_from(s as u64).ok()),
             grpc_status: line
@@ -203,6 +266,41 @@ impl Replay {
             // Bounded as the filter bounds it: at most max_retries (≤ 10) + 1 attempts.
             attempts: line.attempts.0.map_or(1, |a| (a as u32).clamp(1, 11)),
         };
+        let end_ms = start_ms.saturating_add(duration_ms);
+        self.log_end_ms = self.log_end_ms.max(end_ms);
+        self.seq += 1;
+        self.reorder.push(Reverse(Started {
+            start_ms,
+            seq: self.seq,
+            duration_ms,
+            key,
+            outcome,
+        }));
+        let release = self.log_end_ms.saturating_sub(REORDER_MS);
+        while let Some(Reverse(first)) = self.reorder.peek() {
+            if first.start_ms > release && self.reorder.len() <= REORDER_MAX {
+                break;
+            }
+            if let Some(Reverse(r)) = self.reorder.pop() {
+                self.decide(r);
+            }
+        }
+    }
+
+    /// Decides one request at its start (or at the clock, for a request logged more than
+    /// [`REORDER_MS`] late) and queues its completion.
+    fn decide(&mut self, r: Started) {
+        let Started {
+            start_ms,
+            duration_ms,
+            key: k,
+            outcome,
+            ..
+        } = r;
+        let now = start_ms.max(self.clock_ms);
+        self.advance(now);
+        self.totals.replayed += 1;
+        self.totals.first_ms.get_or_insert(start_ms);
         let ks = &mut self.keys[k];
         let (bcfg, mode) = breaker_of(&self.cfg, ks.override_index);
         let failed = outcome.failure(&bcfg.failure).is_some() || outcome.retried_attempts() > 0;
@@ -240,14 +338,19 @@ impl Replay {
         }));
     }
 
-    /// Moves the clock to `now`, completing every request that ended by then.
+    /// Moves the clock to `now`: every completion and every tick flush due by then, in time order.
     fn advance(&mut self, now: u64) {
-        while let Some(Reverse(p)) = self.pending.peek() {
-            if p.end_ms > now {
-                break;
-            }
-            if let Some(Reverse(p)) = self.pending.pop() {
-                self.complete(p);
+        loop {
+            let done = self.pending.peek().map(|Reverse(p)| p.end_ms);
+            let tick = self.ticks.peek().map(|Reverse((t, _))| *t);
+            match (done, tick) {
+                (_, Some(t)) if t <= now && done.is_none_or(|d| t <= d) => self.tick(),
+                (Some(d), _) if d <= now => {
+                    if let Some(Reverse(p)) = self.pending.pop() {
+                        self.complete(p);
+                    }
+                }
+                _ => break,
             }
         }
         self.clock_ms = now;
@@ -299,9 +402,34 @@ impl Replay {
             last_flush_ms: 0,
             last_point_ms: 0,
             scratch: Vec::new(),
+            tick_queued: false,
         });
         self.index.insert(self.key_buf.clone(), i);
         Some(i)
+    }
+
+    /// The filter's tick (every [`FLUSH_MS`]): a key with samples not merged for that long is
+    /// flushed even when no request completes, as when every request in flight is waiting out
+    /// a retry backoff.
+    fn tick(&mut self) {
+        let Some(Reverse((t, k))) = self.ticks.pop() else {
+            return;
+        };
+        let Some(ks) = self.keys.get_mut(k) else {
+            return;
+        };
+        ks.tick_queued = false;
+        if ks.recorder.is_empty() {
+            return;
+        }
+        let due = ks.last_flush_ms.saturating_add(FLUSH_MS);
+        if due > t {
+            ks.tick_queued = true;
+            self.ticks.push(Reverse((due, k)));
+            return;
+        }
+        let (bcfg, _) = breaker_of(&self.cfg, ks.override_index);
+        flush(ks, bcfg, t, &mut self.rng);
     }
 
     fn complete(&mut self, p: Pending) {
@@ -313,7 +441,8 @@ impl Replay {
         let failure = p.outcome.failure(&bcfg.failure);
         if let Some(id) = p.probe {
             let ok = failure.is_none() && p.outcome.retried_attempts() == 0;
-            if let Some(t) = ks.breaker.complete_probe(id, ok, bcfg, now, &mut self.rng) {
+            let mut jitter = self.rng.for_key(&ks.report.key);
+            if let Some(t) = ks.breaker.complete_probe(id, ok, bcfg, now, &mut jitter) {
                 if t.to != t.from {
                     if t.to == State::Closed {
                         // Closing clears the window (a new generation).
@@ -326,23 +455,42 @@ impl Replay {
         }
         let epoch = now / bucket_ms(bcfg);
         let recorded = ks.recorder.record(epoch, &p.outcome, failure).is_ok();
-        if !recorded || now.saturating_sub(ks.last_flush_ms) >= FLUSH_MS {
+        // While CLOSED, a failure or a slow sample is merged and the trip rule evaluated at
+        // once: the earliest any of the filter's workers could trip (each merges every 100 ms,
+        // so with several the shared window is merged more often than one worker's period).
+        let raises = ks.breaker.state == State::Closed
+            && (failure.is_some()
+                || p.outcome.retried_attempts() > 0
+                || threshold_us(bcfg).is_some_and(|t| p.outcome.latency_us >= t));
+        if !recorded || raises || now.saturating_sub(ks.last_flush_ms) >= FLUSH_MS {
             flush(ks, bcfg, now, &mut self.rng);
             if !recorded {
                 let _ = ks.recorder.record(epoch, &p.outcome, failure);
             }
         }
+        if !ks.recorder.is_empty() && !ks.tick_queued {
+            ks.tick_queued = true;
+            let due = ks.last_flush_ms.saturating_add(FLUSH_MS).max(now);
+            self.ticks.push(Reverse((due, p.key)));
+        }
     }
 
     /// Completes every request still in flight and returns the per-key reports.
     pub fn finish(mut self) -> (Totals, Vec<KeyReport>) {
-        while let Some(Reverse(p)) = self.pending.pop() {
-            self.totals.last_ms = self.totals.last_ms.max(p.end_ms);
-            self.complete(p);
+        while let Some(Reverse(r)) = self.reorder.pop() {
+            self.decide(r);
         }
+        let end = self
+            .pending
+            .iter()
+            .map(|Reverse(p)| p.end_ms)
+            .max()
+            .unwrap_or(self.clock_ms)
+            .max(self.clock_ms);
+        self.advance(end);
         let cfg = &self.cfg;
         let last = self.totals.last_ms;
-        let mut rng = self.rng.clone();
+        let mut rng = self.rng;
         let reports = self
             .keys
             .into_iter()
@@ -356,6 +504,34 @@ impl Replay {
     }
 }
 
+/// The sleep-window jitter: given draws per key first, then a seeded generator.
+struct JitterSource {
+    seeded: SplitMix64,
+    draws: HashMap<String, VecDeque<f64>>,
+}
+
+impl JitterSource {
+    fn for_key<'a>(&'a mut self, key: &'a str) -> KeyJitter<'a> {
+        KeyJitter { key, source: self }
+    }
+}
+
+struct KeyJitter<'a> {
+    key: &'a str,
+    source: &'a mut JitterSource,
+}
+
+impl Jitter for KeyJitter<'_> {
+    fn unit(&mut self) -> f64 {
+        let given = self
+            .source
+            .draws
+            .get_mut(self.key)
+            .and_then(VecDeque::pop_front);
+        given.unwrap_or_else(|| self.source.seeded.unit())
+    }
+}
+
 fn push_transition(ks: &mut KeyState, at_ms: u64, t: Transition, figures: String) {
     if ks.report.transitions.len() >= MAX_TRANSITIONS {
         ks.report.transitions_dropped += 1;
@@ -366,19 +542,23 @@ fn push_transition(ks: &mut KeyState, at_ms: u64, t: Transition, figures: String
         from: t.from,
         to: t.to,
         reason: t.reason,
+        open_for_ms: t.open_for_ms,
         figures,
     });
 }
 
 /// The filter's flush: merge the recorder into the window, evaluate the trip rule.
-fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut SplitMix64) {
+fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut JitterSource) {
     let now_epoch = now / bucket_ms(bcfg);
     ks.window
         .merge_recorder(&ks.recorder, now_epoch, &mut ks.scratch);
     ks.recorder.clear();
     ks.last_flush_ms = now;
     let totals = ks.window.totals(now_epoch);
-    if let Some(t) = ks.breaker.evaluate(&totals, bcfg, now, rng) {
+    let tripped = ks
+        .breaker
+        .evaluate(&totals, bcfg, now, &mut rng.for_key(&ks.report.key));
+    if let Some(t) = tripped {
         let p95 = ks
             .window
             .p95_us(now_epoch, &mut ks.scratch)
@@ -494,11 +674,60 @@ mod tests {
         let slow =
             line(1_700_000_000_000, 503).replace("\"duration_ms\":5", "\"duration_ms\":60000");
         r.feed(&serde_json::from_str(&slow).unwrap());
-        assert_eq!(r.pending.len(), 1);
         r.feed(&serde_json::from_str(&line(1_700_000_001_000, 200)).unwrap());
-        assert_eq!(r.pending.len(), 2, "the slow one is still in flight at +1s");
+        r.feed(&serde_json::from_str(&line(1_700_000_070_000, 200)).unwrap());
+        // The log has reached +70 s: both early lines are decided, the slow one still in flight
+        // at +1 s completed at +60 s, before the +70 s line's start.
+        assert_eq!(r.reorder.len(), 1);
+        assert_eq!(r.pending.len(), 2, "the clock is at +1 s: both in flight");
         let (_, reports) = r.finish();
-        assert_eq!(reports[0].requests, 2);
+        assert_eq!(reports[0].requests, 3);
+    }
+
+    #[test]
+    fn a_request_logged_after_later_ones_is_decided_and_recorded_at_its_own_times() {
+        // Envoy writes at completion: failures retried with a 400 ms backoff are read 400 ms
+        // after they started, behind the fast successes that started meanwhile. Decided in
+        // start order, the trip comes when the failures completed, not 400 ms later.
+        let t0 = 1_700_000_000_000u64;
+        let cfg = r#"{"breaker": {"window": "10s", "buckets": 10, "min_requests": 10,
+            "error_rate_threshold": 0.3}}"#;
+        let slow_fail = |start: u64| {
+            line(start, 503)
+                .replace("\"duration_ms\":5", "\"duration_ms\":400")
+                .replace("\"attempts\":1", "\"attempts\":2")
+        };
+        let mut lines = Vec::new();
+        for i in 0..60u64 {
+            // By completion time: the successes of t0 + 10 i, the failures of t0 + 10 i - 400.
+            lines.push(line(t0 + i * 10, 200));
+            if i >= 40 {
+                lines.push(slow_fail(t0 + i * 10 - 400));
+            }
+        }
+        let (_, reports) = run(cfg, &lines);
+        let trip = &reports[0].transitions[0];
+        assert_eq!(trip.to, State::Open);
+        // 20 slow failures started at t0..t0+190 (2 failing samples each) complete at
+        // t0+400..t0+590; beside the successes, the rate passes 30% at t0+500.
+        assert!(
+            trip.at_ms < t0 + 600,
+            "tripped at +{} ms: decided at read time, not at start",
+            trip.at_ms - t0
+        );
+    }
+
+    #[test]
+    fn a_failure_that_crosses_the_threshold_trips_at_its_completion() {
+        // 10 successes, then failures 1 ms apart: the 10th failure makes it 50% of 20. The
+        // trip comes at that failure's completion, not at the next 100 ms merge.
+        let t0 = 1_700_000_000_000u64;
+        let mut lines: Vec<String> = (0..10).map(|i| line(t0 + i, 200)).collect();
+        lines.extend((10..40).map(|i| line(t0 + i, 503)));
+        let (_, reports) = run(FAST, &lines);
+        let trip = &reports[0].transitions[0];
+        assert_eq!(trip.to, State::Open);
+        assert_eq!(trip.at_ms - t0, 19 + 5, "{}", trip.figures);
     }
 
     #[test]

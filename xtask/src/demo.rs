@@ -43,6 +43,7 @@ fn install_signal_handlers() {
 
 struct Opts {
     ci: bool,
+    recheck: bool,
     phases: String,
     duration: f64,
     recovery_extra: f64,
@@ -57,13 +58,16 @@ const USAGE: &str =
               (default healthy,errors,recovery,slow,recovery,resets,recovery)
   --duration  seconds per phase; recovery phases get 5 more (default 10; --ci 4, recovery 8)
   --rate      requests per second (default 100)
-  --ci        short run that asserts the summary and the picture, then checks that an
+  --ci        short run that asserts the summary and the picture, replays the demo's access
+              log and compares it with the filter's live transitions, then checks that an
               interrupted demo leaves no process behind
+  --recheck   no run: --ci's summary, picture and replay checks on the --out dir of a past run
   MESHBREAKER_DEMO_NO_SIDECAR=1 runs without the eBPF sidecar";
 
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
         ci: false,
+        recheck: false,
         phases: "healthy,errors,recovery,slow,recovery,resets,recovery".into(),
         duration: 10.0,
         recovery_extra: 5.0,
@@ -81,6 +85,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         };
         match a.as_str() {
             "--ci" => o.ci = true,
+            "--recheck" => o.recheck = true,
             "--skip-build" => o.skip_build = true,
             "--phases" => o.phases = value("--phases")?,
             "--duration" => {
@@ -277,6 +282,9 @@ fn demo_bootstrap(
     Ok(out)
 }
 
+/// Envoy's log line: `[epoch seconds.milliseconds][thread][level][logger] message`.
+const LOG_FORMAT: &str = "[%E.%e][%t][%l][%n] %v";
+
 fn log_file(out: &Path, name: &str) -> Result<fs::File> {
     let p = out.join(format!("{name}.log"));
     fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
@@ -316,6 +324,10 @@ fn wait_for(
 
 pub fn demo(args: &[String]) -> Result {
     let o = parse(args)?;
+    if o.recheck {
+        check_summary(&o.out)?;
+        return check_replay(&o.out);
+    }
     install_signal_handlers();
     let started = Instant::now();
 
@@ -401,6 +413,8 @@ pub fn demo(args: &[String]) -> Result {
 
     let base_id = 30_000 + (std::process::id() % 1000) * 10;
     let envoy_log = log_file(&o.out, "envoy")?;
+    // The bootstrap's JSON access log goes to stdout: access.log, replayed by `--ci`.
+    let access_log = log_file(&o.out, "access")?;
     sup.spawn(
         "envoy",
         Command::new(&envoy)
@@ -414,9 +428,12 @@ pub fn demo(args: &[String]) -> Result {
                 &base_id.to_string(),
                 "--log-level",
                 "info",
+                // Epoch seconds, so the filter's transition lines share the access log's clock.
+                "--log-format",
+                LOG_FORMAT,
             ])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(access_log)
             .stderr(envoy_log),
     )?;
     wait_for("Envoy", &mut sup, 60, || {
@@ -475,6 +492,7 @@ pub fn demo(args: &[String]) -> Result {
     eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     if o.ci {
         check_summary(&o.out)?;
+        check_replay(&o.out)?;
         check_interrupt_leaves_nothing()?;
         eprintln!(
             "demo --ci: all checks passed in {:.0} s",
@@ -553,6 +571,67 @@ fn check_summary(out: &Path) -> Result {
         Ok(())
     } else {
         Err(format!("demo --ci:\n  {}", problems.join("\n  ")))
+    }
+}
+
+/// `--ci`: the demo's own access log, replayed with the demo's configuration (taken from the
+/// bootstrap Envoy ran, as `meshbreaker check` finds it), gives the transitions the filter
+/// logged live: same keys, same transitions in the same order with the same reasons, each within
+/// one bucket (`window` / `buckets`). The replay takes the filter's own jitter draws (recovered
+/// from the logged `open_for_ms`): the jitter is the breaker's one random input. Kernel episodes
+/// (`kernel_resets` trips: the sidecar's signal, not in the access log) are held to the looser
+/// rule of `meshbreaker_cli::live::compare`, explained in docs/replay.md.
+fn check_replay(out: &Path) -> Result {
+    use meshbreaker_cli::{live, replay::Replay};
+    step("demo --ci: replay the demo's access log and compare with the filter's live transitions");
+    let bootstrap = out.join("envoy.yaml");
+    let cfg = meshbreaker_cli::load_config(&bootstrap)?;
+    let log_path = out.join("envoy.log");
+    let envoy_log =
+        fs::read_to_string(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let live_transitions = live::parse_envoy_log(&envoy_log)?;
+    let draws = live::jitter_draws(&live_transitions, &cfg)?;
+    let tolerance_ms = policy_core::window::bucket_ms(&cfg.breaker);
+    let mut replays = [Replay::with_jitter_draws(cfg, draws)];
+    let access = out.join("access.log");
+    let file = fs::File::open(&access).map_err(|e| format!("{}: {e}", access.display()))?;
+    meshbreaker_cli::replay_stream(file, &mut replays, |_| {})
+        .map_err(|e| format!("{}: {e}", access.display()))?;
+    let [replay] = replays;
+    let (totals, keys) = replay.finish();
+    let c = live::compare(&live_transitions, &keys, tolerance_ms);
+    eprintln!(
+        "access.log: {} lines, {} replayed, {} answered locally (rejected live), {} unreadable",
+        totals.lines, totals.replayed, totals.answered_locally, totals.unreadable
+    );
+    eprint!("{}", c.table());
+    let max_delta = c
+        .pairs
+        .iter()
+        .filter(|p| !p.kernel_episode)
+        .map(|p| p.delta_ms().unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let summary = format!(
+        "{} transitions paired, largest difference outside kernel episodes {max_delta} ms \
+         (tolerance: one bucket, {tolerance_ms} ms); kernel episodes: {} kernel-only (the \
+         replay stayed closed), {} transitions inside them not paired",
+        c.pairs.len(),
+        c.kernel_only.len(),
+        c.kernel_skipped
+    );
+    let _ = fs::write(
+        out.join("replay-vs-live.txt"),
+        format!("{}\n{summary}\n", c.table()),
+    );
+    if c.agrees() {
+        eprintln!("replay agrees with the live filter: {summary}");
+        Ok(())
+    } else {
+        Err(format!(
+            "demo --ci: the replay of access.log disagrees with the filter's log:\n  {}",
+            c.problems.join("\n  ")
+        ))
     }
 }
 
