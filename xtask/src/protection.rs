@@ -1865,7 +1865,9 @@ fn render_doc(runs: &[ScenarioRun], ctx: &ReportCtx, pictures: &[(Fault, String)
              system runs). Listener and admin ports are 0: Envoy picks them and the benchmark \
              reads them back.\n\n```yaml\n{}```\n",
             run.scenario.title(),
+            // Paths relative to the repository, so the report names no machine's folders.
             run.bootstrap
+                .replace(&format!("{}/", crate::util::root().display()), "")
         );
     }
     md
