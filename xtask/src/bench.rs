@@ -42,6 +42,10 @@ const MAIN: &[&str] = &["none", "native", "trivial", "mb_default", "mb_authority
 const HOST_CALLS: &[(&str, &str)] = &[
     ("cluster", "get_property(xds.cluster_name)"),
     ("header", "request header read, bytes (:authority)"),
+    (
+        "headers",
+        "all request headers in one call, bytes (oha's 4 headers + Envoy's)",
+    ),
     ("status", "response header read, bytes (:status)"),
     ("shared", "get_shared_data (48 bytes)"),
     ("metric", "increment_metric"),
