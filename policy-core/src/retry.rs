@@ -47,13 +47,6 @@ pub const ROUTER_RETRY_HEADERS: [&str; 5] = [
 /// The one header that switches retries off for a request, whatever else was sent.
 pub const NO_RETRIES: (&str, &str) = (MAX_RETRIES_HEADER, "0");
 
-/// True when `name` is one of [`ROUTER_RETRY_HEADERS`] (case-insensitive).
-pub fn is_router_retry_header(name: &str) -> bool {
-    ROUTER_RETRY_HEADERS
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
-}
-
 /// True for a gRPC request content-type: `application/grpc`, `application/grpc+proto`,
 /// `application/grpc;charset=…` (case-insensitive); not `application/grpc-web`.
 pub fn is_grpc(content_type: &str) -> bool {
@@ -108,12 +101,14 @@ impl HeaderLookup for Vec<(String, String)> {
     }
 }
 
-/// Adapts a `name -> Option<value>` function (e.g. a proxy-wasm host call) to [`HeaderLookup`].
+/// Adapts a `name -> Option<bytes>` function (e.g. a proxy-wasm host call) to [`HeaderLookup`].
+/// Header values are bytes, not text: HTTP allows obs-text (0x80–0xFF), so the comparison is
+/// byte-wise and a value that is not UTF-8 simply does not match.
 pub struct HeaderFn<F>(pub F);
 
-impl<F: Fn(&str) -> Option<String>> HeaderLookup for HeaderFn<F> {
+impl<F: Fn(&str) -> Option<Vec<u8>>> HeaderLookup for HeaderFn<F> {
     fn header_is(&self, name: &str, value: &str) -> bool {
-        (self.0)(name).is_some_and(|v| v == value)
+        (self.0)(name).is_some_and(|v| v == value.as_bytes())
     }
 }
 
@@ -277,11 +272,14 @@ impl<'p> RetryDecision<'p> {
         matches!(self, RetryDecision::BudgetDenied(_))
     }
 
-    /// The policy that matched, if one was looked for and found.
-    pub fn policy(&self) -> Option<&'p CompiledPolicy> {
+    /// The most upstream attempts Envoy can make for this request under this decision:
+    /// `max_retries + 1` for a policy, 1 for probes and budget-denied requests. `None` when no
+    /// header is written (no policy matched, or `disabled`), so the route's own policy decides.
+    pub fn max_attempts(&self) -> Option<u32> {
         match *self {
-            RetryDecision::Policy(p) | RetryDecision::BudgetDenied(p) => Some(p),
-            RetryDecision::NoHeaders | RetryDecision::Probe => None,
+            RetryDecision::Policy(p) => Some(p.max_retries.saturating_add(1)),
+            RetryDecision::Probe | RetryDecision::BudgetDenied(_) => Some(1),
+            RetryDecision::NoHeaders => None,
         }
     }
 }
@@ -436,8 +434,6 @@ mod tests {
                 "x-envoy-retriable-status-codes",
             ]
         );
-        assert!(is_router_retry_header("X-Envoy-Max-Retries"));
-        assert!(!is_router_retry_header("x-envoy-attempt-count"));
     }
 
     #[test]
@@ -558,11 +554,17 @@ mod tests {
         ];
         assert!(r.select(&req("GET", "/", None, &owned_headers)).is_some());
         let host = HeaderFn(|n: &str| match n {
-            "x-class" => Some("bulk".to_string()),
-            "x-tenant" => Some("a".to_string()),
+            "x-class" => Some(b"bulk".to_vec()),
+            "x-tenant" => Some(b"a".to_vec()),
             _ => None,
         });
         assert!(r.select(&req("GET", "/", None, &host)).is_some());
+        let obs_text = HeaderFn(|n: &str| match n {
+            "x-class" => Some(b"bulk\xff".to_vec()),
+            "x-tenant" => Some(b"a".to_vec()),
+            _ => None,
+        });
+        assert!(r.select(&req("GET", "/", None, &obs_text)).is_none());
     }
 
     #[test]
@@ -678,7 +680,7 @@ mod tests {
     fn allowed_request_gets_its_policy_headers() {
         let r = compiled("{}");
         let d = r.decide(&req("GET", "/", None, &()), Mode::Enforce, false, true);
-        assert_eq!(d.policy().map(CompiledPolicy::name), Some("idempotent"));
+        assert!(matches!(d, RetryDecision::Policy(p) if p.name() == "idempotent"));
         assert!(!d.budget_denied());
         assert_eq!(
             decision_headers(&d),
@@ -717,7 +719,7 @@ mod tests {
             false,
         );
         assert!(d.budget_denied());
-        assert_eq!(d.policy().map(CompiledPolicy::name), Some("grpc"));
+        assert!(matches!(d, RetryDecision::BudgetDenied(p) if p.name() == "grpc"));
         assert_eq!(
             decision_headers(&d),
             [("x-envoy-max-retries", "0".to_string())]

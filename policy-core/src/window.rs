@@ -4,8 +4,10 @@
 //! VM. So the window is split in two halves with different costs:
 //!
 //! - a [`Recorder`] per worker and key takes every completed request on the hot path. It covers one
-//!   bucket of time, records in O(1) without allocating (fixed counters plus an `hdrhistogram` with
-//!   preallocated counts), and is drained into the shared window at least every 100 ms;
+//!   bucket of time and records in O(1): fixed counters plus the raw latencies of the flush
+//!   interval (at most [`RECORDER_MAX_SAMPLES`], 1 KiB; binned only when merged), and is drained
+//!   into the shared window at least every 100 ms. A key thus costs its worker well under 2 KiB
+//!   whatever its traffic, where a dense histogram per key cost 12 KiB;
 //! - the merged [`Window`] lives in proxy-wasm shared data. Its buckets keep the same counters and
 //!   the latency histogram as sparse `(bin, count)` pairs, which is what makes it small to encode and
 //!   cheap to merge. Trip decisions and the reported P95 are computed on the merged window when a
@@ -18,10 +20,12 @@
 //! Histogram precision: two significant digits (`hdrhistogram` sigfig 2) keep every bin narrower than
 //! 1% of its value, so the reported P95 (the bin's highest equivalent value) is within 1% of the exact
 //! sample, inside SPEC's 2%. Latencies are recorded in microseconds from 1 µs to [`HIST_HIGHEST_US`]
-//! (10 minutes; longer requests are recorded at the top bin, while their exact trip count is kept);
-//! that is 3,072 `u32` counters, 12 KiB per recorder.
+//! (10 minutes; longer requests are recorded at the top bin, while their exact trip count is kept).
+//! The bin of a latency is computed with one shared reference histogram (the bounds are constants),
+//! never a histogram per key.
 
 use hdrhistogram::Histogram;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::BreakerConfig;
@@ -161,12 +165,17 @@ pub fn threshold_us(cfg: &BreakerConfig) -> Option<u64> {
     cfg.latency_p95_threshold.map(|d| d.as_micros() as u64)
 }
 
+/// The latencies a recorder holds before [`Recorder::is_full`] asks for a merge (1 KiB of `u32`).
+/// The filter merges at least every 100 ms anyway; this bounds a burst.
+pub const RECORDER_MAX_SAMPLES: usize = 256;
+
 /// The per-worker, per-key half of the window: one bucket of samples, recorded in O(1).
 #[derive(Debug, Clone)]
 pub struct Recorder {
     epoch: u64,
     counts: Counts,
-    hist: Histogram<u32>,
+    /// Latencies of this interval in µs, clamped to the histogram's range; binned when merged.
+    latencies: Vec<u32>,
     threshold_us: Option<u64>,
 }
 
@@ -174,26 +183,39 @@ pub struct Recorder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochChanged;
 
-/// Creates the histogram every recorder and window shares; the bounds are constants, so this
-/// cannot fail in practice, and a failure degrades to `None` rather than a panic.
-fn new_histogram() -> Option<Histogram<u32>> {
-    Histogram::new_with_bounds(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_SIGFIG).ok()
+/// The reference histogram that defines the bins (never counts anything); the bounds are
+/// constants, so creating it cannot fail in practice, and a failure degrades to `None`.
+fn reference() -> Option<&'static Histogram<u32>> {
+    static H: OnceLock<Option<Histogram<u32>>> = OnceLock::new();
+    H.get_or_init(|| Histogram::new_with_bounds(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_SIGFIG).ok())
+        .as_ref()
 }
 
 impl Recorder {
-    /// A recorder for a key whose latency threshold is `threshold_us`. `None` only if the histogram
-    /// cannot be allocated.
+    /// A recorder for a key whose latency threshold is `threshold_us`. Allocates nothing until
+    /// the first sample. (`Option` for callers written when this allocated a histogram.)
     pub fn new(threshold_us: Option<u64>) -> Option<Recorder> {
         Some(Recorder {
             epoch: 0,
             counts: Counts::default(),
-            hist: new_histogram()?,
+            latencies: Vec::new(),
             threshold_us,
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.counts == Counts::default()
+    }
+
+    /// Heap bytes this recorder holds (its latency buffer).
+    pub fn heap_bytes(&self) -> usize {
+        self.latencies.capacity() * std::mem::size_of::<u32>()
+    }
+
+    /// True once the recorder holds [`RECORDER_MAX_SAMPLES`] latencies: merge it before more
+    /// samples arrive (it still takes them; this is the caller's memory bound).
+    pub fn is_full(&self) -> bool {
+        self.latencies.len() >= RECORDER_MAX_SAMPLES
     }
 
     pub fn epoch(&self) -> u64 {
@@ -232,10 +254,9 @@ impl Recorder {
         if self.threshold_us.is_some_and(|t| outcome.latency_us >= t) {
             c.slow = c.slow.saturating_add(1);
         }
+        // HIST_HIGHEST_US (6e8) fits a u32.
         let v = outcome.latency_us.clamp(HIST_LOWEST_US, HIST_HIGHEST_US);
-        // Cannot fail: the value is clamped into the histogram's range. A saturated u32 bin
-        // (4 billion samples in one bucket of one worker) only loses precision of the gauge.
-        let _ = self.hist.record(v);
+        self.latencies.push(u32::try_from(v).unwrap_or(u32::MAX));
         Ok(())
     }
 
@@ -254,14 +275,29 @@ impl Recorder {
     /// Empties the recorder after its samples were merged into the shared window.
     pub fn clear(&mut self) {
         self.counts = Counts::default();
-        self.hist.reset();
+        self.latencies.clear();
     }
 
-    /// The recorded latency bins as `(highest equivalent value, count)`, ascending.
-    fn bins(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.hist
-            .iter_recorded()
-            .map(|v| (v.value_iterated_to(), v.count_at_value() as u64))
+    /// The recorded latencies binned as `(highest equivalent value, count)`, ascending, into `out`.
+    fn bins_into(&self, out: &mut Vec<(u64, u64)>) {
+        out.clear();
+        let Some(h) = reference() else {
+            return;
+        };
+        out.extend(
+            self.latencies
+                .iter()
+                .map(|&v| (h.highest_equivalent(u64::from(v)), 1u64)),
+        );
+        out.sort_unstable_by_key(|x| x.0);
+        out.dedup_by(|later, kept| {
+            if later.0 == kept.0 {
+                kept.1 += later.1;
+                true
+            } else {
+                false
+            }
+        });
     }
 }
 
@@ -344,6 +380,9 @@ pub struct HostCursor {
 
 /// Most upstream hosts a key remembers for kernel reset attribution.
 pub const MAX_HOSTS_PER_KEY: usize = 16;
+/// Longest host a window holds (`[ipv6]:port` is at most 47 bytes); longer ones are not learned,
+/// so an entry can always be decoded again.
+pub const MAX_HOST_LEN: usize = 64;
 
 /// The merged window of one key, as kept in shared data.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -351,6 +390,12 @@ pub struct Window {
     /// Generation of the breaker's window: closing the circuit bumps the breaker's generation, and a
     /// window of an older generation is read as empty (SPEC: closing clears the window).
     pub generation: u32,
+    /// The geometry the buckets were taken with: bucket length (ms) and latency threshold (µs, 0
+    /// when the latency trip is off). A reader with another geometry starts the window afresh
+    /// instead of misreading epochs or `slow` counts (a reload that changed `window`, `buckets`
+    /// or `latency_p95_threshold`).
+    pub bucket_ms: u64,
+    pub threshold_us: u64,
     /// When a request of this key last completed (ms), for least-recently-used eviction.
     pub last_used_ms: u64,
     /// Upstream hosts learned from `upstream.address`, for the kernel reset signal.
@@ -364,15 +409,21 @@ impl Window {
     pub fn new(buckets: u32, generation: u32) -> Window {
         Window {
             generation,
+            bucket_ms: 0,
+            threshold_us: 0,
             last_used_ms: 0,
             hosts: Vec::new(),
             buckets: vec![Bucket::default(); buckets.max(1) as usize],
         }
     }
 
-    /// Empties the window (keeps its allocations) and sets its generation and shape.
+    /// Empties the window (keeps its allocations) and sets its generation and shape. Learned
+    /// hosts go too: a new generation may be a new key (a slot takeover), which must not inherit
+    /// the previous key's upstreams.
     pub fn reset(&mut self, buckets: u32, generation: u32) {
         self.generation = generation;
+        self.hosts.clear();
+        self.last_used_ms = 0;
         self.buckets
             .resize(buckets.max(1) as usize, Bucket::default());
         for b in &mut self.buckets {
@@ -385,24 +436,38 @@ impl Window {
         epoch <= now_epoch && now_epoch - epoch < n
     }
 
-    /// The bucket for `epoch`, rotated (emptied) when it held an older epoch. `None` when the epoch
+    /// The bucket for `epoch`, rotated (emptied) when it held another epoch. `None` when the epoch
     /// is too old to belong to the window any more (a straggler from a stalled worker).
+    ///
+    /// A sample "from the future" (recorded before the wall clock stepped back) is put in the
+    /// current bucket, and a bucket holding a future epoch is garbage from before such a step: it
+    /// is cleared rather than allowed to block the ring position, so a clock step never blinds
+    /// the window.
     fn bucket_for(&mut self, epoch: u64, now_epoch: u64) -> Option<&mut Bucket> {
         let n = self.buckets.len() as u64;
-        if n == 0 || !Self::live(now_epoch.max(epoch), epoch, n) {
+        let epoch = epoch.min(now_epoch);
+        if n == 0 || !Self::live(now_epoch, epoch, n) {
             return None;
         }
         let idx = (epoch % n) as usize;
         let b = self.buckets.get_mut(idx)?;
         if b.epoch != epoch {
-            if b.epoch > epoch && !b.is_empty() {
-                // The slot already holds a newer bucket: this epoch is out of the window.
-                return None;
-            }
+            // Same ring position, so the epochs differ by a multiple of the ring: the bucket holds
+            // either an expired epoch or a future one. Both are garbage now.
             b.clear();
             b.epoch = epoch;
         }
         Some(b)
+    }
+
+    /// Empties buckets whose epoch lies after `now_epoch` (written before a clock step back).
+    pub fn clear_future(&mut self, now_epoch: u64) {
+        for b in &mut self.buckets {
+            if b.epoch > now_epoch && !b.is_empty() {
+                b.clear();
+                b.epoch = 0;
+            }
+        }
     }
 
     /// Merges a worker's recorder into the window; `scratch` is reused to avoid allocation.
@@ -416,27 +481,20 @@ impl Window {
         if r.is_empty() {
             return true;
         }
-        match self.bucket_for(r.epoch(), now_epoch) {
+        let mut bins = std::mem::take(scratch);
+        r.bins_into(&mut bins);
+        let merged = match self.bucket_for(r.epoch(), now_epoch) {
             Some(b) => {
                 b.counts.add(r.counts());
-                b.merge_bins(r.bins(), scratch);
+                b.merge_bins(bins.iter().copied(), scratch);
                 true
             }
             None => false,
+        };
+        if scratch.capacity() < bins.capacity() {
+            *scratch = bins;
         }
-    }
-
-    /// Merges another window of the same shape (e.g. another worker's view) into this one.
-    pub fn merge(&mut self, other: &Window, now_epoch: u64, scratch: &mut Vec<(u64, u64)>) {
-        for ob in &other.buckets {
-            if ob.is_empty() {
-                continue;
-            }
-            if let Some(b) = self.bucket_for(ob.epoch, now_epoch) {
-                b.counts.add(&ob.counts);
-                b.merge_bins(ob.bins.iter().copied(), scratch);
-            }
-        }
+        merged
     }
 
     /// The counters summed over the buckets still inside the window at `now_epoch`.
@@ -482,7 +540,8 @@ impl Window {
     /// Remembers `host` for kernel reset attribution; `cumulative` is the sidecar's current total
     /// for it, taken as already seen so that only later events count. Bounded by [`MAX_HOSTS_PER_KEY`].
     pub fn learn_host(&mut self, host: &str, cumulative: u64) -> bool {
-        if self.hosts.iter().any(|h| h.host == host) {
+        if host.is_empty() || host.len() > MAX_HOST_LEN || self.hosts.iter().any(|h| h.host == host)
+        {
             return false;
         }
         if self.hosts.len() >= MAX_HOSTS_PER_KEY {
@@ -569,7 +628,12 @@ mod tests {
         let epoch = now_ms / bucket_ms(c);
         for o in outcomes {
             let f = o.failure(&c.failure);
-            r.record(epoch, o, f).unwrap();
+            if r.record(epoch, o, f).is_err() {
+                // Full: merge, as the filter does, and go on.
+                assert!(w.merge_recorder(&r, epoch, &mut scratch));
+                r.clear();
+                r.record(epoch, o, f).unwrap();
+            }
         }
         assert!(w.merge_recorder(&r, epoch, &mut scratch));
     }
@@ -741,6 +805,19 @@ mod tests {
     }
 
     #[test]
+    fn recorder_asks_for_a_merge_at_its_sample_bound() {
+        let mut r = Recorder::new(None).unwrap();
+        for _ in 0..RECORDER_MAX_SAMPLES - 1 {
+            r.record(1, &ok(1), None).unwrap();
+        }
+        assert!(!r.is_full());
+        r.record(1, &ok(1), None).unwrap();
+        assert!(r.is_full());
+        r.clear();
+        assert!(!r.is_full() && r.is_empty());
+    }
+
+    #[test]
     fn recorder_refuses_another_epoch_until_cleared() {
         let mut r = Recorder::new(None).unwrap();
         r.record(1, &ok(1), None).unwrap();
@@ -768,7 +845,11 @@ mod tests {
         record_all(&mut all, &c, 1_000, &a);
         record_all(&mut all, &c, 1_000, &b);
         let mut s = Vec::new();
-        wa.merge(&wb, 1, &mut s);
+        let mut rb = Recorder::new(threshold_us(&c)).unwrap();
+        for o in &b {
+            rb.record(1, o, o.failure(&c.failure)).unwrap();
+        }
+        assert!(wa.merge_recorder(&rb, 1, &mut s));
         assert_eq!(wa, all);
         assert_eq!(wa.p95_us(1, &mut s), all.p95_us(1, &mut s));
     }
@@ -802,6 +883,36 @@ mod tests {
     }
 
     #[test]
+    fn a_future_bucket_left_by_a_clock_step_back_does_not_block_merges() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let fail = Outcome {
+            http_status: Some(500),
+            ..ok(1)
+        };
+        // Samples at t = 1 h, then the clock steps back to t = 0.
+        record_all(&mut w, &c, 3_600_000, &[fail; 10]);
+        record_all(&mut w, &c, 0, &[fail; 10]);
+        assert_eq!(w.totals(0).samples, 10, "the new samples count");
+        w.clear_future(0);
+        assert!(w
+            .buckets
+            .iter()
+            .all(|b| b.epoch == 0 || b.counts.samples == 0));
+    }
+
+    #[test]
+    fn a_sample_recorded_before_a_clock_step_back_lands_in_the_current_bucket() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let mut r = Recorder::new(None).unwrap();
+        r.record(360, &ok(1), None).unwrap();
+        let mut s = Vec::new();
+        assert!(w.merge_recorder(&r, 5, &mut s));
+        assert_eq!(w.totals(5).samples, 1);
+    }
+
+    #[test]
     fn learned_hosts_are_bounded_and_unique() {
         let mut w = Window::new(4, 0);
         assert!(w.learn_host("127.0.0.1:80", 5));
@@ -810,5 +921,6 @@ mod tests {
             w.learn_host(&format!("10.0.0.{i}:80"), 0);
         }
         assert_eq!(w.hosts.len(), MAX_HOSTS_PER_KEY);
+        assert!(!w.learn_host(&"x".repeat(MAX_HOST_LEN + 1), 0));
     }
 }

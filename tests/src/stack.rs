@@ -74,9 +74,23 @@ impl Stack {
         grpc: &[&str],
         trust_loopback: bool,
     ) -> Stack {
-        let mut b = Bootstrap::new()
-            .with_filter(plugin.to_string())
-            .trust_loopback(trust_loopback);
+        Self::start_with(plugin, http, grpc, &[], |b| {
+            b.trust_loopback(trust_loopback)
+        })
+        .await
+    }
+
+    /// [`Stack::start`] with more: `grpc_http` names HTTP upstreams behind gRPC routes (for
+    /// responses a tonic server does not send, such as a body followed by trailers), and
+    /// `configure` adjusts the bootstrap (Istio's virtual-host shape, LDS, ...).
+    pub async fn start_with(
+        plugin: &Value,
+        http: &[&str],
+        grpc: &[&str],
+        grpc_http: &[&str],
+        configure: impl FnOnce(Bootstrap) -> Bootstrap,
+    ) -> Stack {
+        let mut b = Bootstrap::new().with_filter(plugin.to_string());
         let mut hs = HashMap::new();
         // The default route's `backend` cluster (what requests without `x-route` reach).
         let backend = HttpUpstream::start().await;
@@ -87,6 +101,12 @@ impl Stack {
             b = b.cluster(name, RouteKind::Http, up.addr);
             hs.insert(name.to_string(), up);
         }
+        for name in grpc_http {
+            let up = HttpUpstream::start().await;
+            b = b.cluster(name, RouteKind::Grpc, up.addr);
+            hs.insert(name.to_string(), up);
+        }
+        b = configure(b);
         let mut gs = HashMap::new();
         for name in grpc {
             let up = GrpcUpstream::start().await;
@@ -123,6 +143,17 @@ impl Stack {
             .http1()
             .request(method, &format!("/{route}"), &h, "")
             .await
+    }
+
+    /// Value of a SPEC metric for `key` that must exist (panics naming the series when it does
+    /// not): for assertions such as "is 0", which an absent series would otherwise pass.
+    pub async fn metric_present(&self, name: &str, key: &str, extra: &[(&str, &str)]) -> f64 {
+        let mut labels = vec![("key", key)];
+        labels.extend_from_slice(extra);
+        self.envoy
+            .metric_opt(name, &labels)
+            .await
+            .unwrap_or_else(|| panic!("no series {name}{labels:?} in /stats/prometheus"))
     }
 
     /// A client to the listener, for concurrent use.
