@@ -44,7 +44,7 @@ const HOST_CALLS: &[(&str, &str)] = &[
     ("header", "request header read, bytes (:authority)"),
     (
         "headers",
-        "all request headers in one call, bytes (oha's 4 headers + Envoy's)",
+        "all request headers in one call (get_header_map_pairs), bytes",
     ),
     ("status", "response header read, bytes (:status)"),
     ("shared", "get_shared_data (48 bytes)"),
