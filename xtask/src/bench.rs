@@ -1518,12 +1518,16 @@ fn closing_notes(res: &Results) -> String {
         }
         let _ = writeln!(
             s,
-            "What closes it: only the host calls the configuration needs (a set computed at \
-             configure time; strip only client retry headers that are present), metric increments \
-             batched per worker and flushed on the tick, no property read in `on_log` the outcome \
-             does not need, no allocation per request, and a per-worker cache of the CLOSED state \
-             refreshed through a shared queue, which removes the shared-data read and Envoy's \
-             process-wide shared-data lock from the request path.\n"
+            "What is left to close it, priced by the table below: every host call the \
+             configuration does not need ({typical:.2} µs for each property, header or \
+             shared-data read; {:.2} µs for the whole request header map; {:.2} µs per metric \
+             increment), no property read in `on_log` the outcome does not need, metric increments \
+             batched per worker and flushed on the tick, no allocation per request, and a \
+             per-worker cache of the CLOSED state refreshed through a shared queue, which removes \
+             the shared-data read and Envoy's process-wide shared-data lock from the request \
+             path.\n",
+            med(&res.host_calls, "headers"),
+            med(&res.host_calls, "metric"),
         );
     }
     if res.rss.iter().any(|(_, _, per, _)| *per > 4096.0) {
