@@ -37,6 +37,10 @@ pub const ACTIVE_WRITE_MS: u64 = 1_000;
 pub const MIN_TAKEOVER_IDLE_MS: u64 = 5_000;
 /// A key without a slot tries to get one again at most this often.
 pub const SLOT_RETRY_MS: u64 = 1_000;
+/// Slot searches (up to [`crate::slots::PROBE_SLOTS`] reads each, per seed and table size) a
+/// worker makes per tick for keys it has not placed yet. A flood of new authorities thus costs a
+/// bounded amount of shared-data traffic; keys over the budget pass unguarded until the next tick.
+pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
 /// The most upstream attempts any request can make (`max_retries` ≤ 10, plus the first).
 pub const MAX_ATTEMPTS: u32 = 11;
 
@@ -138,7 +142,6 @@ pub struct Engine<H: Host> {
     pub(crate) keys: KeyRegistry<KeyLocal>,
     pub(crate) metrics: Metrics,
     pub(crate) rng: SplitMix64,
-    pub(crate) window: Window,
     pub(crate) bins: Vec<(u64, u64)>,
     pub(crate) enc: Vec<u8>,
     pub(crate) name_buf: String,
@@ -146,8 +149,13 @@ pub struct Engine<H: Host> {
     pub(crate) warned_no_slot: bool,
     /// Sequence of the last kernel reset totals this VM attributed.
     pub(crate) resets_seen: Option<u64>,
+    /// The last published totals as read (to skip decoding an unchanged entry) and decoded.
+    pub(crate) reset_bytes: Vec<u8>,
+    pub(crate) reset_totals: Option<std::rc::Rc<std::collections::HashMap<String, u64>>>,
     /// How long a CLOSED key must have been idle before its slot may be taken over.
     pub(crate) takeover_idle_ms: u64,
+    /// Slot searches left until the next tick ([`SLOT_SEARCHES_PER_TICK`]).
+    pub(crate) slot_searches_left: u32,
 }
 
 fn geometry(b: &BreakerConfig) -> Geometry {
@@ -229,14 +237,16 @@ impl<H: Host> Engine<H> {
             },
             meta_checked_ms: 0,
             rng: SplitMix64(seed),
-            window: Window::new(cfg.breaker.buckets, 0),
             bins: Vec::new(),
             enc: Vec::new(),
             name_buf: String::new(),
             key_buf: String::new(),
             warned_no_slot: false,
             resets_seen: None,
+            reset_bytes: Vec::new(),
+            reset_totals: None,
             takeover_idle_ms: longest_window.max(MIN_TAKEOVER_IDLE_MS),
+            slot_searches_left: SLOT_SEARCHES_PER_TICK,
             profiles,
             cfg,
         };
@@ -369,8 +379,9 @@ impl<H: Host> Engine<H> {
             return false;
         }
         let label = self.metrics.label_for(&self.host, &self.names, key);
-        let slot = self.find_slot(key, profile, now_ms);
-        if slot.is_none() && !self.warned_no_slot {
+        let searched = self.search_slot(key, profile, now_ms);
+        let slot = searched.unwrap_or(None);
+        if searched == Ok(None) && !self.warned_no_slot {
             self.warned_no_slot = true;
             log::warn!(
                 "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded until one frees",
@@ -380,9 +391,19 @@ impl<H: Host> Engine<H> {
         if let Some(l) = self.keys.peek_mut(key) {
             l.label = label;
             l.slot = slot;
-            l.slot_tried_ms = Some(now_ms);
+            l.slot_tried_ms = searched.is_ok().then_some(now_ms);
         }
         true
+    }
+
+    /// [`Engine::find_slot`] within this tick's search budget.
+    /// `Err(())` when the budget is spent (nothing was searched).
+    fn search_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Result<Option<u32>, ()> {
+        if self.slot_searches_left == 0 {
+            return Err(());
+        }
+        self.slot_searches_left -= 1;
+        Ok(self.find_slot(key, profile, now_ms))
     }
 
     /// Decides a request: the key, the decision, the retry plan. Writes nothing to the request.
@@ -443,10 +464,11 @@ impl<H: Host> Engine<H> {
                 .is_none_or(|t| since(now_ms, t) >= SLOT_RETRY_MS)
         {
             // B6: a key that lost (or never got) its slot asks again, at most once a second.
-            local.slot_tried_ms = Some(now_ms);
-            slot = self.find_slot(key, profile, now_ms);
+            let searched = self.search_slot(key, profile, now_ms);
+            slot = searched.unwrap_or(None);
             if let Some(l) = self.keys.peek_mut(key) {
                 l.slot = slot;
+                l.slot_tried_ms = searched.is_ok().then_some(now_ms);
             }
         }
         let mode = self.profile(profile).mode;

@@ -12,12 +12,14 @@
 use policy_core::breaker::{Jitter, State};
 use policy_core::encoding::{ResetTotals, SlotState};
 use policy_core::retry::budget_allows_retry;
-use policy_core::window::{kernel_resets_exceed, trip_reason, Counts, Recorder, TripReason};
+use policy_core::window::{
+    kernel_resets_exceed, trip_reason, Counts, Recorder, TripReason, Window,
+};
 
 use crate::engine::{Engine, FLUSH_MS};
-use crate::host::{Host, SetError};
+use crate::host::Host;
 use crate::metrics::Gauge;
-use crate::shared::{cas_update, newer, Meta, Update, CAS_ATTEMPTS};
+use crate::shared::{cas_update, newer, Meta, Update};
 
 /// The table description (seed, sizes) is re-read this often, so that VMs which raced to create
 /// it at startup converge on one seed.
@@ -27,20 +29,9 @@ impl<H: Host> Engine<H> {
     /// Flushes every key with samples older than [`FLUSH_MS`], refreshes activity marks, and
     /// hands the batched counters to Envoy (called from the root's tick).
     pub fn on_tick(&mut self, now_ms: u64) {
+        self.slot_searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
         self.refresh_meta(now_ms);
-        let mut resets_changed = false;
-        if self.cfg.reset_signals.is_some() {
-            let seq = self
-                .host
-                .get_shared(&self.names.resets())
-                .0
-                .and_then(|b| ResetTotals::decode(&b).ok())
-                .map(|t| t.sequence);
-            if seq.is_some() && seq != self.resets_seen {
-                self.resets_seen = seq;
-                resets_changed = true;
-            }
-        }
+        let resets_changed = self.refresh_resets();
         let mut due = Vec::new();
         for (k, l) in self.keys.iter() {
             let stale = crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS;
@@ -54,6 +45,29 @@ impl<H: Host> Engine<H> {
             self.flush_key(&k, now_ms);
         }
         self.metrics.flush(&self.host);
+    }
+
+    /// Reads the published kernel reset totals (one shared read per tick) and decodes them only
+    /// when their bytes changed, into a map that flushes look hosts up in. True when the
+    /// sequence moved (every placed key then takes its share).
+    fn refresh_resets(&mut self) -> bool {
+        if self.cfg.reset_signals.is_none() {
+            return false;
+        }
+        let Some(bytes) = self.host.get_shared(&self.names.resets()).0 else {
+            return false;
+        };
+        if bytes == self.reset_bytes {
+            return false;
+        }
+        let Ok(t) = ResetTotals::decode(&bytes) else {
+            return false;
+        };
+        self.reset_bytes = bytes;
+        let changed = self.resets_seen != Some(t.sequence);
+        self.resets_seen = Some(t.sequence);
+        self.reset_totals = Some(std::rc::Rc::new(t.peers.into_iter().collect()));
+        changed
     }
 
     /// Flushes every key that holds samples or hosts, whatever their age (the plugin is going
@@ -125,27 +139,117 @@ impl<H: Host> Engine<H> {
         let pi = profile.min(self.profiles.len() - 1);
         let g = self.profiles[pi].geometry;
         let now_epoch = now_ms / g.bucket_ms.max(1);
-        let resets = match &self.cfg.reset_signals {
-            Some(_) => self
-                .host
-                .get_shared(&self.names.resets())
-                .0
-                .and_then(|b| ResetTotals::decode(&b).ok()),
-            None => None,
-        };
+        // The totals as of this VM's last tick (decoded once per published change, not per flush);
+        // read now if no tick has read them yet, so a host is never learned with a zero baseline
+        // while totals exist (that would attribute the sidecar's history to this key).
+        if self.reset_totals.is_none() {
+            self.refresh_resets();
+        }
+        let resets = self.reset_totals.clone();
         let mut state_name = String::new();
         self.names.state(slot, &mut state_name);
         let mut window_name = String::new();
         self.names.window(&g, slot, &mut window_name);
 
-        let mut merged = None;
-        for _ in 0..CAS_ATTEMPTS {
-            let (sb, _) = self.host.get_shared(&state_name);
-            let Some(st) = sb.and_then(|b| SlotState::decode(&b).ok()) else {
-                return;
-            };
-            if st.key != key {
-                // Taken over (this key was CLOSED and idle): its samples belong to no slot now.
+        enum Merge {
+            /// The slot holds another key now (this key was CLOSED and idle).
+            Lost,
+            /// The state or window is not ours to read or write, or the merge lost every CAS:
+            /// the recorder keeps its samples for the next flush.
+            Kept,
+            Merged {
+                totals: Counts,
+                p95: Option<u64>,
+                generation: u32,
+                attributed: u64,
+                state: State,
+            },
+        }
+        let host = &self.host;
+        let local = self.keys.get(key);
+        let mut bins = std::mem::take(&mut self.bins);
+        let merge = cas_update(
+            host,
+            &window_name,
+            &mut self.enc,
+            |b| Window::decode(b).ok(),
+            |w, out| w.encode_into(out),
+            |w| {
+                // The state first, for the generation the window must have.
+                let sb = host.get_shared(&state_name).0;
+                let Some(st) = sb.and_then(|b| SlotState::decode(&b).ok()) else {
+                    return Update::Keep(Merge::Kept);
+                };
+                if st.key != key {
+                    return Update::Keep(Merge::Lost);
+                }
+                let gen = st.breaker.generation;
+                if newer(w.generation, gen) {
+                    // Our state read is older than the window: read both again.
+                    return Update::Again;
+                }
+                if newer(gen, w.generation)
+                    || w.bucket_ms != g.bucket_ms
+                    || w.threshold_us != g.threshold_us
+                    || w.buckets.len() != g.buckets as usize
+                {
+                    w.reset(g.buckets, gen);
+                    w.bucket_ms = g.bucket_ms;
+                    w.threshold_us = g.threshold_us;
+                }
+                w.clear_future(now_epoch);
+                let mut attributed = 0u64;
+                if let Some(l) = local {
+                    w.merge_recorder(&l.recorder, now_epoch, &mut bins);
+                    for h in &l.new_hosts {
+                        let total = resets
+                            .as_ref()
+                            .and_then(|r| r.get(h.as_str()).copied())
+                            .unwrap_or(0);
+                        w.learn_host(h, total);
+                    }
+                    if !l.recorder.is_empty() {
+                        w.last_used_ms = now_ms;
+                    }
+                }
+                if let Some(r) = &resets {
+                    for h in w.hosts.iter_mut() {
+                        let total = r.get(h.host.as_str()).copied().unwrap_or(0);
+                        if total > h.seen {
+                            attributed = attributed.saturating_add(total - h.seen);
+                        }
+                        // Totals never go backwards; if they seem to, keep the cursor where it
+                        // was so the next rise is not counted twice.
+                        h.seen = h.seen.max(total);
+                    }
+                }
+                if attributed > 0 {
+                    if let Some(mut kr) = Recorder::new(None) {
+                        let _ = kr.record_kernel_resets(now_epoch, attributed);
+                        w.merge_recorder(&kr, now_epoch, &mut bins);
+                    }
+                }
+                Update::Write(Merge::Merged {
+                    totals: w.totals(now_epoch),
+                    p95: w.p95_us(now_epoch, &mut bins),
+                    generation: w.generation,
+                    attributed,
+                    state: st.breaker.state,
+                })
+            },
+            |_, _| Merge::Kept,
+        );
+        self.bins = bins;
+        let (totals, p95, gen, attributed, seen_state) = match merge {
+            Merge::Merged {
+                totals,
+                p95,
+                generation,
+                attributed,
+                state,
+            } => (totals, p95, generation, attributed, state),
+            Merge::Kept => return,
+            Merge::Lost => {
                 if let Some(l) = self.keys.peek_mut(key) {
                     l.recorder.clear();
                     l.new_hosts.clear();
@@ -154,89 +258,8 @@ impl<H: Host> Engine<H> {
                 }
                 return;
             }
-            let (wb, cas) = self.host.get_shared(&window_name);
-            let (Some(wb), Some(cas)) = (wb, cas) else {
-                return;
-            };
-            let mut w = std::mem::take(&mut self.window);
-            if w.decode_into(&wb).is_err() {
-                // Not ours to overwrite (see `shared`); the samples wait for the next flush.
-                self.window = w;
-                return;
-            }
-            let gen = st.breaker.generation;
-            if newer(w.generation, gen) {
-                // Our state read is older than the window: read the state again.
-                self.window = w;
-                continue;
-            }
-            if newer(gen, w.generation)
-                || w.bucket_ms != g.bucket_ms
-                || w.threshold_us != g.threshold_us
-                || w.buckets.len() != g.buckets as usize
-            {
-                w.reset(g.buckets, gen);
-                w.bucket_ms = g.bucket_ms;
-                w.threshold_us = g.threshold_us;
-            }
-            w.clear_future(now_epoch);
-            let mut bins = std::mem::take(&mut self.bins);
-            let mut attributed = 0u64;
-            if let Some(l) = self.keys.get(key) {
-                w.merge_recorder(&l.recorder, now_epoch, &mut bins);
-                for h in &l.new_hosts {
-                    let total = resets.as_ref().map(|r| r.total_for(h)).unwrap_or(0);
-                    w.learn_host(h, total);
-                }
-                if !l.recorder.is_empty() {
-                    w.last_used_ms = now_ms;
-                }
-            }
-            if let Some(r) = &resets {
-                for h in w.hosts.iter_mut() {
-                    let total = r.total_for(&h.host);
-                    if total > h.seen {
-                        attributed = attributed.saturating_add(total - h.seen);
-                    }
-                    // Totals never go backwards; if they seem to, keep the cursor where it was
-                    // so the next rise is not counted twice.
-                    h.seen = h.seen.max(total);
-                }
-            }
-            if attributed > 0 {
-                if let Some(mut kr) = Recorder::new(None) {
-                    let _ = kr.record_kernel_resets(now_epoch, attributed);
-                    w.merge_recorder(&kr, now_epoch, &mut bins);
-                }
-            }
-            let mut enc = std::mem::take(&mut self.enc);
-            w.encode_into(&mut enc);
-            let r = self.host.set_shared(&window_name, &enc, Some(cas));
-            self.enc = enc;
-            match r {
-                Ok(()) => {
-                    let totals = w.totals(now_epoch);
-                    let p95 = w.p95_us(now_epoch, &mut bins);
-                    merged = Some((totals, p95, w.generation, attributed, st.breaker.state));
-                    self.bins = bins;
-                    self.window = w;
-                    break;
-                }
-                Err(SetError::CasMismatch) => {
-                    self.bins = bins;
-                    self.window = w;
-                }
-                Err(SetError::Failed) => {
-                    self.bins = bins;
-                    self.window = w;
-                    return;
-                }
-            }
-        }
-        // Contention: the recorder keeps its samples for the next flush.
-        let Some((totals, p95, gen, attributed, seen_state)) = merged else {
-            return;
         };
+
         let p = &self.profiles[pi];
         let budget_ok =
             budget_allows_retry(&p.budget, p.breaker.window, totals.requests, totals.retries);

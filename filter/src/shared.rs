@@ -89,6 +89,9 @@ pub enum Update<R> {
     Write(R),
     /// Nothing to write: return `R`.
     Keep(R),
+    /// What was read is stale in a way only a fresh read can fix (another entry it depends on
+    /// moved on): read again, as after a CAS mismatch.
+    Again,
 }
 
 /// Why an update did not complete; the caller's exhaustion policy decides what that means.
@@ -150,6 +153,7 @@ pub fn cas_update_from<H: Host, T, R>(
         };
         match f(&mut value) {
             Update::Keep(r) => return r,
+            Update::Again => continue,
             Update::Write(r) => {
                 encode(&value, enc);
                 match host.set_shared(name, enc, Some(cas)) {

@@ -1253,3 +1253,60 @@ fn a_slot_taken_over_does_not_inherit_the_previous_keys_hosts() {
     let hosts: Vec<&str> = w.hosts.iter().map(|h| h.host.as_str()).collect();
     assert_eq!(hosts, vec!["10.9.9.9:80"]);
 }
+
+#[test]
+fn a_flood_of_new_keys_costs_a_bounded_number_of_slot_searches() {
+    // Review §3: every request for an unknown key ran a slot search (8+ shared reads), so an
+    // authority flood multiplied lock traffic under Envoy's one shared-data mutex.
+    let host = FakeHost::default();
+    let mut e = engine(&host, r#"{"key_by":"authority","max_keys":100000}"#, 1);
+    e.on_tick(0);
+    host.reset_calls();
+    for i in 0..1000u64 {
+        exchange(
+            &mut e,
+            1 + i / 100,
+            &auth(&format!("flood{i}.example")),
+            &ok(),
+        );
+    }
+    let reads = host.calls("get_shared");
+    // 64 searched keys (label marker, counter, 8 probes, claim, decide) and 936 others (label
+    // marker and counter only, no slot, no state read).
+    assert!(
+        reads <= 64 * 13 + 936 * 3,
+        "{reads} shared reads for 1000 new keys"
+    );
+    e.on_tick(20);
+    let seen = exchange(&mut e, 21, &auth("flood999.example"), &ok());
+    assert!(seen.admitted);
+    assert!(
+        slot_of(&host, "flood999.example").is_some(),
+        "searched again after the tick"
+    );
+}
+
+#[test]
+fn a_host_learned_before_the_first_tick_takes_the_published_totals_as_baseline() {
+    use policy_core::encoding::ResetTotals;
+    let host = FakeHost::default();
+    let cfg =
+        r#"{"reset_signals":{"max_resets_per_second":1},"breaker":{"window":"10s","buckets":10}}"#;
+    let mut e = engine(&host, cfg, 1);
+    let totals = ResetTotals {
+        sequence: 7,
+        peers: vec![("10.0.0.5:8080".into(), 5_000)],
+    };
+    host.set_shared(&e.names().resets(), &totals.encode(), None)
+        .unwrap();
+    // Two completions 100 ms apart: the second flushes from the request path, before any tick.
+    exchange(&mut e, 0, &get("c"), &ok());
+    exchange(&mut e, 150, &get("c"), &ok());
+    e.on_tick(300);
+    assert!(
+        exchange(&mut e, 301, &get("c"), &ok()).admitted,
+        "history is not news"
+    );
+    e.on_tick(400);
+    assert_eq!(metric(&host, "c", "meshbreaker_kernel_resets_total"), 0);
+}

@@ -28,13 +28,22 @@ fn slow_upstream_trips_on_p95_latency() {
         for _ in 0..5 {
             let c = c.clone();
             tasks.push(tokio::spawn(async move {
-                c.get("/slow", &[("x-route", "slow")]).await
+                let t0 = std::time::Instant::now();
+                let r = c.get("/slow", &[("x-route", "slow")]).await;
+                (r, t0.elapsed())
             }));
         }
+        // What the client measured bounds what the filter measured (request headers to end of
+        // response, inside the client's round trip).
+        let mut client_ms = Vec::new();
         for t in tasks {
-            let r = t.await.unwrap();
+            let (r, took) = t.await.unwrap();
             assert_eq!(r.status, 200);
+            client_ms.push(took.as_secs_f64() * 1000.0);
         }
+        client_ms.sort_by(f64::total_cmp);
+        // Nearest rank of 5 samples at 95%: the 5th.
+        let client_p95 = client_ms[client_ms.len() - 1];
         eventually(
             Duration::from_secs(10),
             "state gauge = 1 (open)",
@@ -45,12 +54,16 @@ fn slow_upstream_trips_on_p95_latency() {
         let r = s.send("slow", "GET", &[]).await;
         assert_spec_rejection(&r, "slow", "latency_p95");
         assert_eq!(up.count(), reached);
-        // The gauge shows the window's P95 within SPEC's 2% of the slowest samples, which take
-        // 400 ms upstream plus Envoy's few milliseconds: 392 ms to 400 ms + 2% + 12 ms.
+        // SPEC: the gauge is within 2% of the window's P95. Every sample took at least the
+        // upstream's 400 ms and at most what the client saw (a loaded machine adds to both).
         let p95 = s
             .metric_present("meshbreaker_latency_p95_ms", "slow", &[])
             .await;
-        assert!((392.0..=420.0).contains(&p95), "p95 gauge {p95}");
+        let (lo, hi) = (400.0 * 0.98, (client_p95 * 1.02).ceil() + 1.0);
+        assert!(
+            (lo..=hi).contains(&p95),
+            "p95 gauge {p95} ms, expected {lo}..={hi} (client saw {client_ms:?})"
+        );
         assert_eq!(
             s.metric_present("meshbreaker_error_rate_ppm", "slow", &[])
                 .await,
