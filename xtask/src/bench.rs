@@ -124,9 +124,6 @@ impl Opts {
                         .ok_or("--seconds needs a positive number")?
                 }
                 "--no-criterion" => o.criterion = false,
-                "--protection" => {
-                    return Err("--protection (docs/PROTECTION.md) is not built yet".into())
-                }
                 other => {
                     return Err(format!(
                         "unknown option {other}; usage: cargo xtask bench [--quick] [--rounds N] \
