@@ -1,0 +1,46 @@
+//! The sidecar's `GET /v1/resets` body parser, `policy_core::resets::parse_snapshot`, and the
+//! delta tracker fed with what it accepts.
+//!
+//! The body comes over the network from a process the filter does not control (a restarted, older
+//! or impostor sidecar). Beyond "never panics": an accepted snapshot names every peer once, in the
+//! form `PeerKey::parse` reads back; the first snapshot is a baseline (no deltas); the same snapshot
+//! seen twice yields no events, and neither does a restart (new `started_at_ms`).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use policy_core::resets::{parse_snapshot, PeerKey, ResetTracker};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(snap) = parse_snapshot(data) else {
+        return;
+    };
+    for (i, p) in snap.peers.iter().enumerate() {
+        let text = p.peer.to_string();
+        assert_eq!(
+            PeerKey::parse(&text),
+            Some(p.peer),
+            "{text} does not read back"
+        );
+        assert!(
+            snap.peers.iter().skip(i + 1).all(|q| q.peer != p.peer),
+            "peer {text} listed twice"
+        );
+    }
+    let mut tracker = ResetTracker::new(64);
+    assert!(
+        tracker.observe(&snap).is_empty(),
+        "the first snapshot is a baseline"
+    );
+    assert!(
+        tracker.observe(&snap).is_empty(),
+        "an unchanged snapshot has no events"
+    );
+    assert!(tracker.peer_count() <= 64);
+    let mut restarted = snap.clone();
+    restarted.started_at_ms = restarted.started_at_ms.wrapping_add(1);
+    assert!(
+        tracker.observe(&restarted).is_empty(),
+        "a restart is a new baseline"
+    );
+});
