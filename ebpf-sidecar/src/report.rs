@@ -1,9 +1,11 @@
-//! Renders a snapshot of the kernel counters as the SPEC's JSON (`/v1/resets`)
+//! Renders a snapshot of the kernel counters as the SPEC's JSON (`/v1/resets`, with serde)
 //! and as Prometheus text (`/metrics`). Pure functions over plain data, so the
 //! output format is tested without a kernel.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
 
 /// One peer's counters with `last_ms` already converted to wall-clock time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,27 +31,52 @@ pub struct Snapshot {
     pub peers: Vec<PeerRow>,
 }
 
-/// `{"started_at_ms":…, "now_ms":…, "peers":[{"addr":…,"port":…,"resets":…,"refused":…,"timeouts":…,"last_ms":…}]}`.
-/// Addresses and numbers need no escaping, so this is written by hand.
+/// `peer` of SPEC: the address and port exactly as Envoy's `upstream.address` writes them
+/// (`10.0.0.5:8080`, `[::1]:8080`), IPv4-mapped IPv6 as IPv4. `std::net`'s `SocketAddr` Display is
+/// that form (RFC 5952 for IPv6, no scope or flow info for a fresh `SocketAddrV6`).
+pub fn peer(addr: IpAddr, port: u16) -> String {
+    SocketAddr::new(addr.to_canonical(), port).to_string()
+}
+
+#[derive(Serialize)]
+struct ResetsBody {
+    started_at_ms: u64,
+    now_ms: u64,
+    peers: Vec<PeerBody>,
+}
+
+#[derive(Serialize)]
+struct PeerBody {
+    addr: IpAddr,
+    port: u16,
+    peer: String,
+    resets: u64,
+    refused: u64,
+    timeouts: u64,
+    last_ms: u64,
+}
+
+/// `{"started_at_ms":…, "now_ms":…, "peers":[{"addr":…,"port":…,"peer":…,"resets":…,"refused":…,"timeouts":…,"last_ms":…}]}`.
 pub fn json(s: &Snapshot) -> String {
-    let mut out = String::with_capacity(64 + s.peers.len() * 96);
-    let _ = write!(
-        out,
-        "{{\"started_at_ms\":{},\"now_ms\":{},\"peers\":[",
-        s.started_at_ms, s.now_ms
-    );
-    for (i, p) in s.peers.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(
-            out,
-            "{{\"addr\":\"{}\",\"port\":{},\"resets\":{},\"refused\":{},\"timeouts\":{},\"last_ms\":{}}}",
-            p.addr, p.port, p.resets, p.refused, p.timeouts, p.last_ms
-        );
-    }
-    out.push_str("]}");
-    out
+    let body = ResetsBody {
+        started_at_ms: s.started_at_ms,
+        now_ms: s.now_ms,
+        peers: s
+            .peers
+            .iter()
+            .map(|p| PeerBody {
+                addr: p.addr.to_canonical(),
+                port: p.port,
+                peer: peer(p.addr, p.port),
+                resets: p.resets,
+                refused: p.refused,
+                timeouts: p.timeouts,
+                last_ms: p.last_ms,
+            })
+            .collect(),
+    };
+    // Plain integers, addresses and strings: serializing cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// Prometheus text exposition format 0.0.4.
@@ -160,13 +187,33 @@ mod tests {
         assert_eq!(
             json(&sample()),
             "{\"started_at_ms\":1700000000123,\"now_ms\":1700000005000,\"peers\":[\
-             {\"addr\":\"10.0.0.5\",\"port\":8080,\"resets\":1,\"refused\":2,\"timeouts\":3,\"last_ms\":1700000004000},\
-             {\"addr\":\"fd00::1\",\"port\":443,\"resets\":0,\"refused\":0,\"timeouts\":0,\"last_ms\":1700000001000}]}"
+             {\"addr\":\"10.0.0.5\",\"port\":8080,\"peer\":\"10.0.0.5:8080\",\"resets\":1,\"refused\":2,\"timeouts\":3,\"last_ms\":1700000004000},\
+             {\"addr\":\"fd00::1\",\"port\":443,\"peer\":\"[fd00::1]:443\",\"resets\":0,\"refused\":0,\"timeouts\":0,\"last_ms\":1700000001000}]}"
         );
         assert_eq!(
             json(&Snapshot::default()),
             "{\"started_at_ms\":0,\"now_ms\":0,\"peers\":[]}"
         );
+    }
+
+    #[test]
+    fn peer_is_envoy_upstream_address_form() {
+        let p = |a: &str, port| peer(a.parse().unwrap(), port);
+        assert_eq!(p("10.0.0.5", 8080), "10.0.0.5:8080");
+        assert_eq!(p("::1", 8080), "[::1]:8080");
+        assert_eq!(p("2001:0DB8:0:0::1", 443), "[2001:db8::1]:443");
+        assert_eq!(p("::ffff:10.0.0.5", 80), "10.0.0.5:80");
+        assert_eq!(p("fe80::1", 1), "[fe80::1]:1");
+    }
+
+    #[test]
+    fn json_prints_ipv4_mapped_peers_as_ipv4() {
+        let mut s = sample();
+        s.peers.truncate(1);
+        s.peers[0].addr = "::ffff:10.0.0.5".parse().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json(&s)).unwrap();
+        assert_eq!(v["peers"][0]["addr"], "10.0.0.5");
+        assert_eq!(v["peers"][0]["peer"], "10.0.0.5:8080");
     }
 
     #[test]

@@ -93,6 +93,33 @@ fn refused_connects_on_loopback_count_once_each_and_nothing_else() {
 }
 
 #[test]
+fn ipv4_mapped_peers_are_reported_as_ipv4() {
+    if skip_bpf_tests("ipv4_mapped_peers_are_reported_as_ipv4") {
+        return;
+    }
+    let sidecar = Sidecar::start(&[]);
+    let (port, _reserved) = closed_port();
+    // A dual-stack (AF_INET6) socket connecting to ::ffff:127.0.0.1 talks IPv4 on the wire; Envoy
+    // would print that upstream as 127.0.0.1:port, and so must the sidecar.
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+    refuse_n(mapped, port, 4);
+    let want = Counts {
+        refused: 4,
+        ..zero()
+    };
+    assert_eq!(sidecar.wait_counts(LOCALHOST, port, want), want);
+    let doc = sidecar.resets();
+    let listed: Vec<&str> = doc["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["port"] == port)
+        .map(|p| p["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [format!("127.0.0.1:{port}")], "{doc}");
+}
+
+#[test]
 fn server_abort_with_linger_zero_counts_resets_at_the_client_not_refused() {
     if skip_bpf_tests("server_abort_with_linger_zero_counts_resets_at_the_client_not_refused") {
         return;
@@ -299,10 +326,11 @@ fn http_api_serves_spec_json_prometheus_healthz_and_404() {
         keys.sort();
         assert_eq!(
             keys,
-            ["addr", "last_ms", "port", "refused", "resets", "timeouts"],
+            ["addr", "last_ms", "peer", "port", "refused", "resets", "timeouts"],
             "{p}"
         );
         p["addr"].as_str().unwrap().parse::<IpAddr>().unwrap();
+        assert_eq!(p["peer"], envoy_address(&p["addr"], &p["port"]), "{p}");
         assert!(p["port"].as_u64().unwrap() > 0 && p["port"].as_u64().unwrap() <= 65535);
         for k in ["resets", "refused", "timeouts"] {
             p[k].as_u64().unwrap();

@@ -71,9 +71,15 @@ impl Context for Root {
     ) {
         let now = millis(self.get_current_time());
         let status = self.get_http_call_response_header(":status");
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+        let content_length = self.get_http_call_response_header_bytes("content-length");
+        let Some(len) = self
+            .poller
+            .as_mut()
+            .and_then(|p| p.body_len(token, content_length.as_deref(), body_size, now))
+        else {
+            return;
+        };
+        let body = self.get_http_call_response_body(0, len).unwrap_or_default();
         if let (Some(p), Some(e)) = (self.poller.as_mut(), self.engine.borrow_mut().as_mut()) {
             p.on_response(&e.host, e.names(), token, status.as_deref(), &body, now);
         }

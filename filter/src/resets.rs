@@ -4,8 +4,15 @@
 //! poll), so when its worker stops ticking another VM takes over after the lease runs out. It turns
 //! the sidecar's cumulative counters into deltas with `policy_core::resets::ResetTracker` (a new
 //! `started_at_ms` is a restart: zero deltas, no jump) and publishes per-peer totals that never go
-//! backwards (`…/resets`, [`ResetTotals`]); each key takes its own share of them when it flushes.
+//! backwards (`…/resets`, [`ResetTotals`], keyed by the sidecar's `peer` string, which is Envoy's
+//! `upstream.address` form); each key takes its own share of them when it flushes.
 //! A sidecar that is down, slow or answers garbage is logged once per episode; nothing else stops.
+//!
+//! Bounds, because the sidecar's answer and the configuration are input: a body over
+//! [`MAX_BODY_BYTES`] (by `content-length` or by size) is refused before it is read into the VM;
+//! the lease arithmetic saturates and uses a poll interval clamped to SPEC's 100ms–60s; totals
+//! are published only while this VM still holds the lease, by compare-and-swap, merged per peer
+//! with whatever is published (the larger total wins), so they never go backwards.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +26,14 @@ use crate::host::Host;
 
 /// The most peers the published totals carry.
 const MAX_PUBLISHED_PEERS: usize = 4096;
+
+/// The largest sidecar answer read into the VM. 4096 peers (the poller's bound) at about 150
+/// bytes each is 600 KB; more than this is not our sidecar, and a JSON parse of it would cost
+/// the VM several times its size.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Publish attempts before giving up until the next poll (another VM keeps writing).
+const MAX_CAS_ATTEMPTS: usize = 8;
 
 pub struct PollRequest {
     pub cluster: String,
@@ -54,26 +69,38 @@ impl Poller {
         }
     }
 
+    /// The poll interval in milliseconds, clamped to SPEC's 100ms–60s (config enforces it; the
+    /// clamp keeps the lease arithmetic bounded whatever built the `ResetSignals`).
     fn poll_ms(&self) -> u64 {
-        self.cfg.poll_interval.as_millis() as u64
+        u64::try_from(self.cfg.poll_interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(100, 60_000)
     }
 
-    /// Takes or renews the lease; true when this VM is the poller.
-    fn lease<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> bool {
-        let name = names.poller_lease();
-        let (v, cas) = host.get_shared(&name);
+    /// The holder and expiry of the lease entry, if it is well-formed.
+    fn read_lease<H: Host>(host: &H, names: &Names) -> (Option<(u64, u64)>, Option<u32>) {
+        let (v, cas) = host.get_shared(&names.poller_lease());
         let current = v
             .as_deref()
             .and_then(|b| std::str::from_utf8(b).ok())
             .and_then(|s| s.split_once(':'))
             .and_then(|(t, u)| Some((t.parse::<u64>().ok()?, u.parse::<u64>().ok()?)));
+        (current, cas)
+    }
+
+    /// Takes or renews the lease; true when this VM is the poller.
+    fn lease<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> bool {
+        let name = names.poller_lease();
+        let (current, cas) = Self::read_lease(host, names);
         let mine = current.is_some_and(|(t, _)| t == self.token);
         let free = current.is_none_or(|(_, until)| until < now_ms);
         if !mine && !free {
             self.holds_lease = false;
             return false;
         }
-        let until = now_ms + 3 * self.poll_ms() + 1_000;
+        let until = now_ms
+            .saturating_add(3 * self.poll_ms())
+            .saturating_add(1_000);
         let value = format!("{}:{until}", self.token);
         if host
             .set_shared(&name, value.as_bytes(), Some(cas.unwrap_or(0)))
@@ -103,7 +130,7 @@ impl Poller {
     pub fn due<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> Option<PollRequest> {
         if let Some((_, sent)) = self.in_flight {
             let timeout = self.poll_ms().max(1_000);
-            if now_ms.saturating_sub(sent) < timeout + 1_000 {
+            if now_ms.saturating_sub(sent) < timeout.saturating_add(1_000) {
                 return None;
             }
             self.in_flight = None;
@@ -112,7 +139,7 @@ impl Poller {
         if now_ms < self.next_poll_ms {
             return None;
         }
-        self.next_poll_ms = now_ms + self.poll_ms();
+        self.next_poll_ms = now_ms.saturating_add(self.poll_ms());
         if !self.lease(host, names, now_ms) {
             return None;
         }
@@ -139,6 +166,36 @@ impl Poller {
             log::warn!("meshbreaker: reset sidecar unavailable ({why}); breaking on HTTP signals only until it is back");
             self.down = true;
         }
+    }
+
+    /// How many body bytes to read for the answer `token`, or `None` (logged as a failure) when
+    /// the answer is larger than [`MAX_BODY_BYTES`] by its `content-length` or its size.
+    pub fn body_len(
+        &mut self,
+        token: u32,
+        content_length: Option<&[u8]>,
+        body_size: usize,
+        now_ms: u64,
+    ) -> Option<usize> {
+        if self.in_flight.is_some_and(|(t, _)| t != token) {
+            return None;
+        }
+        let declared = content_length
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let too_big = |n: u64| n > MAX_BODY_BYTES as u64;
+        if declared.is_some_and(too_big) || too_big(body_size as u64) {
+            self.in_flight = None;
+            self.failed(
+                &format!(
+                    "answer of {} bytes, over the {MAX_BODY_BYTES}-byte limit",
+                    declared.unwrap_or(body_size as u64).max(body_size as u64)
+                ),
+                now_ms,
+            );
+            return None;
+        }
+        Some(body_size)
     }
 
     pub fn on_response<H: Host>(
@@ -187,12 +244,44 @@ impl Poller {
             changed = true;
         }
         if changed {
-            self.sequence += 1;
+            self.publish(host, names, now_ms);
+        }
+    }
+
+    /// Writes the totals while this VM holds the lease: compare-and-swap against the entry just
+    /// read, merged with it per peer (the larger total wins), so that a VM that lost the lease
+    /// mid-poll never overwrites a newer holder's totals with older ones.
+    fn publish<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (lease, _) = Self::read_lease(host, names);
+            if !lease.is_some_and(|(t, until)| t == self.token && until >= now_ms) {
+                self.holds_lease = false;
+                return;
+            }
+            let (current, cas) = host.get_shared(&names.resets());
+            if let Some(theirs) = current.and_then(|b| ResetTotals::decode(&b).ok()) {
+                self.sequence = self.sequence.max(theirs.sequence);
+                for (peer, n) in theirs.peers {
+                    let room = self.totals.len() < MAX_PUBLISHED_PEERS;
+                    match self.totals.get_mut(&peer) {
+                        Some(mine) => *mine = (*mine).max(n),
+                        None if room => {
+                            self.totals.insert(peer, n);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            self.sequence = self.sequence.saturating_add(1);
             let published = ResetTotals {
                 sequence: self.sequence,
                 peers: self.totals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             };
-            let _ = host.set_shared(&names.resets(), &published.encode(), None);
+            // An absent entry has no token (Envoy then writes without a check); 0 asks for none.
+            match host.set_shared(&names.resets(), &published.encode(), Some(cas.unwrap_or(0))) {
+                Err(crate::host::SetError::CasMismatch) => continue,
+                _ => return,
+            }
         }
     }
 }
@@ -213,7 +302,7 @@ mod tests {
 
     fn body(started: u64, resets: u64) -> Vec<u8> {
         format!(
-            r#"{{"started_at_ms":{started},"now_ms":{},"peers":[{{"addr":"127.0.0.1","port":80,"resets":{resets},"refused":0,"timeouts":0,"last_ms":{}}}]}}"#,
+            r#"{{"started_at_ms":{started},"now_ms":{},"peers":[{{"addr":"127.0.0.1","port":80,"peer":"127.0.0.1:80","resets":{resets},"refused":0,"timeouts":0,"last_ms":{}}}]}}"#,
             started + 10,
             started + 10
         )
@@ -280,5 +369,102 @@ mod tests {
         p.dispatched(3, 0);
         p.on_response(&host, &names, 3, Some("200"), &body(1, 1), 2000);
         assert!(!p.down);
+    }
+
+    #[test]
+    fn body_len_refuses_answers_over_the_limit() {
+        let mut p = Poller::new(cfg(), 2);
+        p.dispatched(1, 0);
+        assert_eq!(p.body_len(1, Some(b"120"), 120, 0), Some(120));
+        p.dispatched(2, 0);
+        assert_eq!(
+            p.body_len(2, Some(b"99999999999"), 10, 0),
+            None,
+            "content-length"
+        );
+        assert!(p.down);
+        assert!(p.in_flight.is_none());
+        let mut p = Poller::new(cfg(), 2);
+        p.dispatched(3, 0);
+        assert_eq!(
+            p.body_len(3, None, MAX_BODY_BYTES + 1, 0),
+            None,
+            "body size"
+        );
+        let mut p = Poller::new(cfg(), 2);
+        p.dispatched(4, 0);
+        assert_eq!(
+            p.body_len(4, Some(b"\xff"), 10, 0),
+            Some(10),
+            "unreadable header: size decides"
+        );
+        assert_eq!(
+            p.body_len(9, None, 10, 0),
+            None,
+            "an answer to another call"
+        );
+    }
+
+    #[test]
+    fn publish_stops_when_the_lease_was_lost() {
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let mut a = Poller::new(cfg(), 2);
+        a.due(&host, &names, 0);
+        a.dispatched(1, 0);
+        a.on_response(&host, &names, 1, Some("200"), &body(100, 50), 0);
+        // a's lease runs out while its answer is in flight; b takes over and publishes.
+        let mut b = Poller::new(cfg(), 4);
+        assert!(b.due(&host, &names, 10_000).is_some());
+        b.dispatched(7, 10_000);
+        b.on_response(&host, &names, 7, Some("200"), &body(100, 60), 10_000);
+        b.due(&host, &names, 11_000);
+        b.dispatched(8, 11_000);
+        b.on_response(&host, &names, 8, Some("200"), &body(100, 70), 11_000);
+        assert_eq!(published(&host, &names), 10);
+        a.dispatched(2, 10_000);
+        a.on_response(&host, &names, 2, Some("200"), &body(100, 90), 11_000);
+        assert_eq!(published(&host, &names), 10, "a no longer holds the lease");
+        assert!(!a.holds_lease);
+    }
+
+    #[test]
+    fn published_totals_never_go_backwards() {
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let mut p = Poller::new(cfg(), 2);
+        p.due(&host, &names, 0);
+        p.dispatched(1, 0);
+        p.on_response(&host, &names, 1, Some("200"), &body(100, 50), 0);
+        // Someone published a larger total for the peer meanwhile (a previous holder).
+        let larger = ResetTotals {
+            sequence: 40,
+            peers: vec![("127.0.0.1:80".into(), 500)],
+        };
+        let _ = host.set_shared(&names.resets(), &larger.encode(), None);
+        p.due(&host, &names, 1000);
+        p.dispatched(2, 1000);
+        p.on_response(&host, &names, 2, Some("200"), &body(100, 51), 1000);
+        let t = host
+            .get_shared(&names.resets())
+            .0
+            .and_then(|b| ResetTotals::decode(&b).ok())
+            .unwrap();
+        assert_eq!(t.total_for("127.0.0.1:80"), 500);
+        assert!(t.sequence > 40);
+    }
+
+    #[test]
+    fn lease_arithmetic_saturates() {
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let huge = ResetSignals {
+            poll_interval: Duration::MAX,
+            ..cfg()
+        };
+        let mut p = Poller::new(huge, 2);
+        assert_eq!(p.poll_ms(), 60_000, "clamped to SPEC's bound");
+        assert!(p.due(&host, &names, u64::MAX - 5).is_some());
+        assert_eq!(p.next_poll_ms, u64::MAX);
     }
 }

@@ -388,12 +388,20 @@ impl Window {
 }
 
 impl ResetTotals {
+    /// Encodes what [`ResetTotals::decode`] accepts: peers longer than 64 bytes (never a socket
+    /// address, see [`crate::resets::MAX_PEER_BYTES`]) are left out, and at most 16384 peers kept.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         header(&mut out, KIND_RESETS);
         put_varint(&mut out, self.sequence);
-        put_varint(&mut out, self.peers.len() as u64);
-        for (p, n) in &self.peers {
+        let kept = || {
+            self.peers
+                .iter()
+                .filter(|(p, _)| p.len() <= MAX_HOST_BYTES)
+                .take(MAX_RESET_PEERS)
+        };
+        put_varint(&mut out, kept().count() as u64);
+        for (p, n) in kept() {
             put_bytes(&mut out, p.as_bytes());
             put_varint(&mut out, *n);
         }
@@ -497,6 +505,27 @@ mod tests {
         assert_eq!(d, t);
         assert_eq!(d.total_for("[::1]:443"), 2);
         assert_eq!(d.total_for("nope:1"), 0);
+    }
+
+    #[test]
+    fn reset_totals_encode_only_what_decode_accepts() {
+        let long = "1".repeat(65);
+        let t = ResetTotals {
+            sequence: 1,
+            peers: vec![(long, 3), ("[::1]:443".into(), 2)],
+        };
+        let d = ResetTotals::decode(&t.encode()).unwrap();
+        assert_eq!(d.peers, vec![("[::1]:443".to_string(), 2)]);
+        let many = ResetTotals {
+            sequence: 2,
+            peers: (0..MAX_RESET_PEERS + 10)
+                .map(|i| (format!("10.0.{}.{}:80", i / 256, i % 256), 1))
+                .collect(),
+        };
+        assert_eq!(
+            ResetTotals::decode(&many.encode()).unwrap().peers.len(),
+            MAX_RESET_PEERS
+        );
     }
 
     #[test]

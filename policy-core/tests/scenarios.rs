@@ -503,7 +503,7 @@ fn slot_encoding_round_trips_and_rejects_garbage() {
 
 fn snapshot(started: u64, now: u64, resets: u64, refused: u64) -> Vec<u8> {
     format!(
-        r#"{{"started_at_ms":{started},"now_ms":{now},"peers":[{{"addr":"10.0.0.5","port":8080,"resets":{resets},"refused":{refused},"timeouts":0,"last_ms":{now}}}]}}"#
+        r#"{{"started_at_ms":{started},"now_ms":{now},"peers":[{{"addr":"10.0.0.5","port":8080,"peer":"10.0.0.5:8080","resets":{resets},"refused":{refused},"timeouts":0,"last_ms":{now}}}]}}"#
     )
     .into_bytes()
 }

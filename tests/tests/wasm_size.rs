@@ -1,10 +1,10 @@
-//! The filter's size budget (issue: ≤ 200 KiB): Envoy loads one copy per worker VM, and Istio pulls
-//! it to every sidecar, so it is held as a test, not only as a build warning.
+//! The filter's size budget (issue 8: ≤ 400 KiB): Envoy loads one copy per worker VM, and Istio
+//! pulls it to every sidecar, so it is held as a test, not only as a build warning.
 
-const MAX_WASM_BYTES: u64 = 200 * 1024;
+const MAX_WASM_BYTES: u64 = 400 * 1024;
 
 #[test]
-fn built_filter_is_at_most_200_kib() {
+fn built_filter_is_at_most_400_kib() {
     let path = meshbreaker_tests::wasm_path();
     let size = std::fs::metadata(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask build`)", path.display()))

@@ -158,19 +158,25 @@ impl Sidecar {
         serde_json::from_str(&body).unwrap()
     }
 
-    /// Counters of one peer; zeros when the sidecar does not list it.
+    /// Counters of one peer; zeros when the sidecar does not list it. The peer is looked up by
+    /// its `peer` field, in Envoy's `upstream.address` form written out here by hand
+    /// (`127.0.0.1:80`, `[::1]:80`), and its `addr`/`port` must agree with it.
     pub fn counts(&self, addr: IpAddr, port: u16) -> Counts {
         let doc = self.resets();
         let peers = doc["peers"].as_array().unwrap();
-        let addr = addr.to_string();
+        let want = match addr {
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        };
         let found: Vec<_> = peers
             .iter()
-            .filter(|p| p["addr"] == addr.as_str() && p["port"] == port)
+            .filter(|p| p["peer"] == want.as_str())
             .collect();
-        assert!(
-            found.len() <= 1,
-            "peer {addr}:{port} listed twice: {found:?}"
-        );
+        assert!(found.len() <= 1, "peer {want} listed twice: {found:?}");
+        for p in &found {
+            assert_eq!(p["addr"], addr.to_string(), "{p}");
+            assert_eq!(p["port"], port, "{p}");
+        }
         found
             .first()
             .map(|p| Counts {
@@ -421,5 +427,17 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// Envoy's `upstream.address` form of a listed peer's `addr` and `port`, by hand: `a.b.c.d:port`,
+/// `[v6]:port`.
+pub fn envoy_address(addr: &serde_json::Value, port: &serde_json::Value) -> String {
+    let addr = addr.as_str().unwrap();
+    let port = port.as_u64().unwrap();
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
     }
 }
