@@ -463,7 +463,7 @@ fn describe(target: &str) -> &'static str {
         "config" => "plugin configuration JSON → `Config::parse`; accepted configs checked against SPEC's ranges, errors one line",
         "shared_state" => "shared-data entries → slot state, window, reset totals decoders; re-encoding round trip, scratch reuse, window arithmetic",
         "sidecar_snapshot" => "`GET /v1/resets` bodies → `parse_snapshot` and `ResetTracker`",
-        "peer_address" => "`upstream.address` strings → `PeerKey::parse`, differential against std",
+        "peer_address" => "socket addresses and strings → `is_peer_address`: every address std prints passes, nothing else does",
         "request_path" => "the filter through the fake host: arbitrary header bytes, statuses, properties, shared data",
         _ => "",
     }
