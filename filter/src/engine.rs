@@ -1,106 +1,74 @@
-//! The per-VM engine: keys, shared slots, decisions, recording, flushing, metrics.
+//! The per-VM engine's entry points: configure, decide a request, record its outcome, tick.
 //!
 //! Each Envoy worker runs its own VM and so its own `Engine`. What must be one per process lives in
-//! proxy-wasm shared data ([`Host`]), in a fixed set of `max_keys` slots (entries can never be
-//! deleted), each slot two entries:
+//! proxy-wasm shared data ([`crate::shared`]), in a fixed table of `max_keys` slots (entries can
+//! never be deleted), each slot two entries: the key's name and breaker state (`s/<i>`, read once
+//! per request; written only on transitions and probe admission, with compare-and-swap), and its
+//! merged window (`w/<geometry>/<i>`, written by the workers' flushes). The other jobs live in
+//! their own files: slots ([`crate::slots`]), flushing and trips ([`crate::flush`]), labels and
+//! batched counters ([`crate::metrics`]), the request glue ([`crate::request`]).
 //!
-//! - `…/s/<i>`: the key's name and [`BreakerState`], read once per request. In CLOSED nothing is
-//!   written on the request path; transitions and HALF_OPEN probe admission are compare-and-swap.
-//! - `…/w/<i>`: the merged [`Window`]. Each worker records into its own [`Recorder`] per key (O(1),
-//!   no shared traffic) and merges it into this entry at least every [`FLUSH_MS`], with CAS. The
-//!   worker whose merge makes the window trip writes the transition.
-//!
-//! A key finds its slot by hashing into the table and probing up to [`PROBE_SLOTS`] slots; when
-//! all of them are taken, the least recently used idle one among them is taken over. Label
-//! creation for metrics is bounded process-wide by a shared counter: at most `max_keys` distinct
-//! `key` labels ever exist, later keys report as `_other`.
+//! Failure policy: the breaker must not become the outage, but it must not silently stop guarding
+//! a recovering upstream either. So a request fails open only when the last state it could read
+//! was CLOSED (or there is no state it may use); when the state could not be updated from OPEN or
+//! HALF_OPEN (contention, a host refusal) the request is rejected with `retry-after: 1`.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::time::Duration;
 
-use policy_core::breaker::{BreakerState, Decision, Jitter, SplitMix64, State, Transition};
-use policy_core::config::{BreakerConfig, Config, Mode};
-use policy_core::encoding::{ResetTotals, SlotState};
-use policy_core::keys::{self, KeyRegistry, OTHER_LABEL};
-use policy_core::retry::{budget_allows_retry, CompiledRetry, RequestView, RetryDecision};
-use policy_core::window::{
-    bucket_ms, kernel_resets_exceed, threshold_us, Outcome, Recorder, TripReason, Window,
-};
+use policy_core::breaker::{Decision, Rejection, SplitMix64, State, Transition};
+use policy_core::config::{BreakerConfig, BudgetConfig, Config, KeyBy, Mode, OverrideMatch};
+use policy_core::encoding::SlotState;
+use policy_core::keys::{self, KeyRegistry};
+use policy_core::retry::{CompiledRetry, RequestView, RetryDecision};
+use policy_core::window::{bucket_ms, threshold_us, Outcome, Recorder, TripReason, Window};
 
-use crate::host::{Host, MetricKind, SetError};
+use crate::host::Host;
+use crate::metrics::{Counter, Gauge, LabelId, Metrics};
+pub use crate::shared::Names;
+use crate::shared::{self, cas_update, Exhausted, Geometry, Meta, Update};
 
 /// A worker merges its samples into the shared window at least this often.
 pub const FLUSH_MS: u64 = 100;
-/// Slots probed per key before taking over the least recently used idle one.
-pub const PROBE_SLOTS: u32 = 8;
-/// A key counts as idle (its slot may be taken over) after this long without a completed request.
-pub const IDLE_MS: u64 = 1_000;
-/// Compare-and-swap attempts before giving up on one update (contention across workers).
-const CAS_ATTEMPTS: usize = 16;
+/// A busy worker refreshes its keys' `last_active_ms` at most this often (one state write per
+/// key and second, off the request path).
+pub const ACTIVE_WRITE_MS: u64 = 1_000;
+/// A CLOSED key must have been idle at least this long (and longer than its window) before its
+/// slot may be taken over; several [`ACTIVE_WRITE_MS`] so a busy key never looks idle.
+pub const MIN_TAKEOVER_IDLE_MS: u64 = 5_000;
+/// A key without a slot tries to get one again at most this often.
+pub const SLOT_RETRY_MS: u64 = 1_000;
+/// The most upstream attempts any request can make (`max_retries` ≤ 10, plus the first).
+pub const MAX_ATTEMPTS: u32 = 11;
 
-/// Shared-data entry names, prefixed per plugin so two plugins in one Envoy never collide.
-#[derive(Debug, Clone)]
-pub struct Names {
-    prefix: String,
+/// The configuration in force for a group of keys, compiled once: `[0]` the top level, `[i + 1]`
+/// override `i`.
+pub(crate) struct Profile {
+    pub mode: Mode,
+    pub breaker: BreakerConfig,
+    pub retry: CompiledRetry,
+    pub budget: BudgetConfig,
+    pub strip: bool,
+    pub geometry: Geometry,
 }
 
-impl Names {
-    pub fn new(plugin: &str) -> Names {
-        Names {
-            prefix: format!("meshbreaker/{}/", keys::sanitize_key(plugin)),
-        }
-    }
-    fn state(&self, slot: u32, out: &mut String) {
-        out.clear();
-        let _ = write!(out, "{}s/{slot}", self.prefix);
-    }
-    fn window(&self, slot: u32, out: &mut String) {
-        out.clear();
-        let _ = write!(out, "{}w/{slot}", self.prefix);
-    }
-    fn label_marker(&self, key: &str) -> String {
-        format!("{}label/{key}", self.prefix)
-    }
-    fn label_count(&self) -> String {
-        format!("{}labels", self.prefix)
-    }
-    pub fn resets(&self) -> String {
-        format!("{}resets", self.prefix)
-    }
-    pub fn poller_lease(&self) -> String {
-        format!("{}poller", self.prefix)
-    }
-}
-
-/// The metric ids of one `key` label.
-#[derive(Debug, Clone, Copy, Default)]
-struct LabelMetrics {
-    state: Option<u32>,
-    allowed: Option<u32>,
-    rejected: Option<u32>,
-    probe: Option<u32>,
-    dry_run_reject: Option<u32>,
-    to_open: Option<u32>,
-    to_half_open: Option<u32>,
-    to_closed: Option<u32>,
-    error_rate_ppm: Option<u32>,
-    latency_p95_ms: Option<u32>,
-    budget_denied: Option<u32>,
-    kernel_resets: Option<u32>,
-}
-
-/// What this worker keeps per key: its slot, its recorder, its label, what the last flush learned.
-struct KeyLocal {
-    slot: Option<u32>,
-    /// Index into `Config::overrides` + 1, or 0 for the top level.
-    cfg_index: usize,
-    recorder: Recorder,
-    label: String,
-    last_flush_ms: u64,
-    budget_ok: bool,
-    in_flight: u32,
-    /// Upstream hosts seen since the last flush (for the kernel reset signal).
-    new_hosts: Vec<String>,
+/// What this worker keeps per key.
+pub(crate) struct KeyLocal {
+    pub slot: Option<u32>,
+    /// When this worker last looked for a slot for the key (`None`: look at the next request).
+    pub slot_tried_ms: Option<u64>,
+    pub profile: usize,
+    pub recorder: Recorder,
+    pub label: LabelId,
+    pub last_flush_ms: u64,
+    /// Requests started or completed since `last_active_ms` was last written.
+    pub active: bool,
+    pub active_written_ms: u64,
+    pub budget_ok: bool,
+    pub in_flight: u32,
+    /// The circuit state this worker last read: keys not CLOSED are never evicted.
+    pub state: State,
+    /// Upstream hosts seen since the last flush (only with `reset_signals`), normalized.
+    pub new_hosts: Vec<String>,
 }
 
 /// The request-time identity of a key (from Envoy properties and headers).
@@ -111,73 +79,202 @@ pub struct KeyParts<'a> {
     pub authority: &'a str,
 }
 
-/// What the filter must do with a request.
+/// What the request glue must do with, and remember about, one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub struct Admission {
     pub key: String,
     pub decision: Decision,
-    /// Retry headers to set (after stripping), already rendered.
-    pub retry_headers: Vec<(&'static str, String)>,
-    /// Record the outcome (false for `disabled`, rejected requests and untracked errors).
+    /// Record the outcome (false for `disabled`, rejected requests and untracked keys).
     pub record: bool,
+    /// The most attempts this request may make (`max_retries + 1`, 1 for probes and
+    /// budget-denied requests): a larger attempt count from Envoy or an upstream is clamped.
+    pub max_attempts: u32,
+    /// The retry headers to write and whether to strip the client's: applied by
+    /// [`Engine::apply_retry_headers`].
+    pub profile: usize,
+    pub retry: RetryPlan,
+}
+
+/// Which retry headers a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPlan {
+    None,
+    /// The headers of policy `i` of the profile.
+    Policy(usize),
+    /// `x-envoy-max-retries: 0`.
+    Off,
 }
 
 pub struct Engine<H: Host> {
     pub host: H,
-    cfg: Config,
-    /// Compiled retry policies: `[0]` the top level, `[i + 1]` override `i`.
-    retry: Vec<CompiledRetry>,
-    names: Names,
-    keys: KeyRegistry<KeyLocal>,
-    labels: HashMap<String, LabelMetrics>,
-    /// Keys known to have no label of their own (bounded: cleared when it grows past max_keys).
-    no_label: HashMap<String, ()>,
-    rng: SplitMix64,
-    window: Window,
-    bins: Vec<(u64, u64)>,
-    name_buf: String,
+    /// What the request path reads (from the configuration, once).
+    pub needs: crate::request::Needs,
+    pub(crate) cfg: Config,
+    pub(crate) profiles: Vec<Profile>,
+    pub(crate) names: Names,
+    pub(crate) meta: Meta,
+    pub(crate) meta_checked_ms: u64,
+    pub(crate) keys: KeyRegistry<KeyLocal>,
+    pub(crate) metrics: Metrics,
+    pub(crate) rng: SplitMix64,
+    pub(crate) window: Window,
+    pub(crate) bins: Vec<(u64, u64)>,
+    pub(crate) enc: Vec<u8>,
+    pub(crate) name_buf: String,
     key_buf: String,
-    enc: Vec<u8>,
-    warned_no_slot: bool,
+    pub(crate) warned_no_slot: bool,
     /// Sequence of the last kernel reset totals this VM attributed.
-    resets_seen: Option<u64>,
-    /// Shared-data traffic, for the per-request cost measurement.
-    pub shared_reads: u64,
-    pub shared_writes: u64,
+    pub(crate) resets_seen: Option<u64>,
+    /// How long a CLOSED key must have been idle before its slot may be taken over.
+    pub(crate) takeover_idle_ms: u64,
 }
 
-fn slot_hash(key: &str) -> u64 {
-    // FNV-1a: stable across VMs (unlike std's randomized hasher), so every worker probes alike.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+fn geometry(b: &BreakerConfig) -> Geometry {
+    Geometry {
+        bucket_ms: bucket_ms(b),
+        buckets: b.buckets.max(1),
+        threshold_us: threshold_us(b).unwrap_or(0),
     }
-    h
+}
+
+/// Milliseconds from `earlier` to `now_ms`; "very long" when the wall clock stepped back past
+/// `earlier`, so periodic work is due again at once instead of stalling until the clock catches up.
+pub(crate) fn since(now_ms: u64, earlier: u64) -> u64 {
+    now_ms.checked_sub(earlier).unwrap_or(u64::MAX)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Overrides this filter cannot apply exactly: one matching a dimension the key does not carry
+/// (a `route` override with `key_by: cluster` would be resolved from whichever request came
+/// first and then frozen for the whole key). `Err` names the field and the reason.
+pub fn check_overrides(cfg: &Config) -> Result<(), String> {
+    for (i, o) in cfg.overrides.iter().enumerate() {
+        let (field, ok) = match &o.matcher {
+            OverrideMatch::Cluster(_) => (
+                "cluster",
+                matches!(cfg.key_by, KeyBy::Cluster | KeyBy::ClusterRoute),
+            ),
+            OverrideMatch::Route(_) => (
+                "route",
+                matches!(cfg.key_by, KeyBy::Route | KeyBy::ClusterRoute),
+            ),
+            OverrideMatch::Authority(_) => ("authority", cfg.key_by == KeyBy::Authority),
+        };
+        if !ok {
+            return Err(format!(
+                "config error at overrides[{i}].match.{field}: a key_by that does not include the {field} cannot tell its keys apart; use a key_by that does"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl<H: Host> Engine<H> {
+    /// Compiles the configuration and creates every shared entry it uses (see
+    /// [`crate::shared`]); `seed` feeds the sleep-window jitter and, if this is the first VM of
+    /// the process, the slot hash.
     pub fn new(host: H, cfg: Config, plugin: &str, seed: u64) -> Engine<H> {
-        let mut retry = vec![CompiledRetry::new(&cfg.retry)];
-        retry.extend(cfg.overrides.iter().map(|o| CompiledRetry::new(&o.retry)));
-        Engine {
+        let profile =
+            |mode: Mode, b: &BreakerConfig, r: &policy_core::config::RetryConfig| Profile {
+                mode,
+                breaker: b.clone(),
+                retry: CompiledRetry::new(r),
+                budget: r.budget.clone(),
+                strip: r.strip_downstream_headers,
+                geometry: geometry(b),
+            };
+        let mut profiles = vec![profile(cfg.mode, &cfg.breaker, &cfg.retry)];
+        profiles.extend(
+            cfg.overrides
+                .iter()
+                .map(|o| profile(o.mode, &o.breaker, &o.retry)),
+        );
+        let longest_window = profiles
+            .iter()
+            .map(|p| ms(p.breaker.window))
+            .max()
+            .unwrap_or(0);
+        let mut e = Engine {
             host,
+            needs: crate::request::Needs::of(&cfg),
             keys: KeyRegistry::new(cfg.max_keys),
-            retry,
+            metrics: Metrics::new(cfg.max_keys),
             names: Names::new(plugin),
-            labels: HashMap::new(),
-            no_label: HashMap::new(),
+            meta: Meta {
+                seed: 0,
+                sizes: Vec::new(),
+            },
+            meta_checked_ms: 0,
             rng: SplitMix64(seed),
             window: Window::new(cfg.breaker.buckets, 0),
             bins: Vec::new(),
+            enc: Vec::new(),
             name_buf: String::new(),
             key_buf: String::new(),
-            enc: Vec::new(),
             warned_no_slot: false,
             resets_seen: None,
-            shared_reads: 0,
-            shared_writes: 0,
+            takeover_idle_ms: longest_window.max(MIN_TAKEOVER_IDLE_MS),
+            profiles,
             cfg,
+        };
+        e.configure_shared(seed);
+        e
+    }
+
+    /// Creates the table description, the label counter and every slot and window entry this
+    /// configuration uses, where absent.
+    fn configure_shared(&mut self, seed: u64) {
+        let meta_name = self.names.meta();
+        let first = Meta {
+            seed: SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64(),
+            sizes: vec![self.cfg.max_keys],
+        };
+        first.encode(&mut self.enc);
+        shared::create_if_absent(&self.host, &meta_name, &self.enc);
+        let max_keys = self.cfg.max_keys;
+        let meta = cas_update(
+            &self.host,
+            &meta_name,
+            &mut self.enc,
+            Meta::decode,
+            Meta::encode,
+            |m| {
+                if m.sizes.last() == Some(&max_keys) {
+                    Update::Keep(m.clone())
+                } else {
+                    *m = m.with_size(max_keys);
+                    Update::Write(m.clone())
+                }
+            },
+            |_, last| last.unwrap_or_else(|| first.clone()),
+        );
+        self.meta = meta;
+        shared::create_if_absent(&self.host, &self.names.label_count(), b"0");
+        let empty_state = SlotState::default().encode();
+        let mut geometries: Vec<Geometry> = Vec::new();
+        for p in &self.profiles {
+            if !geometries.contains(&p.geometry) {
+                geometries.push(p.geometry);
+            }
+        }
+        let mut empty_windows = Vec::new();
+        for g in &geometries {
+            let mut w = Window::new(g.buckets, 0);
+            w.bucket_ms = g.bucket_ms;
+            w.threshold_us = g.threshold_us;
+            empty_windows.push((*g, w.encode()));
+        }
+        let mut name = String::new();
+        for slot in 0..self.cfg.max_keys {
+            self.names.state(slot, &mut name);
+            shared::create_if_absent(&self.host, &name, &empty_state);
+            for (g, bytes) in &empty_windows {
+                self.names.window(g, slot, &mut name);
+                shared::create_if_absent(&self.host, &name, bytes);
+            }
         }
     }
 
@@ -189,257 +286,41 @@ impl<H: Host> Engine<H> {
         &self.names
     }
 
-    fn effective(&self, cfg_index: usize) -> (Mode, &BreakerConfig) {
-        match cfg_index
-            .checked_sub(1)
-            .and_then(|i| self.cfg.overrides.get(i))
-        {
-            Some(o) => (o.mode, &o.breaker),
-            None => (self.cfg.mode, &self.cfg.breaker),
+    /// The profile index for a key with these (raw) parts: the first override that matches, 1-based,
+    /// or 0. Only dimensions the key carries are compared ([`check_overrides`]).
+    fn profile_for(&self, parts: &KeyParts<'_>) -> usize {
+        if self.cfg.overrides.is_empty() {
+            return 0;
         }
-    }
-
-    fn get(&mut self, name: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        self.shared_reads += 1;
-        self.host.get_shared(name)
-    }
-
-    fn set(&mut self, name: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        self.shared_writes += 1;
-        self.host.set_shared(name, value, cas)
-    }
-
-    // ---------------------------------------------------------------- metrics
-
-    fn label_metrics(&mut self, label: &str) -> LabelMetrics {
-        if let Some(m) = self.labels.get(label) {
-            return *m;
-        }
-        let h = &self.host;
-        let tag = |name: &str| format!("key=.={label};.;{name}");
-        let dec = |d: &str| format!("key=.={label};.;decision=.={d};.;meshbreaker_requests_total");
-        let to = |t: &str| format!("key=.={label};.;to=.={t};.;meshbreaker_transitions_total");
-        let m = LabelMetrics {
-            state: h.define_metric(MetricKind::Gauge, &tag("meshbreaker_state")),
-            allowed: h.define_metric(MetricKind::Counter, &dec("allowed")),
-            rejected: h.define_metric(MetricKind::Counter, &dec("rejected")),
-            probe: h.define_metric(MetricKind::Counter, &dec("probe")),
-            dry_run_reject: h.define_metric(MetricKind::Counter, &dec("dry_run_reject")),
-            to_open: h.define_metric(MetricKind::Counter, &to("open")),
-            to_half_open: h.define_metric(MetricKind::Counter, &to("half_open")),
-            to_closed: h.define_metric(MetricKind::Counter, &to("closed")),
-            error_rate_ppm: h.define_metric(MetricKind::Gauge, &tag("meshbreaker_error_rate_ppm")),
-            latency_p95_ms: h.define_metric(MetricKind::Gauge, &tag("meshbreaker_latency_p95_ms")),
-            budget_denied: h.define_metric(
-                MetricKind::Counter,
-                &tag("meshbreaker_retry_budget_denied_total"),
-            ),
-            kernel_resets: h
-                .define_metric(MetricKind::Counter, &tag("meshbreaker_kernel_resets_total")),
-        };
-        self.labels.insert(label.to_string(), m);
-        m
-    }
-
-    fn inc(&self, id: Option<u32>, by: i64) {
-        if let Some(id) = id {
-            self.host.increment_metric(id, by);
-        }
-    }
-
-    fn gauge(&self, id: Option<u32>, v: u64) {
-        if let Some(id) = id {
-            self.host.record_metric(id, v);
-        }
-    }
-
-    /// The label for `key`: its own while fewer than `max_keys` labels were ever created in this
-    /// Envoy process (a shared counter), `_other` after that.
-    fn label_for(&mut self, key: &str) -> String {
-        if self.labels.contains_key(key) {
-            return key.to_string();
-        }
-        if self.no_label.contains_key(key) {
-            return OTHER_LABEL.to_string();
-        }
-        let marker = self.names.label_marker(key);
-        if self.get(&marker).0.is_some() {
-            return key.to_string();
-        }
-        let count_name = self.names.label_count();
-        for _ in 0..CAS_ATTEMPTS {
-            let (v, cas) = self.get(&count_name);
-            let n: u32 = v
-                .as_deref()
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            if !keys::may_create_label(n, self.cfg.max_keys) {
-                if self.no_label.len() >= self.cfg.max_keys as usize {
-                    self.no_label.clear();
-                }
-                self.no_label.insert(key.to_string(), ());
-                return OTHER_LABEL.to_string();
-            }
-            let next = (n + 1).to_string();
-            match self.set(&count_name, next.as_bytes(), Some(cas.unwrap_or(0))) {
-                Ok(()) => {
-                    let _ = self.set(&marker, b"1", None);
-                    return key.to_string();
-                }
-                Err(SetError::CasMismatch) => continue,
-                Err(SetError::Failed) => break,
-            }
-        }
-        OTHER_LABEL.to_string()
-    }
-
-    // ---------------------------------------------------------------- slots
-
-    fn read_state(&mut self, slot: u32) -> Option<(SlotState, Option<u32>)> {
-        let mut name = std::mem::take(&mut self.name_buf);
-        self.names.state(slot, &mut name);
-        let (v, cas) = self.get(&name);
-        self.name_buf = name;
-        let state = match v {
-            Some(b) => SlotState::decode(&b).unwrap_or_default(),
-            None => return None,
-        };
-        Some((state, cas))
-    }
-
-    fn write_state(
-        &mut self,
-        slot: u32,
-        state: &SlotState,
-        cas: Option<u32>,
-    ) -> Result<(), SetError> {
-        let mut name = std::mem::take(&mut self.name_buf);
-        let mut enc = std::mem::take(&mut self.enc);
-        self.names.state(slot, &mut name);
-        state.encode_into(&mut enc);
-        let r = self.set(&name, &enc, Some(cas.unwrap_or(0)));
-        self.name_buf = name;
-        self.enc = enc;
-        r
-    }
-
-    fn read_window_last_used(&mut self, slot: u32) -> u64 {
-        let mut name = std::mem::take(&mut self.name_buf);
-        self.names.window(slot, &mut name);
-        let (v, _) = self.get(&name);
-        self.name_buf = name;
-        let mut w = Window::default();
-        match v {
-            Some(b) if w.decode_into(&b).is_ok() => w.last_used_ms,
-            _ => 0,
-        }
-    }
-
-    /// Finds or claims the slot of `key`. `None` when every probed slot is busy.
-    fn find_slot(&mut self, key: &str, now_ms: u64) -> Option<u32> {
-        let n = self.cfg.max_keys.max(1);
-        let start = (slot_hash(key) % u64::from(n)) as u32;
-        let probes = PROBE_SLOTS.min(n);
-        for _attempt in 0..CAS_ATTEMPTS {
-            let mut free: Option<(u32, Option<u32>, u32)> = None; // (slot, cas, generation)
-            let mut victim: Option<(u32, Option<u32>, u32, u64)> = None;
-            for i in 0..probes {
-                let slot = (start + i) % n;
-                let (state, cas) = match self.read_state(slot) {
-                    Some(s) => s,
-                    None => {
-                        // Never used: create it empty (racing creators write the same bytes).
-                        let _ = self.write_state(slot, &SlotState::default(), None);
-                        match self.read_state(slot) {
-                            Some(s) => s,
-                            None => continue,
-                        }
-                    }
-                };
-                if state.key == key {
-                    return Some(slot);
-                }
-                if state.key.is_empty() {
-                    if free.is_none() {
-                        free = Some((slot, cas, state.breaker.generation));
-                    }
-                    continue;
-                }
-                let idle =
-                    state.breaker.probes.is_empty() && state.breaker.state != State::HalfOpen;
-                if idle {
-                    let last = self.read_window_last_used(slot);
-                    if now_ms.saturating_sub(last) >= IDLE_MS && victim.is_none_or(|v| last < v.3) {
-                        victim = Some((slot, cas, state.breaker.generation, last));
-                    }
-                }
-            }
-            let (slot, cas, generation) = match (free, victim) {
-                (Some(f), _) => f,
-                (None, Some(v)) => (v.0, v.1, v.2),
-                (None, None) => return None,
+        let mut buf = String::new();
+        for (i, o) in self.cfg.overrides.iter().enumerate() {
+            let (raw, want) = match &o.matcher {
+                OverrideMatch::Cluster(c) => (parts.cluster, c),
+                OverrideMatch::Route(r) => (parts.route, r),
+                OverrideMatch::Authority(a) => (parts.authority, a),
             };
-            let fresh = SlotState {
-                key: key.to_string(),
-                breaker: BreakerState {
-                    generation: generation.wrapping_add(1),
-                    ..Default::default()
-                },
-            };
-            match self.write_state(slot, &fresh, cas) {
-                Ok(()) => return Some(slot),
-                Err(SetError::CasMismatch) => continue,
-                Err(SetError::Failed) => return None,
+            keys::sanitize_key_into(raw, &mut buf);
+            if &buf == want {
+                return i + 1;
             }
         }
-        None
+        0
     }
 
-    /// The key's local entry, created (slot, label, recorder) on first sight.
+    pub(crate) fn profile(&self, i: usize) -> &Profile {
+        self.profiles.get(i).unwrap_or(&self.profiles[0])
+    }
+
+    /// The key's local entry, created (slot, label, recorder) on first sight. The local entry is
+    /// made first, so a full registry spends neither a label nor a slot on a key it cannot track.
     fn ensure_key(&mut self, key: &str, parts: &KeyParts<'_>, now_ms: u64) -> bool {
         if self.keys.touch(key, now_ms) {
             return true;
         }
-        let cfg_index = {
-            let mut c = String::new();
-            let mut r = String::new();
-            let mut a = String::new();
-            keys::sanitize_key_into(parts.cluster, &mut c);
-            keys::sanitize_key_into(parts.route, &mut r);
-            keys::sanitize_key_into(parts.authority, &mut a);
-            let eff = self.cfg.effective(&c, &r, &a);
-            self.cfg
-                .overrides
-                .iter()
-                .position(|o| std::ptr::eq(&o.breaker, eff.breaker))
-                .map(|i| i + 1)
-                .unwrap_or(0)
-        };
-        let (_, bcfg) = self.effective(cfg_index);
-        let Some(recorder) = Recorder::new(threshold_us(bcfg)) else {
+        let profile = self.profile_for(parts);
+        let Some(recorder) = Recorder::new(threshold_us(&self.profile(profile).breaker)) else {
             return false;
         };
-        let label = self.label_for(key);
-        let slot = self.find_slot(key, now_ms);
-        if slot.is_none() && !self.warned_no_slot {
-            self.warned_no_slot = true;
-            log::warn!(
-                "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded",
-                self.cfg.max_keys
-            );
-        }
-        let local = KeyLocal {
-            slot,
-            cfg_index,
-            recorder,
-            label,
-            last_flush_ms: now_ms,
-            budget_ok: true,
-            in_flight: 0,
-            new_hosts: Vec::new(),
-        };
-        let idle = |l: &KeyLocal| l.in_flight == 0 && l.recorder.is_empty();
         if self.keys.len() >= self.keys.capacity() {
             // Full: flush the least recently used key so that it becomes idle and can make room
             // without losing its samples.
@@ -447,13 +328,50 @@ impl<H: Host> Engine<H> {
                 self.flush_key(&lru, now_ms);
             }
         }
-        self.keys.insert(key, local, now_ms, idle).is_ok()
+        let other = self.metrics.other(&self.host);
+        let local = KeyLocal {
+            slot: None,
+            slot_tried_ms: None,
+            profile,
+            recorder,
+            label: other,
+            last_flush_ms: now_ms,
+            active: false,
+            active_written_ms: 0,
+            budget_ok: true,
+            in_flight: 0,
+            state: State::Closed,
+            new_hosts: Vec::new(),
+        };
+        let idle =
+            |l: &KeyLocal| l.in_flight == 0 && l.recorder.is_empty() && l.state == State::Closed;
+        if self.keys.insert(key, local, now_ms, idle).is_err() {
+            return false;
+        }
+        let label = self.metrics.label_for(&self.host, &self.names, key);
+        let slot = self.find_slot(key, profile, now_ms);
+        if slot.is_none() && !self.warned_no_slot {
+            self.warned_no_slot = true;
+            log::warn!(
+                "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded until one frees",
+                self.cfg.max_keys
+            );
+        }
+        if let Some(l) = self.keys.peek_mut(key) {
+            l.label = label;
+            l.slot = slot;
+            l.slot_tried_ms = Some(now_ms);
+        }
+        true
     }
 
-    // ---------------------------------------------------------------- requests
-
-    /// Decides a request: the key, the decision, the retry headers.
-    pub fn on_request(&mut self, parts: &KeyParts<'_>, req: &RequestView<'_>, now_ms: u64) -> Plan {
+    /// Decides a request: the key, the decision, the retry plan. Writes nothing to the request.
+    pub fn on_request(
+        &mut self,
+        parts: &KeyParts<'_>,
+        req: &RequestView<'_>,
+        now_ms: u64,
+    ) -> Admission {
         let mut key = std::mem::take(&mut self.key_buf);
         keys::key_for(
             self.cfg.key_by,
@@ -462,79 +380,158 @@ impl<H: Host> Engine<H> {
             parts.authority,
             &mut key,
         );
-        let plan = self.decide(key.clone(), parts, req, now_ms);
+        let a = self.decide(&key, parts, req, now_ms);
         self.key_buf = key;
-        plan
+        a
     }
 
     fn decide(
         &mut self,
-        key: String,
+        key: &str,
         parts: &KeyParts<'_>,
         req: &RequestView<'_>,
         now_ms: u64,
-    ) -> Plan {
-        let pass = |key: String, decision: Decision| Plan {
-            key,
-            decision,
-            retry_headers: Vec::new(),
-            record: false,
+    ) -> Admission {
+        let untracked = |e: &Self, decision: Decision, profile: usize| {
+            let retry = e.retry_plan(profile, &decision, req, true);
+            Admission {
+                key: key.to_string(),
+                decision,
+                record: false,
+                max_attempts: retry.1,
+                profile,
+                retry: retry.0,
+            }
         };
         if self.cfg.mode == Mode::Disabled && self.cfg.overrides.is_empty() {
-            return pass(key, Decision::PassThrough);
+            return untracked(self, Decision::PassThrough, 0);
         }
-        if !self.ensure_key(&key, parts, now_ms) {
+        if !self.ensure_key(key, parts, now_ms) {
             // Every local entry is busy: the request passes unguarded, counted under `_other`.
-            let metrics = self.label_metrics(OTHER_LABEL);
-            self.inc(metrics.allowed, 1);
-            return pass(key, Decision::Allow);
+            let other = self.metrics.other(&self.host);
+            self.metrics.inc(other, Counter::Allowed, 1);
+            return untracked(self, Decision::Allow, 0);
         }
-        let Some(local) = self.keys.get(&key) else {
-            return pass(key, Decision::Allow);
+        let Some(local) = self.keys.peek_mut(key) else {
+            return untracked(self, Decision::Allow, 0);
         };
-        let (cfg_index, slot, label, budget_ok) = (
-            local.cfg_index,
-            local.slot,
-            local.label.clone(),
-            local.budget_ok,
-        );
-        let (mode, bcfg) = self.effective(cfg_index);
-        let bcfg = bcfg.clone();
-        let metrics = self.label_metrics(&label);
-
-        let mut decision = Decision::Allow;
-        if let Some(slot) = slot {
-            decision = self.decide_shared(&key, slot, mode, &bcfg, &metrics, now_ms);
-        } else if mode == Mode::ForcedOpen || mode == Mode::Disabled {
-            decision = BreakerState::default().decide(mode, &bcfg, now_ms).decision;
-        }
-        let (counter, record) = match decision {
-            Decision::Allow | Decision::PassThrough => (metrics.allowed, mode != Mode::Disabled),
-            Decision::Probe(_) => (metrics.probe, true),
-            Decision::Reject(_) => (metrics.rejected, false),
-            Decision::DryRunReject(_) => (metrics.dry_run_reject, true),
-        };
-        self.inc(counter, 1);
-        let retry = self.retry.get(cfg_index).or(self.retry.first());
-        let rd = match (decision, retry) {
-            (Decision::Reject(_), _) | (_, None) => RetryDecision::NoHeaders,
-            (Decision::Probe(_), Some(r)) => r.decide(req, mode, true, budget_ok),
-            (_, Some(r)) => r.decide(req, mode, false, budget_ok),
-        };
-        if rd.budget_denied() {
-            self.inc(metrics.budget_denied, 1);
-        }
-        let retry_headers = rd.headers().map(|(n, v)| (n, v.to_string())).collect();
-        if record {
-            if let Some(l) = self.keys.get_mut(&key, now_ms) {
-                l.in_flight = l.in_flight.saturating_add(1);
+        let (profile, mut slot, label, budget_ok) =
+            (local.profile, local.slot, local.label, local.budget_ok);
+        if slot.is_none()
+            && local
+                .slot_tried_ms
+                .is_none_or(|t| since(now_ms, t) >= SLOT_RETRY_MS)
+        {
+            // B6: a key that lost (or never got) its slot asks again, at most once a second.
+            local.slot_tried_ms = Some(now_ms);
+            slot = self.find_slot(key, profile, now_ms);
+            if let Some(l) = self.keys.peek_mut(key) {
+                l.slot = slot;
             }
         }
-        Plan {
-            key,
+        let mode = self.profile(profile).mode;
+        let decision = match (slot, mode) {
+            (_, Mode::Disabled) => Decision::PassThrough,
+            (_, Mode::ForcedOpen) => Decision::Reject(Rejection {
+                reason: TripReason::ForcedOpen,
+                retry_after_s: ms(self.profile(profile).breaker.sleep_window)
+                    .div_ceil(1000)
+                    .max(1),
+            }),
+            (Some(s), _) => self.decide_shared(key, s, profile, label, now_ms),
+            (None, _) => Decision::Allow,
+        };
+        let (counter, record) = match decision {
+            Decision::Allow | Decision::PassThrough => (Counter::Allowed, mode != Mode::Disabled),
+            Decision::Probe(_) => (Counter::Probe, true),
+            Decision::Reject(_) => (Counter::Rejected, false),
+            Decision::DryRunReject(_) => (Counter::DryRunReject, true),
+        };
+        self.metrics.inc(label, counter, 1);
+        let (retry, max_attempts) = self.retry_plan(profile, &decision, req, budget_ok);
+        if matches!(retry, RetryPlan::Off)
+            && !matches!(decision, Decision::Probe(_))
+            && mode != Mode::Disabled
+        {
+            self.metrics.inc(label, Counter::BudgetDenied, 1);
+        }
+        if record {
+            if let Some(l) = self.keys.peek_mut(key) {
+                l.in_flight = l.in_flight.saturating_add(1);
+                l.active = true;
+            }
+        }
+        Admission {
+            key: key.to_string(),
             decision,
-            retry_headers,
             record,
+            max_attempts,
+            profile,
+            retry,
+        }
+    }
+
+    /// The retry plan of a request and the most attempts it allows.
+    fn retry_plan(
+        &self,
+        profile: usize,
+        decision: &Decision,
+        req: &RequestView<'_>,
+        budget_ok: bool,
+    ) -> (RetryPlan, u32) {
+        let p = self.profile(profile);
+        let (probe, mode) = match decision {
+            Decision::Reject(_) => return (RetryPlan::None, 1),
+            Decision::Probe(_) => (true, p.mode),
+            _ => (false, p.mode),
+        };
+        let rd = p.retry.decide(req, mode, probe, budget_ok);
+        let plan = match rd {
+            RetryDecision::NoHeaders => RetryPlan::None,
+            RetryDecision::Probe | RetryDecision::BudgetDenied(_) => RetryPlan::Off,
+            RetryDecision::Policy(pol) => p
+                .retry
+                .policies()
+                .iter()
+                .position(|x| std::ptr::eq(x, pol))
+                .map_or(RetryPlan::None, RetryPlan::Policy),
+        };
+        // No header of ours: the route's own retry policy (or, without stripping, the client's)
+        // is in force, so only the global bound applies.
+        (plan, rd.max_attempts().unwrap_or(MAX_ATTEMPTS))
+    }
+
+    /// Writes the router's retry headers for `a` and strips the client's (per the key's
+    /// configuration): headers the plan writes are replaced (which removes every client value),
+    /// the others are removed only when stripping is on.
+    pub fn apply_retry_headers(&self, a: &Admission) {
+        use crate::host::Map;
+        use policy_core::retry::{MAX_RETRIES_HEADER, ROUTER_RETRY_HEADERS};
+        if matches!(a.decision, Decision::Reject(_)) {
+            return;
+        }
+        let p = self.profile(a.profile);
+        let written: &[(&'static str, String)] = match a.retry {
+            RetryPlan::Policy(i) => p.retry.policies().get(i).map_or(&[], |x| x.headers()),
+            _ => &[],
+        };
+        let off = matches!(a.retry, RetryPlan::Off);
+        if p.strip {
+            for h in ROUTER_RETRY_HEADERS {
+                let overwritten =
+                    written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
+                if !overwritten {
+                    self.host.remove_header(Map::RequestHeaders, h);
+                }
+            }
+        }
+        for (n, v) in written {
+            self.host
+                .replace_header(Map::RequestHeaders, n, v.as_bytes());
+        }
+        if off {
+            self.host
+                .replace_header(Map::RequestHeaders, MAX_RETRIES_HEADER, b"0");
         }
     }
 
@@ -544,83 +541,133 @@ impl<H: Host> Engine<H> {
         &mut self,
         key: &str,
         slot: u32,
-        mode: Mode,
-        bcfg: &BreakerConfig,
-        metrics: &LabelMetrics,
+        profile: usize,
+        label: LabelId,
         now_ms: u64,
     ) -> Decision {
-        for _ in 0..CAS_ATTEMPTS {
-            let Some((mut st, cas)) = self.read_state(slot) else {
-                break;
-            };
-            if st.key != key {
-                // Another worker took the slot over: find (or claim) one again next time.
-                if let Some(l) = self.keys.get_mut(key, now_ms) {
-                    l.slot = None;
-                }
-                let new_slot = self.find_slot(key, now_ms);
-                if let Some(l) = self.keys.get_mut(key, now_ms) {
-                    l.slot = new_slot;
-                }
-                match new_slot {
-                    Some(_) => continue,
-                    None => break,
-                }
-            }
-            let step = st.breaker.decide(mode, bcfg, now_ms);
-            if !step.changed {
-                return step.decision;
-            }
-            match self.write_state(slot, &st, cas) {
-                Ok(()) => {
-                    if let Some(t) = step.transition {
-                        self.on_transition(key, &t, metrics, None);
-                    }
-                    self.gauge(metrics.state, st.breaker.state.gauge() as u64);
-                    return step.decision;
-                }
-                Err(SetError::CasMismatch) => continue,
-                Err(SetError::Failed) => break,
-            }
+        let mut name = std::mem::take(&mut self.name_buf);
+        self.names.state(slot, &mut name);
+        let p = &self.profiles[profile.min(self.profiles.len() - 1)];
+        let (mode, bcfg) = (p.mode, &p.breaker);
+        enum Seen {
+            Lost,
+            Decided(Decision, Option<Transition>, State),
+            Failed(Decision),
         }
-        // Contention or host failure: fail open, as a breaker must not become the outage.
-        Decision::Allow
+        let seen = cas_update(
+            &self.host,
+            &name,
+            &mut self.enc,
+            |b| SlotState::decode(b).ok(),
+            SlotState::encode_into,
+            |st| {
+                if st.key != key {
+                    return Update::Keep(Seen::Lost);
+                }
+                let step = st.breaker.decide(mode, bcfg, now_ms);
+                let r = Seen::Decided(step.decision, step.transition, st.breaker.state);
+                if step.changed {
+                    Update::Write(r)
+                } else {
+                    Update::Keep(r)
+                }
+            },
+            |why, last| {
+                // B7: fail open only from CLOSED; from OPEN/HALF_OPEN reject, retry-after 1.
+                let reason = last
+                    .as_ref()
+                    .and_then(|st| st.breaker.reason)
+                    .unwrap_or(TripReason::ErrorRate);
+                match last {
+                    Some(st) if st.key == key && st.breaker.state != State::Closed => {
+                        let r = Rejection {
+                            reason,
+                            retry_after_s: 1,
+                        };
+                        Seen::Failed(if mode == Mode::DryRun {
+                            Decision::DryRunReject(r)
+                        } else {
+                            Decision::Reject(r)
+                        })
+                    }
+                    _ => {
+                        if why == Exhausted::Undecodable {
+                            // Someone else's entry (another version): not ours to use or change.
+                            Seen::Lost
+                        } else {
+                            Seen::Failed(Decision::Allow)
+                        }
+                    }
+                }
+            },
+        );
+        self.name_buf = name;
+        match seen {
+            Seen::Lost => {
+                // The slot was taken over (only possible while this key was CLOSED and idle):
+                // look for a slot again, now or within a second.
+                let again = self.find_slot(key, profile, now_ms);
+                if let Some(l) = self.keys.peek_mut(key) {
+                    l.slot = again;
+                    l.slot_tried_ms = Some(now_ms);
+                }
+                match again {
+                    Some(s) if s != slot => self.decide_shared(key, s, profile, label, now_ms),
+                    _ => Decision::Allow,
+                }
+            }
+            Seen::Decided(d, t, state) => {
+                if let Some(l) = self.keys.peek_mut(key) {
+                    l.state = state;
+                }
+                if let Some(t) = t {
+                    self.on_transition(key, &t, label, None);
+                    self.metrics
+                        .gauge(&self.host, label, Gauge::State, state.gauge() as u64);
+                }
+                d
+            }
+            Seen::Failed(d) => d,
+        }
     }
 
-    fn on_transition(
-        &self,
+    pub(crate) fn on_transition(
+        &mut self,
         key: &str,
         t: &Transition,
-        metrics: &LabelMetrics,
-        figures: Option<String>,
+        label: LabelId,
+        figures: Option<&str>,
     ) {
         if !t.is_change() {
             return;
         }
         let counter = match t.to {
-            State::Open => metrics.to_open,
-            State::HalfOpen => metrics.to_half_open,
-            State::Closed => metrics.to_closed,
+            State::Open => Counter::ToOpen,
+            State::HalfOpen => Counter::ToHalfOpen,
+            State::Closed => Counter::ToClosed,
         };
-        self.inc(counter, 1);
-        log::info!(
-            "meshbreaker: transition key={key} from={} to={} reason={}{}{}",
-            t.from.as_str(),
-            t.to.as_str(),
-            t.reason
-                .map(TripReason::as_str)
-                .unwrap_or("probes_succeeded"),
-            if t.to == State::Open {
-                format!(" open_for_ms={}", t.open_for_ms)
-            } else {
-                String::new()
-            },
-            figures.map(|f| format!(" {f}")).unwrap_or_default(),
-        );
+        self.metrics.inc(label, counter, 1);
+        let reason = t
+            .reason
+            .map(TripReason::as_str)
+            .unwrap_or("probes_succeeded");
+        let (from, to) = (t.from.as_str(), t.to.as_str());
+        let figures = figures.unwrap_or("");
+        let sep = if figures.is_empty() { "" } else { " " };
+        if t.to == State::Open {
+            log::info!(
+                "meshbreaker: transition key={key} from={from} to={to} reason={reason} open_for_ms={}{sep}{figures}",
+                t.open_for_ms
+            );
+        } else {
+            log::info!(
+                "meshbreaker: transition key={key} from={from} to={to} reason={reason}{sep}{figures}"
+            );
+        }
     }
 
     /// Records a completed request. `probe` is the probe id when the request was a HALF_OPEN probe;
-    /// `upstream_host` is Envoy's `upstream.address`, learned for the kernel reset signal.
+    /// `upstream_host` is Envoy's `upstream.address` (used only with `reset_signals`).
     pub fn on_complete(
         &mut self,
         key: &str,
@@ -629,37 +676,31 @@ impl<H: Host> Engine<H> {
         upstream_host: Option<&str>,
         now_ms: u64,
     ) {
-        let Some(local) = self.keys.get_mut(key, now_ms) else {
+        let learn = self.cfg.reset_signals.is_some();
+        let Some(local) = self.keys.peek_mut(key) else {
             return;
         };
         local.in_flight = local.in_flight.saturating_sub(1);
-        let (cfg_index, slot) = (local.cfg_index, local.slot);
-        if let Some(h) = upstream_host {
-            if !h.is_empty() && !local.new_hosts.iter().any(|x| x == h) && local.new_hosts.len() < 4
-            {
-                local.new_hosts.push(h.to_string());
+        local.active = true;
+        let (profile, slot) = (local.profile, local.slot);
+        if let (true, Some(h)) = (learn, upstream_host.and_then(normalize_upstream)) {
+            if !local.new_hosts.contains(&h) && local.new_hosts.len() < 4 {
+                local.new_hosts.push(h);
             }
         }
-        let (_, bcfg) = self.effective(cfg_index);
-        let bcfg = bcfg.clone();
-        let failure = outcome.failure(&bcfg.failure);
-        let epoch = now_ms / bucket_ms(&bcfg);
+        let p = &self.profiles[profile.min(self.profiles.len() - 1)];
+        let failure = outcome.failure(&p.breaker.failure);
+        let epoch = now_ms / p.geometry.bucket_ms.max(1);
         if let (Some(id), Some(slot)) = (probe, slot) {
-            self.complete_probe(
-                key,
-                slot,
-                id,
-                failure.is_none() && outcome.retried_attempts() == 0,
-                &bcfg,
-                now_ms,
-            );
+            let success = failure.is_none() && outcome.retried_attempts() == 0;
+            self.complete_probe(key, slot, id, success, profile, now_ms);
         }
-        let (recorded, due) = match self.keys.get_mut(key, now_ms) {
+        let (recorded, due) = match self.keys.peek_mut(key) {
             Some(l) => {
                 let recorded = l.recorder.record(epoch, outcome, failure).is_ok();
                 (
                     recorded,
-                    !recorded || now_ms.saturating_sub(l.last_flush_ms) >= FLUSH_MS,
+                    !recorded || crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS,
                 )
             }
             None => return,
@@ -667,7 +708,7 @@ impl<H: Host> Engine<H> {
         if due {
             self.flush_key(key, now_ms);
             if !recorded {
-                if let Some(l) = self.keys.get_mut(key, now_ms) {
+                if let Some(l) = self.keys.peek_mut(key) {
                     let _ = l.recorder.record(epoch, outcome, failure);
                 }
             }
@@ -680,560 +721,79 @@ impl<H: Host> Engine<H> {
         slot: u32,
         id: u32,
         success: bool,
-        bcfg: &BreakerConfig,
+        profile: usize,
         now_ms: u64,
     ) {
         let label = self
             .keys
             .get(key)
-            .map(|l| l.label.clone())
-            .unwrap_or_else(|| OTHER_LABEL.into());
-        let metrics = self.label_metrics(&label);
-        for _ in 0..CAS_ATTEMPTS {
-            let Some((mut st, cas)) = self.read_state(slot) else {
-                return;
-            };
-            if st.key != key {
-                return;
-            }
-            let mut rng = self.rng.clone();
-            let Some(t) = st
-                .breaker
-                .complete_probe(id, success, bcfg, now_ms, &mut rng)
-            else {
-                return;
-            };
-            match self.write_state(slot, &st, cas) {
-                Ok(()) => {
-                    self.rng = rng;
-                    self.on_transition(key, &t, &metrics, Some(format!("probe_success={success}")));
-                    self.gauge(metrics.state, st.breaker.state.gauge() as u64);
-                    return;
+            .map(|l| l.label)
+            .unwrap_or_else(|| self.metrics.other(&self.host));
+        let mut name = std::mem::take(&mut self.name_buf);
+        self.names.state(slot, &mut name);
+        let bcfg = &self.profiles[profile.min(self.profiles.len() - 1)].breaker;
+        let mut rng = self.rng.clone();
+        // Exhaustion drops the outcome: the probe's slot is reclaimed after sleep_window.
+        let t = cas_update(
+            &self.host,
+            &name,
+            &mut self.enc,
+            |b| SlotState::decode(b).ok(),
+            SlotState::encode_into,
+            |st| {
+                if st.key != key {
+                    return Update::Keep(None);
                 }
-                Err(SetError::CasMismatch) => continue,
-                Err(SetError::Failed) => return,
-            }
-        }
-    }
-
-    // ---------------------------------------------------------------- flushing
-
-    /// Flushes every key with samples older than [`FLUSH_MS`] (called from the root's tick).
-    pub fn on_tick(&mut self, now_ms: u64) {
-        let mut due = Vec::new();
-        // New kernel reset totals from the poller: every key with a slot takes its share.
-        let mut resets_changed = false;
-        if self.cfg.reset_signals.is_some() {
-            let name = self.names.resets();
-            let seq = self
-                .get(&name)
-                .0
-                .and_then(|b| ResetTotals::decode(&b).ok())
-                .map(|t| t.sequence);
-            if seq.is_some() && seq != self.resets_seen {
-                self.resets_seen = seq;
-                resets_changed = true;
-            }
-        }
-        for (k, l) in self.keys.iter() {
-            let stale = now_ms.saturating_sub(l.last_flush_ms) >= FLUSH_MS;
-            let has_news = !l.recorder.is_empty() || !l.new_hosts.is_empty();
-            if (stale && has_news) || (resets_changed && l.slot.is_some()) {
-                due.push(k.to_string());
-            }
-        }
-        for k in due {
-            self.flush_key(&k, now_ms);
-        }
-    }
-
-    /// Merges the key's recorder into the shared window (CAS), attributes kernel resets, updates
-    /// gauges and the retry budget, and trips the breaker when the merged window says so.
-    pub fn flush_key(&mut self, key: &str, now_ms: u64) {
-        let Some(local) = self.keys.get_mut(key, now_ms) else {
-            return;
-        };
-        local.last_flush_ms = now_ms;
-        let (cfg_index, label) = (local.cfg_index, local.label.clone());
-        let Some(slot) = local.slot else {
-            local.recorder.clear();
-            return;
-        };
-        let (_, bcfg) = self.effective(cfg_index);
-        let bcfg = bcfg.clone();
-        let metrics = self.label_metrics(&label);
-        let bms = bucket_ms(&bcfg);
-        let now_epoch = now_ms / bms;
-        let resets = match &self.cfg.reset_signals {
-            Some(_) => {
-                let name = self.names.resets();
-                self.get(&name).0.and_then(|b| ResetTotals::decode(&b).ok())
-            }
-            None => None,
-        };
-
-        let mut window_name = String::new();
-        self.names.window(slot, &mut window_name);
-        for _ in 0..CAS_ATTEMPTS {
-            let Some((st, _)) = self.read_state(slot) else {
-                return;
-            };
-            if st.key != key {
-                if let Some(l) = self.keys.get_mut(key, now_ms) {
-                    l.recorder.clear();
-                    l.slot = None;
-                }
-                return;
-            }
-            let (bytes, cas) = self.get(&window_name);
-            let mut w = std::mem::take(&mut self.window);
-            let ok = bytes.as_deref().is_some_and(|b| w.decode_into(b).is_ok());
-            if !ok
-                || w.generation != st.breaker.generation
-                || w.buckets.len() != bcfg.buckets as usize
-            {
-                let hosts = if ok {
-                    std::mem::take(&mut w.hosts)
-                } else {
-                    Vec::new()
-                };
-                w.reset(bcfg.buckets, st.breaker.generation);
-                w.hosts = hosts;
-                w.last_used_ms = 0;
-            }
-            let mut bins = std::mem::take(&mut self.bins);
-            let mut attributed = 0u64;
-            if let Some(l) = self.keys.get(key) {
-                w.merge_recorder(&l.recorder, now_epoch, &mut bins);
-                for h in &l.new_hosts {
-                    let total = resets.as_ref().map(|r| r.total_for(h)).unwrap_or(0);
-                    w.learn_host(h, total);
-                }
-            }
-            if let Some(r) = &resets {
-                for h in w.hosts.iter_mut() {
-                    let total = r.total_for(&h.host);
-                    if total > h.seen {
-                        attributed = attributed.saturating_add(total - h.seen);
+                let mut r = rng.clone();
+                match st.breaker.complete_probe(id, success, bcfg, now_ms, &mut r) {
+                    Some(t) => {
+                        rng = r;
+                        Update::Write(Some((t, st.breaker.state)))
                     }
-                    h.seen = total;
+                    None => Update::Keep(None),
                 }
-            }
-            if attributed > 0 {
-                let mut kr = Recorder::new(None);
-                if let Some(kr) = kr.as_mut() {
-                    let _ = kr.record_kernel_resets(now_epoch, attributed);
-                    w.merge_recorder(kr, now_epoch, &mut bins);
-                }
-            }
-            if !self.keys.get(key).is_some_and(|l| l.recorder.is_empty()) {
-                w.last_used_ms = now_ms;
-            }
-            let mut enc = std::mem::take(&mut self.enc);
-            w.encode_into(&mut enc);
-            let r = self.set(&window_name, &enc, Some(cas.unwrap_or(0)));
-            self.enc = enc;
-            match r {
-                Ok(()) => {
-                    let totals = w.totals(now_epoch);
-                    let p95 = w.p95_us(now_epoch, &mut bins);
-                    self.bins = bins;
-                    self.window = w;
-                    let budget = self.cfg_budget(cfg_index);
-                    if let Some(l) = self.keys.get_mut(key, now_ms) {
-                        l.recorder.clear();
-                        l.new_hosts.clear();
-                        l.budget_ok = budget_allows_retry(
-                            &budget,
-                            bcfg.window,
-                            totals.requests,
-                            totals.retries,
-                        );
-                    }
-                    self.inc(metrics.kernel_resets, attributed as i64);
-                    self.gauge(
-                        metrics.error_rate_ppm,
-                        (totals.error_rate() * 1e6).round() as u64,
-                    );
-                    self.gauge(
-                        metrics.latency_p95_ms,
-                        p95.map(|us| us.div_ceil(1000)).unwrap_or(0),
-                    );
-                    self.gauge(metrics.state, st.breaker.state.gauge() as u64);
-                    let figures = format!(
-                        "samples={} failures={} error_rate_ppm={} p95_ms={} kernel_resets={}",
-                        totals.samples,
-                        totals.failed(),
-                        (totals.error_rate() * 1e6).round() as u64,
-                        p95.map(|us| us.div_ceil(1000)).unwrap_or(0),
-                        totals.kernel_resets
-                    );
-                    let kernel = self.cfg.reset_signals.as_ref().is_some_and(|rs| {
-                        kernel_resets_exceed(&totals, bcfg.window, rs.max_resets_per_second)
-                    });
-                    self.maybe_trip(key, slot, &bcfg, &totals, kernel, &metrics, figures, now_ms);
-                    return;
-                }
-                Err(SetError::CasMismatch) => {
-                    self.bins = bins;
-                    self.window = w;
-                    continue;
-                }
-                Err(SetError::Failed) => {
-                    self.bins = bins;
-                    self.window = w;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn cfg_budget(&self, cfg_index: usize) -> policy_core::config::BudgetConfig {
-        match cfg_index
-            .checked_sub(1)
-            .and_then(|i| self.cfg.overrides.get(i))
-        {
-            Some(o) => o.retry.budget.clone(),
-            None => self.cfg.retry.budget.clone(),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn maybe_trip(
-        &mut self,
-        key: &str,
-        slot: u32,
-        bcfg: &BreakerConfig,
-        totals: &policy_core::window::Counts,
-        kernel: bool,
-        metrics: &LabelMetrics,
-        figures: String,
-        now_ms: u64,
-    ) {
-        for _ in 0..CAS_ATTEMPTS {
-            let Some((mut st, cas)) = self.read_state(slot) else {
-                return;
-            };
-            if st.key != key || st.breaker.state != State::Closed {
-                return;
-            }
-            let mut rng = self.rng.clone();
-            let t = if kernel {
-                st.breaker.trip(
-                    TripReason::KernelResets,
-                    bcfg,
-                    now_ms,
-                    &mut rng as &mut dyn Jitter,
-                )
+            },
+            |_, _| None,
+        );
+        self.name_buf = name;
+        self.rng = rng;
+        if let Some((t, state)) = t {
+            let figures = if success {
+                "probe_success=true"
             } else {
-                st.breaker.evaluate(totals, bcfg, now_ms, &mut rng)
+                "probe_success=false"
             };
-            let Some(t) = t else { return };
-            match self.write_state(slot, &st, cas) {
-                Ok(()) => {
-                    self.rng = rng;
-                    self.on_transition(key, &t, metrics, Some(figures));
-                    self.gauge(metrics.state, st.breaker.state.gauge() as u64);
-                    return;
-                }
-                Err(SetError::CasMismatch) => continue,
-                Err(SetError::Failed) => return,
+            self.on_transition(key, &t, label, Some(figures));
+            self.metrics
+                .gauge(&self.host, label, Gauge::State, state.gauge() as u64);
+            if let Some(l) = self.keys.peek_mut(key) {
+                l.state = state;
             }
+        }
+    }
+
+    /// A request that ended without a response and without an upstream failure (the client went
+    /// away): no sample, but it is no longer in flight. A probe among them frees its slot when
+    /// `sleep_window` reclaims it.
+    pub fn on_abandoned(&mut self, key: &str) {
+        if let Some(l) = self.keys.peek_mut(key) {
+            l.in_flight = l.in_flight.saturating_sub(1);
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::host::FakeHost;
-
-    fn engine(host: &FakeHost, json: &str, seed: u64) -> Engine<FakeHost> {
-        Engine::new(
-            host.clone(),
-            Config::parse(json.as_bytes()).unwrap(),
-            "mb",
-            seed,
-        )
-    }
-
-    const FAST: &str = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5,
-        "sleep_window":"1s","half_open_max_probes":2,"half_open_successes_to_close":2}}"#;
-
-    fn get() -> RequestView<'static> {
-        RequestView {
-            method: "GET",
-            path: "/",
-            content_type: None,
-            headers: &(),
-        }
-    }
-
-    fn parts(c: &str) -> KeyParts<'_> {
-        KeyParts {
-            cluster: c,
-            route: "r",
-            authority: "a",
-        }
-    }
-
-    fn fail(ms: u64) -> Outcome {
-        Outcome {
-            http_status: Some(503),
-            latency_us: ms * 1000,
-            attempts: 1,
-            ..Default::default()
-        }
-    }
-
-    fn ok() -> Outcome {
-        Outcome {
-            http_status: Some(200),
-            latency_us: 1000,
-            attempts: 1,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn closed_request_path_reads_shared_state_once_and_writes_nothing() {
-        let host = FakeHost::default();
-        let mut e = engine(&host, FAST, 1);
-        e.on_request(&parts("backend"), &get(), 0);
-        let (r, w) = (e.shared_reads, e.shared_writes);
-        let p = e.on_request(&parts("backend"), &get(), 1);
-        assert_eq!(p.decision, Decision::Allow);
-        assert_eq!((e.shared_reads - r, e.shared_writes - w), (1, 0));
-    }
-
-    #[test]
-    fn default_get_gets_idempotent_retry_headers() {
-        let host = FakeHost::default();
-        let mut e = engine(&host, "{}", 1);
-        let p = e.on_request(&parts("backend"), &get(), 0);
-        assert!(
-            p.retry_headers
-                .contains(&("x-envoy-retry-on", "5xx,reset".to_string())),
-            "{:?}",
-            p.retry_headers
-        );
-        assert!(p
-            .retry_headers
-            .contains(&("x-envoy-max-retries", "2".to_string())));
-    }
-
-    #[test]
-    fn failures_seen_by_two_workers_trip_the_shared_breaker_for_both() {
-        let host = FakeHost::default();
-        let mut a = engine(&host, FAST, 1);
-        let mut b = engine(&host, FAST, 2);
-        for i in 0..3 {
-            a.on_request(&parts("backend"), &get(), i);
-            a.on_complete("backend", &fail(1), None, None, i);
-            b.on_request(&parts("backend"), &get(), i);
-            b.on_complete("backend", &fail(1), None, None, i);
-        }
-        a.on_tick(200);
-        assert_eq!(
-            b.on_request(&parts("backend"), &get(), 201).decision,
-            Decision::Allow,
-            "3 of 6 seen"
-        );
-        b.on_tick(300);
-        let p = a.on_request(&parts("backend"), &get(), 301);
-        assert!(
-            matches!(p.decision, Decision::Reject(r) if r.reason == TripReason::ErrorRate),
-            "{p:?}"
-        );
-        assert!(matches!(
-            b.on_request(&parts("backend"), &get(), 302).decision,
-            Decision::Reject(_)
-        ));
-        assert_eq!(
-            host.metric("key=.=backend;.;to=.=open;.;meshbreaker_transitions_total"),
-            Some(1)
-        );
-        assert_eq!(host.metric("key=.=backend;.;meshbreaker_state"), Some(1));
-    }
-
-    #[test]
-    fn half_open_probe_quota_is_exact_across_workers_and_successes_close() {
-        let host = FakeHost::default();
-        let mut w: Vec<_> = (0..3).map(|i| engine(&host, FAST, i)).collect();
-        for i in 0..5 {
-            w[0].on_request(&parts("backend"), &get(), i);
-            w[0].on_complete("backend", &fail(1), None, None, i);
-        }
-        w[0].on_tick(200);
-        let t = 200 + 1300; // past the jittered sleep window
-        let mut probes = vec![];
-        for (n, e) in w.iter_mut().enumerate() {
-            for _ in 0..2 {
-                let p = e.on_request(&parts("backend"), &get(), t);
-                if let Decision::Probe(id) = p.decision {
-                    assert!(p
-                        .retry_headers
-                        .contains(&("x-envoy-max-retries", "0".to_string())));
-                    probes.push((n, id));
-                }
-            }
-        }
-        assert_eq!(probes.len(), 2, "{probes:?}");
-        for (n, id) in probes {
-            w[n].on_complete("backend", &ok(), Some(id), None, t + 10);
-        }
-        assert_eq!(
-            w[2].on_request(&parts("backend"), &get(), t + 20).decision,
-            Decision::Allow
-        );
-        assert_eq!(
-            host.metric("key=.=backend;.;to=.=closed;.;meshbreaker_transitions_total"),
-            Some(1)
-        );
-    }
-
-    #[test]
-    fn labels_are_bounded_by_max_keys_across_workers() {
-        let host = FakeHost::default();
-        let cfg = r#"{"key_by":"authority","max_keys":3}"#;
-        let mut a = engine(&host, cfg, 1);
-        let mut b = engine(&host, cfg, 2);
-        for i in 0..20u64 {
-            let auth = format!("h{i};.;x=.=y");
-            let p = KeyParts {
-                cluster: "c",
-                route: "r",
-                authority: &auth,
-            };
-            let e = if i % 2 == 0 { &mut a } else { &mut b };
-            e.on_request(&p, &get(), i * 2000);
-        }
-        let names: Vec<String> = host
-            .inner
-            .borrow()
-            .metric_names
-            .iter()
-            .map(|(_, n)| n.clone())
-            .collect();
-        let mut labels: Vec<&str> = names
-            .iter()
-            .filter_map(|n| n.strip_prefix("key=.=").and_then(|r| r.split(";.;").next()))
-            .collect();
-        labels.sort();
-        labels.dedup();
-        assert!(labels.len() <= 4, "{labels:?}");
-        assert!(labels.contains(&"_other"));
-        assert!(labels.iter().all(|l| !l.contains(';') && !l.contains('=')));
-    }
-
-    #[test]
-    fn forced_open_rejects_and_disabled_passes_without_headers() {
-        let host = FakeHost::default();
-        let mut f = engine(&host, r#"{"mode":"forced_open"}"#, 1);
-        assert!(
-            matches!(f.on_request(&parts("c"), &get(), 0).decision, Decision::Reject(r) if r.reason == TripReason::ForcedOpen && r.retry_after_s == 30)
-        );
-        let mut d = engine(&FakeHost::default(), r#"{"mode":"disabled"}"#, 1);
-        let p = d.on_request(&parts("c"), &get(), 0);
-        assert_eq!(p.decision, Decision::PassThrough);
-        assert!(p.retry_headers.is_empty());
-    }
-
-    #[test]
-    fn override_applies_to_its_cluster_only() {
-        let host = FakeHost::default();
-        let mut e = engine(
-            &host,
-            r#"{"overrides":[{"match":{"cluster":"hot"},"mode":"forced_open"}]}"#,
-            1,
-        );
-        assert!(matches!(
-            e.on_request(&parts("hot"), &get(), 0).decision,
-            Decision::Reject(_)
-        ));
-        assert_eq!(
-            e.on_request(&parts("cold"), &get(), 0).decision,
-            Decision::Allow
-        );
-    }
-
-    #[test]
-    fn budget_denies_retries_after_sustained_retrying() {
-        let host = FakeHost::default();
-        let cfg = r#"{"retry":{"budget":{"ratio":0.1,"min_retries_per_second":0}},"breaker":{"min_requests":1000}}"#;
-        let mut e = engine(&host, cfg, 1);
-        for i in 0..20 {
-            e.on_request(&parts("c"), &get(), i * 10);
-            e.on_complete(
-                "c",
-                &Outcome {
-                    attempts: 2,
-                    ..ok()
-                },
-                None,
-                None,
-                i * 10,
-            );
-        }
-        e.on_tick(1000);
-        let p = e.on_request(&parts("c"), &get(), 1001);
-        assert!(
-            p.retry_headers
-                .contains(&("x-envoy-max-retries", "0".to_string())),
-            "{:?}",
-            p.retry_headers
-        );
-        // The flush at t=100ms saw 11 retries for 11 requests (allowance 1.1): requests 11..19 and
-        // this one went out with retries switched off.
-        assert_eq!(
-            host.metric("key=.=c;.;meshbreaker_retry_budget_denied_total"),
-            Some(10)
-        );
-    }
-
-    #[test]
-    fn kernel_resets_published_for_a_learned_host_trip_the_key() {
-        let host = FakeHost::default();
-        let cfg = r#"{"reset_signals":{"max_resets_per_second":1},"breaker":{"window":"10s","buckets":10}}"#;
-        let mut e = engine(&host, cfg, 1);
-        let name = e.names().resets();
-        host.set_shared(
-            &name,
-            &ResetTotals {
-                sequence: 1,
-                peers: vec![("127.0.0.1:80".into(), 100)],
-            }
-            .encode(),
-            None,
-        )
-        .unwrap();
-        e.on_request(&parts("c"), &get(), 0);
-        e.on_complete("c", &ok(), None, Some("127.0.0.1:80"), 0);
-        e.on_tick(200);
-        assert_eq!(
-            e.on_request(&parts("c"), &get(), 201).decision,
-            Decision::Allow,
-            "old resets are a baseline"
-        );
-        host.set_shared(
-            &name,
-            &ResetTotals {
-                sequence: 2,
-                peers: vec![("127.0.0.1:80".into(), 111)],
-            }
-            .encode(),
-            None,
-        )
-        .unwrap();
-        e.on_tick(400);
-        let p = e.on_request(&parts("c"), &get(), 401);
-        assert!(
-            matches!(p.decision, Decision::Reject(r) if r.reason == TripReason::KernelResets),
-            "{p:?}"
-        );
-        assert_eq!(
-            host.metric("key=.=c;.;meshbreaker_kernel_resets_total"),
-            Some(11)
-        );
-    }
+/// Envoy's `upstream.address` in the sidecar's `peer` form: `10.0.0.5:8080`, `[::1]:8080`, an
+/// IPv4-mapped IPv6 address as IPv4. Anything that is not an IP socket address (a pipe, an
+/// internal listener) is dropped: the kernel signal cannot be about it.
+pub fn normalize_upstream(raw: &str) -> Option<String> {
+    use std::net::{IpAddr, SocketAddr};
+    let addr: SocketAddr = raw.parse().ok()?;
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    Some(SocketAddr::new(ip, addr.port()).to_string())
 }

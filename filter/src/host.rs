@@ -1,10 +1,21 @@
-//! The small host interface the engine needs from proxy-wasm: shared data with compare-and-swap
-//! and metrics. Keeping it a trait lets the engine's logic run in unit tests with [`FakeHost`],
-//! several "workers" sharing one fake store, without Envoy.
+//! The host interface the filter needs from proxy-wasm, as a trait: the clock, shared data with
+//! compare-and-swap, metrics, and the current request's headers, properties and local reply.
+//!
+//! Why a trait: every decision the filter makes can then run in unit tests (and a fuzz target)
+//! against [`fake::FakeHost`], several "workers" sharing one fake store, without Envoy. The real
+//! implementation ([`crate::abi::ProxyWasmHost`]) calls the proxy-wasm ABI directly instead of the
+//! SDK's wrappers, because those panic on any status they do not expect (and the `String` getters
+//! on any header value that is not UTF-8), and a panic kills the worker's VM.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
+/// Which header map of the current HTTP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Map {
+    RequestHeaders,
+    ResponseHeaders,
+    ResponseTrailers,
+    /// The response of an `http_call` (the sidecar poll), in the root context.
+    HttpCallResponseHeaders,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -17,121 +28,336 @@ pub enum MetricKind {
 pub enum SetError {
     /// Someone else wrote the entry since it was read: read again and retry.
     CasMismatch,
-    /// The host refused for another reason.
+    /// The host refused for another reason (any status but Ok and CasMismatch).
     Failed,
 }
 
 pub trait Host {
+    /// The host's wall clock, in nanoseconds since the Unix epoch.
+    fn now_ns(&self) -> u64;
     /// The value and its CAS token; `(None, None)` when the entry does not exist.
     fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes `value`; with `cas: Some(t)` only if the entry still has token `t`.
+    /// Writes `value`. Envoy's rule: with `cas: Some(t)` the write happens only if the entry still
+    /// has token `t` — **but only if the entry exists**; an absent entry is written whatever the
+    /// token (there is no "create if absent").
     fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32>;
     fn increment_metric(&self, id: u32, delta: i64);
     fn record_metric(&self, id: u32, value: u64);
+    /// A header's value as bytes (header values need not be UTF-8).
+    fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
+    /// Sets a header, replacing every value it had.
+    fn replace_header(&self, map: Map, name: &str, value: &[u8]);
+    fn remove_header(&self, map: Map, name: &str);
+    fn add_header(&self, map: Map, name: &str, value: &[u8]);
+    /// A property by its serialized path (the segments joined by NUL bytes, see
+    /// [`crate::request::PropertyPath`]).
+    fn property(&self, path: &[u8]) -> Option<Vec<u8>>;
+    /// Answers the request locally.
+    fn send_local_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]);
 }
 
-/// The real host: proxy-wasm host calls into Envoy.
-pub struct ProxyWasmHost;
+#[cfg(any(test, feature = "fake-host"))]
+pub mod fake {
+    //! An in-memory host for unit tests and the fuzz target (never in the release wasm).
+    //!
+    //! It follows Envoy's rules where they matter: the CAS rule of proxy-wasm-cpp-host
+    //! (`shared_data.cc`: a token is checked only when the entry exists, an absent entry is a
+    //! blind write, tokens are never 0), and header maps that hold bytes. It also counts every
+    //! host call by kind, and can run another "worker" between a read and the following write of
+    //! an entry ([`FakeHost::before_set`]), which turns races into deterministic tests.
 
-impl Host for ProxyWasmHost {
-    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        proxy_wasm::hostcalls::get_shared_data(key).unwrap_or((None, None))
+    use super::{Host, Map, MetricKind, SetError};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    type Hook = Box<dyn FnOnce()>;
+    /// Hooks waiting for an entry: (name part, reads or writes still to skip, the hook).
+    type Hooks = Rc<RefCell<Vec<(String, u32, Option<Hook>)>>>;
+    /// A local reply: status, headers, body.
+    pub type LocalResponse = (u32, Vec<(String, Vec<u8>)>, Vec<u8>);
+
+    /// One host shared by several engines (workers): clones share the store.
+    #[derive(Clone, Default)]
+    pub struct FakeHost {
+        pub inner: Rc<RefCell<FakeStore>>,
+        hooks: Hooks,
+        get_hooks: Hooks,
     }
 
-    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        match proxy_wasm::hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => Ok(()),
-            Err(proxy_wasm::types::Status::CasMismatch) => Err(SetError::CasMismatch),
-            Err(_) => Err(SetError::Failed),
+    /// What one request's stream holds, and what the filter did to it.
+    #[derive(Default, Debug, Clone)]
+    pub struct FakeStream {
+        pub maps: HashMap<Map, Vec<(String, Vec<u8>)>>,
+        pub properties: HashMap<Vec<u8>, Vec<u8>>,
+        pub local_response: Option<LocalResponse>,
+    }
+
+    #[derive(Default)]
+    pub struct FakeStore {
+        pub shared: HashMap<String, (Vec<u8>, u32)>,
+        pub next_cas: u32,
+        pub metric_names: Vec<(MetricKind, String)>,
+        pub metric_values: HashMap<String, i64>,
+        /// Host calls by kind (`get_shared`, `set_shared`, `header`, `property`, ...).
+        pub calls: HashMap<&'static str, u64>,
+        /// Writes refused with a mismatch, per entry name.
+        pub cas_mismatches: u64,
+        /// Wall clock in ns.
+        pub now_ns: u64,
+        /// Makes every `set_shared` on an entry whose name contains this fail with `Failed`.
+        pub fail_sets_containing: Option<String>,
+        /// Makes every `set_shared` on an entry whose name contains this fail with `CasMismatch`.
+        pub mismatch_sets_containing: Option<String>,
+        pub stream: FakeStream,
+    }
+
+    impl FakeHost {
+        pub fn metric(&self, name: &str) -> Option<i64> {
+            self.inner.borrow().metric_values.get(name).copied()
+        }
+
+        pub fn set_now_ms(&self, ms: u64) {
+            self.inner.borrow_mut().now_ns = ms.saturating_mul(1_000_000);
+        }
+
+        /// Host calls of `kind` so far.
+        pub fn calls(&self, kind: &str) -> u64 {
+            self.inner.borrow().calls.get(kind).copied().unwrap_or(0)
+        }
+
+        /// Every host call so far.
+        pub fn total_calls(&self) -> u64 {
+            self.inner.borrow().calls.values().sum()
+        }
+
+        pub fn reset_calls(&self) {
+            self.inner.borrow_mut().calls.clear();
+        }
+
+        /// Runs `f` right before the `nth` (0-based) later write to an entry whose name contains
+        /// `name_contains`, i.e. between the writer's read and its write: another worker's
+        /// whole request or flush can happen there.
+        pub fn before_set(&self, name_contains: &str, nth: u32, f: impl FnOnce() + 'static) {
+            self.hooks
+                .borrow_mut()
+                .push((name_contains.to_string(), nth, Some(Box::new(f))));
+        }
+
+        /// Starts a new request stream with these request headers and properties.
+        pub fn new_stream(&self, request_headers: &[(&str, &[u8])], properties: &[(&[u8], &[u8])]) {
+            let mut s = self.inner.borrow_mut();
+            let mut stream = FakeStream::default();
+            stream.maps.insert(
+                Map::RequestHeaders,
+                request_headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+                    .collect(),
+            );
+            for (k, v) in properties {
+                stream.properties.insert(k.to_vec(), v.to_vec());
+            }
+            s.stream = stream;
+        }
+
+        /// Sets the response headers (and trailers) the upstream sent.
+        pub fn set_map(&self, map: Map, headers: &[(&str, &[u8])]) {
+            self.inner.borrow_mut().stream.maps.insert(
+                map,
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+                    .collect(),
+            );
+        }
+
+        pub fn set_property(&self, path: &[u8], value: &[u8]) {
+            self.inner
+                .borrow_mut()
+                .stream
+                .properties
+                .insert(path.to_vec(), value.to_vec());
+        }
+
+        pub fn stream(&self) -> FakeStream {
+            self.inner.borrow().stream.clone()
+        }
+
+        /// A header of the current stream as the router would see it.
+        pub fn stream_header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
+            let s = self.inner.borrow();
+            s.stream
+                .maps
+                .get(&map)
+                .and_then(|m| m.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        }
+
+        fn count(&self, kind: &'static str) {
+            *self.inner.borrow_mut().calls.entry(kind).or_insert(0) += 1;
+        }
+
+        /// Runs `f` right after the `nth` (0-based) later read of an entry whose name contains
+        /// `name_contains`, before the reader sees the value it got: another worker can change
+        /// shared data between two reads (the value handed back is the one read before `f`).
+        pub fn after_get(&self, name_contains: &str, nth: u32, f: impl FnOnce() + 'static) {
+            self.get_hooks
+                .borrow_mut()
+                .push((name_contains.to_string(), nth, Some(Box::new(f))));
+        }
+
+        fn take_hook(&self, key: &str) -> Option<Hook> {
+            Self::take_from(&self.hooks, key)
+        }
+
+        fn take_from(hooks: &Hooks, key: &str) -> Option<Hook> {
+            let mut hooks = hooks.borrow_mut();
+            for h in hooks.iter_mut() {
+                if key.contains(h.0.as_str()) && h.2.is_some() {
+                    if h.1 == 0 {
+                        return h.2.take();
+                    }
+                    h.1 -= 1;
+                }
+            }
+            None
         }
     }
 
-    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
-        let t = match kind {
-            MetricKind::Counter => proxy_wasm::types::MetricType::Counter,
-            MetricKind::Gauge => proxy_wasm::types::MetricType::Gauge,
-        };
-        proxy_wasm::hostcalls::define_metric(t, name).ok()
-    }
-
-    fn increment_metric(&self, id: u32, delta: i64) {
-        let _ = proxy_wasm::hostcalls::increment_metric(id, delta);
-    }
-
-    fn record_metric(&self, id: u32, value: u64) {
-        let _ = proxy_wasm::hostcalls::record_metric(id, value);
-    }
-}
-
-/// An in-memory host for unit tests: one store shared by several engines (workers), with Envoy's
-/// CAS semantics (a token that changes on every write) and metrics by name.
-#[derive(Clone, Default)]
-pub struct FakeHost {
-    pub inner: Rc<RefCell<FakeStore>>,
-}
-
-#[derive(Default)]
-pub struct FakeStore {
-    pub shared: HashMap<String, (Vec<u8>, u32)>,
-    pub next_cas: u32,
-    pub metric_names: Vec<(MetricKind, String)>,
-    pub metric_values: HashMap<String, i64>,
-    pub gets: u64,
-    pub sets: u64,
-}
-
-impl FakeHost {
-    pub fn metric(&self, name: &str) -> Option<i64> {
-        self.inner.borrow().metric_values.get(name).copied()
-    }
-}
-
-impl Host for FakeHost {
-    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        let mut s = self.inner.borrow_mut();
-        s.gets += 1;
-        match s.shared.get(key) {
-            Some((v, c)) => (Some(v.clone()), Some(*c)),
-            None => (None, None),
+    impl Host for FakeHost {
+        fn now_ns(&self) -> u64 {
+            self.count("now");
+            self.inner.borrow().now_ns
         }
-    }
 
-    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        let mut s = self.inner.borrow_mut();
-        s.sets += 1;
-        if let (Some(want), Some((_, have))) = (cas, s.shared.get(key)) {
-            if want != 0 && want != *have {
+        fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.count("get_shared");
+            let got = {
+                let s = self.inner.borrow();
+                match s.shared.get(key) {
+                    Some((v, c)) => (Some(v.clone()), Some(*c)),
+                    None => (None, None),
+                }
+            };
+            if let Some(hook) = Self::take_from(&self.get_hooks, key) {
+                hook();
+            }
+            got
+        }
+
+        fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            self.count("set_shared");
+            // The other worker runs with no borrow held, between our read and this write.
+            if let Some(hook) = self.take_hook(key) {
+                hook();
+            }
+            let mut s = self.inner.borrow_mut();
+            if s.fail_sets_containing
+                .as_deref()
+                .is_some_and(|n| key.contains(n))
+            {
+                return Err(SetError::Failed);
+            }
+            if s.mismatch_sets_containing
+                .as_deref()
+                .is_some_and(|n| key.contains(n))
+            {
+                s.cas_mismatches += 1;
                 return Err(SetError::CasMismatch);
             }
+            // proxy-wasm-cpp-host: `if (cas && cas != it->second.second) return CasMismatch;`,
+            // evaluated only when the key exists.
+            if let (Some(want), Some((_, have))) = (cas, s.shared.get(key)) {
+                if want != 0 && want != *have {
+                    s.cas_mismatches += 1;
+                    return Err(SetError::CasMismatch);
+                }
+            }
+            s.next_cas = s.next_cas.wrapping_add(1).max(1);
+            let c = s.next_cas;
+            s.shared.insert(key.to_string(), (value.to_vec(), c));
+            Ok(())
         }
-        s.next_cas = s.next_cas.wrapping_add(1).max(1);
-        let c = s.next_cas;
-        s.shared.insert(key.to_string(), (value.to_vec(), c));
-        Ok(())
-    }
 
-    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
-        let mut s = self.inner.borrow_mut();
-        if let Some(i) = s.metric_names.iter().position(|(_, n)| n == name) {
-            return Some(i as u32);
+        fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+            self.count("define_metric");
+            let mut s = self.inner.borrow_mut();
+            if let Some(i) = s.metric_names.iter().position(|(_, n)| n == name) {
+                return Some(i as u32);
+            }
+            s.metric_names.push((kind, name.to_string()));
+            s.metric_values.insert(name.to_string(), 0);
+            Some((s.metric_names.len() - 1) as u32)
         }
-        s.metric_names.push((kind, name.to_string()));
-        s.metric_values.insert(name.to_string(), 0);
-        Some((s.metric_names.len() - 1) as u32)
-    }
 
-    fn increment_metric(&self, id: u32, delta: i64) {
-        let mut s = self.inner.borrow_mut();
-        if let Some((_, n)) = s.metric_names.get(id as usize).cloned() {
-            *s.metric_values.entry(n).or_insert(0) += delta;
+        fn increment_metric(&self, id: u32, delta: i64) {
+            self.count("increment_metric");
+            let mut s = self.inner.borrow_mut();
+            if let Some((_, n)) = s.metric_names.get(id as usize).cloned() {
+                *s.metric_values.entry(n).or_insert(0) += delta;
+            }
         }
-    }
 
-    fn record_metric(&self, id: u32, value: u64) {
-        let mut s = self.inner.borrow_mut();
-        if let Some((_, n)) = s.metric_names.get(id as usize).cloned() {
-            s.metric_values.insert(n, value as i64);
+        fn record_metric(&self, id: u32, value: u64) {
+            self.count("record_metric");
+            let mut s = self.inner.borrow_mut();
+            if let Some((_, n)) = s.metric_names.get(id as usize).cloned() {
+                s.metric_values.insert(n, value as i64);
+            }
+        }
+
+        fn header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
+            self.count("header");
+            self.stream_header(map, name)
+        }
+
+        fn replace_header(&self, map: Map, name: &str, value: &[u8]) {
+            self.count("replace_header");
+            let mut s = self.inner.borrow_mut();
+            let m = s.stream.maps.entry(map).or_default();
+            m.retain(|(k, _)| k != name);
+            m.push((name.to_string(), value.to_vec()));
+        }
+
+        fn remove_header(&self, map: Map, name: &str) {
+            self.count("remove_header");
+            let mut s = self.inner.borrow_mut();
+            s.stream
+                .maps
+                .entry(map)
+                .or_default()
+                .retain(|(k, _)| k != name);
+        }
+
+        fn add_header(&self, map: Map, name: &str, value: &[u8]) {
+            self.count("add_header");
+            let mut s = self.inner.borrow_mut();
+            s.stream
+                .maps
+                .entry(map)
+                .or_default()
+                .push((name.to_string(), value.to_vec()));
+        }
+
+        fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
+            self.count("property");
+            self.inner.borrow().stream.properties.get(path).cloned()
+        }
+
+        fn send_local_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) {
+            self.count("send_local_response");
+            self.inner.borrow_mut().stream.local_response = Some((
+                status,
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect(),
+                body.to_vec(),
+            ));
         }
     }
 }
+
+#[cfg(any(test, feature = "fake-host"))]
+pub use fake::FakeHost;

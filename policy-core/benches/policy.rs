@@ -164,6 +164,7 @@ fn report_memory(cfg: &Config) {
     let closed = SlotState {
         key: KEY.into(),
         breaker: BreakerState::default(),
+        last_active_ms: 0,
     };
     let window = busy_window(cfg, 100);
     let bins: usize = window.buckets.iter().map(|b| b.bins.len()).sum();
@@ -270,6 +271,7 @@ fn benches(c: &mut Criterion, cfg: &Config) {
     let slot = SlotState {
         key: KEY.into(),
         breaker: BreakerState::default(),
+        last_active_ms: 0,
     };
     let slot_bytes = slot.encode();
     let window = busy_window(cfg, 100);

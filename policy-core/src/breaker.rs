@@ -6,6 +6,12 @@
 //! request's decision changes nothing, so the request path costs one read.
 //!
 //! Randomness (the sleep-window jitter of SPEC) comes in through [`Jitter`]; time comes in as `now_ms`.
+//!
+//! Time is the wall clock of whoever calls, and wall clocks step. Stored instants are therefore
+//! read with a sanity bound rather than trusted: an `open_until_ms` further ahead than the longest
+//! possible open period ([`max_open_ms`]) is over, and a probe that "started" in the future (the
+//! clock stepped back) is reclaimed. A step in either direction thus never holds a circuit open
+//! longer than `max_sleep_window` × 1.2 and never blocks HALF_OPEN.
 
 use crate::config::{BreakerConfig, Mode};
 use crate::window::{trip_reason, Counts, TripReason};
@@ -155,6 +161,13 @@ fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
 }
 
+/// The longest an OPEN period can last under `cfg`: `max_sleep_window` × (1 + [`JITTER_SPREAD`]),
+/// rounded up. An `open_until_ms` further ahead than this was written before a clock step back.
+pub fn max_open_ms(cfg: &BreakerConfig) -> u64 {
+    let max = ms(cfg.max_sleep_window);
+    max.saturating_add((max as f64 * JITTER_SPREAD).ceil() as u64)
+}
+
 impl BreakerState {
     /// Decides one arriving request. OPEN turns into HALF_OPEN here once its time is up (SPEC:
     /// evaluated when a request arrives); HALF_OPEN admits probes up to the quota.
@@ -183,7 +196,7 @@ impl BreakerState {
         };
         let mut transition = None;
         let mut changed = false;
-        if self.state == State::Open && now_ms >= self.open_until_ms {
+        if self.state == State::Open && self.open_is_over(cfg, now_ms) {
             transition = Some(Transition {
                 from: State::Open,
                 to: State::HalfOpen,
@@ -207,7 +220,11 @@ impl BreakerState {
             State::Closed => Decision::Allow,
             State::Open => reject(Rejection {
                 reason,
-                retry_after_s: ceil_secs(self.open_until_ms.saturating_sub(now_ms)),
+                retry_after_s: ceil_secs(
+                    self.open_until_ms
+                        .saturating_sub(now_ms)
+                        .min(max_open_ms(cfg)),
+                ),
             }),
             State::HalfOpen => {
                 changed |= self.reclaim_stuck_probes(cfg, now_ms);
@@ -235,12 +252,20 @@ impl BreakerState {
         }
     }
 
-    /// Frees the slots of probes older than `sleep_window` whose requests never completed.
+    /// True once an OPEN period is over: its end has passed, or it lies further ahead than any open
+    /// period can last (the wall clock stepped back after the trip).
+    pub fn open_is_over(&self, cfg: &BreakerConfig, now_ms: u64) -> bool {
+        now_ms >= self.open_until_ms || self.open_until_ms - now_ms > max_open_ms(cfg)
+    }
+
+    /// Frees the slots of probes older than `sleep_window` whose requests never completed, and of
+    /// probes that started "in the future" (the clock stepped back since), which would otherwise
+    /// never age.
     fn reclaim_stuck_probes(&mut self, cfg: &BreakerConfig, now_ms: u64) -> bool {
         let limit = ms(cfg.sleep_window);
         let before = self.probes.len();
         self.probes
-            .retain(|p| now_ms.saturating_sub(p.started_ms) < limit);
+            .retain(|p| p.started_ms <= now_ms && now_ms - p.started_ms < limit);
         self.probes.len() != before
     }
 
@@ -636,6 +661,41 @@ mod tests {
             s.decide(Mode::Disabled, &c, 5).decision,
             Decision::PassThrough
         );
+    }
+
+    #[test]
+    fn open_after_a_clock_step_back_lasts_at_most_max_sleep_window_times_1_2() {
+        let c = cfg();
+        // Tripped at t = 10 h, then the clock steps back by one hour.
+        let mut s = tripped(&c, 36_000_000);
+        let now = 36_000_000 - 3_600_000;
+        match s.decide(Mode::Enforce, &c, now).decision {
+            Decision::Probe(_) => {}
+            d => panic!("an open_until 1 h ahead is stale, expected a probe: {d:?}"),
+        }
+        // A step back smaller than the bound keeps it open, with a bounded retry-after.
+        let mut s = tripped(&c, 100_000);
+        match s.decide(Mode::Enforce, &c, 100_000 - 20_000).decision {
+            Decision::Reject(r) => assert!(r.retry_after_s <= 42, "{r:?}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn probes_started_in_the_future_are_reclaimed_after_a_clock_step_back() {
+        let c = cfg();
+        let mut s = tripped(&c, 0);
+        s.decide(Mode::Enforce, &c, 3_600_000);
+        s.decide(Mode::Enforce, &c, 3_600_000);
+        assert!(matches!(
+            s.decide(Mode::Enforce, &c, 3_600_001).decision,
+            Decision::Reject(_)
+        ));
+        // The clock steps back one hour: the two probes "started in the future".
+        assert!(matches!(
+            s.decide(Mode::Enforce, &c, 60_000).decision,
+            Decision::Probe(_)
+        ));
     }
 
     #[test]

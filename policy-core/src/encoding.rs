@@ -11,6 +11,8 @@
 //! Layout: a 3-byte header `b'M'`, [`VERSION`], a kind byte, then fields as unsigned LEB128 varints
 //! and length-prefixed byte strings. Decoding checks every length against a bound and the end of
 //! the input, so garbage returns [`DecodeError`] and never panics or allocates without bound.
+//! Encoders enforce the same bounds (longer keys and hosts are cut or skipped, extra probes, bins
+//! and buckets dropped), so whatever a worker writes, every worker can read back.
 
 use crate::breaker::{BreakerState, Probe, State};
 use crate::window::{
@@ -18,18 +20,18 @@ use crate::window::{
 };
 
 pub const MAGIC: u8 = b'M';
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 const KIND_STATE: u8 = b'S';
 const KIND_WINDOW: u8 = b'W';
 const KIND_RESETS: u8 = b'R';
 
 /// Longest key (SPEC: keys are cut to 128 bytes).
 pub const MAX_KEY_BYTES: usize = 128;
-/// Bounds that decoding enforces on untrusted input.
-const MAX_PROBES: usize = 4096;
-const MAX_BUCKETS: usize = 60;
-const MAX_BINS_PER_BUCKET: usize = 8192;
-const MAX_HOST_BYTES: usize = 64;
+/// Bounds that decoding enforces on untrusted input, and encoding on what it writes.
+pub const MAX_PROBES: usize = 4096;
+pub const MAX_BUCKETS: usize = 60;
+pub const MAX_BINS_PER_BUCKET: usize = 8192;
+const MAX_HOST_BYTES: usize = crate::window::MAX_HOST_LEN;
 const MAX_RESET_PEERS: usize = 16_384;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,9 @@ impl std::fmt::Display for DecodeError {
 pub struct SlotState {
     pub key: String,
     pub breaker: BreakerState,
+    /// When a worker last saw requests of this key start or complete (ms, refreshed about once a
+    /// second per busy worker): a CLOSED key idle for longer than its window may lose the slot.
+    pub last_active_ms: u64,
 }
 
 /// The sidecar's kernel reset totals as the polling VM publishes them: per peer (`addr:port`),
@@ -205,8 +210,13 @@ impl SlotState {
         put_varint(out, u64::from(b.next_probe_id));
         put_varint(out, u64::from(b.successes));
         put_varint(out, u64::from(b.generation));
-        put_varint(out, b.probes.len() as u64);
-        for p in &b.probes {
+        put_varint(out, self.last_active_ms);
+        let probes = b
+            .probes
+            .get(..b.probes.len().min(MAX_PROBES))
+            .unwrap_or(&[]);
+        put_varint(out, probes.len() as u64);
+        for p in probes {
             put_varint(out, u64::from(p.id));
             put_varint(out, p.started_ms);
         }
@@ -228,6 +238,7 @@ impl SlotState {
         let next_probe_id = r.u32("next_probe_id")?;
         let successes = r.u32("successes")?;
         let generation = r.u32("generation")?;
+        let last_active_ms = r.varint()?;
         let n = r.len(MAX_PROBES, "probes")?;
         let mut probes = Vec::with_capacity(n.min(16));
         for _ in 0..n {
@@ -250,16 +261,20 @@ impl SlotState {
                 successes,
                 generation,
             },
+            last_active_ms,
         })
     }
 
-    /// Reads only the key name of an encoded state entry, without decoding the rest.
-    pub fn peek_key(buf: &[u8]) -> Result<&str, DecodeError> {
+    /// Reads only the key name and the circuit state of an encoded state entry, without
+    /// decoding (or allocating) the rest: the CLOSED fast path of a request.
+    pub fn peek(buf: &[u8]) -> Result<(&[u8], State), DecodeError> {
         let mut r = Reader::new(buf, KIND_STATE)?;
         let n = r.len(MAX_KEY_BYTES, "key")?;
         let end = r.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
-        let b = buf.get(r.pos..end).ok_or(DecodeError::Truncated)?;
-        std::str::from_utf8(b).map_err(|_| DecodeError::BadValue("key"))
+        let key = buf.get(r.pos..end).ok_or(DecodeError::Truncated)?;
+        r.pos = end;
+        let state = State::from_u8(r.byte()?).ok_or(DecodeError::BadValue("state"))?;
+        Ok((key, state))
     }
 }
 
@@ -297,14 +312,32 @@ impl Window {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         header(out, KIND_WINDOW);
         put_varint(out, u64::from(self.generation));
+        put_varint(out, self.bucket_ms);
+        put_varint(out, self.threshold_us);
         put_varint(out, self.last_used_ms);
-        put_varint(out, self.hosts.len() as u64);
-        for h in &self.hosts {
+        let hosts = || {
+            self.hosts
+                .iter()
+                .filter(|h| !h.host.is_empty() && h.host.len() <= MAX_HOST_BYTES)
+                .take(MAX_HOSTS_PER_KEY)
+        };
+        put_varint(out, hosts().count() as u64);
+        for h in hosts() {
             put_bytes(out, h.host.as_bytes());
             put_varint(out, h.seen);
         }
-        put_varint(out, self.buckets.len() as u64);
-        for b in &self.buckets {
+        let buckets = self
+            .buckets
+            .get(..self.buckets.len().min(MAX_BUCKETS))
+            .unwrap_or(&[]);
+        if buckets.is_empty() {
+            // Never written by the filter (a window has at least one bucket); keep it decodable.
+            put_varint(out, 1);
+            out.push(0);
+            return;
+        }
+        put_varint(out, buckets.len() as u64);
+        for b in buckets {
             if b.counts == Counts::default() && b.bins.is_empty() {
                 out.push(0);
                 continue;
@@ -312,12 +345,27 @@ impl Window {
             out.push(1);
             put_varint(out, b.epoch);
             put_counts(out, &b.counts);
-            put_varint(out, b.bins.len() as u64);
-            let mut prev = 0u64;
+            // Bins are ascending with non-zero counts (merge_bins keeps them so); anything else
+            // would not decode, so it is skipped rather than written.
+            let mut prev: Option<u64> = None;
+            let valid = |prev: Option<u64>, v: u64, c: u64| c > 0 && prev.is_none_or(|p| v > p);
+            let mut n = 0usize;
+            let mut p = None;
             for (v, c) in &b.bins {
-                put_varint(out, v.saturating_sub(prev));
-                put_varint(out, *c);
-                prev = *v;
+                if n < MAX_BINS_PER_BUCKET && valid(p, *v, *c) {
+                    n += 1;
+                    p = Some(*v);
+                }
+            }
+            put_varint(out, n as u64);
+            let mut written = 0usize;
+            for (v, c) in &b.bins {
+                if written < n && valid(prev, *v, *c) {
+                    put_varint(out, v - prev.unwrap_or(0));
+                    put_varint(out, *c);
+                    prev = Some(*v);
+                    written += 1;
+                }
             }
         }
     }
@@ -332,6 +380,8 @@ impl Window {
     pub fn decode_into(&mut self, buf: &[u8]) -> Result<(), DecodeError> {
         let mut r = Reader::new(buf, KIND_WINDOW)?;
         self.generation = r.u32("generation")?;
+        self.bucket_ms = r.varint()?;
+        self.threshold_us = r.varint()?;
         self.last_used_ms = r.varint()?;
         let nh = r.len(MAX_HOSTS_PER_KEY, "hosts")?;
         self.hosts.clear();
@@ -459,6 +509,7 @@ mod tests {
                 successes: 1,
                 generation: 3,
             },
+            last_active_ms: 1_700_000_100_500,
         }
     }
 
@@ -477,6 +528,8 @@ mod tests {
         let mut s = Vec::new();
         w.merge_recorder(&r, 40, &mut s);
         w.last_used_ms = 123;
+        w.bucket_ms = 5000;
+        w.threshold_us = 800_000;
         w.learn_host("127.0.0.1:8080", 4);
         w.learn_host("[::1]:9", 0);
         w
@@ -486,7 +539,11 @@ mod tests {
     fn state_round_trips() {
         let s = sample_state();
         assert_eq!(SlotState::decode(&s.encode()).unwrap(), s);
-        assert_eq!(SlotState::peek_key(&s.encode()).unwrap(), s.key);
+        let enc = s.encode();
+        assert_eq!(
+            SlotState::peek(&enc).unwrap(),
+            (s.key.as_bytes(), State::HalfOpen)
+        );
     }
 
     #[test]
@@ -532,7 +589,7 @@ mod tests {
     fn closed_state_entry_is_small() {
         let s = SlotState {
             key: "outbound|8080||reviews.default.svc".into(),
-            breaker: BreakerState::default(),
+            ..Default::default()
         };
         assert!(s.encode().len() <= 3 + 1 + 34 + 10, "{}", s.encode().len());
     }
@@ -540,10 +597,10 @@ mod tests {
     #[test]
     fn other_versions_and_kinds_are_rejected() {
         let mut b = sample_state().encode();
-        b[1] = 2;
+        b[1] = 1;
         assert_eq!(
             SlotState::decode(&b),
-            Err(DecodeError::UnsupportedVersion(2))
+            Err(DecodeError::UnsupportedVersion(1))
         );
         assert_eq!(
             Window::decode(&sample_state().encode()),
@@ -567,9 +624,33 @@ mod tests {
 
     #[test]
     fn huge_lengths_are_refused_before_allocating() {
-        let mut b = vec![MAGIC, VERSION, KIND_WINDOW, 0, 0, 0];
+        let mut b = vec![MAGIC, VERSION, KIND_WINDOW, 0, 0, 0, 0, 0];
         b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert_eq!(Window::decode(&b), Err(DecodeError::TooLong("buckets")));
+    }
+
+    #[test]
+    fn encoders_never_write_what_decoders_refuse() {
+        let mut s = sample_state();
+        s.key = "k".repeat(500);
+        s.breaker.probes = (0..5000).map(|id| Probe { id, started_ms: 1 }).collect();
+        let d = SlotState::decode(&s.encode()).unwrap();
+        assert_eq!(d.key.len(), MAX_KEY_BYTES);
+        assert_eq!(d.breaker.probes.len(), MAX_PROBES);
+        let mut w = sample_window();
+        w.hosts.push(HostCursor {
+            host: "/very/long/pipe/path/".repeat(10),
+            seen: 0,
+        });
+        w.buckets.resize(70, Bucket::default());
+        if let Some(b) = w.buckets.get_mut(3) {
+            b.counts.samples = 1;
+            b.bins = vec![(5, 1), (5, 2), (3, 1), (9, 0), (10, 1)];
+        }
+        let d = Window::decode(&w.encode()).unwrap();
+        assert_eq!(d.buckets.len(), MAX_BUCKETS);
+        assert!(d.hosts.iter().all(|h| h.host.len() <= MAX_HOST_BYTES));
+        assert_eq!(d.buckets[3].bins, vec![(5, 1), (10, 1)]);
     }
 
     proptest! {
@@ -578,7 +659,7 @@ mod tests {
             let _ = SlotState::decode(&bytes);
             let _ = Window::decode(&bytes);
             let _ = ResetTotals::decode(&bytes);
-            let _ = SlotState::peek_key(&bytes);
+            let _ = SlotState::peek(&bytes);
         }
 
         #[test]

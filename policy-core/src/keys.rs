@@ -13,11 +13,12 @@
 //!   recently used *idle* key (as judged by the caller, e.g. a closed breaker with nothing in flight)
 //!   is evicted, so a flood of client-chosen authorities can never grow memory without bound, and a
 //!   key with an open breaker is never forgotten by a flood.
-//! - **[`LabelBudget`]** bounds metrics: Envoy cannot delete a wasm metric, so at most `max_keys`
-//!   distinct `key` labels are ever created; an evicted key keeps its label forever (the metric still
-//!   exists), and keys that arrive once the budget is spent report under [`OTHER_LABEL`].
+//! - **The label budget** ([`may_create_label`], kept as a process-wide counter in shared data by the
+//!   filter) bounds metrics: Envoy cannot delete a wasm metric, so at most `max_keys` distinct `key`
+//!   labels are ever created; an evicted key keeps its label forever (the metric still exists), and
+//!   keys that arrive once the budget is spent report under [`OTHER_LABEL`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::config::KeyBy;
 
@@ -98,66 +99,10 @@ pub fn key_for(key_by: KeyBy, cluster: &str, route: &str, authority: &str, out: 
     }
 }
 
-/// The label rule shared by [`LabelBudget`] and the filter's process-wide counter in shared data:
+/// The label rule of the filter's process-wide label counter in shared data:
 /// a new label may be created while fewer than `max_keys` exist.
 pub fn may_create_label(labels_created: u32, max_keys: u32) -> bool {
     labels_created < max_keys
-}
-
-/// Hands out metric labels: a key's own name for the first `max_labels` distinct keys ever seen,
-/// [`OTHER_LABEL`] for every later key. A key keeps its own label forever, even after
-/// [`KeyRegistry`] evicted it, because its metrics still exist in Envoy.
-///
-/// Keys are expected to be sanitized already. Memory is bounded by `max_labels` keys.
-#[derive(Debug, Clone)]
-pub struct LabelBudget {
-    max_labels: u32,
-    owners: HashSet<String>,
-}
-
-impl LabelBudget {
-    pub fn new(max_labels: u32) -> Self {
-        LabelBudget {
-            max_labels,
-            owners: HashSet::new(),
-        }
-    }
-
-    /// The label for `key`: `key` itself if it has (or may now create) its own label, else
-    /// [`OTHER_LABEL`]. Allocates only when a new label is created.
-    pub fn label_for<'k>(&mut self, key: &'k str) -> &'k str {
-        if self.claim(key) {
-            key
-        } else {
-            OTHER_LABEL
-        }
-    }
-
-    /// Whether `key` has its own label, creating it if the budget allows.
-    pub fn claim(&mut self, key: &str) -> bool {
-        if self.owners.contains(key) {
-            return true;
-        }
-        if may_create_label(self.labels_created(), self.max_labels) {
-            self.owners.insert(key.to_owned());
-            return true;
-        }
-        false
-    }
-
-    /// Whether `key` already has its own label (never creates one).
-    pub fn owns_label(&self, key: &str) -> bool {
-        self.owners.contains(key)
-    }
-
-    /// How many own labels exist.
-    pub fn labels_created(&self) -> u32 {
-        u32::try_from(self.owners.len()).unwrap_or(u32::MAX)
-    }
-
-    pub fn max_labels(&self) -> u32 {
-        self.max_labels
-    }
 }
 
 /// Returned by [`KeyRegistry::insert`] when the registry is full and none of the least recently
@@ -173,8 +118,9 @@ impl std::fmt::Display for Full {
 
 impl std::error::Error for Full {}
 
-/// Default for [`KeyRegistry::set_eviction_scan`].
-pub const DEFAULT_EVICTION_SCAN: usize = 64;
+/// How many entries, from the LRU end, an insert into a full registry inspects looking for an idle
+/// one. Bounds the cost of an insert when many keys are busy.
+pub const EVICTION_SCAN: usize = 64;
 
 const NIL: usize = usize::MAX;
 
@@ -194,7 +140,7 @@ struct Slot<V> {
 ///
 /// Entries live in a `Vec` of slots linked into a doubly linked list (most recently used at the
 /// head) and are found through a `HashMap<String, usize>`; get, touch, insert and remove are O(1),
-/// eviction walks at most [`eviction_scan`](Self::set_eviction_scan) entries from the LRU end.
+/// eviction walks at most [`EVICTION_SCAN`] entries from the LRU end.
 /// A key's slot number ([`slot`](Self::slot)) is in `0..capacity` and stays the same while the key
 /// lives, so it can index a fixed table (the filter's shared-data slots).
 ///
@@ -208,7 +154,6 @@ pub struct KeyRegistry<V> {
     head: usize,
     tail: usize,
     capacity: usize,
-    eviction_scan: usize,
 }
 
 impl<V> KeyRegistry<V> {
@@ -224,14 +169,7 @@ impl<V> KeyRegistry<V> {
             head: NIL,
             tail: NIL,
             capacity,
-            eviction_scan: DEFAULT_EVICTION_SCAN,
         }
-    }
-
-    /// How many entries, from the LRU end, an insert into a full registry inspects looking for an
-    /// idle one (at least 1). Bounds the cost of an insert when many keys are busy.
-    pub fn set_eviction_scan(&mut self, entries: usize) {
-        self.eviction_scan = entries.max(1);
     }
 
     pub fn len(&self) -> usize {
@@ -259,6 +197,13 @@ impl<V> KeyRegistry<V> {
     pub fn get(&self, key: &str) -> Option<&V> {
         let i = *self.index.get(key)?;
         self.slots.get(i)?.value.as_ref()
+    }
+
+    /// The value of `key`, mutably, without touching it (flushes and ticks must not make a key
+    /// look recently used).
+    pub fn peek_mut(&mut self, key: &str) -> Option<&mut V> {
+        let i = *self.index.get(key)?;
+        self.slots.get_mut(i)?.value.as_mut()
     }
 
     /// The value of `key`, marking it most recently used at `now_ms`.
@@ -296,57 +241,16 @@ impl<V> KeyRegistry<V> {
         now_ms: u64,
         is_idle: impl Fn(&V) -> bool,
     ) -> Result<&mut V, Full> {
-        self.insert_evict(key, value, now_ms, is_idle)
-            .map(|(v, _)| v)
-    }
-
-    /// [`insert`](Self::insert), also handing back the value it evicted, if any (for instance to
-    /// log it or release what it holds).
-    pub fn insert_evict(
-        &mut self,
-        key: &str,
-        value: V,
-        now_ms: u64,
-        is_idle: impl Fn(&V) -> bool,
-    ) -> Result<(&mut V, Option<V>), Full> {
         if let Some(&i) = self.index.get(key) {
             self.touch_slot(i, now_ms);
             let slot = self.slots.get_mut(i).ok_or(Full)?;
             slot.value = Some(value);
-            return slot.value.as_mut().map(|v| (v, None)).ok_or(Full);
+            return slot.value.as_mut().ok_or(Full);
         }
-        let (i, evicted) = self.place(key, now_ms, &is_idle)?;
+        let (i, _evicted) = self.place(key, now_ms, &is_idle)?;
         let slot = self.slots.get_mut(i).ok_or(Full)?;
         slot.value = Some(value);
-        slot.value.as_mut().map(|v| (v, evicted)).ok_or(Full)
-    }
-
-    /// The value of `key` (touched), or a new one from `make` inserted as in
-    /// [`insert`](Self::insert). `make` is called only when there is room.
-    pub fn get_or_insert_with(
-        &mut self,
-        key: &str,
-        now_ms: u64,
-        make: impl FnOnce() -> V,
-        is_idle: impl Fn(&V) -> bool,
-    ) -> Result<&mut V, Full> {
-        let i = match self.index.get(key) {
-            Some(&i) => {
-                self.touch_slot(i, now_ms);
-                i
-            }
-            None => {
-                let (i, _evicted) = self.place(key, now_ms, &is_idle)?;
-                if let Some(slot) = self.slots.get_mut(i) {
-                    slot.value = Some(make());
-                }
-                i
-            }
-        };
-        self.slots
-            .get_mut(i)
-            .and_then(|s| s.value.as_mut())
-            .ok_or(Full)
+        slot.value.as_mut().ok_or(Full)
     }
 
     /// Removes `key`, returning its value.
@@ -434,7 +338,7 @@ impl<V> KeyRegistry<V> {
     fn find_idle_victim(&self, is_idle: &impl Fn(&V) -> bool) -> Option<usize> {
         let mut cursor = self.tail;
         let mut scanned = 0;
-        while cursor != NIL && scanned < self.eviction_scan {
+        while cursor != NIL && scanned < EVICTION_SCAN {
             let slot = self.slots.get(cursor)?;
             if slot.value.as_ref().is_some_and(is_idle) {
                 return Some(cursor);
@@ -698,35 +602,13 @@ mod tests {
     }
 
     #[test]
-    fn label_budget_gives_other_after_max_labels() {
-        let mut b = LabelBudget::new(2);
-        assert_eq!(b.label_for("a"), "a");
-        assert_eq!(b.label_for("b"), "b");
-        assert_eq!(b.label_for("c"), OTHER_LABEL);
-        assert_eq!(b.label_for("a"), "a");
-        assert_eq!(b.labels_created(), 2);
-        assert!(b.owns_label("b"));
-        assert!(!b.owns_label("c"));
-    }
-
-    #[test]
-    fn labels_stay_consumed_after_registry_eviction() {
-        let mut reg: KeyRegistry<u32> = KeyRegistry::new(2);
-        let mut labels = LabelBudget::new(2);
-        for (t, key) in ["a", "b", "c", "d", "a"].iter().enumerate() {
-            let now = t as u64;
-            if reg.get_mut(key, now).is_none() {
-                reg.insert(key, 0, now, always_idle).unwrap();
-            }
-            let label = labels.label_for(key);
-            match *key {
-                "a" | "b" => assert_eq!(label, *key),
-                _ => assert_eq!(label, OTHER_LABEL),
-            }
-        }
-        // "a" came back after eviction with its own label; c and d never got one.
-        assert_eq!(labels.labels_created(), 2);
-        assert_eq!(reg.len(), 2);
+    fn registry_peek_mut_does_not_touch() {
+        let mut reg = KeyRegistry::new(3);
+        reg.insert("a", 1u32, 10, always_idle).unwrap();
+        reg.insert("b", 2u32, 11, always_idle).unwrap();
+        *reg.peek_mut("a").unwrap() += 1;
+        assert_eq!(reg.lru_key(), Some("a"));
+        assert_eq!(reg.touched_ms("a"), Some(10));
     }
 
     #[test]
@@ -761,8 +643,7 @@ mod tests {
         reg.insert("b", 2, 2, always_idle).unwrap();
         reg.insert("c", 3, 3, always_idle).unwrap();
         reg.get_mut("a", 4);
-        let (_, evicted) = reg.insert_evict("d", 4, 5, always_idle).unwrap();
-        assert_eq!(evicted, Some(2));
+        reg.insert("d", 4, 5, always_idle).unwrap();
         assert!(!reg.contains("b"));
         assert!(reg.contains("a") && reg.contains("c") && reg.contains("d"));
         assert_eq!(reg.len(), 3);
@@ -791,28 +672,10 @@ mod tests {
         reg.insert("a", 1u32, 1, never_idle).unwrap();
         reg.insert("b", 2, 2, never_idle).unwrap();
         assert_eq!(reg.insert("c", 3, 3, never_idle).map(|v| *v), Err(Full));
-        assert!(reg.get_or_insert_with("c", 3, || 0, never_idle).is_err());
         assert_eq!(reg.len(), 2);
         assert!(reg.contains("a") && reg.contains("b"));
         let order: Vec<&str> = reg.iter().map(|(k, _)| k).collect();
         assert_eq!(order, ["b", "a"]);
-    }
-
-    #[test]
-    fn registry_eviction_scan_is_bounded() {
-        let mut reg = KeyRegistry::new(4);
-        reg.set_eviction_scan(2);
-        for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
-            reg.insert(k, i as u32, i as u64, always_idle).unwrap();
-        }
-        // "a"=0 and "b"=1 are the two LRU; only values >= 2 are idle, out of the scan's reach.
-        assert_eq!(
-            reg.insert("e", 9, 9, |v: &u32| *v >= 2).map(|_| ()),
-            Err(Full)
-        );
-        // Within reach once "a" is idle.
-        reg.insert("e", 9, 9, |v: &u32| *v == 0).unwrap();
-        assert!(!reg.contains("a"));
     }
 
     #[test]
@@ -823,18 +686,6 @@ mod tests {
         assert_eq!(*reg.insert("a", 7, 3, never_idle).unwrap(), 7);
         assert_eq!(reg.len(), 2);
         assert_eq!(reg.lru_key(), Some("b"));
-    }
-
-    #[test]
-    fn registry_get_or_insert_with_returns_existing_or_new() {
-        let mut reg = KeyRegistry::new(2);
-        *reg.get_or_insert_with("a", 1, || 10u32, always_idle)
-            .unwrap() += 1;
-        assert_eq!(
-            *reg.get_or_insert_with("a", 2, || 99, always_idle).unwrap(),
-            11
-        );
-        assert_eq!(reg.len(), 1);
     }
 
     #[test]

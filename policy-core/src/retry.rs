@@ -108,12 +108,14 @@ impl HeaderLookup for Vec<(String, String)> {
     }
 }
 
-/// Adapts a `name -> Option<value>` function (e.g. a proxy-wasm host call) to [`HeaderLookup`].
+/// Adapts a `name -> Option<bytes>` function (e.g. a proxy-wasm host call) to [`HeaderLookup`].
+/// Header values are bytes, not text: HTTP allows obs-text (0x80–0xFF), so the comparison is
+/// byte-wise and a value that is not UTF-8 simply does not match.
 pub struct HeaderFn<F>(pub F);
 
-impl<F: Fn(&str) -> Option<String>> HeaderLookup for HeaderFn<F> {
+impl<F: Fn(&str) -> Option<Vec<u8>>> HeaderLookup for HeaderFn<F> {
     fn header_is(&self, name: &str, value: &str) -> bool {
-        (self.0)(name).is_some_and(|v| v == value)
+        (self.0)(name).is_some_and(|v| v == value.as_bytes())
     }
 }
 
@@ -275,6 +277,17 @@ impl<'p> RetryDecision<'p> {
 
     pub fn budget_denied(&self) -> bool {
         matches!(self, RetryDecision::BudgetDenied(_))
+    }
+
+    /// The most upstream attempts Envoy can make for this request under this decision:
+    /// `max_retries + 1` for a policy, 1 for probes and budget-denied requests. `None` when no
+    /// header is written (no policy matched, or `disabled`), so the route's own policy decides.
+    pub fn max_attempts(&self) -> Option<u32> {
+        match *self {
+            RetryDecision::Policy(p) => Some(p.max_retries.saturating_add(1)),
+            RetryDecision::Probe | RetryDecision::BudgetDenied(_) => Some(1),
+            RetryDecision::NoHeaders => None,
+        }
     }
 
     /// The policy that matched, if one was looked for and found.
@@ -558,11 +571,17 @@ mod tests {
         ];
         assert!(r.select(&req("GET", "/", None, &owned_headers)).is_some());
         let host = HeaderFn(|n: &str| match n {
-            "x-class" => Some("bulk".to_string()),
-            "x-tenant" => Some("a".to_string()),
+            "x-class" => Some(b"bulk".to_vec()),
+            "x-tenant" => Some(b"a".to_vec()),
             _ => None,
         });
         assert!(r.select(&req("GET", "/", None, &host)).is_some());
+        let obs_text = HeaderFn(|n: &str| match n {
+            "x-class" => Some(b"bulk\xff".to_vec()),
+            "x-tenant" => Some(b"a".to_vec()),
+            _ => None,
+        });
+        assert!(r.select(&req("GET", "/", None, &obs_text)).is_none());
     }
 
     #[test]

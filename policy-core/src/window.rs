@@ -344,6 +344,9 @@ pub struct HostCursor {
 
 /// Most upstream hosts a key remembers for kernel reset attribution.
 pub const MAX_HOSTS_PER_KEY: usize = 16;
+/// Longest host a window holds (`[ipv6]:port` is at most 47 bytes); longer ones are not learned,
+/// so an entry can always be decoded again.
+pub const MAX_HOST_LEN: usize = 64;
 
 /// The merged window of one key, as kept in shared data.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -351,6 +354,12 @@ pub struct Window {
     /// Generation of the breaker's window: closing the circuit bumps the breaker's generation, and a
     /// window of an older generation is read as empty (SPEC: closing clears the window).
     pub generation: u32,
+    /// The geometry the buckets were taken with: bucket length (ms) and latency threshold (µs, 0
+    /// when the latency trip is off). A reader with another geometry starts the window afresh
+    /// instead of misreading epochs or `slow` counts (a reload that changed `window`, `buckets`
+    /// or `latency_p95_threshold`).
+    pub bucket_ms: u64,
+    pub threshold_us: u64,
     /// When a request of this key last completed (ms), for least-recently-used eviction.
     pub last_used_ms: u64,
     /// Upstream hosts learned from `upstream.address`, for the kernel reset signal.
@@ -364,15 +373,21 @@ impl Window {
     pub fn new(buckets: u32, generation: u32) -> Window {
         Window {
             generation,
+            bucket_ms: 0,
+            threshold_us: 0,
             last_used_ms: 0,
             hosts: Vec::new(),
             buckets: vec![Bucket::default(); buckets.max(1) as usize],
         }
     }
 
-    /// Empties the window (keeps its allocations) and sets its generation and shape.
+    /// Empties the window (keeps its allocations) and sets its generation and shape. Learned
+    /// hosts go too: a new generation may be a new key (a slot takeover), which must not inherit
+    /// the previous key's upstreams.
     pub fn reset(&mut self, buckets: u32, generation: u32) {
         self.generation = generation;
+        self.hosts.clear();
+        self.last_used_ms = 0;
         self.buckets
             .resize(buckets.max(1) as usize, Bucket::default());
         for b in &mut self.buckets {
@@ -385,24 +400,38 @@ impl Window {
         epoch <= now_epoch && now_epoch - epoch < n
     }
 
-    /// The bucket for `epoch`, rotated (emptied) when it held an older epoch. `None` when the epoch
+    /// The bucket for `epoch`, rotated (emptied) when it held another epoch. `None` when the epoch
     /// is too old to belong to the window any more (a straggler from a stalled worker).
+    ///
+    /// A sample "from the future" (recorded before the wall clock stepped back) is put in the
+    /// current bucket, and a bucket holding a future epoch is garbage from before such a step: it
+    /// is cleared rather than allowed to block the ring position, so a clock step never blinds
+    /// the window.
     fn bucket_for(&mut self, epoch: u64, now_epoch: u64) -> Option<&mut Bucket> {
         let n = self.buckets.len() as u64;
-        if n == 0 || !Self::live(now_epoch.max(epoch), epoch, n) {
+        let epoch = epoch.min(now_epoch);
+        if n == 0 || !Self::live(now_epoch, epoch, n) {
             return None;
         }
         let idx = (epoch % n) as usize;
         let b = self.buckets.get_mut(idx)?;
         if b.epoch != epoch {
-            if b.epoch > epoch && !b.is_empty() {
-                // The slot already holds a newer bucket: this epoch is out of the window.
-                return None;
-            }
+            // Same ring position, so the epochs differ by a multiple of the ring: the bucket holds
+            // either an expired epoch or a future one. Both are garbage now.
             b.clear();
             b.epoch = epoch;
         }
         Some(b)
+    }
+
+    /// Empties buckets whose epoch lies after `now_epoch` (written before a clock step back).
+    pub fn clear_future(&mut self, now_epoch: u64) {
+        for b in &mut self.buckets {
+            if b.epoch > now_epoch && !b.is_empty() {
+                b.clear();
+                b.epoch = 0;
+            }
+        }
     }
 
     /// Merges a worker's recorder into the window; `scratch` is reused to avoid allocation.
@@ -423,19 +452,6 @@ impl Window {
                 true
             }
             None => false,
-        }
-    }
-
-    /// Merges another window of the same shape (e.g. another worker's view) into this one.
-    pub fn merge(&mut self, other: &Window, now_epoch: u64, scratch: &mut Vec<(u64, u64)>) {
-        for ob in &other.buckets {
-            if ob.is_empty() {
-                continue;
-            }
-            if let Some(b) = self.bucket_for(ob.epoch, now_epoch) {
-                b.counts.add(&ob.counts);
-                b.merge_bins(ob.bins.iter().copied(), scratch);
-            }
         }
     }
 
@@ -482,7 +498,8 @@ impl Window {
     /// Remembers `host` for kernel reset attribution; `cumulative` is the sidecar's current total
     /// for it, taken as already seen so that only later events count. Bounded by [`MAX_HOSTS_PER_KEY`].
     pub fn learn_host(&mut self, host: &str, cumulative: u64) -> bool {
-        if self.hosts.iter().any(|h| h.host == host) {
+        if host.is_empty() || host.len() > MAX_HOST_LEN || self.hosts.iter().any(|h| h.host == host)
+        {
             return false;
         }
         if self.hosts.len() >= MAX_HOSTS_PER_KEY {
@@ -768,7 +785,11 @@ mod tests {
         record_all(&mut all, &c, 1_000, &a);
         record_all(&mut all, &c, 1_000, &b);
         let mut s = Vec::new();
-        wa.merge(&wb, 1, &mut s);
+        let mut rb = Recorder::new(threshold_us(&c)).unwrap();
+        for o in &b {
+            rb.record(1, o, o.failure(&c.failure)).unwrap();
+        }
+        assert!(wa.merge_recorder(&rb, 1, &mut s));
         assert_eq!(wa, all);
         assert_eq!(wa.p95_us(1, &mut s), all.p95_us(1, &mut s));
     }
@@ -802,6 +823,36 @@ mod tests {
     }
 
     #[test]
+    fn a_future_bucket_left_by_a_clock_step_back_does_not_block_merges() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let fail = Outcome {
+            http_status: Some(500),
+            ..ok(1)
+        };
+        // Samples at t = 1 h, then the clock steps back to t = 0.
+        record_all(&mut w, &c, 3_600_000, &[fail; 10]);
+        record_all(&mut w, &c, 0, &[fail; 10]);
+        assert_eq!(w.totals(0).samples, 10, "the new samples count");
+        w.clear_future(0);
+        assert!(w
+            .buckets
+            .iter()
+            .all(|b| b.epoch == 0 || b.counts.samples == 0));
+    }
+
+    #[test]
+    fn a_sample_recorded_before_a_clock_step_back_lands_in_the_current_bucket() {
+        let c = cfg();
+        let mut w = Window::new(c.buckets, 0);
+        let mut r = Recorder::new(None).unwrap();
+        r.record(360, &ok(1), None).unwrap();
+        let mut s = Vec::new();
+        assert!(w.merge_recorder(&r, 5, &mut s));
+        assert_eq!(w.totals(5).samples, 1);
+    }
+
+    #[test]
     fn learned_hosts_are_bounded_and_unique() {
         let mut w = Window::new(4, 0);
         assert!(w.learn_host("127.0.0.1:80", 5));
@@ -810,5 +861,6 @@ mod tests {
             w.learn_host(&format!("10.0.0.{i}:80"), 0);
         }
         assert_eq!(w.hosts.len(), MAX_HOSTS_PER_KEY);
+        assert!(!w.learn_host(&"x".repeat(MAX_HOST_LEN + 1), 0));
     }
 }

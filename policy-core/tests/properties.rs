@@ -135,7 +135,7 @@ fn run_breaker_sequence(
     let mut shared = Shared {
         bytes: SlotState {
             key: "k".into(),
-            breaker: BreakerState::default(),
+            ..Default::default()
         }
         .encode(),
         cas: 0,
@@ -589,9 +589,9 @@ proptest! {
         );
     }
 
-    /// Two (or three) workers, each merging its own recorders into its own window bucket by bucket,
-    /// then one window merged into the other, equal one window fed with every sample: the same
-    /// `Window`, totals and P95 — also when the samples span more epochs than the window holds.
+    /// Two (or three) workers, each merging its own recorders into the shared window bucket by
+    /// bucket, equal one window fed with every sample: the same `Window`, totals and P95 — also
+    /// when the samples span more epochs than the window holds.
     #[test]
     fn merged_worker_windows_equal_one_window_of_all_samples(
         buckets in 1u32..13,
@@ -609,27 +609,24 @@ proptest! {
         let last_epoch = sorted.last().map_or(0, |s| s.0);
         let first_epoch = sorted.first().map_or(0, |s| s.0);
 
-        let mut worker_windows: Vec<Window> = (0..workers).map(|_| Window::new(buckets, 7)).collect();
+        // The filter's shape: every worker merges its own recorder into the one shared window.
+        let mut merged = Window::new(buckets, 7);
         let mut all = Window::new(buckets, 7);
         let mut scratch = Vec::new();
         let mut epoch = first_epoch;
         while epoch <= last_epoch {
             let mut all_rec = Recorder::new(threshold_us(&cfg)).unwrap();
-            for (wi, ww) in worker_windows.iter_mut().enumerate() {
+            for wi in (0..workers).rev() {
                 let mut r = Recorder::new(threshold_us(&cfg)).unwrap();
                 for (_, _, o) in sorted.iter().filter(|s| s.0 == epoch && s.1 % workers == wi) {
                     let f = o.failure(&cfg.failure);
                     r.record(epoch, o, f).unwrap();
                     all_rec.record(epoch, o, f).unwrap();
                 }
-                prop_assert!(ww.merge_recorder(&r, epoch, &mut scratch));
+                prop_assert!(merged.merge_recorder(&r, epoch, &mut scratch));
             }
             prop_assert!(all.merge_recorder(&all_rec, epoch, &mut scratch));
             epoch += 1;
-        }
-        let mut merged = worker_windows[0].clone();
-        for other in &worker_windows[1..] {
-            merged.merge(other, last_epoch, &mut scratch);
         }
         for now in [last_epoch, last_epoch + 1, last_epoch + n / 2, last_epoch + n] {
             prop_assert_eq!(merged.totals(now), all.totals(now), "totals at {}", now);
@@ -687,9 +684,7 @@ fn slot_state_strategy() -> impl Strategy<Value = SlotState> {
         any::<u64>(),
         any::<u64>(),
         prop::collection::vec((any::<u32>(), any::<u64>()), 0..8),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u32>(),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()),
     )
         .prop_map(
             |(
@@ -699,9 +694,7 @@ fn slot_state_strategy() -> impl Strategy<Value = SlotState> {
                 open_until_ms,
                 sleep_ms,
                 probes,
-                next_probe_id,
-                successes,
-                generation,
+                (next_probe_id, successes, generation, last_active_ms),
             )| SlotState {
                 key,
                 breaker: BreakerState {
@@ -717,6 +710,7 @@ fn slot_state_strategy() -> impl Strategy<Value = SlotState> {
                     successes,
                     generation,
                 },
+                last_active_ms,
             },
         )
 }
@@ -738,7 +732,7 @@ fn bucket_strategy() -> impl Strategy<Value = Bucket> {
 
 fn window_strategy() -> impl Strategy<Value = Window> {
     (
-        any::<u32>(),
+        (any::<u32>(), any::<u64>(), any::<u64>()),
         any::<u64>(),
         prop::collection::vec(
             ("[0-9a-f:.\\[\\]]{1,64}", any::<u64>()),
@@ -746,15 +740,19 @@ fn window_strategy() -> impl Strategy<Value = Window> {
         ),
         prop::collection::vec(bucket_strategy(), 1..=60),
     )
-        .prop_map(|(generation, last_used_ms, hosts, buckets)| Window {
-            generation,
-            last_used_ms,
-            hosts: hosts
-                .into_iter()
-                .map(|(host, seen)| HostCursor { host, seen })
-                .collect(),
-            buckets,
-        })
+        .prop_map(
+            |((generation, bucket_ms, threshold_us), last_used_ms, hosts, buckets)| Window {
+                generation,
+                bucket_ms,
+                threshold_us,
+                last_used_ms,
+                hosts: hosts
+                    .into_iter()
+                    .map(|(host, seen)| HostCursor { host, seen })
+                    .collect(),
+                buckets,
+            },
+        )
 }
 
 proptest! {
@@ -764,7 +762,7 @@ proptest! {
     fn slot_state_round_trips(s in slot_state_strategy()) {
         let bytes = s.encode();
         prop_assert_eq!(SlotState::decode(&bytes), Ok(s.clone()));
-        prop_assert_eq!(SlotState::peek_key(&bytes), Ok(s.key.as_str()));
+        prop_assert_eq!(SlotState::peek(&bytes), Ok((s.key.as_bytes(), s.breaker.state)));
         // Every strict prefix is rejected, never misread.
         for cut in 0..bytes.len() {
             prop_assert!(SlotState::decode(&bytes[..cut]).is_err(), "prefix {} accepted", cut);
@@ -823,10 +821,10 @@ proptest! {
         kind in prop_oneof![Just(b'S'), Just(b'W'), Just(b'R'), any::<u8>()],
         with_header in any::<bool>(),
     ) {
-        let mut buf = if with_header { vec![b'M', 1, kind] } else { Vec::new() };
+        let mut buf = if with_header { vec![b'M', policy_core::encoding::VERSION, kind] } else { Vec::new() };
         buf.extend_from_slice(&body);
         let _ = SlotState::decode(&buf);
-        let _ = SlotState::peek_key(&buf);
+        let _ = SlotState::peek(&buf);
         let _ = Window::decode(&buf);
         let _ = policy_core::encoding::ResetTotals::decode(&buf);
     }

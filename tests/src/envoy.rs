@@ -302,6 +302,13 @@ impl Envoy {
             .collect()
     }
 
+    /// Sum of the values of [`Envoy::metric`], or `None` when no such series exists (so "absent"
+    /// and "zero" can be told apart).
+    pub async fn metric_opt(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let samples = self.metric(name, labels).await;
+        (!samples.is_empty()).then(|| samples.iter().map(|s| s.value).sum())
+    }
+
     /// Sum of the values of [`Envoy::metric`] (0 if none).
     pub async fn metric_value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.metric(name, labels)

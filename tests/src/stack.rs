@@ -125,6 +125,17 @@ impl Stack {
             .await
     }
 
+    /// Value of a SPEC metric for `key` that must exist (panics naming the series when it does
+    /// not): for assertions such as "is 0", which an absent series would otherwise pass.
+    pub async fn metric_present(&self, name: &str, key: &str, extra: &[(&str, &str)]) -> f64 {
+        let mut labels = vec![("key", key)];
+        labels.extend_from_slice(extra);
+        self.envoy
+            .metric_opt(name, &labels)
+            .await
+            .unwrap_or_else(|| panic!("no series {name}{labels:?} in /stats/prometheus"))
+    }
+
     /// A client to the listener, for concurrent use.
     pub fn client(&self) -> HttpClient {
         self.envoy.http1()

