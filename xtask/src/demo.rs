@@ -1,7 +1,656 @@
-//! `cargo xtask demo` (see SPEC, Commands).
+//! `cargo xtask demo`: the whole local stack on this machine, no Docker, driven through its
+//! phases and watched live.
+//!
+//! It builds the filter and the demo binaries, installs the pinned Envoy, starts the demo
+//! upstream, the eBPF sidecar (when root and the kernel allow), and Envoy with the filter at
+//! `--concurrency 2` on `envoy-config/demo.yaml` (moved to free ports), then runs
+//! `meshbreaker-demo drive`: healthy → 50% errors → recovery → slow → recovery → resets →
+//! recovery, a live line per second, a summary table and `target/demo/timeline.svg`.
+//!
+//! Why a supervisor that owns every child: a demo interrupted with Ctrl-C must not leave an
+//! Envoy holding ports or a sidecar holding BPF programs. Each child runs in its own process
+//! group (so the terminal's SIGINT reaches only this supervisor, which then stops them in order)
+//! and with `PR_SET_PDEATHSIG` (so even a SIGKILLed supervisor takes them along); the guard kills
+//! each group on drop. `--ci` checks exactly that: it interrupts a second demo and verifies that
+//! none of the processes it started is left.
 
-use crate::util::Result;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-pub fn demo(_args: &[String]) -> Result {
-    Err("not implemented yet".into())
+use serde_json::Value;
+
+use crate::util::{cargo, root, run, step, Result};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+struct Opts {
+    ci: bool,
+    phases: String,
+    duration: f64,
+    recovery_extra: f64,
+    rate: u32,
+    skip_build: bool,
+    out: PathBuf,
+}
+
+const USAGE: &str =
+    "usage: cargo xtask demo [--ci] [--phases LIST] [--duration SECS] [--rate RPS] [--out DIR]
+  --phases    comma-separated: healthy, errors, slow, resets, recovery
+              (default healthy,errors,recovery,slow,recovery,resets,recovery)
+  --duration  seconds per phase; recovery phases get 5 more (default 10; --ci 4, recovery 8)
+  --rate      requests per second (default 100)
+  --ci        short run that asserts the summary and the picture, then checks that an
+              interrupted demo leaves no process behind
+  MESHBREAKER_DEMO_NO_SIDECAR=1 runs without the eBPF sidecar";
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        ci: false,
+        phases: "healthy,errors,recovery,slow,recovery,resets,recovery".into(),
+        duration: 10.0,
+        recovery_extra: 5.0,
+        rate: 100,
+        skip_build: false,
+        out: root().join("target").join("demo"),
+    };
+    let mut duration = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--ci" => o.ci = true,
+            "--skip-build" => o.skip_build = true,
+            "--phases" => o.phases = value("--phases")?,
+            "--duration" => {
+                duration = Some(
+                    value("--duration")?
+                        .parse::<f64>()
+                        .map_err(|e| format!("--duration: {e}"))?,
+                )
+            }
+            "--rate" => {
+                o.rate = value("--rate")?
+                    .parse()
+                    .map_err(|e| format!("--rate: {e}"))?
+            }
+            "--out" => o.out = PathBuf::from(value("--out")?),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    o.duration = duration.unwrap_or(if o.ci { 4.0 } else { 10.0 });
+    if o.ci {
+        // The demo's max_sleep_window is 4 s: an 8 s recovery outlasts the longest open (4.8 s).
+        o.recovery_extra = 4.0;
+    }
+    if o.duration <= 0.0 {
+        return Err("--duration must be positive".into());
+    }
+    Ok(o)
+}
+
+/// The processes the demo started, stopped (SIGTERM, then SIGKILL) in reverse order on drop.
+#[derive(Default)]
+struct Supervisor {
+    children: Vec<(String, Child)>,
+}
+
+impl Supervisor {
+    fn spawn(&mut self, name: &str, cmd: &mut Command) -> Result<u32> {
+        // SAFETY: pre_exec runs in the forked child before exec; prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({cmd:?}): {e}"))?;
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        Ok(pid)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    /// The first child that exited, with its status.
+    fn exited(&mut self) -> Option<String> {
+        for (name, c) in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(format!("{name} exited ({status})"));
+            }
+        }
+        None
+    }
+
+    fn stop_all(&mut self) {
+        for (_, c) in self.children.iter().rev() {
+            // SAFETY: plain kill(2) on the child's own process group.
+            unsafe {
+                libc::kill(-(c.id() as libc::pid_t), libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, c) in self.children.iter_mut().rev() {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(None) => {
+                        // SAFETY: as above.
+                        unsafe {
+                            libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL);
+                        }
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+            // Anything else left in the group (a launcher's child).
+            // SAFETY: as above; ESRCH when the group is empty.
+            unsafe {
+                libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL);
+            }
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Why the sidecar cannot run here, if it cannot.
+fn sidecar_unavailable() -> Option<String> {
+    if std::env::var_os("MESHBREAKER_DEMO_NO_SIDECAR").is_some() {
+        return Some("MESHBREAKER_DEMO_NO_SIDECAR is set".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (the sidecar needs CAP_BPF and CAP_PERFMON)".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    let tp = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|d| Path::new(d).join("events/tcp/tcp_receive_reset").exists());
+    if !tp {
+        return Some("no tcp:tcp_receive_reset tracepoint in tracefs".into());
+    }
+    None
+}
+
+/// `envoy-config/demo.yaml` on the given ports, loopback only, with an absolute wasm path.
+fn demo_bootstrap(
+    wasm: &Path,
+    listener: u16,
+    admin: u16,
+    upstream: u16,
+    sidecar: u16,
+) -> Result<String> {
+    let src = root().join("envoy-config").join("demo.yaml");
+    let text = fs::read_to_string(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut out = text;
+    for (from, to) in [
+        (
+            "address: 0.0.0.0, port_value: 10000".to_owned(),
+            format!("address: 127.0.0.1, port_value: {listener}"),
+        ),
+        (
+            "port_value: 9901 }".to_owned(),
+            format!("port_value: {admin} }}"),
+        ),
+        (
+            "port_value: 8080 }".to_owned(),
+            format!("port_value: {upstream} }}"),
+        ),
+        (
+            "port_value: 9911 }".to_owned(),
+            format!("port_value: {sidecar} }}"),
+        ),
+        (
+            "filename: target/dist/meshbreaker.wasm".to_owned(),
+            format!("filename: {}", wasm.display()),
+        ),
+    ] {
+        let n = out.matches(&from).count();
+        if n != 1 {
+            return Err(format!(
+                "{}: expected {from:?} once, found it {n} times",
+                src.display()
+            ));
+        }
+        out = out.replace(&from, &to);
+    }
+    Ok(out)
+}
+
+fn log_file(out: &Path, name: &str) -> Result<fs::File> {
+    let p = out.join(format!("{name}.log"));
+    fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn wait_for(
+    what: &str,
+    sup: &mut Supervisor,
+    secs: u64,
+    mut ready: impl FnMut() -> bool,
+) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err("interrupted".into());
+        }
+        if let Some(e) = sup.exited() {
+            return Err(format!("{e} while waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{what} not ready within {secs} s"))
+}
+
+pub fn demo(args: &[String]) -> Result {
+    let o = parse(args)?;
+    install_signal_handlers();
+    let started = Instant::now();
+
+    let (wasm, envoy) = if o.skip_build {
+        (root().join("target/dist/meshbreaker.wasm"), envoy_binary()?)
+    } else {
+        let wasm = crate::setup::build()?;
+        let envoy = envoy_binary()?;
+        let unavailable = sidecar_unavailable();
+        step("build the demo upstream/driver and the eBPF sidecar");
+        let mut c = cargo();
+        c.args(["build", "-p", "meshbreaker-demo"]);
+        if unavailable.is_none() {
+            c.args(["-p", "meshbreaker-sidecar"]);
+        }
+        run(&mut c)?;
+        (wasm, envoy)
+    };
+    let bin = root().join("target").join("debug");
+    fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+
+    let (listener, admin, upstream, sidecar) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
+    let bootstrap = o.out.join("envoy.yaml");
+    fs::write(
+        &bootstrap,
+        demo_bootstrap(&wasm, listener, admin, upstream, sidecar)?,
+    )
+    .map_err(|e| format!("{}: {e}", bootstrap.display()))?;
+
+    step("start the stack");
+    let mut sup = Supervisor::default();
+    let up_log = log_file(&o.out, "upstream")?;
+    sup.spawn(
+        "upstream",
+        Command::new(bin.join("meshbreaker-demo"))
+            .args(["upstream", "--listen", &format!("127.0.0.1:{upstream}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(up_log),
+    )?;
+    wait_for("the upstream", &mut sup, 10, || {
+        http_get(upstream, "/_demo/stats").is_some()
+    })?;
+
+    let kernel = match sidecar_unavailable() {
+        Some(why) => Err(why),
+        None => {
+            let log = log_file(&o.out, "sidecar")?;
+            sup.spawn(
+                "meshbreaker-sidecar",
+                Command::new(bin.join("meshbreaker-sidecar"))
+                    .args(["--listen", &format!("127.0.0.1:{sidecar}")])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log),
+            )?;
+            match wait_for("the sidecar", &mut sup, 15, || {
+                http_get(sidecar, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            }) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Drop the failed sidecar but keep the rest.
+                    if let Some(i) = sup
+                        .children
+                        .iter()
+                        .position(|(n, _)| n == "meshbreaker-sidecar")
+                    {
+                        let (_, mut c) = sup.children.remove(i);
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    let log = fs::read_to_string(o.out.join("sidecar.log")).unwrap_or_default();
+                    Err(format!("{e}; {}", log.lines().last().unwrap_or("no log")))
+                }
+            }
+        }
+    };
+    match &kernel {
+        Ok(()) => eprintln!("kernel signals: on (meshbreaker-sidecar on 127.0.0.1:{sidecar})"),
+        Err(why) => eprintln!("kernel signals: off ({why})"),
+    }
+
+    let base_id = 30_000 + (std::process::id() % 1000) * 10;
+    let envoy_log = log_file(&o.out, "envoy")?;
+    sup.spawn(
+        "envoy",
+        Command::new(&envoy)
+            .current_dir(root())
+            .arg("-c")
+            .arg(&bootstrap)
+            .args([
+                "--concurrency",
+                "2",
+                "--base-id",
+                &base_id.to_string(),
+                "--log-level",
+                "info",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(envoy_log),
+    )?;
+    wait_for("Envoy", &mut sup, 60, || {
+        http_get(admin, "/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .map_err(|e| format!("{e} (see {})", o.out.join("envoy.log").display()))?;
+    eprintln!(
+        "envoy: listener 127.0.0.1:{listener}, admin http://127.0.0.1:{admin}/stats/prometheus, \
+         upstream 127.0.0.1:{upstream}; logs in {}",
+        o.out.display()
+    );
+
+    step(&format!("drive: {} ({} s per phase)", o.phases, o.duration));
+    sup.spawn(
+        "driver",
+        Command::new(bin.join("meshbreaker-demo"))
+            .args([
+                "drive",
+                "--target",
+                &format!("http://127.0.0.1:{listener}/demo"),
+            ])
+            .args(["--admin", &format!("http://127.0.0.1:{admin}")])
+            .args(["--upstream", &format!("http://127.0.0.1:{upstream}")])
+            .args(["--phases", &o.phases, "--duration", &o.duration.to_string()])
+            .args(["--recovery-extra", &o.recovery_extra.to_string()])
+            .args(["--rate", &o.rate.to_string()])
+            .arg("--out")
+            .arg(&o.out)
+            .stdin(Stdio::null()),
+    )?;
+    let pids: Vec<String> = sup.pids().iter().map(u32::to_string).collect();
+    fs::write(o.out.join("pids"), pids.join("\n")).map_err(|e| e.to_string())?;
+
+    // Wait for the driver; anything else dying first, or Ctrl-C, ends the demo.
+    let status = loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            sup.stop_all();
+            eprintln!("\ninterrupted: stopped everything the demo started");
+            return Err("interrupted".into());
+        }
+        let driver = sup.children.iter_mut().find(|(n, _)| n == "driver");
+        if let Some((_, c)) = driver {
+            if let Ok(Some(status)) = c.try_wait() {
+                break status;
+            }
+        }
+        if let Some(e) = sup.exited() {
+            return Err(format!("{e} during the run (logs in {})", o.out.display()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    sup.stop_all();
+    if !status.success() {
+        return Err(format!("the driver failed ({status})"));
+    }
+    eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
+    if o.ci {
+        check_summary(&o.out)?;
+        check_interrupt_leaves_nothing()?;
+        eprintln!(
+            "demo --ci: all checks passed in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn envoy_binary() -> Result<PathBuf> {
+    match std::env::var_os("MESHBREAKER_ENVOY") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => crate::setup::envoy(),
+    }
+}
+
+/// `--ci`: every failing phase opened the circuit, every recovery closed it, and the picture
+/// has its state bands and every phase's label.
+fn check_summary(out: &Path) -> Result {
+    step("demo --ci: check the summary and timeline.svg");
+    let p = out.join("summary.json");
+    let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let report: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let phases = report["phases"]
+        .as_array()
+        .ok_or("summary.json has no phases")?;
+    let mut problems = Vec::new();
+    for ph in phases {
+        let name = ph["name"].as_str().unwrap_or("?");
+        let start = ph["start_s"].as_f64().unwrap_or(0.0);
+        if ph["fault"] != "healthy" {
+            if ph["time_to_open_s"].is_null() {
+                problems.push(format!(
+                    "phase {name} at {start:.1}s never opened the circuit"
+                ));
+            }
+            if ph["rejected"].as_u64().unwrap_or(0) == 0 {
+                problems.push(format!(
+                    "phase {name} at {start:.1}s spared the upstream no request"
+                ));
+            }
+        }
+        if name == "recovery" && (ph["time_to_close_s"].is_null() || ph["state_at_end"] != 0) {
+            problems.push(format!(
+                "recovery at {start:.1}s did not close the circuit (state at end {})",
+                ph["state_at_end"]
+            ));
+        }
+    }
+    let svg_path = out.join("timeline.svg");
+    let svg = fs::read_to_string(&svg_path).map_err(|e| format!("{}: {e}", svg_path.display()))?;
+    for (what, color) in [("closed", "#4CAF50"), ("open", "#E53935")] {
+        if !svg.contains(&format!("fill=\"{color}\"")) {
+            problems.push(format!(
+                "timeline.svg has no {what} state band (fill {color})"
+            ));
+        }
+    }
+    let labels: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once("</text>").map(|(text, _)| text.trim()))
+        .collect();
+    for ph in phases {
+        let name = ph["name"].as_str().unwrap_or("?");
+        if !labels.contains(&name) {
+            problems.push(format!("timeline.svg does not label phase {name}"));
+        }
+    }
+    if problems.is_empty() {
+        eprintln!(
+            "summary: {} phases as expected; timeline.svg has its state bands and labels",
+            phases.len()
+        );
+        Ok(())
+    } else {
+        Err(format!("demo --ci:\n  {}", problems.join("\n  ")))
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purpose: it holds no port and runs no code.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Starts a second demo (no build), interrupts it with SIGINT once traffic flows, and checks that
+/// it exits and that none of the processes it started is left.
+fn check_interrupt_leaves_nothing() -> Result {
+    step("demo --ci: Ctrl-C stops everything the demo started");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Rebuilt while running: Linux reports the old inode as "<path> (deleted)".
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    };
+    let out = root().join("target").join("demo").join("interrupt");
+    let _ = fs::remove_file(out.join("pids"));
+    let mut child = Command::new(exe)
+        .args([
+            "demo",
+            "--skip-build",
+            "--phases",
+            "healthy",
+            "--duration",
+            "120",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the second demo: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    let pids = loop {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "the second demo never started driving:\n{}",
+                seen.join("\n")
+            ));
+        }
+        while let Ok(l) = rx.try_recv() {
+            seen.push(l);
+        }
+        if let Ok(text) = fs::read_to_string(out.join("pids")) {
+            let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+            if pids.len() >= 3 {
+                break pids;
+            }
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            return Err(format!(
+                "the second demo exited early ({s}):\n{}",
+                seen.join("\n")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("the interrupted demo did not exit within 15 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("processes left after Ctrl-C: {left:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "interrupted demo exited ({status}); none of its {} processes ({pids:?}) is left",
+        pids.len()
+    );
+    Ok(())
 }

@@ -14,8 +14,8 @@ pub const MAX_WASM_BYTES: u64 = 400 * 1024;
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Debian packages the build and the tests use: clang and libbpf-dev build the eBPF program,
 /// binaryen (wasm-opt) shrinks the wasm, iproute2 makes the sidecar tests' network namespaces,
-/// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml, python3-yaml and
-/// python3-jsonschema check the Istio manifests against Istio's CRD schemas.
+/// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml, nodejs and npm
+/// run the Istio manifest checks (`tests/istio/`, against Istio's CRD schemas from npm).
 pub const APT_PACKAGES: &[&str] = &[
     "clang",
     "libbpf-dev",
@@ -23,8 +23,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-venv",
     "docker-compose",
-    "python3-yaml",
-    "python3-jsonschema",
+    "nodejs",
+    "npm",
 ];
 
 pub fn deps() -> Result {
@@ -54,7 +54,29 @@ pub fn deps() -> Result {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    Ok(())
+    istio_schemas()
+}
+
+/// The npm packages of the Istio manifest checks (`tests/istio/package-lock.json`: Istio's CRD
+/// schemas as `@kubernetes-models/istio`, and `yaml`) into the gitignored `tests/istio/node_modules`.
+fn istio_schemas() -> Result {
+    let dir = root().join("tests").join("istio");
+    let stamp = dir.join("node_modules").join(".package-lock.json");
+    let lock = dir.join("package-lock.json");
+    let fresh = match (fs::metadata(&stamp), fs::metadata(&lock)) {
+        (Ok(s), Ok(l)) => match (s.modified(), l.modified()) {
+            (Ok(s), Ok(l)) => s >= l,
+            _ => false,
+        },
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    step("npm ci in tests/istio (Istio CRD schemas for the manifest checks)");
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir))
 }
 
 /// Builds the filter for wasm, shrinks it with wasm-opt when present, checks the size limit.

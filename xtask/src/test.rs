@@ -23,12 +23,37 @@ pub fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     let wasm = build()?;
+    // tests/tests/oci.rs verifies the image this writes.
+    crate::oci::oci(&["--skip-build".to_owned()])?;
     step("native tests (unit, property, Envoy integration, eBPF sidecar)");
     run(cargo()
         .args(["test", "--workspace", "--exclude", "xtask"])
         .args(args)
         .env("MESHBREAKER_ENVOY", &envoy)
         .env("MESHBREAKER_WASM", &wasm))?;
+    step("cargo xtask demo --ci (the whole stack through its phases, asserted)");
+    // The demo finds Envoy through MESHBREAKER_ENVOY, like the tests.
+    std::env::set_var("MESHBREAKER_ENVOY", &envoy);
+    crate::demo::demo(&["--ci".to_owned()])?;
+    match std::env::var_os("MESHBREAKER_ISTIO_CRDS") {
+        Some(dir) => {
+            step("the manifest validator held to Istio's own CRD file and fixtures");
+            run(cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "meshbreaker-tests",
+                    "--test",
+                    "manifests_shared",
+                ])
+                .args(["--", "--ignored"])
+                .env("MESHBREAKER_ISTIO_CRDS", dir))?;
+        }
+        None => eprintln!(
+            "\nmanifests_shared: not run (set MESHBREAKER_ISTIO_CRDS to a directory with Istio's \
+             customresourcedefinitions.gen.yaml and WasmPlugin fixtures to run it)"
+        ),
+    }
     step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
     run(cargo()
         // The scenarios file holds the core scenarios; the unit and property tests use proptest,
