@@ -31,6 +31,8 @@ use crate::util::{output, root, run, step, Result};
 #[derive(Debug, Clone, Default)]
 pub struct TargetRun {
     pub name: String,
+    /// The time asked for, and the time it took.
+    pub requested: u64,
     pub seconds: u64,
     pub execs: u64,
     pub exec_per_s: u64,
@@ -193,6 +195,7 @@ fn fuzz_target(target: &str, seconds: u64) -> Result<TargetRun> {
     build(target)?;
     let mut r = TargetRun {
         name: target.to_string(),
+        requested: seconds,
         seconds,
         ..Default::default()
     };
@@ -414,14 +417,14 @@ fn report(runs: &[TargetRun]) -> String {
     let mut s = String::new();
     s.push_str("## Fuzzing\n\n");
     s.push_str(&format!(
-        "`cargo xtask fuzz --seconds {}`: each cargo-fuzz target (libFuzzer, AddressSanitizer, \
+        "`cargo xtask fuzz --minutes {}`: each cargo-fuzz target (libFuzzer, AddressSanitizer, \
          optimized with debug assertions and overflow checks on) for the time shown, from the seed \
          corpus in `fuzz/corpus/<target>/` plus the dictionaries in `fuzz/dicts/`. \
          {} inputs executed in all.\n\n",
-        runs.first().map_or(0, |r| r.seconds),
+        runs.first().map_or(0.0, |r| r.requested as f64 / 60.0),
         group(total)
     ));
-    s.push_str("| target | what it feeds | seconds | inputs executed | exec/s | coverage (edges) | corpus (seeds) | known open findings |\n");
+    s.push_str("| target | what it feeds | seconds | inputs executed | exec/s | coverage (edges) | corpus (seeds) | known open findings (crashes this run) |\n");
     s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
     for r in runs {
         s.push_str(&format!(
@@ -437,11 +440,15 @@ fn report(runs: &[TargetRun]) -> String {
             if r.known.is_empty() {
                 "none".to_string()
             } else {
-                r.known
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                format!(
+                    "{} ({})",
+                    r.known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    r.crashes_known
+                )
             }
         ));
     }
