@@ -1136,7 +1136,10 @@ fn plot(path: &Path, samples: &[Sample], events: &[Event], warmup_s: f64) {
     let hi = samples.iter().map(|s| mib(s.rss)).fold(0.0, f64::max);
     let pad = ((hi - lo) * 0.2).max(2.0);
     if let Ok(mut chart) = ChartBuilder::on(&top)
-        .caption("Envoy RSS during the soak (MiB)", ("sans-serif", 18))
+        .caption(
+            "Envoy RSS (MiB); grey: warm-up, blue: reload, red: sidecar killed / restarted",
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(50)
@@ -1182,8 +1185,8 @@ fn plot(path: &Path, samples: &[Sample], events: &[Event], warmup_s: f64) {
         .fold(1.0, f64::max);
     if let Ok(mut chart) = ChartBuilder::on(&bottom)
         .caption(
-            "filter decisions per second (black allowed, red rejected)",
-            ("sans-serif", 18),
+            "decisions/s (black allowed, red rejected); upstream failing (red), slow (yellow), resetting (violet)",
+            ("sans-serif", 16),
         )
         .margin(10)
         .x_label_area_size(30)
@@ -1191,6 +1194,23 @@ fn plot(path: &Path, samples: &[Sample], events: &[Event], warmup_s: f64) {
         .build_cartesian_2d(0.0..end, 0.0..top_rate * 1.1)
     {
         let _ = chart.configure_mesh().x_desc("seconds").draw();
+        let phases: Vec<(f64, &str)> = events
+            .iter()
+            .filter_map(|e| e.what.strip_prefix("upstream ").map(|p| (e.at, p)))
+            .collect();
+        for (i, (at, phase)) in phases.iter().enumerate() {
+            let until = phases.get(i + 1).map_or(end, |n| n.0);
+            let color = match *phase {
+                "failing" => RGBColor(255, 215, 215),
+                "slow" => RGBColor(255, 245, 200),
+                "resetting" => RGBColor(230, 215, 255),
+                _ => continue,
+            };
+            let _ = chart.draw_series(std::iter::once(Rectangle::new(
+                [(*at, 0.0), (until, top_rate * 1.1)],
+                color.filled(),
+            )));
+        }
         let _ = chart.draw_series(std::iter::once(PathElement::new(
             allowed,
             BLACK.stroke_width(2),
