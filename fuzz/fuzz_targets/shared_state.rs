@@ -5,8 +5,8 @@
 //! may have written them. The first input byte picks the decoder; the rest is the entry.
 //! Beyond "never panics": an accepted entry re-encodes to one that decodes to the same value, a
 //! scratch window reused across decodes (as the filter does) gives what a fresh decode gives, and
-//! the arithmetic the engine then runs on a decoded window (totals, P95, merge, trip decision)
-//! survives hostile counts.
+//! the arithmetic the engine then runs on a decoded window (totals, P95, the trip decision, clearing
+//! future buckets after a clock step) survives hostile counts.
 
 #![no_main]
 
@@ -26,12 +26,12 @@ fn normalized(mut w: Window) -> Window {
 }
 
 fn slot_state(data: &[u8]) {
-    let peeked = SlotState::peek_key(data).map(str::to_owned);
+    let peeked = SlotState::peek(data).map(|(k, st)| (k.to_vec(), st));
     if let Ok(s) = SlotState::decode(data) {
         assert_eq!(
-            peeked.as_deref(),
-            Ok(s.key.as_str()),
-            "peek_key disagrees with decode"
+            peeked,
+            Ok((s.key.as_bytes().to_vec(), s.breaker.state)),
+            "peek disagrees with decode"
         );
         let again = SlotState::decode(&s.encode()).expect("re-encoded state must decode");
         assert_eq!(again, s);
@@ -66,10 +66,11 @@ fn window(data: &[u8]) {
     let _ = w.p95_us(now_epoch, &mut bins);
     let _ = totals.error_rate();
     let _ = trip_reason(&totals, &BreakerConfig::default());
-    let mut merged = w.clone();
-    merged.merge(&w, now_epoch, &mut bins);
-    let _ = merged.totals(now_epoch);
-    let _ = merged.p95_us(now_epoch, &mut bins);
+    // What a reader does after a clock step back: drop buckets from the future, then read.
+    let mut stepped = w.clone();
+    stepped.clear_future(now_epoch / 2);
+    let _ = stepped.totals(now_epoch / 2);
+    let _ = stepped.p95_us(now_epoch / 2, &mut bins);
 }
 
 fn reset_totals(data: &[u8]) {
