@@ -42,8 +42,10 @@ pub struct TargetRun {
     pub seeds: usize,
     /// Known findings replayed (all still failing as expected).
     pub known: Vec<String>,
-    /// Crashes this run wrote, each matched to a known finding.
+    /// Crashes this run wrote that match a known finding.
     pub crashes_known: usize,
+    /// Crashes that match none: message and input.
+    pub new_findings: Vec<String>,
 }
 
 fn nightly_cargo() -> Command {
@@ -305,16 +307,18 @@ fn fuzz_target(target: &str, seconds: u64) -> Result<TargetRun> {
                 log_path.display()
             ));
         };
-        if !known.iter().any(|(_, e)| matches(&err, e)) {
-            return Err(format!(
-                "{target}: NEW FINDING {}: {}\n  reproduce: cd fuzz && cargo +nightly fuzz run {target} {}\n  log: {}",
+        if known.iter().any(|(_, e)| matches(&err, e)) {
+            r.crashes_known += 1;
+        } else {
+            let msg = failure_message(&err);
+            eprintln!(
+                "{target}: NEW FINDING {}: {msg}\n  reproduce: cd fuzz && cargo +nightly fuzz run {target} {}\n  log: {}",
                 a.display(),
-                failure_message(&err),
                 a.display(),
                 log_path.display()
-            ));
+            );
+            r.new_findings.push(format!("{msg} ({})", a.display()));
         }
-        r.crashes_known += 1;
     }
     if !status.success() && r.execs == 0 {
         return Err(format!(
@@ -409,7 +413,22 @@ pub fn fuzz(args: &[String]) -> Result {
         write_section("fuzz", &section)?;
         eprintln!("wrote docs/RELIABILITY.md (fuzzing section)");
     }
-    Ok(())
+    let new: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.new_findings
+                .iter()
+                .map(move |f| format!("{}: {f}", r.name))
+        })
+        .collect();
+    if new.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "new findings (add a reproducer and .expect under fuzz/findings/ once reported, or fix):\n  - {}",
+            new.join("\n  - ")
+        ))
+    }
 }
 
 fn report(runs: &[TargetRun]) -> String {
@@ -452,11 +471,27 @@ fn report(runs: &[TargetRun]) -> String {
             }
         ));
     }
-    s.push_str(
-        "\nHeld: no crash, hang (10 s per input), out-of-memory (2 GiB) or failed property other \
-         than the known open findings listed (each in `fuzz/findings/<target>/` with the message \
-         it fails with; replayed on every run, so a fix is noticed).\n\n",
-    );
+    let new: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.new_findings
+                .iter()
+                .map(move |f| format!("`{}`: {f}", r.name))
+        })
+        .collect();
+    if new.is_empty() {
+        s.push_str(
+            "\nHeld: no crash, hang (10 s per input), out-of-memory (2 GiB) or failed property other \
+             than the known open findings listed (each in `fuzz/findings/<target>/` with the message \
+             it fails with, described in `fuzz/README.md`; replayed on every run, so a fix is \
+             noticed).\n\n",
+        );
+    } else {
+        s.push_str(&format!(
+            "\n**New findings in this run** (not yet in `fuzz/findings/`):\n\n- {}\n\n",
+            new.join("\n- ")
+        ));
+    }
     s.push_str(&environment());
     s.push_str(
         "\nReproduce: `cargo xtask fuzz --minutes 2` (all targets), `cargo xtask fuzz --target \
