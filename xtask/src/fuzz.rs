@@ -40,7 +40,7 @@ pub struct TargetRun {
     pub cov: u64,
     pub corpus: u64,
     pub seeds: usize,
-    /// Known findings replayed (all still failing as expected).
+    /// Known findings replayed (all still failing as expected), by file name.
     pub known: Vec<String>,
     /// Crashes this run wrote that match a known finding.
     pub crashes_known: usize,
@@ -211,7 +211,12 @@ fn fuzz_target(target: &str, seconds: u64) -> Result<TargetRun> {
                     input.display(),
                     expect.join(" / ")
                 );
-                r.known.push(expect.join(" in "));
+                r.known.push(
+                    input
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
             }
             Some(err) => {
                 return Err(format!(
@@ -443,7 +448,7 @@ fn report(runs: &[TargetRun]) -> String {
         runs.first().map_or(0.0, |r| r.requested as f64 / 60.0),
         group(total)
     ));
-    s.push_str("| target | what it feeds | seconds | inputs executed | exec/s | coverage (edges) | corpus (seeds) | known open findings (crashes this run) |\n");
+    s.push_str("| target | what it feeds | seconds | inputs executed | exec/s | coverage (edges) | corpus (seeds) | known open findings, in `fuzz/README.md` (crashes this run that match them) |\n");
     s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
     for r in runs {
         s.push_str(&format!(
@@ -506,7 +511,7 @@ fn describe(target: &str) -> &'static str {
         "shared_state" => "shared-data entries → slot state, window, reset totals decoders; re-encoding round trip, scratch reuse, window arithmetic",
         "sidecar_snapshot" => "`GET /v1/resets` bodies → `parse_snapshot` and `ResetTracker`",
         "peer_address" => "socket addresses and strings → `is_peer_address`: every address std prints passes, nothing else does",
-        "request_path" => "the filter through the fake host: arbitrary header bytes, statuses, properties, shared data",
+        "request_path" => "two workers' engines on the fake host (Envoy's CAS rule): arbitrary request and response header bytes, client retry headers, trailers, properties, clock steps, abandoned requests",
         _ => "",
     }
 }
