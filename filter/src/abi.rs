@@ -34,6 +34,11 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
     fn proxy_add_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -185,6 +190,15 @@ impl Host for ProxyWasmHost {
         (status == OK).then_some(value)
     }
 
+    fn header_pairs(&self, map: Map) -> Option<Vec<u8>> {
+        let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: the out-parameters are ours.
+        let status = unsafe { proxy_get_header_map_pairs(map_type(map), &mut data, &mut size) };
+        // SAFETY: as in get_shared.
+        let value = unsafe { take_buffer(data, size) };
+        (status == OK).then_some(value)
+    }
+
     fn replace_header(&self, map: Map, name: &str, value: &[u8]) {
         // SAFETY: both slices are valid for the call.
         let _ = unsafe {
@@ -230,25 +244,7 @@ impl Host for ProxyWasmHost {
     }
 
     fn send_local_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) {
-        // proxy-wasm's map serialization: count, (name size, value size) pairs, then each name
-        // and value followed by a NUL.
-        let mut map = Vec::with_capacity(
-            4 + headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len() + 10)
-                .sum::<usize>(),
-        );
-        map.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-        for (n, v) in headers {
-            map.extend_from_slice(&(n.len() as u32).to_le_bytes());
-            map.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        }
-        for (n, v) in headers {
-            map.extend_from_slice(n.as_bytes());
-            map.push(0);
-            map.extend_from_slice(v);
-            map.push(0);
-        }
+        let map = crate::host::serialize_pairs(headers);
         // SAFETY: all slices are valid for the call.
         let _ = unsafe {
             proxy_send_local_response(

@@ -37,6 +37,10 @@ pub const ACTIVE_WRITE_MS: u64 = 1_000;
 pub const MIN_TAKEOVER_IDLE_MS: u64 = 5_000;
 /// A key without a slot tries to get one again at most this often.
 pub const SLOT_RETRY_MS: u64 = 1_000;
+/// Slot searches (up to [`crate::slots::PROBE_SLOTS`] reads each, per seed and table size) a
+/// worker makes per tick for keys it has not placed yet. A flood of new authorities thus costs a
+/// bounded amount of shared-data traffic; keys over the budget pass unguarded until the next tick.
+pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
 /// The most upstream attempts any request can make (`max_retries` ≤ 10, plus the first).
 pub const MAX_ATTEMPTS: u32 = 11;
 
@@ -47,7 +51,6 @@ pub(crate) struct Profile {
     pub breaker: BreakerConfig,
     pub retry: CompiledRetry,
     pub budget: BudgetConfig,
-    pub strip: bool,
     pub geometry: Geometry,
 }
 
@@ -60,15 +63,34 @@ pub(crate) struct KeyLocal {
     pub recorder: Recorder,
     pub label: LabelId,
     pub last_flush_ms: u64,
-    /// Requests started or completed since `last_active_ms` was last written.
-    pub active: bool,
-    pub active_written_ms: u64,
+    /// When a request of this key last started or completed here.
+    pub last_activity_ms: u64,
+    /// The activity time last written to the slot's `last_active_ms` (`None`: never).
+    pub activity_written: Option<u64>,
     pub budget_ok: bool,
     pub in_flight: u32,
     /// The circuit state this worker last read: keys not CLOSED are never evicted.
     pub state: State,
     /// Upstream hosts seen since the last flush (only with `reset_signals`), normalized.
     pub new_hosts: Vec<String>,
+}
+
+impl KeyLocal {
+    /// The activity time to write to the slot now, if any: the last request start or completion
+    /// (or now, while requests are in flight, so long streams keep their key's slot), at most
+    /// once per [`ACTIVE_WRITE_MS`] and only when newer than what was written.
+    pub fn activity_to_write(&self, now_ms: u64) -> Option<u64> {
+        let activity = if self.in_flight > 0 {
+            now_ms
+        } else {
+            self.last_activity_ms
+        };
+        match self.activity_written {
+            None => Some(activity),
+            Some(w) if activity > w && activity - w >= ACTIVE_WRITE_MS => Some(activity),
+            Some(_) => None,
+        }
+    }
 }
 
 /// The request-time identity of a key (from Envoy properties and headers).
@@ -82,7 +104,10 @@ pub struct KeyParts<'a> {
 /// What the request glue must do with, and remember about, one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
-    pub key: String,
+    /// Where the key's entry is in this worker's registry while this request is in flight (it
+    /// cannot be evicted while it has a request in flight), so the outcome finds it without
+    /// the key's name being copied per request.
+    pub local: Option<usize>,
     pub decision: Decision,
     /// Record the outcome (false for `disabled`, rejected requests and untracked keys).
     pub record: bool,
@@ -108,7 +133,7 @@ pub enum RetryPlan {
 pub struct Engine<H: Host> {
     pub host: H,
     /// What the request path reads (from the configuration, once).
-    pub needs: crate::request::Needs,
+    pub needs: std::rc::Rc<crate::request::Needs>,
     pub(crate) cfg: Config,
     pub(crate) profiles: Vec<Profile>,
     pub(crate) names: Names,
@@ -117,7 +142,6 @@ pub struct Engine<H: Host> {
     pub(crate) keys: KeyRegistry<KeyLocal>,
     pub(crate) metrics: Metrics,
     pub(crate) rng: SplitMix64,
-    pub(crate) window: Window,
     pub(crate) bins: Vec<(u64, u64)>,
     pub(crate) enc: Vec<u8>,
     pub(crate) name_buf: String,
@@ -125,8 +149,13 @@ pub struct Engine<H: Host> {
     pub(crate) warned_no_slot: bool,
     /// Sequence of the last kernel reset totals this VM attributed.
     pub(crate) resets_seen: Option<u64>,
+    /// The last published totals as read (to skip decoding an unchanged entry) and decoded.
+    pub(crate) reset_bytes: Vec<u8>,
+    pub(crate) reset_totals: Option<std::rc::Rc<std::collections::HashMap<String, u64>>>,
     /// How long a CLOSED key must have been idle before its slot may be taken over.
     pub(crate) takeover_idle_ms: u64,
+    /// Slot searches left until the next tick ([`SLOT_SEARCHES_PER_TICK`]).
+    pub(crate) slot_searches_left: u32,
 }
 
 fn geometry(b: &BreakerConfig) -> Geometry {
@@ -183,7 +212,6 @@ impl<H: Host> Engine<H> {
                 breaker: b.clone(),
                 retry: CompiledRetry::new(r),
                 budget: r.budget.clone(),
-                strip: r.strip_downstream_headers,
                 geometry: geometry(b),
             };
         let mut profiles = vec![profile(cfg.mode, &cfg.breaker, &cfg.retry)];
@@ -199,24 +227,26 @@ impl<H: Host> Engine<H> {
             .unwrap_or(0);
         let mut e = Engine {
             host,
-            needs: crate::request::Needs::of(&cfg),
+            needs: std::rc::Rc::new(crate::request::Needs::of(&cfg)),
             keys: KeyRegistry::new(cfg.max_keys),
             metrics: Metrics::new(cfg.max_keys),
             names: Names::new(plugin),
             meta: Meta {
-                seed: 0,
+                seeds: Vec::new(),
                 sizes: Vec::new(),
             },
             meta_checked_ms: 0,
             rng: SplitMix64(seed),
-            window: Window::new(cfg.breaker.buckets, 0),
             bins: Vec::new(),
             enc: Vec::new(),
             name_buf: String::new(),
             key_buf: String::new(),
             warned_no_slot: false,
             resets_seen: None,
+            reset_bytes: Vec::new(),
+            reset_totals: None,
             takeover_idle_ms: longest_window.max(MIN_TAKEOVER_IDLE_MS),
+            slot_searches_left: SLOT_SEARCHES_PER_TICK,
             profiles,
             cfg,
         };
@@ -229,7 +259,7 @@ impl<H: Host> Engine<H> {
     fn configure_shared(&mut self, seed: u64) {
         let meta_name = self.names.meta();
         let first = Meta {
-            seed: SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64(),
+            seeds: vec![SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64()],
             sizes: vec![self.cfg.max_keys],
         };
         first.encode(&mut self.enc);
@@ -336,8 +366,8 @@ impl<H: Host> Engine<H> {
             recorder,
             label: other,
             last_flush_ms: now_ms,
-            active: false,
-            active_written_ms: 0,
+            last_activity_ms: now_ms,
+            activity_written: None,
             budget_ok: true,
             in_flight: 0,
             state: State::Closed,
@@ -349,8 +379,9 @@ impl<H: Host> Engine<H> {
             return false;
         }
         let label = self.metrics.label_for(&self.host, &self.names, key);
-        let slot = self.find_slot(key, profile, now_ms);
-        if slot.is_none() && !self.warned_no_slot {
+        let searched = self.search_slot(key, profile, now_ms);
+        let slot = searched.unwrap_or(None);
+        if searched == Ok(None) && !self.warned_no_slot {
             self.warned_no_slot = true;
             log::warn!(
                 "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded until one frees",
@@ -360,9 +391,19 @@ impl<H: Host> Engine<H> {
         if let Some(l) = self.keys.peek_mut(key) {
             l.label = label;
             l.slot = slot;
-            l.slot_tried_ms = Some(now_ms);
+            l.slot_tried_ms = searched.is_ok().then_some(now_ms);
         }
         true
+    }
+
+    /// [`Engine::find_slot`] within this tick's search budget.
+    /// `Err(())` when the budget is spent (nothing was searched).
+    fn search_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Result<Option<u32>, ()> {
+        if self.slot_searches_left == 0 {
+            return Err(());
+        }
+        self.slot_searches_left -= 1;
+        Ok(self.find_slot(key, profile, now_ms))
     }
 
     /// Decides a request: the key, the decision, the retry plan. Writes nothing to the request.
@@ -395,7 +436,7 @@ impl<H: Host> Engine<H> {
         let untracked = |e: &Self, decision: Decision, profile: usize| {
             let retry = e.retry_plan(profile, &decision, req, true);
             Admission {
-                key: key.to_string(),
+                local: None,
                 decision,
                 record: false,
                 max_attempts: retry.1,
@@ -423,10 +464,11 @@ impl<H: Host> Engine<H> {
                 .is_none_or(|t| since(now_ms, t) >= SLOT_RETRY_MS)
         {
             // B6: a key that lost (or never got) its slot asks again, at most once a second.
-            local.slot_tried_ms = Some(now_ms);
-            slot = self.find_slot(key, profile, now_ms);
+            let searched = self.search_slot(key, profile, now_ms);
+            slot = searched.unwrap_or(None);
             if let Some(l) = self.keys.peek_mut(key) {
                 l.slot = slot;
+                l.slot_tried_ms = searched.is_ok().then_some(now_ms);
             }
         }
         let mode = self.profile(profile).mode;
@@ -455,14 +497,16 @@ impl<H: Host> Engine<H> {
         {
             self.metrics.inc(label, Counter::BudgetDenied, 1);
         }
+        let mut local = None;
         if record {
             if let Some(l) = self.keys.peek_mut(key) {
                 l.in_flight = l.in_flight.saturating_add(1);
-                l.active = true;
+                l.last_activity_ms = now_ms;
+                local = self.keys.slot(key);
             }
         }
         Admission {
-            key: key.to_string(),
+            local,
             decision,
             record,
             max_attempts,
@@ -501,12 +545,20 @@ impl<H: Host> Engine<H> {
         (plan, rd.max_attempts().unwrap_or(MAX_ATTEMPTS))
     }
 
+    /// Whether any configuration of this filter strips client retry headers.
+    pub fn strips_any(&self) -> bool {
+        self.profiles
+            .iter()
+            .any(|p| !p.retry.headers_to_strip().is_empty())
+    }
+
     /// Writes the router's retry headers for `a` and strips the client's (per the key's
     /// configuration): headers the plan writes are replaced (which removes every client value),
-    /// the others are removed only when stripping is on.
-    pub fn apply_retry_headers(&self, a: &Admission) {
+    /// the others are removed only when stripping is on and the client sent them (`present`:
+    /// bit `i` for `ROUTER_RETRY_HEADERS[i]`; all ones when unknown).
+    pub fn apply_retry_headers(&self, a: &Admission, present: u8) {
         use crate::host::Map;
-        use policy_core::retry::{MAX_RETRIES_HEADER, ROUTER_RETRY_HEADERS};
+        use policy_core::retry::MAX_RETRIES_HEADER;
         if matches!(a.decision, Decision::Reject(_)) {
             return;
         }
@@ -516,13 +568,11 @@ impl<H: Host> Engine<H> {
             _ => &[],
         };
         let off = matches!(a.retry, RetryPlan::Off);
-        if p.strip {
-            for h in ROUTER_RETRY_HEADERS {
-                let overwritten =
-                    written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
-                if !overwritten {
-                    self.host.remove_header(Map::RequestHeaders, h);
-                }
+        for (i, &h) in p.retry.headers_to_strip().iter().enumerate() {
+            let overwritten =
+                written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
+            if !overwritten && present & (1 << i) != 0 {
+                self.host.remove_header(Map::RequestHeaders, h);
             }
         }
         for (n, v) in written {
@@ -549,14 +599,29 @@ impl<H: Host> Engine<H> {
         self.names.state(slot, &mut name);
         let p = &self.profiles[profile.min(self.profiles.len() - 1)];
         let (mode, bcfg) = (p.mode, &p.breaker);
+        // The CLOSED fast path: the key name and the state byte, no decode, no allocation. A
+        // CLOSED circuit allows and changes nothing (in enforce and dry_run alike).
+        let first = self.host.get_shared(&name);
+        if let Some(b) = first.0.as_deref() {
+            if let Ok((k, State::Closed)) = SlotState::peek(b) {
+                if k == key.as_bytes() {
+                    self.name_buf = name;
+                    if let Some(l) = self.keys.peek_mut(key) {
+                        l.state = State::Closed;
+                    }
+                    return Decision::Allow;
+                }
+            }
+        }
         enum Seen {
             Lost,
             Decided(Decision, Option<Transition>, State),
             Failed(Decision),
         }
-        let seen = cas_update(
+        let seen = shared::cas_update_from(
             &self.host,
             &name,
+            Some(first),
             &mut self.enc,
             |b| SlotState::decode(b).ok(),
             SlotState::encode_into,
@@ -666,8 +731,12 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// Records a completed request. `probe` is the probe id when the request was a HALF_OPEN probe;
-    /// `upstream_host` is Envoy's `upstream.address` (used only with `reset_signals`).
+    /// The key of the request [`Engine::on_request`] decided last (for the local reply).
+    pub fn last_key(&self) -> &str {
+        &self.key_buf
+    }
+
+    /// Records a completed request of `key` (see [`Engine::on_complete_at`]).
     pub fn on_complete(
         &mut self,
         key: &str,
@@ -676,12 +745,29 @@ impl<H: Host> Engine<H> {
         upstream_host: Option<&str>,
         now_ms: u64,
     ) {
+        if let Some(i) = self.keys.slot(key) {
+            self.on_complete_at(i, outcome, probe, upstream_host, now_ms);
+        }
+    }
+
+    /// Records a completed request whose key is at `local` ([`Admission::local`]). `probe` is the
+    /// probe id when the request was a HALF_OPEN probe; `upstream_host` is Envoy's
+    /// `upstream.address` (used only with `reset_signals`). The key's name is copied only when a
+    /// probe completes or a flush is due, not per request.
+    pub fn on_complete_at(
+        &mut self,
+        at: usize,
+        outcome: &Outcome,
+        probe: Option<u32>,
+        upstream_host: Option<&str>,
+        now_ms: u64,
+    ) {
         let learn = self.cfg.reset_signals.is_some();
-        let Some(local) = self.keys.peek_mut(key) else {
+        let Some((_, local)) = self.keys.at_mut(at) else {
             return;
         };
         local.in_flight = local.in_flight.saturating_sub(1);
-        local.active = true;
+        local.last_activity_ms = now_ms;
         let (profile, slot) = (local.profile, local.slot);
         if let (true, Some(h)) = (learn, upstream_host.and_then(normalize_upstream)) {
             if !local.new_hosts.contains(&h) && local.new_hosts.len() < 4 {
@@ -693,22 +779,29 @@ impl<H: Host> Engine<H> {
         let epoch = now_ms / p.geometry.bucket_ms.max(1);
         if let (Some(id), Some(slot)) = (probe, slot) {
             let success = failure.is_none() && outcome.retried_attempts() == 0;
-            self.complete_probe(key, slot, id, success, profile, now_ms);
+            if let Some(key) = self.keys.at_mut(at).map(|(k, _)| k.to_string()) {
+                self.complete_probe(&key, slot, id, success, profile, now_ms);
+            }
         }
-        let (recorded, due) = match self.keys.peek_mut(key) {
-            Some(l) => {
+        let (recorded, due) = match self.keys.at_mut(at) {
+            Some((_, l)) => {
                 let recorded = l.recorder.record(epoch, outcome, failure).is_ok();
                 (
                     recorded,
-                    !recorded || crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS,
+                    !recorded
+                        || l.recorder.is_full()
+                        || crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS,
                 )
             }
             None => return,
         };
         if due {
-            self.flush_key(key, now_ms);
+            let Some(key) = self.keys.at_mut(at).map(|(k, _)| k.to_string()) else {
+                return;
+            };
+            self.flush_key(&key, now_ms);
             if !recorded {
-                if let Some(l) = self.keys.peek_mut(key) {
+                if let Some((_, l)) = self.keys.at_mut(at) {
                     let _ = l.recorder.record(epoch, outcome, failure);
                 }
             }
@@ -772,11 +865,27 @@ impl<H: Host> Engine<H> {
         }
     }
 
+    /// Heap bytes per tracked key in this VM, from the sizes of what it holds (registry entry and
+    /// index, key names, recorder buffers, hosts, label ids and names). For the memory test.
+    #[cfg(test)]
+    pub(crate) fn heap_per_key_estimate(&self) -> usize {
+        let n = self.keys.len().max(1);
+        let mut bytes = 0usize;
+        for (k, l) in self.keys.iter() {
+            // The name twice (slot and index), the slot (value and links), an index entry.
+            bytes += 2 * k.len() + std::mem::size_of::<KeyLocal>() + 48 + 2 * 24;
+            bytes += l.recorder.heap_bytes();
+            bytes += l.new_hosts.iter().map(|h| h.capacity() + 24).sum::<usize>();
+        }
+        bytes += self.metrics.heap_bytes();
+        bytes / n
+    }
+
     /// A request that ended without a response and without an upstream failure (the client went
     /// away): no sample, but it is no longer in flight. A probe among them frees its slot when
     /// `sleep_window` reclaims it.
-    pub fn on_abandoned(&mut self, key: &str) {
-        if let Some(l) = self.keys.peek_mut(key) {
+    pub fn on_abandoned(&mut self, at: usize) {
+        if let Some((_, l)) = self.keys.at_mut(at) {
             l.in_flight = l.in_flight.saturating_sub(1);
         }
     }

@@ -12,12 +12,14 @@
 use policy_core::breaker::{Jitter, State};
 use policy_core::encoding::{ResetTotals, SlotState};
 use policy_core::retry::budget_allows_retry;
-use policy_core::window::{kernel_resets_exceed, trip_reason, Counts, Recorder, TripReason};
+use policy_core::window::{
+    kernel_resets_exceed, trip_reason, Counts, Recorder, TripReason, Window,
+};
 
-use crate::engine::{Engine, ACTIVE_WRITE_MS, FLUSH_MS};
-use crate::host::{Host, SetError};
+use crate::engine::{Engine, FLUSH_MS};
+use crate::host::Host;
 use crate::metrics::Gauge;
-use crate::shared::{cas_update, newer, Meta, Update, CAS_ATTEMPTS};
+use crate::shared::{cas_update, newer, Meta, Update};
 
 /// The table description (seed, sizes) is re-read this often, so that VMs which raced to create
 /// it at startup converge on one seed.
@@ -27,27 +29,14 @@ impl<H: Host> Engine<H> {
     /// Flushes every key with samples older than [`FLUSH_MS`], refreshes activity marks, and
     /// hands the batched counters to Envoy (called from the root's tick).
     pub fn on_tick(&mut self, now_ms: u64) {
+        self.slot_searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
         self.refresh_meta(now_ms);
-        let mut resets_changed = false;
-        if self.cfg.reset_signals.is_some() {
-            let seq = self
-                .host
-                .get_shared(&self.names.resets())
-                .0
-                .and_then(|b| ResetTotals::decode(&b).ok())
-                .map(|t| t.sequence);
-            if seq.is_some() && seq != self.resets_seen {
-                self.resets_seen = seq;
-                resets_changed = true;
-            }
-        }
+        let resets_changed = self.refresh_resets();
         let mut due = Vec::new();
         for (k, l) in self.keys.iter() {
             let stale = crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS;
             let has_news = !l.recorder.is_empty() || !l.new_hosts.is_empty();
-            let refresh = l.slot.is_some()
-                && (l.active || l.in_flight > 0)
-                && crate::engine::since(now_ms, l.active_written_ms) >= ACTIVE_WRITE_MS;
+            let refresh = l.slot.is_some() && l.activity_to_write(now_ms).is_some();
             if (stale && has_news) || (resets_changed && l.slot.is_some()) || refresh {
                 due.push(k.to_string());
             }
@@ -58,22 +47,72 @@ impl<H: Host> Engine<H> {
         self.metrics.flush(&self.host);
     }
 
-    /// Re-reads `…/meta`; a different seed (another VM won the startup race) moves every key to
-    /// the slots that seed gives.
+    /// Reads the published kernel reset totals (one shared read per tick) and decodes them only
+    /// when their bytes changed, into a map that flushes look hosts up in. True when the
+    /// sequence moved (every placed key then takes its share).
+    fn refresh_resets(&mut self) -> bool {
+        if self.cfg.reset_signals.is_none() {
+            return false;
+        }
+        let Some(bytes) = self.host.get_shared(&self.names.resets()).0 else {
+            return false;
+        };
+        if bytes == self.reset_bytes {
+            return false;
+        }
+        let Ok(t) = ResetTotals::decode(&bytes) else {
+            return false;
+        };
+        self.reset_bytes = bytes;
+        let changed = self.resets_seen != Some(t.sequence);
+        self.resets_seen = Some(t.sequence);
+        self.reset_totals = Some(std::rc::Rc::new(t.peers.into_iter().collect()));
+        changed
+    }
+
+    /// Flushes every key that holds samples or hosts, whatever their age (the plugin is going
+    /// away), and the batched counters.
+    pub fn flush_all(&mut self, now_ms: u64) {
+        let due: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, l)| !l.recorder.is_empty() || !l.new_hosts.is_empty())
+            .map(|(k, _)| k.to_string())
+            .collect();
+        for k in due {
+            self.flush_key(&k, now_ms);
+        }
+        self.metrics.flush(&self.host);
+    }
+
+    /// Re-reads `…/meta`. If another VM's startup write replaced the seed this VM claimed slots
+    /// under, that seed is added back (a real CAS now that the entry exists), so every worker
+    /// can find those slots; a changed seed list makes every key look its slot up again, and
+    /// lookups prefer a key's OPEN or HALF_OPEN slot, so all workers settle on the same one.
     fn refresh_meta(&mut self, now_ms: u64) {
         if crate::engine::since(now_ms, self.meta_checked_ms) < META_REFRESH_MS {
             return;
         }
         self.meta_checked_ms = now_ms;
-        let Some(m) = self
-            .host
-            .get_shared(&self.names.meta())
-            .0
-            .and_then(|b| Meta::decode(&b))
-        else {
-            return;
-        };
-        if m.seed != self.meta.seed {
+        let mine = self.meta.seed();
+        let name = self.names.meta();
+        let m = cas_update(
+            &self.host,
+            &name,
+            &mut self.enc,
+            Meta::decode,
+            Meta::encode,
+            |m| {
+                if m.seeds.contains(&mine) {
+                    Update::Keep(m.clone())
+                } else {
+                    *m = m.with_seed(mine);
+                    Update::Write(m.clone())
+                }
+            },
+            |_, last| last.unwrap_or_else(|| self.meta.clone()),
+        );
+        if m.seeds != self.meta.seeds {
             self.keys.for_each_mut(|_, l| {
                 l.slot = None;
                 l.slot_tried_ms = None;
@@ -91,8 +130,7 @@ impl<H: Host> Engine<H> {
         };
         local.last_flush_ms = now_ms;
         let (profile, label) = (local.profile, local.label);
-        let refresh_active = (local.active || local.in_flight > 0)
-            && crate::engine::since(now_ms, local.active_written_ms) >= ACTIVE_WRITE_MS;
+        let activity = local.activity_to_write(now_ms);
         let Some(slot) = local.slot else {
             local.recorder.clear();
             local.new_hosts.clear();
@@ -101,27 +139,117 @@ impl<H: Host> Engine<H> {
         let pi = profile.min(self.profiles.len() - 1);
         let g = self.profiles[pi].geometry;
         let now_epoch = now_ms / g.bucket_ms.max(1);
-        let resets = match &self.cfg.reset_signals {
-            Some(_) => self
-                .host
-                .get_shared(&self.names.resets())
-                .0
-                .and_then(|b| ResetTotals::decode(&b).ok()),
-            None => None,
-        };
+        // The totals as of this VM's last tick (decoded once per published change, not per flush);
+        // read now if no tick has read them yet, so a host is never learned with a zero baseline
+        // while totals exist (that would attribute the sidecar's history to this key).
+        if self.reset_totals.is_none() {
+            self.refresh_resets();
+        }
+        let resets = self.reset_totals.clone();
         let mut state_name = String::new();
         self.names.state(slot, &mut state_name);
         let mut window_name = String::new();
         self.names.window(&g, slot, &mut window_name);
 
-        let mut merged = None;
-        for _ in 0..CAS_ATTEMPTS {
-            let (sb, _) = self.host.get_shared(&state_name);
-            let Some(st) = sb.and_then(|b| SlotState::decode(&b).ok()) else {
-                return;
-            };
-            if st.key != key {
-                // Taken over (this key was CLOSED and idle): its samples belong to no slot now.
+        enum Merge {
+            /// The slot holds another key now (this key was CLOSED and idle).
+            Lost,
+            /// The state or window is not ours to read or write, or the merge lost every CAS:
+            /// the recorder keeps its samples for the next flush.
+            Kept,
+            Merged {
+                totals: Counts,
+                p95: Option<u64>,
+                generation: u32,
+                attributed: u64,
+                state: State,
+            },
+        }
+        let host = &self.host;
+        let local = self.keys.get(key);
+        let mut bins = std::mem::take(&mut self.bins);
+        let merge = cas_update(
+            host,
+            &window_name,
+            &mut self.enc,
+            |b| Window::decode(b).ok(),
+            |w, out| w.encode_into(out),
+            |w| {
+                // The state first, for the generation the window must have.
+                let sb = host.get_shared(&state_name).0;
+                let Some(st) = sb.and_then(|b| SlotState::decode(&b).ok()) else {
+                    return Update::Keep(Merge::Kept);
+                };
+                if st.key != key {
+                    return Update::Keep(Merge::Lost);
+                }
+                let gen = st.breaker.generation;
+                if newer(w.generation, gen) {
+                    // Our state read is older than the window: read both again.
+                    return Update::Again;
+                }
+                if newer(gen, w.generation)
+                    || w.bucket_ms != g.bucket_ms
+                    || w.threshold_us != g.threshold_us
+                    || w.buckets.len() != g.buckets as usize
+                {
+                    w.reset(g.buckets, gen);
+                    w.bucket_ms = g.bucket_ms;
+                    w.threshold_us = g.threshold_us;
+                }
+                w.clear_future(now_epoch);
+                let mut attributed = 0u64;
+                if let Some(l) = local {
+                    w.merge_recorder(&l.recorder, now_epoch, &mut bins);
+                    for h in &l.new_hosts {
+                        let total = resets
+                            .as_ref()
+                            .and_then(|r| r.get(h.as_str()).copied())
+                            .unwrap_or(0);
+                        w.learn_host(h, total);
+                    }
+                    if !l.recorder.is_empty() {
+                        w.last_used_ms = now_ms;
+                    }
+                }
+                if let Some(r) = &resets {
+                    for h in w.hosts.iter_mut() {
+                        let total = r.get(h.host.as_str()).copied().unwrap_or(0);
+                        if total > h.seen {
+                            attributed = attributed.saturating_add(total - h.seen);
+                        }
+                        // Totals never go backwards; if they seem to, keep the cursor where it
+                        // was so the next rise is not counted twice.
+                        h.seen = h.seen.max(total);
+                    }
+                }
+                if attributed > 0 {
+                    if let Some(mut kr) = Recorder::new(None) {
+                        let _ = kr.record_kernel_resets(now_epoch, attributed);
+                        w.merge_recorder(&kr, now_epoch, &mut bins);
+                    }
+                }
+                Update::Write(Merge::Merged {
+                    totals: w.totals(now_epoch),
+                    p95: w.p95_us(now_epoch, &mut bins),
+                    generation: w.generation,
+                    attributed,
+                    state: st.breaker.state,
+                })
+            },
+            |_, _| Merge::Kept,
+        );
+        self.bins = bins;
+        let (totals, p95, gen, attributed, seen_state) = match merge {
+            Merge::Merged {
+                totals,
+                p95,
+                generation,
+                attributed,
+                state,
+            } => (totals, p95, generation, attributed, state),
+            Merge::Kept => return,
+            Merge::Lost => {
                 if let Some(l) = self.keys.peek_mut(key) {
                     l.recorder.clear();
                     l.new_hosts.clear();
@@ -130,89 +258,8 @@ impl<H: Host> Engine<H> {
                 }
                 return;
             }
-            let (wb, cas) = self.host.get_shared(&window_name);
-            let (Some(wb), Some(cas)) = (wb, cas) else {
-                return;
-            };
-            let mut w = std::mem::take(&mut self.window);
-            if w.decode_into(&wb).is_err() {
-                // Not ours to overwrite (see `shared`); the samples wait for the next flush.
-                self.window = w;
-                return;
-            }
-            let gen = st.breaker.generation;
-            if newer(w.generation, gen) {
-                // Our state read is older than the window: read the state again.
-                self.window = w;
-                continue;
-            }
-            if newer(gen, w.generation)
-                || w.bucket_ms != g.bucket_ms
-                || w.threshold_us != g.threshold_us
-                || w.buckets.len() != g.buckets as usize
-            {
-                w.reset(g.buckets, gen);
-                w.bucket_ms = g.bucket_ms;
-                w.threshold_us = g.threshold_us;
-            }
-            w.clear_future(now_epoch);
-            let mut bins = std::mem::take(&mut self.bins);
-            let mut attributed = 0u64;
-            if let Some(l) = self.keys.get(key) {
-                w.merge_recorder(&l.recorder, now_epoch, &mut bins);
-                for h in &l.new_hosts {
-                    let total = resets.as_ref().map(|r| r.total_for(h)).unwrap_or(0);
-                    w.learn_host(h, total);
-                }
-                if !l.recorder.is_empty() {
-                    w.last_used_ms = now_ms;
-                }
-            }
-            if let Some(r) = &resets {
-                for h in w.hosts.iter_mut() {
-                    let total = r.total_for(&h.host);
-                    if total > h.seen {
-                        attributed = attributed.saturating_add(total - h.seen);
-                    }
-                    // Totals never go backwards; if they seem to, keep the cursor where it was
-                    // so the next rise is not counted twice.
-                    h.seen = h.seen.max(total);
-                }
-            }
-            if attributed > 0 {
-                if let Some(mut kr) = Recorder::new(None) {
-                    let _ = kr.record_kernel_resets(now_epoch, attributed);
-                    w.merge_recorder(&kr, now_epoch, &mut bins);
-                }
-            }
-            let mut enc = std::mem::take(&mut self.enc);
-            w.encode_into(&mut enc);
-            let r = self.host.set_shared(&window_name, &enc, Some(cas));
-            self.enc = enc;
-            match r {
-                Ok(()) => {
-                    let totals = w.totals(now_epoch);
-                    let p95 = w.p95_us(now_epoch, &mut bins);
-                    merged = Some((totals, p95, w.generation, attributed, st.breaker.state));
-                    self.bins = bins;
-                    self.window = w;
-                    break;
-                }
-                Err(SetError::CasMismatch) => {
-                    self.bins = bins;
-                    self.window = w;
-                }
-                Err(SetError::Failed) => {
-                    self.bins = bins;
-                    self.window = w;
-                    return;
-                }
-            }
-        }
-        // Contention: the recorder keeps its samples for the next flush.
-        let Some((totals, p95, gen, attributed, seen_state)) = merged else {
-            return;
         };
+
         let p = &self.profiles[pi];
         let budget_ok =
             budget_allows_retry(&p.budget, p.breaker.window, totals.requests, totals.retries);
@@ -240,17 +287,9 @@ impl<H: Host> Engine<H> {
         });
         let may_trip =
             seen_state == State::Closed && (kernel || trip_reason(&totals, &p.breaker).is_some());
-        if may_trip || refresh_active {
+        if may_trip || activity.is_some() {
             self.update_state_after_flush(
-                key,
-                slot,
-                pi,
-                gen,
-                &totals,
-                p95_ms,
-                kernel,
-                refresh_active,
-                now_ms,
+                key, slot, pi, gen, &totals, p95_ms, kernel, activity, now_ms,
             );
         }
     }
@@ -267,7 +306,7 @@ impl<H: Host> Engine<H> {
         totals: &Counts,
         p95_ms: u64,
         kernel: bool,
-        refresh_active: bool,
+        activity: Option<u64>,
         now_ms: u64,
     ) {
         let mut name = std::mem::take(&mut self.name_buf);
@@ -285,8 +324,8 @@ impl<H: Host> Engine<H> {
                     return Update::Keep(None);
                 }
                 let mut write = false;
-                if refresh_active && now_ms > st.last_active_ms {
-                    st.last_active_ms = now_ms;
+                if let Some(a) = activity.filter(|a| *a > st.last_active_ms) {
+                    st.last_active_ms = a;
                     write = true;
                 }
                 let mut t = None;
@@ -324,9 +363,8 @@ impl<H: Host> Engine<H> {
         };
         let label = match self.keys.peek_mut(key) {
             Some(l) => {
-                if refresh_active {
-                    l.active_written_ms = now_ms;
-                    l.active = false;
+                if activity.is_some() {
+                    l.activity_written = activity;
                 }
                 l.state = state;
                 l.label

@@ -46,6 +46,9 @@ pub trait Host {
     fn record_metric(&self, id: u32, value: u64);
     /// A header's value as bytes (header values need not be UTF-8).
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
+    /// Every header of `map` in one call, in proxy-wasm's map serialization (see
+    /// [`parse_pairs`]).
+    fn header_pairs(&self, map: Map) -> Option<Vec<u8>>;
     /// Sets a header, replacing every value it had.
     fn replace_header(&self, map: Map, name: &str, value: &[u8]);
     fn remove_header(&self, map: Map, name: &str);
@@ -55,6 +58,59 @@ pub trait Host {
     fn property(&self, path: &[u8]) -> Option<Vec<u8>>;
     /// Answers the request locally.
     fn send_local_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]);
+}
+
+/// Parses proxy-wasm's map serialization: a `u32` count, `count` pairs of `u32` sizes, then each
+/// name and value followed by a NUL. Bounded: anything inconsistent ends the list.
+pub fn parse_pairs(buf: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let u32_at = |i: usize| -> Option<usize> {
+        let b = buf.get(i..i.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut out = Vec::new();
+    let Some(n) = u32_at(0) else {
+        return out;
+    };
+    let Some(mut data) = n.checked_mul(8).and_then(|x| x.checked_add(4)) else {
+        return out;
+    };
+    for i in 0..n.min(buf.len() / 8) {
+        let (Some(kl), Some(vl)) = (u32_at(4 + 8 * i), u32_at(8 + 8 * i)) else {
+            break;
+        };
+        let Some(k) = data.checked_add(kl).and_then(|e| buf.get(data..e)) else {
+            break;
+        };
+        let vs = data + kl + 1;
+        let Some(v) = vs.checked_add(vl).and_then(|e| buf.get(vs..e)) else {
+            break;
+        };
+        out.push((k, v));
+        data = vs + vl + 1;
+    }
+    out
+}
+
+/// proxy-wasm's map serialization of `pairs` (what [`parse_pairs`] reads).
+pub fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        4 + pairs
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 10)
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (n, v) in pairs {
+        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
 }
 
 #[cfg(any(test, feature = "fake-host"))]
@@ -312,6 +368,15 @@ pub mod fake {
             self.stream_header(map, name)
         }
 
+        fn header_pairs(&self, map: Map) -> Option<Vec<u8>> {
+            self.count("header_pairs");
+            let s = self.inner.borrow();
+            let m = s.stream.maps.get(&map)?;
+            let pairs: Vec<(&str, &[u8])> =
+                m.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            Some(super::serialize_pairs(&pairs))
+        }
+
         fn replace_header(&self, map: Map, name: &str, value: &[u8]) {
             self.count("replace_header");
             let mut s = self.inner.borrow_mut();
@@ -361,3 +426,23 @@ pub mod fake {
 
 #[cfg(any(test, feature = "fake-host"))]
 pub use fake::FakeHost;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_pairs_round_trip_and_garbage_never_panics() {
+        let pairs: Vec<(&str, &[u8])> =
+            vec![(":method", b"GET"), ("x-obs", b"\xff\x00"), ("e", b"")];
+        let b = serialize_pairs(&pairs);
+        let back = parse_pairs(&b);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[1], (&b"x-obs"[..], &b"\xff\x00"[..]));
+        for n in 0..b.len() {
+            let _ = parse_pairs(&b[..n]);
+        }
+        assert!(parse_pairs(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0]).is_empty());
+    }
+}

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use policy_core::keys::{self, OTHER_LABEL};
 
-use crate::host::{Host, MetricKind, SetError};
-use crate::shared::{Names, CAS_ATTEMPTS};
+use crate::host::{Host, MetricKind};
+use crate::shared::{cas_update, Names, Update};
 
 /// The counters of one label, in the order of [`Counter`].
 const COUNTERS: usize = 9;
@@ -126,38 +126,43 @@ impl Metrics {
             return self.define(host, key);
         }
         let count_name = names.label_count();
-        for _ in 0..CAS_ATTEMPTS {
-            let (v, cas) = host.get_shared(&count_name);
-            let (Some(v), Some(cas)) = (v, cas) else {
-                // Created at configure time; absent means the host lost it: no blind write.
-                break;
-            };
-            let Some(n) = std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                break;
-            };
-            if !keys::may_create_label(n, self.max_keys) {
+        let max_keys = self.max_keys;
+        let mut enc = Vec::new();
+        let granted = cas_update(
+            host,
+            &count_name,
+            &mut enc,
+            |b| std::str::from_utf8(b).ok()?.parse::<u32>().ok(),
+            |n, out| {
+                out.clear();
+                out.extend_from_slice(n.to_string().as_bytes());
+            },
+            |n| {
+                if keys::may_create_label(*n, max_keys) {
+                    *n += 1;
+                    Update::Write(Some(true))
+                } else {
+                    Update::Keep(Some(false))
+                }
+            },
+            // Contention or a host failure: `_other` for now; the next first sight tries again.
+            |_, _| None,
+        );
+        match granted {
+            Some(true) => {
+                // The marker is idempotent ("1" from whoever writes it): a blind write is fine.
+                let _ = host.set_shared(&marker, b"1", None);
+                self.define(host, key)
+            }
+            Some(false) => {
                 if self.no_label.len() >= self.max_keys as usize {
                     self.no_label.clear();
                 }
                 self.no_label.insert(key.to_string(), ());
-                return self.other(host);
+                self.other(host)
             }
-            let next = (n + 1).to_string();
-            match host.set_shared(&count_name, next.as_bytes(), Some(cas)) {
-                Ok(()) => {
-                    // The marker is idempotent ("1" from whoever writes it): a blind write is fine.
-                    let _ = host.set_shared(&marker, b"1", None);
-                    return self.define(host, key);
-                }
-                Err(SetError::CasMismatch) => continue,
-                Err(SetError::Failed) => break,
-            }
+            None => self.other(host),
         }
-        // Contention or a host failure: `_other` for now; the next first sight tries again.
-        self.other(host)
     }
 
     /// Adds `by` to a counter; handed to Envoy on the next [`Metrics::flush`].
@@ -178,6 +183,18 @@ impl Metrics {
         if let Some(id) = self.labels.get(label).and_then(|m| m.gauges[g as usize]) {
             host.record_metric(id, v);
         }
+    }
+
+    /// Heap bytes held for labels (ids, pending deltas, names in the index).
+    #[cfg(test)]
+    pub fn heap_bytes(&self) -> usize {
+        self.labels.capacity() * std::mem::size_of::<LabelMetrics>()
+            + self
+                .index
+                .keys()
+                .map(|k| k.capacity() + 24 + 8)
+                .sum::<usize>()
+            + self.dirty.capacity() * std::mem::size_of::<LabelId>()
     }
 
     /// Hands every counter delta to Envoy (from the tick).

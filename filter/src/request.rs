@@ -22,7 +22,7 @@ use policy_core::retry::{HeaderLookup, RequestView};
 use policy_core::window::Outcome;
 
 use crate::engine::{Engine, KeyParts};
-use crate::host::{Host, Map};
+use crate::host::{parse_pairs, Host, Map};
 
 /// A property path in proxy-wasm's serialization: the segments joined by NUL bytes.
 pub type PropertyPath = &'static [u8];
@@ -124,13 +124,13 @@ pub fn le_u64(b: &[u8]) -> Option<u64> {
 }
 
 /// Header lookups over the header values read up front (only the names policies match on).
-struct ReadHeaders<'a>(&'a [(String, Option<Vec<u8>>)]);
+struct ReadHeaders<'a>(&'a [(&'a str, Option<&'a [u8]>)]);
 
 impl HeaderLookup for ReadHeaders<'_> {
     fn header_is(&self, name: &str, value: &str) -> bool {
         self.0
             .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.as_deref() == Some(value.as_bytes()))
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && *v == Some(value.as_bytes()))
     }
 }
 
@@ -172,7 +172,7 @@ pub fn local_reply(key: &str, r: &Rejection, grpc: bool) -> LocalReply {
 /// Per-request state between Envoy's callbacks.
 #[derive(Debug, Default)]
 pub struct Exchange {
-    key: Option<String>,
+    local: Option<usize>,
     probe: Option<u32>,
     record: bool,
     dry_run_mark: bool,
@@ -202,35 +202,95 @@ impl Exchange {
                 None
             }
         };
-        let n = &e.needs;
+        // A refcount, not a copy: the names policies match on stay borrowed across the decision.
+        let n = e.needs.clone();
         let cluster = prop(n.cluster, CLUSTER_NAME);
         let route = prop(n.route, ROUTE_NAME);
-        let authority = header(n.authority, ":authority");
-        let method = header(n.method, ":method");
-        let path = header(n.path, ":path");
-        let content_type = header(true, "content-type");
-        let matched: Vec<(String, Option<Vec<u8>>)> = n
+        // One call for every request header when that saves calls: what the key and the policies
+        // need, and which client retry headers are present (only those are removed).
+        let singles = usize::from(n.authority)
+            + usize::from(n.method)
+            + usize::from(n.path)
+            + 1
+            + n.match_headers.len();
+        let use_pairs = singles + if e.strips_any() { 3 } else { 0 } >= 2;
+        let pairs_buf = if use_pairs {
+            e.host.header_pairs(Map::RequestHeaders)
+        } else {
+            None
+        };
+        let pairs = pairs_buf.as_deref().map(parse_pairs).unwrap_or_default();
+        let find = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name.as_bytes())
+                .map(|(_, v)| *v)
+        };
+        let single = |need: bool, name: &str| if use_pairs { None } else { header(need, name) };
+        let owned = [
+            single(n.authority, ":authority"),
+            single(n.method, ":method"),
+            single(n.path, ":path"),
+            single(true, "content-type"),
+        ];
+        let owned_matched: Vec<Option<Vec<u8>>> = if use_pairs {
+            Vec::new()
+        } else {
+            n.match_headers
+                .iter()
+                .map(|h| e.host.header(Map::RequestHeaders, h))
+                .collect()
+        };
+        let get = |i: usize, name: &str| -> Option<&[u8]> {
+            if use_pairs {
+                find(name)
+            } else {
+                owned[i].as_deref()
+            }
+        };
+        let authority = get(0, ":authority").filter(|_| n.authority);
+        let method = get(1, ":method").filter(|_| n.method);
+        let path = get(2, ":path").filter(|_| n.path);
+        let content_type = get(3, "content-type");
+        let matched: Vec<(&str, Option<&[u8]>)> = n
             .match_headers
             .iter()
-            .map(|h| (h.clone(), e.host.header(Map::RequestHeaders, h)))
+            .enumerate()
+            .map(|(i, h)| {
+                let v = if use_pairs {
+                    find(h)
+                } else {
+                    owned_matched.get(i).and_then(|v| v.as_deref())
+                };
+                (h.as_str(), v)
+            })
             .collect();
+        let present = if use_pairs {
+            policy_core::retry::ROUTER_RETRY_HEADERS
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| find(h).is_some())
+                .fold(0u8, |m, (i, _)| m | (1 << i))
+        } else {
+            u8::MAX
+        };
         let lookup = ReadHeaders(&matched);
         let view = RequestView {
-            method: text(method.as_deref().unwrap_or_default()),
-            path: text(path.as_deref().unwrap_or_default()),
-            content_type: content_type.as_deref().map(text),
+            method: text(method.unwrap_or_default()),
+            path: text(path.unwrap_or_default()),
+            content_type: content_type.map(text),
             headers: &lookup,
         };
         self.grpc = view.is_grpc();
         let parts = KeyParts {
             cluster: text(cluster.as_deref().unwrap_or_default()),
             route: text(route.as_deref().unwrap_or_default()),
-            authority: text(authority.as_deref().unwrap_or_default()),
+            authority: text(authority.unwrap_or_default()),
         };
         let a = e.on_request(&parts, &view, now_ms);
         match a.decision {
             Decision::Reject(r) => {
-                let reply = local_reply(&a.key, &r, self.grpc);
+                let reply = local_reply(e.last_key(), &r, self.grpc);
                 let headers: Vec<(&str, &[u8])> = reply
                     .headers
                     .iter()
@@ -244,10 +304,10 @@ impl Exchange {
             Decision::Probe(id) => self.probe = Some(id),
             Decision::Allow | Decision::PassThrough => {}
         }
-        e.apply_retry_headers(&a);
+        e.apply_retry_headers(&a, present);
         self.record = a.record;
         self.max_attempts = a.max_attempts.max(1);
-        self.key = Some(a.key);
+        self.local = a.local;
         true
     }
 
@@ -297,7 +357,7 @@ impl Exchange {
         if !self.record {
             return;
         }
-        let Some(key) = self.key.take() else { return };
+        let Some(at) = self.local.take() else { return };
         let flags = if e.needs.response_flags {
             e.host
                 .property(RESPONSE_FLAGS)
@@ -341,7 +401,7 @@ impl Exchange {
         if self.status.is_none() && !upstream_reset {
             // No response and no upstream failure: the client went away (or a filter before us
             // answered). That says nothing about the upstream, so it is not a sample.
-            e.on_abandoned(&key);
+            e.on_abandoned(at);
             return;
         }
         let host = if e.needs.upstream_address {
@@ -356,13 +416,7 @@ impl Exchange {
             latency_us,
             attempts,
         };
-        e.on_complete(
-            &key,
-            &outcome,
-            self.probe,
-            host.as_deref().map(text),
-            now_ms,
-        );
+        e.on_complete_at(at, &outcome, self.probe, host.as_deref().map(text), now_ms);
     }
 }
 

@@ -89,6 +89,9 @@ pub enum Update<R> {
     Write(R),
     /// Nothing to write: return `R`.
     Keep(R),
+    /// What was read is stale in a way only a fresh read can fix (another entry it depends on
+    /// moved on): read again, as after a CAS mismatch.
+    Again,
 }
 
 /// Why an update did not complete; the caller's exhaustion policy decides what that means.
@@ -117,12 +120,31 @@ pub fn cas_update<H: Host, T, R>(
     enc: &mut Vec<u8>,
     decode: impl Fn(&[u8]) -> Option<T>,
     encode: impl Fn(&T, &mut Vec<u8>),
+    f: impl FnMut(&mut T) -> Update<R>,
+    on_exhausted: impl FnOnce(Exhausted, Option<T>) -> R,
+) -> R {
+    cas_update_from(host, name, None, enc, decode, encode, f, on_exhausted)
+}
+
+/// A host read: the value and its CAS token.
+pub type Read = (Option<Vec<u8>>, Option<u32>);
+
+/// [`cas_update`] starting from a read the caller already made (`first`), so a fast path that
+/// looked at the entry does not read it twice.
+#[allow(clippy::too_many_arguments)]
+pub fn cas_update_from<H: Host, T, R>(
+    host: &H,
+    name: &str,
+    mut first: Option<Read>,
+    enc: &mut Vec<u8>,
+    decode: impl Fn(&[u8]) -> Option<T>,
+    encode: impl Fn(&T, &mut Vec<u8>),
     mut f: impl FnMut(&mut T) -> Update<R>,
     on_exhausted: impl FnOnce(Exhausted, Option<T>) -> R,
 ) -> R {
     let mut last = None;
     for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = host.get_shared(name);
+        let (bytes, cas) = first.take().unwrap_or_else(|| host.get_shared(name));
         let (Some(bytes), Some(cas)) = (bytes, cas) else {
             return on_exhausted(Exhausted::Absent, last);
         };
@@ -131,6 +153,7 @@ pub fn cas_update<H: Host, T, R>(
         };
         match f(&mut value) {
             Update::Keep(r) => return r,
+            Update::Again => continue,
             Update::Write(r) => {
                 encode(&value, enc);
                 match host.set_shared(name, enc, Some(cas)) {
@@ -155,47 +178,67 @@ pub fn create_if_absent<H: Host>(host: &H, name: &str, value: &[u8]) -> bool {
     }
 }
 
-/// The process-wide slot table description, `…/meta`: `seed|size,size…` in text.
+/// The process-wide slot table description, `…/meta`: `seed,seed…|size,size…` in text.
 ///
-/// The seed keys the slot hash so a client cannot aim collisions at a victim key. The sizes are
-/// every `max_keys` a configuration of this plugin used (newest last, at most [`MAX_SIZES`]), so
-/// that after a reload that changed `max_keys` a key still finds the slot it had.
+/// The seed keys the slot hash so a client cannot aim collisions at a victim key. Shared data
+/// has no create-if-absent, so worker VMs starting at the same instant can each write their own
+/// first seed; the losers add theirs back with a real compare-and-swap once the entry exists. So
+/// the entry lists every seed a VM may have claimed slots under (the first is the one new claims
+/// use), and a lookup probes under each: a key is always found where any worker put it. The sizes
+/// are every `max_keys` a configuration used (newest last), for the same reason across reloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
-    pub seed: u64,
+    pub seeds: Vec<u64>,
     pub sizes: Vec<u32>,
 }
 
-/// Table sizes remembered in [`Meta`].
+/// Seeds and table sizes remembered in [`Meta`] (each).
 pub const MAX_SIZES: usize = 4;
 
+fn list<T: std::fmt::Display>(out: &mut String, items: &[T]) {
+    for (i, n) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{n}");
+    }
+}
+
+fn parse_list<T: std::str::FromStr>(s: &str) -> Option<Vec<T>> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().ok())
+        .collect()
+}
+
 impl Meta {
+    /// The seed new claims use.
+    pub fn seed(&self) -> u64 {
+        self.seeds.first().copied().unwrap_or(0)
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
         let mut s = String::new();
-        let _ = write!(s, "{}|", self.seed);
-        for (i, n) in self.sizes.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            let _ = write!(s, "{n}");
-        }
+        list(&mut s, &self.seeds);
+        s.push('|');
+        list(&mut s, &self.sizes);
         out.extend_from_slice(s.as_bytes());
     }
 
     pub fn decode(b: &[u8]) -> Option<Meta> {
         let s = std::str::from_utf8(b).ok()?;
-        let (seed, sizes) = s.split_once('|')?;
-        let seed = seed.parse().ok()?;
-        let sizes: Vec<u32> = sizes
-            .split(',')
-            .filter(|x| !x.is_empty())
-            .map(|x| x.parse().ok())
-            .collect::<Option<_>>()?;
-        if sizes.len() > MAX_SIZES || sizes.contains(&0) {
+        let (seeds, sizes) = s.split_once('|')?;
+        let seeds: Vec<u64> = parse_list(seeds)?;
+        let sizes: Vec<u32> = parse_list(sizes)?;
+        if seeds.is_empty()
+            || seeds.len() > MAX_SIZES
+            || sizes.len() > MAX_SIZES
+            || sizes.contains(&0)
+        {
             return None;
         }
-        Some(Meta { seed, sizes })
+        Some(Meta { seeds, sizes })
     }
 
     /// Records `size` as the newest table size.
@@ -206,8 +249,23 @@ impl Meta {
             sizes.remove(0);
         }
         Meta {
-            seed: self.seed,
+            seeds: self.seeds.clone(),
             sizes,
+        }
+    }
+
+    /// Adds `seed` (one this VM claimed slots under) after the others, if missing.
+    pub fn with_seed(&self, seed: u64) -> Meta {
+        let mut seeds = self.seeds.clone();
+        if !seeds.contains(&seed) {
+            seeds.push(seed);
+        }
+        while seeds.len() > MAX_SIZES {
+            seeds.remove(1);
+        }
+        Meta {
+            seeds,
+            sizes: self.sizes.clone(),
         }
     }
 }
@@ -240,7 +298,7 @@ mod tests {
     #[test]
     fn meta_round_trips_and_keeps_the_newest_sizes() {
         let m = Meta {
-            seed: 42,
+            seeds: vec![42],
             sizes: vec![1024],
         };
         let mut b = Vec::new();
@@ -249,8 +307,13 @@ mod tests {
         let m2 = m.with_size(10).with_size(20).with_size(30).with_size(1024);
         assert_eq!(m2.sizes, vec![10, 20, 30, 1024]);
         assert_eq!(m2.with_size(5).sizes, vec![20, 30, 1024, 5]);
+        let m3 = m.with_seed(7).with_seed(42);
+        assert_eq!((m3.seed(), m3.seeds.clone()), (42, vec![42, 7]));
+        m3.encode(&mut b);
+        assert_eq!(Meta::decode(&b), Some(m3));
         assert_eq!(Meta::decode(b"x|1"), None);
         assert_eq!(Meta::decode(b"1|0"), None);
+        assert_eq!(Meta::decode(b"|1"), None);
     }
 
     #[test]

@@ -41,35 +41,54 @@ impl<H: Host> Engine<H> {
         if sizes.last() != Some(&current) {
             sizes.push(current);
         }
-        let h = slot_hash(self.meta.seed, key);
         let idle_ms = self.takeover_idle_ms;
-        // Where the key is now, if anywhere; and the candidates to claim in the current table.
-        let mut inherit: Option<BreakerState> = None;
+        let seeds = self.meta.seeds.clone();
+        // Where the key is now, if anywhere (an OPEN/HALF_OPEN slot wins over a CLOSED one, so
+        // workers that found it in two places settle on the one that matters); and the
+        // candidates to claim: in the current table, under the seed new claims use.
+        let mut found: Option<(u32, SlotState)> = None;
         let mut free: Vec<u32> = Vec::new();
         let mut victims: Vec<(u64, u32)> = Vec::new();
-        for (round, &n) in sizes.iter().rev().enumerate() {
-            let start = (h % u64::from(n)) as u32;
-            for i in 0..PROBE_SLOTS.min(n) {
-                let slot = (start + i) % n;
-                let Some(st) = self.read_slot(slot) else {
-                    continue;
-                };
-                if st.key == key {
-                    if slot < current {
-                        return Some(slot);
+        for (si, &seed) in seeds.iter().enumerate() {
+            let h = slot_hash(seed, key);
+            for (round, &n) in sizes.iter().rev().enumerate() {
+                let start = (h % u64::from(n)) as u32;
+                for i in 0..PROBE_SLOTS.min(n) {
+                    let slot = (start + i) % n;
+                    let Some(st) = self.read_slot(slot) else {
+                        continue;
+                    };
+                    if st.key == key {
+                        let better = match &found {
+                            None => true,
+                            Some((_, f)) => {
+                                f.breaker.state == State::Closed
+                                    && st.breaker.state != State::Closed
+                            }
+                        };
+                        if better {
+                            found = Some((slot, st));
+                        }
+                        continue;
                     }
-                    inherit.get_or_insert(st.breaker);
-                    continue;
-                }
-                if round > 0 {
-                    continue;
-                }
-                if st.key.is_empty() {
-                    free.push(slot);
-                } else if takeover_allowed(&st, now_ms, idle_ms) {
-                    victims.push((st.last_active_ms, slot));
+                    if round > 0 || si > 0 {
+                        continue;
+                    }
+                    if st.key.is_empty() {
+                        free.push(slot);
+                    } else if takeover_allowed(&st, now_ms, idle_ms) {
+                        victims.push((st.last_active_ms, slot));
+                    }
                 }
             }
+        }
+        let mut inherit: Option<BreakerState> = None;
+        if let Some((slot, st)) = found {
+            if slot < current {
+                return Some(slot);
+            }
+            // Only in an old, larger table: carry the state into the current one.
+            inherit = Some(st.breaker);
         }
         victims.sort_unstable();
         let candidates = free.into_iter().chain(victims.into_iter().map(|v| v.1));

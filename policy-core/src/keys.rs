@@ -193,6 +193,14 @@ impl<V> KeyRegistry<V> {
         self.index.get(key).copied()
     }
 
+    /// The key and value in slot `i` (from [`slot`](Self::slot)), without touching it: lets a
+    /// caller that holds an entry busy (so it cannot be evicted) find it again without the name.
+    pub fn at_mut(&mut self, i: usize) -> Option<(&str, &mut V)> {
+        let s = self.slots.get_mut(i)?;
+        let v = s.value.as_mut()?;
+        Some((s.key.as_str(), v))
+    }
+
     /// The value of `key` without touching it.
     pub fn get(&self, key: &str) -> Option<&V> {
         let i = *self.index.get(key)?;
@@ -599,6 +607,19 @@ mod tests {
         assert!(!may_create_label(10, 10));
         assert!(!may_create_label(11, 10));
         assert!(!may_create_label(0, 0));
+    }
+
+    #[test]
+    fn registry_at_mut_finds_an_entry_by_its_slot() {
+        let mut reg = KeyRegistry::new(3);
+        reg.insert("a", 1u32, 10, always_idle).unwrap();
+        let i = reg.slot("a").unwrap();
+        let (k, v) = reg.at_mut(i).unwrap();
+        assert_eq!((k, *v), ("a", 1));
+        *v = 5;
+        assert_eq!(reg.get("a"), Some(&5));
+        reg.remove("a");
+        assert!(reg.at_mut(i).is_none());
     }
 
     #[test]

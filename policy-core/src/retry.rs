@@ -47,13 +47,6 @@ pub const ROUTER_RETRY_HEADERS: [&str; 5] = [
 /// The one header that switches retries off for a request, whatever else was sent.
 pub const NO_RETRIES: (&str, &str) = (MAX_RETRIES_HEADER, "0");
 
-/// True when `name` is one of [`ROUTER_RETRY_HEADERS`] (case-insensitive).
-pub fn is_router_retry_header(name: &str) -> bool {
-    ROUTER_RETRY_HEADERS
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
-}
-
 /// True for a gRPC request content-type: `application/grpc`, `application/grpc+proto`,
 /// `application/grpc;charset=…` (case-insensitive); not `application/grpc-web`.
 pub fn is_grpc(content_type: &str) -> bool {
@@ -289,14 +282,6 @@ impl<'p> RetryDecision<'p> {
             RetryDecision::NoHeaders => None,
         }
     }
-
-    /// The policy that matched, if one was looked for and found.
-    pub fn policy(&self) -> Option<&'p CompiledPolicy> {
-        match *self {
-            RetryDecision::Policy(p) | RetryDecision::BudgetDenied(p) => Some(p),
-            RetryDecision::NoHeaders | RetryDecision::Probe => None,
-        }
-    }
 }
 
 impl CompiledRetry {
@@ -449,8 +434,6 @@ mod tests {
                 "x-envoy-retriable-status-codes",
             ]
         );
-        assert!(is_router_retry_header("X-Envoy-Max-Retries"));
-        assert!(!is_router_retry_header("x-envoy-attempt-count"));
     }
 
     #[test]
@@ -697,7 +680,7 @@ mod tests {
     fn allowed_request_gets_its_policy_headers() {
         let r = compiled("{}");
         let d = r.decide(&req("GET", "/", None, &()), Mode::Enforce, false, true);
-        assert_eq!(d.policy().map(CompiledPolicy::name), Some("idempotent"));
+        assert!(matches!(d, RetryDecision::Policy(p) if p.name() == "idempotent"));
         assert!(!d.budget_denied());
         assert_eq!(
             decision_headers(&d),
@@ -736,7 +719,7 @@ mod tests {
             false,
         );
         assert!(d.budget_denied());
-        assert_eq!(d.policy().map(CompiledPolicy::name), Some("grpc"));
+        assert!(matches!(d, RetryDecision::BudgetDenied(p) if p.name() == "grpc"));
         assert_eq!(
             decision_headers(&d),
             [("x-envoy-max-retries", "0".to_string())]

@@ -4,8 +4,10 @@
 //! VM. So the window is split in two halves with different costs:
 //!
 //! - a [`Recorder`] per worker and key takes every completed request on the hot path. It covers one
-//!   bucket of time, records in O(1) without allocating (fixed counters plus an `hdrhistogram` with
-//!   preallocated counts), and is drained into the shared window at least every 100 ms;
+//!   bucket of time and records in O(1): fixed counters plus the raw latencies of the flush
+//!   interval (at most [`RECORDER_MAX_SAMPLES`], 1 KiB; binned only when merged), and is drained
+//!   into the shared window at least every 100 ms. A key thus costs its worker well under 2 KiB
+//!   whatever its traffic, where a dense histogram per key cost 12 KiB;
 //! - the merged [`Window`] lives in proxy-wasm shared data. Its buckets keep the same counters and
 //!   the latency histogram as sparse `(bin, count)` pairs, which is what makes it small to encode and
 //!   cheap to merge. Trip decisions and the reported P95 are computed on the merged window when a
@@ -18,10 +20,12 @@
 //! Histogram precision: two significant digits (`hdrhistogram` sigfig 2) keep every bin narrower than
 //! 1% of its value, so the reported P95 (the bin's highest equivalent value) is within 1% of the exact
 //! sample, inside SPEC's 2%. Latencies are recorded in microseconds from 1 µs to [`HIST_HIGHEST_US`]
-//! (10 minutes; longer requests are recorded at the top bin, while their exact trip count is kept);
-//! that is 3,072 `u32` counters, 12 KiB per recorder.
+//! (10 minutes; longer requests are recorded at the top bin, while their exact trip count is kept).
+//! The bin of a latency is computed with one shared reference histogram (the bounds are constants),
+//! never a histogram per key.
 
 use hdrhistogram::Histogram;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::BreakerConfig;
@@ -161,12 +165,17 @@ pub fn threshold_us(cfg: &BreakerConfig) -> Option<u64> {
     cfg.latency_p95_threshold.map(|d| d.as_micros() as u64)
 }
 
+/// The latencies a recorder holds before [`Recorder::is_full`] asks for a merge (1 KiB of `u32`).
+/// The filter merges at least every 100 ms anyway; this bounds a burst.
+pub const RECORDER_MAX_SAMPLES: usize = 256;
+
 /// The per-worker, per-key half of the window: one bucket of samples, recorded in O(1).
 #[derive(Debug, Clone)]
 pub struct Recorder {
     epoch: u64,
     counts: Counts,
-    hist: Histogram<u32>,
+    /// Latencies of this interval in µs, clamped to the histogram's range; binned when merged.
+    latencies: Vec<u32>,
     threshold_us: Option<u64>,
 }
 
@@ -174,26 +183,39 @@ pub struct Recorder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochChanged;
 
-/// Creates the histogram every recorder and window shares; the bounds are constants, so this
-/// cannot fail in practice, and a failure degrades to `None` rather than a panic.
-fn new_histogram() -> Option<Histogram<u32>> {
-    Histogram::new_with_bounds(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_SIGFIG).ok()
+/// The reference histogram that defines the bins (never counts anything); the bounds are
+/// constants, so creating it cannot fail in practice, and a failure degrades to `None`.
+fn reference() -> Option<&'static Histogram<u32>> {
+    static H: OnceLock<Option<Histogram<u32>>> = OnceLock::new();
+    H.get_or_init(|| Histogram::new_with_bounds(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_SIGFIG).ok())
+        .as_ref()
 }
 
 impl Recorder {
-    /// A recorder for a key whose latency threshold is `threshold_us`. `None` only if the histogram
-    /// cannot be allocated.
+    /// A recorder for a key whose latency threshold is `threshold_us`. Allocates nothing until
+    /// the first sample. (`Option` for callers written when this allocated a histogram.)
     pub fn new(threshold_us: Option<u64>) -> Option<Recorder> {
         Some(Recorder {
             epoch: 0,
             counts: Counts::default(),
-            hist: new_histogram()?,
+            latencies: Vec::new(),
             threshold_us,
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.counts == Counts::default()
+    }
+
+    /// Heap bytes this recorder holds (its latency buffer).
+    pub fn heap_bytes(&self) -> usize {
+        self.latencies.capacity() * std::mem::size_of::<u32>()
+    }
+
+    /// True once the recorder holds [`RECORDER_MAX_SAMPLES`] latencies: merge it before more
+    /// samples arrive (it still takes them; this is the caller's memory bound).
+    pub fn is_full(&self) -> bool {
+        self.latencies.len() >= RECORDER_MAX_SAMPLES
     }
 
     pub fn epoch(&self) -> u64 {
@@ -232,10 +254,9 @@ impl Recorder {
         if self.threshold_us.is_some_and(|t| outcome.latency_us >= t) {
             c.slow = c.slow.saturating_add(1);
         }
+        // HIST_HIGHEST_US (6e8) fits a u32.
         let v = outcome.latency_us.clamp(HIST_LOWEST_US, HIST_HIGHEST_US);
-        // Cannot fail: the value is clamped into the histogram's range. A saturated u32 bin
-        // (4 billion samples in one bucket of one worker) only loses precision of the gauge.
-        let _ = self.hist.record(v);
+        self.latencies.push(u32::try_from(v).unwrap_or(u32::MAX));
         Ok(())
     }
 
@@ -254,14 +275,29 @@ impl Recorder {
     /// Empties the recorder after its samples were merged into the shared window.
     pub fn clear(&mut self) {
         self.counts = Counts::default();
-        self.hist.reset();
+        self.latencies.clear();
     }
 
-    /// The recorded latency bins as `(highest equivalent value, count)`, ascending.
-    fn bins(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.hist
-            .iter_recorded()
-            .map(|v| (v.value_iterated_to(), v.count_at_value() as u64))
+    /// The recorded latencies binned as `(highest equivalent value, count)`, ascending, into `out`.
+    fn bins_into(&self, out: &mut Vec<(u64, u64)>) {
+        out.clear();
+        let Some(h) = reference() else {
+            return;
+        };
+        out.extend(
+            self.latencies
+                .iter()
+                .map(|&v| (h.highest_equivalent(u64::from(v)), 1u64)),
+        );
+        out.sort_unstable_by_key(|x| x.0);
+        out.dedup_by(|later, kept| {
+            if later.0 == kept.0 {
+                kept.1 += later.1;
+                true
+            } else {
+                false
+            }
+        });
     }
 }
 
@@ -445,14 +481,20 @@ impl Window {
         if r.is_empty() {
             return true;
         }
-        match self.bucket_for(r.epoch(), now_epoch) {
+        let mut bins = std::mem::take(scratch);
+        r.bins_into(&mut bins);
+        let merged = match self.bucket_for(r.epoch(), now_epoch) {
             Some(b) => {
                 b.counts.add(r.counts());
-                b.merge_bins(r.bins(), scratch);
+                b.merge_bins(bins.iter().copied(), scratch);
                 true
             }
             None => false,
+        };
+        if scratch.capacity() < bins.capacity() {
+            *scratch = bins;
         }
+        merged
     }
 
     /// The counters summed over the buckets still inside the window at `now_epoch`.
@@ -586,7 +628,12 @@ mod tests {
         let epoch = now_ms / bucket_ms(c);
         for o in outcomes {
             let f = o.failure(&c.failure);
-            r.record(epoch, o, f).unwrap();
+            if r.record(epoch, o, f).is_err() {
+                // Full: merge, as the filter does, and go on.
+                assert!(w.merge_recorder(&r, epoch, &mut scratch));
+                r.clear();
+                r.record(epoch, o, f).unwrap();
+            }
         }
         assert!(w.merge_recorder(&r, epoch, &mut scratch));
     }
@@ -755,6 +802,19 @@ mod tests {
         let mut s = Vec::new();
         assert!(!w.merge_recorder(&r, 10, &mut s));
         assert_eq!(w.totals(10).samples, 0);
+    }
+
+    #[test]
+    fn recorder_asks_for_a_merge_at_its_sample_bound() {
+        let mut r = Recorder::new(None).unwrap();
+        for _ in 0..RECORDER_MAX_SAMPLES - 1 {
+            r.record(1, &ok(1), None).unwrap();
+        }
+        assert!(!r.is_full());
+        r.record(1, &ok(1), None).unwrap();
+        assert!(r.is_full());
+        r.clear();
+        assert!(!r.is_full() && r.is_empty());
     }
 
     #[test]

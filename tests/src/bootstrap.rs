@@ -38,6 +38,12 @@ pub struct Bootstrap {
     /// Envoy itself would honour client-sent `x-envoy-*` headers.
     pub trust_loopback: bool,
     pub extra: Vec<(String, RouteKind, SocketAddr)>,
+    /// `include_attempt_count_in_response` on the virtual host. The shipped configs turn it on;
+    /// Istio's generated virtual hosts do not (they only set `include_request_attempt_count`).
+    pub attempt_count_in_response: bool,
+    /// Serve the listener through LDS from this file (`path_config_source`), as Istio's xDS
+    /// does, so a test can reload the plugin configuration by replacing the file.
+    pub lds_path: Option<PathBuf>,
 }
 
 fn unbound() -> SocketAddr {
@@ -55,6 +61,8 @@ impl Default for Bootstrap {
             filter: None,
             trust_loopback: false,
             extra: Vec::new(),
+            attempt_count_in_response: true,
+            lds_path: None,
         }
     }
 }
@@ -92,6 +100,18 @@ impl Bootstrap {
         self
     }
 
+    /// Istio's virtual-host shape: the request carries `x-envoy-attempt-count`, the response does not.
+    pub fn istio_virtual_host(mut self) -> Self {
+        self.attempt_count_in_response = false;
+        self
+    }
+
+    /// Serves the listener by LDS from `path` (written by [`Bootstrap::write_lds`]).
+    pub fn lds_from(mut self, path: PathBuf) -> Self {
+        self.lds_path = Some(path);
+        self
+    }
+
     /// Adds cluster `name` at `addr` and a route to it selected by header `x-route: name`.
     pub fn cluster(mut self, name: &str, kind: RouteKind, addr: SocketAddr) -> Self {
         self.extra.push((name.to_string(), kind, addr));
@@ -103,7 +123,42 @@ impl Bootstrap {
         serde_json::to_string_pretty(&self.to_value()).unwrap_or_default()
     }
 
+    /// The listener resource (what LDS serves, or what the static bootstrap holds).
+    pub fn listener(&self) -> Value {
+        let v = self.to_value_with_listener();
+        v["static_resources"]["listeners"][0].clone()
+    }
+
+    /// Writes the LDS file for this bootstrap's listener atomically (a temporary file renamed
+    /// over the old one: Envoy watches for the move, as with a ConfigMap update).
+    pub fn write_lds(&self) {
+        let Some(path) = &self.lds_path else {
+            panic!("write_lds needs lds_from(path)");
+        };
+        let mut listener = self.listener();
+        listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+        let doc = json!({ "resources": [listener] });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&doc).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+    }
+
     pub fn to_value(&self) -> Value {
+        let mut v = self.to_value_with_listener();
+        if let Some(path) = &self.lds_path {
+            if let Some(sr) = v["static_resources"].as_object_mut() {
+                sr.remove("listeners");
+            }
+            v["dynamic_resources"] = json!({"lds_config": {
+                "path_config_source": {"path": path.display().to_string()},
+                "resource_api_version": "V3"
+            }});
+        }
+        v
+    }
+
+    fn to_value_with_listener(&self) -> Value {
         let mut routes = Vec::new();
         for (name, kind, _) in &self.extra {
             let mut headers = vec![json!({"name": "x-route", "string_match": {"exact": name}})];
@@ -153,7 +208,7 @@ impl Bootstrap {
                     "name": "local",
                     "domains": ["*"],
                     "include_request_attempt_count": true,
-                    "include_attempt_count_in_response": true,
+                    "include_attempt_count_in_response": self.attempt_count_in_response,
                     "routes": routes
                 }]
             },

@@ -87,6 +87,32 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<HttpResponse, String> {
+        let raw: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        self.try_request_bytes(method, path, &raw, body).await
+    }
+
+    /// Sends one request whose header values are bytes (obs-text 0x80–0xFF is legal HTTP);
+    /// panics on transport errors.
+    pub async fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> HttpResponse {
+        match self.try_request_bytes(method, path, headers, "").await {
+            Ok(r) => r,
+            Err(e) => panic!("{method} {path}: transport error: {e}"),
+        }
+    }
+
+    /// [`HttpClient::try_request`] with byte header values.
+    pub async fn try_request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &str,
+    ) -> Result<HttpResponse, String> {
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         let mut req = Request::builder()
             .method(method)
@@ -95,7 +121,7 @@ impl HttpClient {
             .map_err(|e| e.to_string())?;
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
-            let value = HeaderValue::from_str(v).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_bytes(v).map_err(|e| e.to_string())?;
             if name == hyper::header::HOST {
                 req.headers_mut().insert(name, value);
             } else {

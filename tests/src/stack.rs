@@ -74,9 +74,23 @@ impl Stack {
         grpc: &[&str],
         trust_loopback: bool,
     ) -> Stack {
-        let mut b = Bootstrap::new()
-            .with_filter(plugin.to_string())
-            .trust_loopback(trust_loopback);
+        Self::start_with(plugin, http, grpc, &[], |b| {
+            b.trust_loopback(trust_loopback)
+        })
+        .await
+    }
+
+    /// [`Stack::start`] with more: `grpc_http` names HTTP upstreams behind gRPC routes (for
+    /// responses a tonic server does not send, such as a body followed by trailers), and
+    /// `configure` adjusts the bootstrap (Istio's virtual-host shape, LDS, ...).
+    pub async fn start_with(
+        plugin: &Value,
+        http: &[&str],
+        grpc: &[&str],
+        grpc_http: &[&str],
+        configure: impl FnOnce(Bootstrap) -> Bootstrap,
+    ) -> Stack {
+        let mut b = Bootstrap::new().with_filter(plugin.to_string());
         let mut hs = HashMap::new();
         // The default route's `backend` cluster (what requests without `x-route` reach).
         let backend = HttpUpstream::start().await;
@@ -87,6 +101,12 @@ impl Stack {
             b = b.cluster(name, RouteKind::Http, up.addr);
             hs.insert(name.to_string(), up);
         }
+        for name in grpc_http {
+            let up = HttpUpstream::start().await;
+            b = b.cluster(name, RouteKind::Grpc, up.addr);
+            hs.insert(name.to_string(), up);
+        }
+        b = configure(b);
         let mut gs = HashMap::new();
         for name in grpc {
             let up = GrpcUpstream::start().await;

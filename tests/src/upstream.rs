@@ -13,7 +13,9 @@
 //! half-open probe quota is observed.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -38,6 +40,11 @@ pub struct Behavior {
     pub reset: bool,
     /// Answer with `status` only for every n-th request (1-based count); others get 200.
     pub fail_every_nth: Option<usize>,
+    /// Extra response headers, as bytes (obs-text, forged `x-envoy-*`, ...).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Answer as a gRPC server that sends a message and then `grpc-status: N` in the trailers
+    /// (HTTP 200, a body, trailers: not a trailers-only response).
+    pub grpc_trailer_status: Option<u32>,
 }
 
 /// One request as the upstream received it.
@@ -171,10 +178,13 @@ impl HttpUpstream {
     }
 }
 
-async fn handle(
-    st: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let _guard = InFlight(&st);
@@ -226,11 +236,39 @@ async fn handle(
         (None, Some(n)) if n > 0 && !nth.is_multiple_of(n) => 200,
         _ => b.status.unwrap_or(200),
     };
-    let resp = Response::builder()
+    if let Some(code) = b.grpc_trailer_status {
+        // One length-prefixed message (an empty HealthCheckResponse), then the status trailer.
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert(
+            "grpc-status",
+            hyper::header::HeaderValue::from_str(&code.to_string())
+                .map_err(std::io::Error::other)?,
+        );
+        trailers.insert(
+            "grpc-message",
+            hyper::header::HeaderValue::from_static("programmed"),
+        );
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(tokio_stream::iter(frames)).boxed();
+        let mut builder = Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc");
+        for (k, v) in &b.headers {
+            builder = builder.header(k.as_str(), v.as_slice());
+        }
+        return builder.body(body).map_err(std::io::Error::other);
+    }
+    let mut builder = Response::builder()
         .status(status)
         .header("content-type", "text/plain")
-        .header("x-upstream-attempt", attempt.to_string())
-        .body(Full::new(Bytes::from(format!("upstream {status}\n"))))
-        .map_err(std::io::Error::other)?;
-    Ok(resp)
+        .header("x-upstream-attempt", attempt.to_string());
+    for (k, v) in &b.headers {
+        builder = builder.header(k.as_str(), v.as_slice());
+    }
+    builder
+        .body(full(format!("upstream {status}\n")))
+        .map_err(std::io::Error::other)
 }

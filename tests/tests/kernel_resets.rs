@@ -419,16 +419,23 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
             (metric(&envoy, "meshbreaker_state", key, &[]).await == 1.0).then_some(())
         })
         .await;
-        assert_eq!(
-            metric(
-                &envoy,
-                "meshbreaker_transitions_total",
-                key,
-                &[("to", "open")]
-            )
-            .await,
-            1.0
-        );
+        // Counters reach Envoy on the filter's tick.
+        eventually(
+            Duration::from_secs(10),
+            "one transition to open",
+            || async {
+                (metric(
+                    &envoy,
+                    "meshbreaker_transitions_total",
+                    key,
+                    &[("to", "open")],
+                )
+                .await
+                    == 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
         let attributed = metric(&envoy, "meshbreaker_kernel_resets_total", key, &[]).await;
         let seen_by_kernel = sidecar.events_towards(up.addr).await;
         eprintln!(
@@ -448,6 +455,10 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
             seen_by_kernel <= accepted as u64,
             "the sidecar counted {seen_by_kernel} events for {accepted} aborted connections"
         );
+        // Envoy writes its log file every 50 ms.
+        envoy
+            .wait_for_log("reason=kernel_resets", Duration::from_secs(10))
+            .await;
         let lines = envoy.log_lines_with(&["transition", key, "to=open", "reason=kernel_resets"]);
         assert_eq!(lines.len(), 1, "one transition log line: {lines:?}");
         assert_eq!(

@@ -1,0 +1,131 @@
+//! A plugin configuration reload the way Istio does it: the listener comes from LDS (here a file,
+//! `path_config_source`, replaced by an atomic rename as a ConfigMap update does), and the new
+//! listener carries a new `configuration`. SPEC "Reload": the state of keys that remain is kept
+//! (an open circuit stays open), and a window whose geometry changed starts afresh instead of
+//! blinding the key (issue 7: after `window` 10s → 20s a busy key never tripped again; here 2s → 4s).
+
+use meshbreaker_tests::*;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::time::Duration;
+
+fn config(window: &str) -> Value {
+    json!({
+        "key_by": "cluster",
+        "breaker": {
+            "window": window,
+            "buckets": 2,
+            "min_requests": 5,
+            "error_rate_threshold": 0.5,
+            "latency_p95_threshold": null,
+            "sleep_window": "30s",
+            "max_sleep_window": "60s"
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+async fn send(port: u16, route: &str, method: &str) -> HttpResponse {
+    // A new connection each time: after a reload, only new connections use the new filter chain.
+    HttpClient::http1(port)
+        .request(method, &format!("/{route}"), &[("x-route", route)], "")
+        .await
+}
+
+async fn lds_updates(envoy: &Envoy) -> u64 {
+    envoy
+        .stat("listener_manager.lds.update_success")
+        .await
+        .unwrap_or(0)
+}
+
+#[test]
+fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key() {
+    run(async {
+        let open_up = HttpUpstream::start().await;
+        let busy_up = HttpUpstream::start().await;
+        let backend = HttpUpstream::start().await;
+        let dir = std::env::temp_dir().join(format!("meshbreaker-lds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lds = dir.join("lds.json");
+        let base = Bootstrap::new()
+            .backend(backend.addr)
+            .cluster("lds_open", RouteKind::Http, open_up.addr)
+            .cluster("lds_busy", RouteKind::Http, busy_up.addr)
+            .lds_from(lds.clone());
+        let mut b = base.clone().with_filter(config("2s").to_string());
+        b.listener_port = free_port();
+        b.write_lds();
+        let envoy = Envoy::start(b.to_yaml()).await;
+        let port = envoy.port;
+        assert_eq!(port, b.listener_port);
+
+        // An open key, and a busy closed one.
+        open_up.set(Behavior {
+            status: Some(500),
+            ..Default::default()
+        });
+        for _ in 0..5 {
+            assert_eq!(send(port, "lds_open", "POST").await.status, 500);
+        }
+        wait_until(Duration::from_secs(10), "lds_open trips", || async {
+            is_rejection(&send(port, "lds_open", "POST").await)
+        })
+        .await;
+        // Busy in every bucket of the old window (2 × 1 s), as a key with steady traffic is.
+        let mut pace = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..50 {
+            pace.tick().await;
+            assert_eq!(send(port, "lds_busy", "POST").await.status, 200);
+        }
+        wait_until(Duration::from_secs(10), "busy window merged", || async {
+            envoy
+                .metric_opt("meshbreaker_error_rate_ppm", &[("key", "lds_busy")])
+                .await
+                .is_some()
+        })
+        .await;
+
+        // The reload: window 2s → 4s (same buckets: every old epoch now looks twice as new as the
+        // new ones), by an atomic rename of the LDS file.
+        let before = lds_updates(&envoy).await;
+        let mut b2 = base.with_filter(config("4s").to_string());
+        b2.listener_port = port;
+        b2.write_lds();
+        wait_until(
+            Duration::from_secs(10),
+            "LDS applied the new listener",
+            || async { lds_updates(&envoy).await > before },
+        )
+        .await;
+        // The new filter chain answers new connections; its VMs read the shared state.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = send(port, "lds_open", "GET").await;
+        assert_spec_rejection(&r, "lds_open", "error_rate");
+
+        // Under the new geometry the busy key's window starts afresh and still trips.
+        busy_up.set(Behavior {
+            status: Some(500),
+            ..Default::default()
+        });
+        wait_until(
+            Duration::from_secs(10),
+            "lds_busy trips after the reload",
+            || async { is_rejection(&send(port, "lds_busy", "POST").await) },
+        )
+        .await;
+        envoy
+            .wait_for_log(
+                "transition key=lds_busy from=closed to=open",
+                Duration::from_secs(10),
+            )
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+}
