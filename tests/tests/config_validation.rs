@@ -445,3 +445,76 @@ fn schema_rejects_the_bad_configs_it_can_express() {
         }
     }
 }
+
+// ---- `meshbreaker check` (the CLI) agrees with Envoy on every case ----
+
+/// The CLI binary, built from this checkout (a test crate cannot depend on another package's
+/// binary, so it is built here; cargo makes this a no-op when it is current).
+fn meshbreaker_cli() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "meshbreaker-cli",
+            "--bin",
+            "meshbreaker",
+        ])
+        .current_dir(repo_root())
+        .status()
+        .expect("run cargo build -p meshbreaker-cli");
+    assert!(status.success(), "cargo build -p meshbreaker-cli failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug/meshbreaker")
+}
+
+#[test]
+fn check_agrees_with_envoy_validate_on_every_case() {
+    let cli = meshbreaker_cli();
+    let dir = std::env::temp_dir().join(format!("meshbreaker-agree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = good_configs().into_iter().map(|(n, j)| (n, j, vec![]));
+    let bad = bad_configs().into_iter().map(|(n, j, p, _)| (n, j, p));
+    for (name, json, paths) in good.chain(bad) {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, &json).unwrap();
+        let out = std::process::Command::new(&cli)
+            .arg("check")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (envoy_ok, envoy_out) = validate_plugin(&json);
+        assert_eq!(
+            out.status.success(),
+            envoy_ok,
+            "{name}: meshbreaker check says {stdout} but envoy --mode validate says ok={envoy_ok}:\n{envoy_out}"
+        );
+        if !envoy_ok {
+            assert_eq!(out.status.code(), Some(1), "{name}: {stdout}");
+            // The same error line: what the CLI prints after the file and location is what the
+            // filter logged after `meshbreaker: `.
+            let cli_error = stdout
+                .lines()
+                .next()
+                .and_then(|l| l.split_once(": config error"))
+                .map(|(_, e)| format!("meshbreaker: config error{e}"))
+                .unwrap_or_default();
+            assert!(
+                !cli_error.is_empty() && envoy_out.contains(&cli_error),
+                "{name}: `{cli_error}` not in Envoy's output:\n{envoy_out}"
+            );
+            assert!(
+                paths.iter().any(|p| if p.is_empty() {
+                    cli_error.contains("config error: ")
+                } else {
+                    cli_error.contains(&format!("config error at {p}: "))
+                }),
+                "{name}: {cli_error}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

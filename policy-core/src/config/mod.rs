@@ -216,22 +216,40 @@ pub struct Effective<'a> {
 impl Config {
     /// Parses and validates the plugin configuration (JSON bytes; empty or blank input means `{}`).
     pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_all(json).map_err(first)
+    }
+
+    /// Validates a parsed document and merges it onto the defaults; the first error if any.
+    pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
+        Config::from_raw_all(raw).map_err(first)
+    }
+
+    /// Like [`Config::parse`], with every range and cross-field error of the document instead
+    /// of the first (a type, unknown-field or syntax error stops serde at the first one).
+    /// Never `Err` with an empty list.
+    pub fn parse_all(json: &[u8]) -> Result<Config, Vec<ConfigError>> {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Ok(Config::default());
         }
         let mut de = serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(raw::ObjectsOnly(&mut de))
-            .map_err(ConfigError::from_serde)?;
-        de.end().map_err(|e| ConfigError::syntax(&e))?;
-        Config::from_raw(&raw)
+            .map_err(|e| vec![ConfigError::from_serde(e)])?;
+        de.end().map_err(|e| vec![ConfigError::syntax(&e)])?;
+        Config::from_raw_all(&raw)
     }
 
-    /// Validates a parsed document and merges it onto the defaults.
-    pub fn from_raw(raw: &RawConfig) -> Result<Config, ConfigError> {
-        validate::fields(raw)?;
+    fn from_raw_all(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
+        let mut errors = validate::Errors::default();
+        validate::fields(raw, &mut errors);
         let cfg = merge::config(raw);
-        validate::rules(&cfg)?;
-        Ok(cfg)
+        if errors.0.is_empty() {
+            validate::rules(&cfg, &mut errors);
+        }
+        if errors.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errors.0)
+        }
     }
 
     /// The configuration for a key whose (sanitized) cluster, route and authority are given.
@@ -256,6 +274,14 @@ impl Config {
             retry: &self.retry,
         }
     }
+}
+
+/// The first of a document's errors (the list is never empty; an empty one still gives an error).
+fn first(errors: Vec<ConfigError>) -> ConfigError {
+    errors
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| ConfigError::new("", "invalid configuration"))
 }
 
 impl<'de> serde::Deserialize<'de> for Config {

@@ -1444,3 +1444,43 @@ fn config_built_in_code_equals_the_parsed_one() {
         built
     );
 }
+
+#[test]
+fn parse_all_reports_every_range_error_in_document_order() {
+    let errors = Config::parse_all(
+        br#"{"max_keys": 0, "breaker": {"buckets": 61, "error_rate_threshold": 2},
+            "retry": {"policies": [{"name": "a", "max_retries": 11}, {"name": "a"}]},
+            "overrides": [{"match": {}, "breaker": {"window": "2h"}}]}"#,
+    )
+    .unwrap_err();
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "config error at max_keys: must be in [1, 100000], got 0",
+            "config error at breaker.buckets: must be in [1, 60], got 61",
+            "config error at breaker.error_rate_threshold: must be in (0, 1], got 2",
+            "config error at retry.policies[0].max_retries: must be in [0, 10], got 11",
+            "config error at retry.policies[1].name: duplicate policy name \"a\" (also at retry.policies[0])",
+            "config error at overrides[0].match: must hold exactly one of cluster, route, authority, got 0",
+            "config error at overrides[0].breaker.window: must be in [1s, 1h], got \"2h\"",
+        ]
+    );
+    // parse gives the first of them, as the filter logs it.
+    assert_eq!(
+        Config::parse(br#"{"max_keys": 0, "breaker": {"buckets": 61}}"#)
+            .unwrap_err()
+            .to_string(),
+        shown[0]
+    );
+}
+
+#[test]
+fn parse_all_checks_cross_field_rules_once_fields_are_in_range() {
+    let errors = Config::parse_all(
+        br#"{"breaker": {"window": "1s", "buckets": 20, "sleep_window": "10m"}}"#,
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["breaker.buckets", "breaker.sleep_window"]);
+}

@@ -4,8 +4,10 @@
 //! *merged* configuration of an override (an override may lower only `max_sleep_window`), and
 //! every message quotes what was written (`got "999ms"`, `got -1`). So [`fields`] checks each
 //! given raw value where it stands, with its path, and [`rules`] checks the cross-field rules on
-//! the compiled result, at the top level and for every override. The messages are part of the
-//! contract (SPEC "Plugin configuration" ranges), pinned by the unit tests.
+//! the compiled result, at the top level and for every override; both collect every error
+//! ([`Errors`]), and the cross-field rules run only on a document whose fields are all in range.
+//! The messages are part of the contract (SPEC "Plugin configuration" ranges), pinned by the
+//! unit tests.
 
 use std::time::Duration;
 
@@ -18,6 +20,19 @@ use super::raw::{
 use super::{BreakerConfig, Config, RETRY_GRPC_ON_VALUES, RETRY_ON_VALUES};
 
 type Res = Result<(), ConfigError>;
+
+/// The errors of one document, in document order: every field is checked, so that a user (the
+/// CLI) sees them all; the filter reports the first.
+#[derive(Debug, Default)]
+pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, r: Res) {
+        if let Err(e) = r {
+            self.0.push(e);
+        }
+    }
+}
 
 /// The shortest bucket and sleep window: below it the 100 ms flush cadence cannot keep up.
 pub(crate) const MIN_BUCKET: Duration = Duration::from_millis(100);
@@ -107,125 +122,123 @@ pub(crate) fn is_token(s: &str) -> bool {
 }
 
 /// Every given field of the document, where it stands.
-pub(crate) fn fields(raw: &RawConfig) -> Res {
-    int(&raw.max_keys, "max_keys", 1, Some(100_000))?;
+pub(crate) fn fields(raw: &RawConfig, e: &mut Errors) {
+    e.add(int(&raw.max_keys, "max_keys", 1, Some(100_000)));
     if let Some(b) = raw.breaker.get() {
-        breaker(b, "breaker")?;
+        breaker(b, "breaker", e);
     }
     if let Some(r) = raw.retry.get() {
-        retry(r, "retry")?;
+        retry(r, "retry", e);
     }
     if let Some(Some(r)) = raw.reset_signals.get() {
-        reset_signals(r, "reset_signals")?;
+        reset_signals(r, "reset_signals", e);
     }
     if let Some(list) = raw.overrides.get() {
         for (i, o) in list.iter().enumerate() {
-            override_fields(o, &index("overrides", i))?;
+            override_fields(o, &index("overrides", i), e);
         }
     }
-    Ok(())
 }
 
-fn breaker(b: &RawBreaker, path: &str) -> Res {
+fn breaker(b: &RawBreaker, path: &str, e: &mut Errors) {
     if let Some(d) = b.window.get() {
         if d.value < Duration::from_secs(1) || d.value > Duration::from_secs(3600) {
-            return fail(
+            e.add(fail(
                 &child(path, "window"),
                 format!("must be in [1s, 1h], got {}", quoted(&d.text)),
-            );
+            ));
         }
     }
-    int(&b.buckets, &child(path, "buckets"), 1, Some(60))?;
-    int(&b.min_requests, &child(path, "min_requests"), 1, None)?;
-    number(
+    e.add(int(&b.buckets, &child(path, "buckets"), 1, Some(60)));
+    e.add(int(&b.min_requests, &child(path, "min_requests"), 1, None));
+    e.add(number(
         &b.error_rate_threshold,
         &child(path, "error_rate_threshold"),
         |x| x > 0.0 && x <= 1.0,
         "must be in (0, 1]",
-    )?;
+    ));
     if let Some(Some(d)) = b.latency_p95_threshold.get() {
         let p = child(path, "latency_p95_threshold");
         if d.value.is_zero() {
-            return fail(
+            e.add(fail(
                 &p,
                 format!(
                     "must be greater than 0 (or null to turn it off), got {}",
                     quoted(&d.text)
                 ),
-            );
+            ));
         }
-        duration(d, &p, None, Some((MAX_LATENCY_THRESHOLD, "10m")))?;
+        e.add(duration(d, &p, None, Some((MAX_LATENCY_THRESHOLD, "10m"))));
     }
     if let Some(d) = b.sleep_window.get() {
-        duration(
+        e.add(duration(
             d,
             &child(path, "sleep_window"),
             Some((MIN_BUCKET, "100ms")),
             None,
-        )?;
+        ));
     }
     if let Some(d) = b.max_sleep_window.get() {
-        duration(
+        e.add(duration(
             d,
             &child(path, "max_sleep_window"),
             Some((MIN_BUCKET, "100ms")),
             Some((MAX_SLEEP_WINDOW, "1h")),
-        )?;
+        ));
     }
-    int(
+    e.add(int(
         &b.half_open_max_probes,
         &child(path, "half_open_max_probes"),
         1,
         Some(MAX_PROBES),
-    )?;
-    int(
+    ));
+    e.add(int(
         &b.half_open_successes_to_close,
         &child(path, "half_open_successes_to_close"),
         1,
         Some(MAX_PROBES),
-    )
+    ));
 }
 
-fn retry(r: &RawRetry, path: &str) -> Res {
+fn retry(r: &RawRetry, path: &str, e: &mut Errors) {
     if let Some(b) = r.budget.get() {
         let p = child(path, "budget");
-        number(
+        e.add(number(
             &b.ratio,
             &child(&p, "ratio"),
             |x| (0.0..=1.0).contains(&x),
             "must be in [0, 1]",
-        )?;
-        number(
+        ));
+        e.add(number(
             &b.min_retries_per_second,
             &child(&p, "min_retries_per_second"),
             |x| x >= 0.0 && x.is_finite(),
             "must be at least 0",
-        )?;
+        ));
     }
     if let Some(list) = r.policies.get() {
         let p = child(path, "policies");
         for (i, policy) in list.iter().enumerate() {
             let pi = index(&p, i);
-            policy_fields(policy, &pi)?;
+            policy_fields(policy, &pi, e);
             let name = policy.name.get();
             if let Some(first) = list.iter().take(i).position(|o| o.name.get() == name) {
-                return fail(
+                e.add(fail(
                     &child(&pi, "name"),
                     format!(
                         "duplicate policy name \"{}\" (also at {})",
                         name.map_or("", String::as_str),
                         index(&p, first)
                     ),
-                );
+                ));
             }
         }
     }
-    Ok(())
 }
 
-fn conditions(v: &Field<Vec<String>>, path: &str, allowed: &[&str], what: &str) -> Res {
+fn conditions(v: &Field<Vec<String>>, path: &str, allowed: &[&str], what: &str, e: &mut Errors) {
     let Some(list) = v.get() else {
-        return Ok(());
+        return;
     };
     for (i, s) in list.iter().enumerate() {
         if !allowed.iter().any(|a| a.eq_ignore_ascii_case(s)) {
@@ -236,106 +249,117 @@ fn conditions(v: &Field<Vec<String>>, path: &str, allowed: &[&str], what: &str) 
                 }
                 known.push_str(a);
             }
-            return fail(
+            e.add(fail(
                 &index(path, i),
                 format!("unknown {what} {}, expected one of: {known}", quoted(s)),
-            );
+            ));
         }
     }
-    Ok(())
 }
 
-fn policy_fields(p: &RawPolicy, path: &str) -> Res {
+fn policy_fields(p: &RawPolicy, path: &str, e: &mut Errors) {
     let name_path = child(path, "name");
     match p.name.get() {
-        None => return fail(&name_path, "is required"),
-        Some(n) if n.is_empty() => return fail(&name_path, "must not be empty"),
+        None => e.add(fail(&name_path, "is required")),
+        Some(n) if n.is_empty() => e.add(fail(&name_path, "must not be empty")),
         Some(_) => {}
     }
     if let Some(m) = p.matcher.get() {
-        policy_match(m, &child(path, "match"))?;
+        policy_match(m, &child(path, "match"), e);
     }
     conditions(
         &p.retry_on,
         &child(path, "retry_on"),
         &RETRY_ON_VALUES,
         "retry_on condition",
-    )?;
+        e,
+    );
     conditions(
         &p.retry_grpc_on,
         &child(path, "retry_grpc_on"),
         &RETRY_GRPC_ON_VALUES,
         "retry_grpc_on condition",
-    )?;
-    int(&p.max_retries, &child(path, "max_retries"), 0, Some(10))?;
+        e,
+    );
+    e.add(int(
+        &p.max_retries,
+        &child(path, "max_retries"),
+        0,
+        Some(10),
+    ));
     if let Some(Some(d)) = p.per_try_timeout.get() {
         if d.value.is_zero() {
-            return fail(
+            e.add(fail(
                 &child(path, "per_try_timeout"),
                 format!("must be greater than 0, got {}", quoted(&d.text)),
-            );
+            ));
         }
     }
-    Ok(())
 }
 
-fn policy_match(m: &RawPolicyMatch, path: &str) -> Res {
+fn policy_match(m: &RawPolicyMatch, path: &str, e: &mut Errors) {
     if let Some(methods) = m.methods.get() {
         for (i, s) in methods.iter().enumerate() {
             if !is_token(s) {
-                return fail(
+                e.add(fail(
                     &index(&child(path, "methods"), i),
                     format!("must be an HTTP method token, got {}", quoted(s)),
-                );
+                ));
             }
         }
     }
-    starts_with_slash(&m.path_prefix, &child(path, "path_prefix"))?;
+    e.add(starts_with_slash(
+        &m.path_prefix,
+        &child(path, "path_prefix"),
+    ));
     if let Some(headers) = m.headers.get() {
         let p = child(path, "headers");
         for (i, (name, _)) in headers.0.iter().enumerate() {
             let pn = child(&p, name);
             if !is_token(name) {
-                return fail(&pn, "header name must be an HTTP token");
+                e.add(fail(&pn, "header name must be an HTTP token"));
             }
             let seen = headers.0.iter().take(i);
             if seen.into_iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                return fail(
+                e.add(fail(
                     &pn,
                     format!(
                         "header \"{}\" given twice (names are case-insensitive)",
                         name.to_ascii_lowercase()
                     ),
-                );
+                ));
             }
         }
     }
-    Ok(())
 }
 
-fn reset_signals(r: &RawResetSignals, path: &str) -> Res {
-    non_empty(&r.cluster, &child(path, "cluster"))?;
-    starts_with_slash(&r.path, &child(path, "path"))?;
+fn reset_signals(r: &RawResetSignals, path: &str, e: &mut Errors) {
+    e.add(non_empty(&r.cluster, &child(path, "cluster")));
+    e.add(starts_with_slash(&r.path, &child(path, "path")));
     if let Some(d) = r.poll_interval.get() {
-        duration(
+        e.add(duration(
             d,
             &child(path, "poll_interval"),
             Some((MIN_BUCKET, "100ms")),
             Some((MAX_POLL_INTERVAL, "60s")),
-        )?;
+        ));
     }
-    number(
+    e.add(number(
         &r.max_resets_per_second,
         &child(path, "max_resets_per_second"),
         |x| x > 0.0 && x.is_finite(),
         "must be greater than 0",
-    )
+    ));
 }
 
-fn override_fields(o: &RawOverride, path: &str) -> Res {
+fn override_fields(o: &RawOverride, path: &str, e: &mut Errors) {
     let match_path = child(path, "match");
     let Some(m) = o.matcher.get() else {
-        return fail(&match_path, "is required: one of cluster, route, authority");
+        e.add(fail(
+            &match_path,
+            "is required: one of cluster, route, authority",
+        ));
+        return;
     };
     let given = [
         ("cluster", &m.cluster),
@@ -344,37 +368,35 @@ fn override_fields(o: &RawOverride, path: &str) -> Res {
     ];
     let count = given.iter().filter(|(_, v)| v.get().is_some()).count();
     if count != 1 {
-        return fail(
+        e.add(fail(
             &match_path,
             format!("must hold exactly one of cluster, route, authority, got {count}"),
-        );
+        ));
     }
     for (name, v) in given {
-        non_empty(v, &child(&match_path, name))?;
+        e.add(non_empty(v, &child(&match_path, name)));
     }
     if let Some(b) = o.breaker.get() {
-        breaker(b, &child(path, "breaker"))?;
+        breaker(b, &child(path, "breaker"), e);
     }
     if let Some(r) = o.retry.get() {
-        retry(r, &child(path, "retry"))?;
+        retry(r, &child(path, "retry"), e);
     }
-    Ok(())
 }
 
 /// The cross-field rules, on the merged configuration: the top level and every override.
-pub(crate) fn rules(cfg: &Config) -> Res {
-    breaker_rules(&cfg.breaker, "breaker")?;
+pub(crate) fn rules(cfg: &Config, e: &mut Errors) {
+    breaker_rules(&cfg.breaker, "breaker", e);
     for (i, o) in cfg.overrides.iter().enumerate() {
-        breaker_rules(&o.breaker, &child(&index("overrides", i), "breaker"))?;
+        breaker_rules(&o.breaker, &child(&index("overrides", i), "breaker"), e);
     }
-    Ok(())
 }
 
 /// The rules that tie breaker fields together.
-pub(crate) fn breaker_rules(b: &BreakerConfig, path: &str) -> Res {
+pub(crate) fn breaker_rules(b: &BreakerConfig, path: &str, e: &mut Errors) {
     let buckets = b.buckets.max(1);
     if b.window / buckets < MIN_BUCKET {
-        return fail(
+        e.add(fail(
             &child(path, "buckets"),
             format!(
                 "window / buckets must be at least 100ms, got {} / {} = {}",
@@ -382,17 +404,16 @@ pub(crate) fn breaker_rules(b: &BreakerConfig, path: &str) -> Res {
                 b.buckets,
                 format_duration(b.window / buckets)
             ),
-        );
+        ));
     }
     if b.sleep_window > b.max_sleep_window {
-        return fail(
+        e.add(fail(
             &child(path, "sleep_window"),
             format!(
                 "must not exceed max_sleep_window ({}), got {}",
                 format_duration(b.max_sleep_window),
                 format_duration(b.sleep_window)
             ),
-        );
+        ));
     }
-    Ok(())
 }
