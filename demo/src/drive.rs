@@ -130,6 +130,7 @@ struct PhaseCounters {
     rejected: AtomicU64,
     /// ms since the run started + 1 (0 = none yet).
     first_reject_ms: AtomicU64,
+    last_reject_ms: AtomicU64,
     reason: Mutex<Option<String>>,
 }
 
@@ -201,13 +202,13 @@ pub async fn drive(opts: Options) -> Result<Report, String> {
     );
     let mut samples: Vec<Sample> = Vec::new();
     let mut reports = Vec::new();
-    let mut phase_start = 0.0;
+
     for (i, phase) in opts.phases.iter().enumerate() {
         if i > 0 {
             set_fault(&client, &opts.upstream, phase.fault).await?;
         }
         shared.phase.store(i, Ordering::SeqCst);
-        phase_start = if i == 0 {
+        let phase_start = if i == 0 {
             0.0
         } else {
             shared.started.elapsed().as_secs_f64()
@@ -240,7 +241,6 @@ pub async fn drive(opts: Options) -> Result<Report, String> {
     for w in workers {
         let _ = w.await;
     }
-    let _ = phase_start;
 
     let phases = opts
         .phases
@@ -263,13 +263,21 @@ pub async fn drive(opts: Options) -> Result<Report, String> {
             } else {
                 None
             };
+            // Closed for good: after the last sample that was not closed and the last request
+            // the breaker rejected (a circuit that closed and re-opened has not recovered yet;
+            // the rejections also catch openings shorter than the 250 ms between scrapes).
+            let last_reject = match c.last_reject_ms.load(Ordering::SeqCst) {
+                0 => None,
+                ms => Some((ms - 1) as f64 / 1000.0 - start),
+            };
             let time_to_close = if p.name != "recovery" {
                 None
             } else {
-                in_phase
-                    .iter()
-                    .find(|s| s.state == 0)
-                    .map(|s| (s.t - start).max(0.0))
+                let by_state = match in_phase.iter().rposition(|s| s.state != 0) {
+                    None => Some(0.0),
+                    Some(i) => in_phase.get(i + 1).map(|s| (s.t - start).max(0.0)),
+                };
+                by_state.map(|t| t.max(last_reject.unwrap_or(0.0)))
             };
             PhaseReport {
                 name: p.name.clone(),
@@ -331,6 +339,7 @@ async fn one_request(client: &HttpClient, target: &str, shared: &Shared) {
             if rejected {
                 c.rejected.fetch_add(1, Ordering::Relaxed);
                 let ms = shared.started.elapsed().as_millis() as u64 + 1;
+                c.last_reject_ms.fetch_max(ms, Ordering::SeqCst);
                 if c.first_reject_ms
                     .compare_exchange(0, ms, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()

@@ -129,35 +129,33 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) -> std::io::Result
 
 /// The response to one request, or None for "reset the connection".
 async fn answer(state: &State, method: &str, path: &str) -> Option<String> {
-    {
-        if let Some(name) = path.strip_prefix("/_demo/mode/") {
-            return Some(match (method, Mode::parse(name)) {
-                ("PUT", Some(m)) => {
-                    state.mode.store(m.index() as u8, Ordering::SeqCst);
-                    eprintln!("meshbreaker-demo upstream: fault = {}", m.name());
-                    response(200, "OK", m.name())
-                }
-                _ => response(
-                    400,
-                    "Bad Request",
-                    "PUT /_demo/mode/<healthy|errors|slow|resets>",
-                ),
-            });
-        }
-        if path == "/_demo/stats" {
-            let counts: Vec<String> = Mode::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    format!(
-                        "\"{}\":{}",
-                        m.name(),
-                        state.served[i].load(Ordering::SeqCst)
-                    )
-                })
-                .collect();
-            return Some(response(200, "OK", &format!("{{{}}}", counts.join(","))));
-        }
+    if let Some(name) = path.strip_prefix("/_demo/mode/") {
+        return Some(match (method, Mode::parse(name)) {
+            ("PUT", Some(m)) => {
+                state.mode.store(m.index() as u8, Ordering::SeqCst);
+                eprintln!("meshbreaker-demo upstream: fault = {}", m.name());
+                response(200, "OK", m.name())
+            }
+            _ => response(
+                400,
+                "Bad Request",
+                "PUT /_demo/mode/<healthy|errors|slow|resets>",
+            ),
+        });
+    }
+    if path == "/_demo/stats" {
+        let counts: Vec<String> = Mode::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                format!(
+                    "\"{}\":{}",
+                    m.name(),
+                    state.served[i].load(Ordering::SeqCst)
+                )
+            })
+            .collect();
+        return Some(response(200, "OK", &format!("{{{}}}", counts.join(","))));
     }
     let mode = Mode::ALL[usize::from(state.mode.load(Ordering::SeqCst)).min(3)];
     state.served[mode.index()].fetch_add(1, Ordering::SeqCst);

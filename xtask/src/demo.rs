@@ -288,10 +288,20 @@ fn wait_for(
     secs: u64,
     mut ready: impl FnMut() -> bool,
 ) -> Result {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut told = 0;
     while Instant::now() < deadline {
         if ready() {
+            if told > 0 {
+                eprintln!("{what} ready after {:.1} s", start.elapsed().as_secs_f64());
+            }
             return Ok(());
+        }
+        let waited = start.elapsed().as_secs();
+        if waited >= 2 && waited / 2 > told {
+            told = waited / 2;
+            eprintln!("  … waiting for {what} ({waited} s of at most {secs} s)");
         }
         if INTERRUPTED.load(Ordering::SeqCst) {
             return Err("interrupted".into());

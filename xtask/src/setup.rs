@@ -44,6 +44,13 @@ pub fn deps() -> Result {
             !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
                 .is_some_and(|s| s.contains("install ok installed"))
         })
+        // A node that ships its own npm (NodeSource's nodejs) conflicts with Debian's npm package:
+        // working commands are what the manifest checks need.
+        .filter(|p| {
+            !(matches!(*p, "nodejs" | "npm")
+                && output(Command::new("node").arg("--version")).is_some()
+                && output(Command::new("npm").arg("--version")).is_some())
+        })
         .collect();
     if missing.is_empty() {
         eprintln!("all present");
