@@ -10,6 +10,7 @@
 //! ""                   nothing (the trivial filter)
 //! "cluster=20"         20 × get_property(xds.cluster_name)        in on_http_request_headers
 //! "header=20"          20 × get request header bytes (:authority) in on_http_request_headers
+//! "headers=20"         20 × get all request headers, bytes (one map) in on_http_request_headers
 //! "status=20"          20 × get response header bytes (:status)   in on_http_response_headers
 //! "shared=20"          20 × get_shared_data (a 48-byte entry)     in on_http_request_headers
 //! "metric=20"          20 × increment_metric (one counter)        in on_http_request_headers
@@ -38,6 +39,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 pub struct Calls {
     pub cluster: u32,
     pub header: u32,
+    pub headers: u32,
     pub status: u32,
     pub shared: u32,
     pub metric: u32,
@@ -64,6 +66,7 @@ impl Calls {
             let slot = match kind.trim() {
                 "cluster" => &mut c.cluster,
                 "header" => &mut c.header,
+                "headers" => &mut c.headers,
                 "status" => &mut c.status,
                 "shared" => &mut c.shared,
                 "metric" => &mut c.metric,
@@ -145,6 +148,9 @@ impl HttpContext for Http {
             black_box(
                 hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority").ok(),
             );
+        }
+        for _ in 0..c.headers {
+            black_box(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).ok());
         }
         for _ in 0..c.shared {
             black_box(hostcalls::get_shared_data(SHARED_KEY).ok());
