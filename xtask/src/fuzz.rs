@@ -393,6 +393,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
 
 pub fn fuzz(args: &[String]) -> Result {
     let a = parse_args(args)?;
+    let commit = commit();
     ensure_tools()?;
     let all = targets()?;
     let chosen: Vec<String> = if a.targets.is_empty() {
@@ -412,7 +413,7 @@ pub fn fuzz(args: &[String]) -> Result {
     for t in &chosen {
         runs.push(fuzz_target(t, a.seconds)?);
     }
-    let section = report(&runs);
+    let section = report(&runs, &commit);
     eprintln!("\n{section}");
     if !a.ci {
         write_section("fuzz", &section)?;
@@ -436,7 +437,7 @@ pub fn fuzz(args: &[String]) -> Result {
     }
 }
 
-fn report(runs: &[TargetRun]) -> String {
+fn report(runs: &[TargetRun], commit: &str) -> String {
     let total: u64 = runs.iter().map(|r| r.execs).sum();
     let mut s = String::new();
     s.push_str("## Fuzzing\n\n");
@@ -497,7 +498,7 @@ fn report(runs: &[TargetRun]) -> String {
             new.join("\n- ")
         ));
     }
-    s.push_str(&environment());
+    s.push_str(&environment(commit));
     s.push_str(
         "\nReproduce: `cargo xtask fuzz --minutes 2` (all targets), `cargo xtask fuzz --target \
          config --minutes 10` (one); a crash prints the command that replays it.\n",
@@ -535,8 +536,29 @@ fn first_line(cmd: &mut Command) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Machine, versions and date, for a report section.
-pub fn environment() -> String {
+/// The commit being measured (`git describe`-like: short hash, `+dirty` with local changes):
+/// take it when a run starts, since the tree may change while it runs.
+pub fn commit() -> String {
+    let hash = first_line(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(root()),
+    );
+    let dirty = output(
+        Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .current_dir(root()),
+    )
+    .is_some_and(|s| !s.trim().is_empty());
+    if dirty {
+        format!("{hash}+dirty")
+    } else {
+        hash
+    }
+}
+
+/// Machine, versions, the commit measured and the date, for a report section.
+pub fn environment(commit: &str) -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -568,12 +590,7 @@ pub fn environment() -> String {
         first_line(Command::new("cargo-fuzz").arg("--version"))
     ));
     s.push_str(&format!(
-        "Commit {} ({}).\n",
-        first_line(
-            Command::new("git")
-                .args(["rev-parse", "--short", "HEAD"])
-                .current_dir(root())
-        ),
+        "Commit {commit} (finished {}).\n",
         first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
     ));
     s

@@ -759,6 +759,7 @@ struct Event {
 
 pub fn soak(args: &[String]) -> Result {
     let a = parse_args(args)?;
+    let commit = crate::fuzz::commit();
     if euid() != Some(0) {
         return Err("the soak runs the eBPF sidecar and needs root".into());
     }
@@ -1068,6 +1069,7 @@ pub fn soak(args: &[String]) -> Result {
         lds_updates,
         failures: &failures,
         envoy_version: harness::envoy_version(&envoy_bin),
+        commit,
     };
     let section = report.markdown();
     eprintln!("\n{section}");
@@ -1242,6 +1244,7 @@ struct Report<'a> {
     lds_updates: u64,
     failures: &'a [String],
     envoy_version: String,
+    commit: String,
 }
 
 fn mib(b: u64) -> String {
@@ -1355,7 +1358,7 @@ impl Report<'_> {
             &self
                 .samples
                 .iter()
-                .map(|x| format!("{:.0}", x.rss as f64 / (1 << 20) as f64))
+                .map(|x| format!("{:.1}", x.rss as f64 / (1 << 20) as f64))
                 .collect::<Vec<_>>()
                 .join(" "),
         );
@@ -1371,7 +1374,7 @@ impl Report<'_> {
                 .join("; "),
         );
         s.push_str(".\n\n");
-        s.push_str(&crate::fuzz::environment());
+        s.push_str(&crate::fuzz::environment(&self.commit));
         s.push_str(&format!("oha: {}.\n", self.oha_version()));
         s.push_str(
             "\nReproduce (root, for the sidecar): `cargo xtask soak --minutes 10`; the samples are in \
