@@ -70,6 +70,9 @@ pub fn test(args: &[String]) -> Result {
             "scenarios",
         ])
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner))?;
+    step("reliability: each cargo-fuzz target for 30 s, then the one-minute soak");
+    crate::fuzz::fuzz(&["--ci".into()])?;
+    crate::soak::soak(&["--ci".into()])?;
     eprintln!(
         "\ncargo xtask test: all passed in {:.0}s",
         started.elapsed().as_secs_f64()
