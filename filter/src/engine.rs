@@ -38,8 +38,10 @@ pub const MIN_TAKEOVER_IDLE_MS: u64 = 5_000;
 /// A key without a slot tries to get one again at most this often.
 pub const SLOT_RETRY_MS: u64 = 1_000;
 /// Slot searches (up to [`crate::slots::PROBE_SLOTS`] reads each, per seed and table size) a
-/// worker makes per tick for keys it has not placed yet. A flood of new authorities thus costs a
-/// bounded amount of shared-data traffic; keys over the budget pass unguarded until the next tick.
+/// worker makes per tick for keys it has not placed yet: a claim (free or taken-over slot, with
+/// its compare-and-swap) happens only within it. Keys over the budget still look up the slot they
+/// already hold (the probe reads, no write), so an OPEN key new to this worker is rejected, and
+/// pass unguarded only if they hold none, until the next tick.
 pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
 /// The most upstream attempts any request can make (`max_retries` ≤ 10, plus the first).
 pub const MAX_ATTEMPTS: u32 = 11;
@@ -353,29 +355,23 @@ impl<H: Host> Engine<H> {
         if self.keys.insert(key, local, now_ms, idle).is_err() {
             return false;
         }
+        // The slot is sought by the caller, right after (`decide`, as for a key that lost one).
         let label = self.metrics.label_for(&self.host, &self.names, key);
-        let searched = self.search_slot(key, profile, now_ms);
-        let slot = searched.unwrap_or(None);
-        if searched == Ok(None) && !self.warned_no_slot {
-            self.warned_no_slot = true;
-            log::warn!(
-                "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded until one frees",
-                self.cfg.max_keys
-            );
-        }
         if let Some(l) = self.keys.peek_mut(key) {
             l.label = label;
-            l.slot = slot;
-            l.slot_tried_ms = searched.is_ok().then_some(now_ms);
         }
         true
     }
 
-    /// [`Engine::find_slot`] within this tick's search budget.
-    /// `Err(())` when the budget is spent (nothing was searched).
+    /// [`Engine::find_slot`] within this tick's search budget. Once it is spent, only the slot
+    /// the key already holds is looked up ([`Engine::find_own_slot`]: reads, no claim), and
+    /// `Err(())` says that no free slot was sought, so the key asks again.
     fn search_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Result<Option<u32>, ()> {
         if self.slot_searches_left == 0 {
-            return Err(());
+            return match self.find_own_slot(key, profile, now_ms) {
+                Some(slot) => Ok(Some(slot)),
+                None => Err(()),
+            };
         }
         self.slot_searches_left -= 1;
         Ok(self.find_slot(key, profile, now_ms))
@@ -438,9 +434,17 @@ impl<H: Host> Engine<H> {
                 .slot_tried_ms
                 .is_none_or(|t| since(now_ms, t) >= SLOT_RETRY_MS)
         {
-            // B6: a key that lost (or never got) its slot asks again, at most once a second.
+            // A key new here looks for its slot; B6: one that lost (or never got) it asks again, at most
+            // once a second.
             let searched = self.search_slot(key, profile, now_ms);
             slot = searched.unwrap_or(None);
+            if searched == Ok(None) && !self.warned_no_slot {
+                self.warned_no_slot = true;
+                log::warn!(
+                    "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded until one frees",
+                    self.cfg.max_keys
+                );
+            }
             if let Some(l) = self.keys.peek_mut(key) {
                 l.slot = slot;
                 l.slot_tried_ms = searched.is_ok().then_some(now_ms);

@@ -35,7 +35,18 @@ impl<H: Host> Engine<H> {
     }
 
     /// Finds or claims the slot of `key`. `None` when every probed slot is busy.
-    pub(crate) fn find_slot(&mut self, key: &str, _profile: usize, now_ms: u64) -> Option<u32> {
+    pub(crate) fn find_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Option<u32> {
+        self.locate(key, profile, now_ms, true)
+    }
+
+    /// Finds the slot `key` already holds in the current table, claiming nothing: what a key
+    /// new to this worker still gets when the tick's search budget is spent, so that a flood of
+    /// new keys can never let an OPEN or HALF_OPEN key through unguarded.
+    pub(crate) fn find_own_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Option<u32> {
+        self.locate(key, profile, now_ms, false)
+    }
+
+    fn locate(&mut self, key: &str, _profile: usize, now_ms: u64, claim: bool) -> Option<u32> {
         let current = self.cfg.max_keys.max(1);
         let mut sizes = self.meta.sizes.clone();
         if sizes.last() != Some(&current) {
@@ -87,8 +98,14 @@ impl<H: Host> Engine<H> {
             if slot < current {
                 return Some(slot);
             }
+            if !claim {
+                return None;
+            }
             // Only in an old, larger table: carry the state into the current one.
             inherit = Some(st.breaker);
+        }
+        if !claim {
+            return None;
         }
         victims.sort_unstable();
         let candidates = free.into_iter().chain(victims.into_iter().map(|v| v.1));

@@ -1252,11 +1252,19 @@ fn a_flood_of_new_keys_costs_a_bounded_number_of_slot_searches() {
         );
     }
     let reads = host.calls("get_shared");
+    let sets = host.calls("set_shared");
     // 64 searched keys (label marker, counter, 8 probes, claim, decide) and 936 others (label
-    // marker and counter only, no slot, no state read).
+    // marker, counter and the 8 probe reads that look for a slot they already hold: no claim,
+    // no write, no state read for the decision).
     assert!(
-        reads <= 64 * 13 + 936 * 3,
+        reads <= 64 * 13 + 936 * 11,
         "{reads} shared reads for 1000 new keys"
+    );
+    // Writes: each key's label (marker and counter, within max_keys) and one claim per searched
+    // key; keys over the budget claim nothing.
+    assert!(
+        sets <= 1000 * 2 + 64,
+        "{sets} shared writes for 1000 new keys"
     );
     e.on_tick(20);
     let seen = exchange(&mut e, 21, &auth("flood999.example"), &ok());
@@ -1264,6 +1272,33 @@ fn a_flood_of_new_keys_costs_a_bounded_number_of_slot_searches() {
     assert!(
         slot_of(&host, "flood999.example").is_some(),
         "searched again after the tick"
+    );
+}
+
+#[test]
+fn an_open_key_new_to_a_worker_is_rejected_while_its_search_budget_is_spent() {
+    // Regression (tests/tests/hostile.rs in the real Envoy): with the tick's slot searches spent
+    // by a flood of new authorities, a worker that had never seen the OPEN victim let it through.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":1000,"breaker":{"min_requests":5,"sleep_window":"3m","max_sleep_window":"5m"}}"#;
+    let mut a = engine(&host, cfg, 1);
+    let mut b = engine(&host, cfg, 2);
+    a.on_tick(0);
+    b.on_tick(0);
+    for i in 0..20 {
+        exchange(&mut a, 1 + i, &auth("victim.example"), &status(503));
+    }
+    a.on_tick(200);
+    assert!(!exchange(&mut a, 201, &auth("victim.example"), &ok()).admitted);
+    // Worker b spends its whole budget on new keys, then sees the victim for the first time.
+    for i in 0..200u64 {
+        exchange(&mut b, 202, &auth(&format!("flood{i}.example")), &ok());
+    }
+    assert_eq!(b.slot_searches_left, 0);
+    let seen = exchange(&mut b, 203, &auth("victim.example"), &ok());
+    assert!(
+        !seen.admitted,
+        "the OPEN victim passed on a worker out of slot searches"
     );
 }
 
