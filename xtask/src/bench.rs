@@ -1538,10 +1538,12 @@ fn closing_notes(res: &Results) -> String {
     if res.rss.iter().any(|(_, _, per, _)| *per > 4096.0) {
         let _ = writeln!(
             s,
-            "**What would close the memory gap.** A tracked key costs its shared slot plus, in every \
-             worker that saw it, the VM's per-key state; a latency recorder that keeps raw samples \
-             for the flush interval and bins them at flush (instead of a dense histogram per key) \
-             brings the per-worker part to a few hundred bytes.\n"
+            "**What would close the memory gap.** A tracked key costs its shared slot (two \
+             shared-data entries, with their names, in Envoy's heap), its metric series (each \
+             `key` label is a stat in Envoy's heap) and, in every worker that saw it, the VM's \
+             per-key state. Latencies are already recorded sparsely (raw samples for the flush \
+             interval, binned at flush), so what is left is mostly Envoy's side: shorter entry \
+             names, one shared entry per key instead of two, and fewer metric series per key.\n"
         );
     }
     s
