@@ -205,20 +205,7 @@ pub fn bench(args: &[String]) -> Result {
     };
 
     step("upstream Envoy (direct response), pinned to CPU 0");
-    let upstream = Envoy::start(
-        &envoy,
-        "upstream",
-        &upstream_yaml(),
-        &EnvoyOpts {
-            concurrency: 1,
-            cpus: Some(CLIENT_CPU.into()),
-            ..EnvoyOpts::default()
-        },
-    )?;
-    let up_port = *upstream
-        .listeners()?
-        .get("upstream")
-        .ok_or("upstream Envoy has no listener")?;
+    let (upstream, up_port) = start_upstream(&envoy, "upstream")?;
 
     for &c in &opts.concurrencies {
         step(&format!(
@@ -593,20 +580,8 @@ fn measure_rss(envoy: &Path, wasm: &Path, opts: &Opts, res: &mut Results) -> Res
     step(&format!(
         "RSS per tracked key: --concurrency 2, key_by authority, max_keys {max}"
     ));
-    let upstream = Envoy::start(
-        envoy,
-        "upstream-rss",
-        &upstream_yaml(),
-        &EnvoyOpts {
-            concurrency: 1,
-            cpus: Some(CLIENT_CPU.into()),
-            ..EnvoyOpts::default()
-        },
-    )?;
-    let up_port = *upstream
-        .listeners()?
-        .get("upstream")
-        .ok_or("upstream Envoy has no listener")?;
+    // Kept until the end of the measurement: dropping it stops the upstream Envoy.
+    let (_upstream, up_port) = start_upstream(envoy, "upstream-rss")?;
     let config = format!(r#"{{"key_by":"authority","max_keys":{max}}}"#);
     let yaml = proxy_yaml_with(
         up_port,
@@ -727,6 +702,25 @@ fn read_estimate(new_dir: &Path, since: SystemTime) -> Option<(String, f64, f64,
 }
 
 // ---- Envoy configurations --------------------------------------------------------------------
+
+/// The direct-response upstream Envoy, pinned to the client's CPU, and its listener port.
+fn start_upstream(envoy: &Path, name: &str) -> Result<(Envoy, u16)> {
+    let upstream = Envoy::start(
+        envoy,
+        name,
+        &upstream_yaml(),
+        &EnvoyOpts {
+            concurrency: 1,
+            cpus: Some(CLIENT_CPU.into()),
+            ..EnvoyOpts::default()
+        },
+    )?;
+    let up_port = *upstream
+        .listeners()?
+        .get("upstream")
+        .ok_or("upstream Envoy has no listener")?;
+    Ok((upstream, up_port))
+}
 
 fn upstream_yaml() -> String {
     r#"admin:
