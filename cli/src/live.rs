@@ -6,11 +6,14 @@
 //! transitions the filter logged (once each, at info: `meshbreaker: transition key=K from=F
 //! to=T reason=R [open_for_ms=N] [figures]`). `cargo xtask demo --ci` does it on the demo.
 //!
-//! Two inputs of the live breaker are not in an access log, and the comparison names them:
+//! Three inputs of the live breaker are not in an access log, and the comparison names them:
 //! - the sleep-window jitter is random. The filter logs each opening's `open_for_ms`, from which
-//!   [`jitter_draws`] recovers the unit draw; the replay is then run with those draws
-//!   ([`crate::replay::Replay::with_jitter_draws`]), so that the comparison tests the breaker,
+//!   [`openings`] recovers the unit draw; the replay is then run with those draws
+//!   ([`crate::replay::Replay::held_to_live`]), so that the comparison tests the breaker,
 //!   not two dice;
+//! - when a live opening ended: the log holds no request from inside it, so a replayed opening
+//!   that started a little later than the filter's must not outlast it, or it would sit through
+//!   the filter's probes; the replay takes each live opening's end as a bound (same place);
 //! - kernel reset signals come from the sidecar. A live trip with reason `kernel_resets` has no
 //!   counterpart in the access log; the replay must trip on what the log does show (the same
 //!   resets, as `upstream_resets` failures: reason `error_rate`), later, and get back in step by
@@ -23,7 +26,7 @@ use std::fmt::Write as _;
 use policy_core::breaker::State;
 use policy_core::config::{BreakerConfig, Config};
 
-use crate::replay::{KeyReport, TransitionAt};
+use crate::replay::{KeyReport, LiveOpening, TransitionAt};
 
 /// One transition the filter logged.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,20 +126,21 @@ fn sleeps(b: &BreakerConfig) -> Vec<u64> {
     out
 }
 
-/// Per key, the unit jitter draw behind each live opening, in order: the filter opens for
-/// `ceil(sleep × (1 + 0.2 u))` ms, so for a logged `open_for_ms` and the sleep it belongs to
-/// (one of the configuration's doubling sleeps, the one `open_for_ms` lies in) the draw that
-/// reproduces it exactly is `u = ((open_for_ms − 0.5) / sleep − 1) / 0.2`. An opening whose
-/// `open_for_ms` fits no sleep of the configuration is an error: the log is not of this config.
-pub fn jitter_draws(
+/// Per key, each live opening in order: when it was logged, when it ended, and the unit jitter
+/// draw behind it. The filter opens for `ceil(sleep × (1 + 0.2 u))` ms, so for a logged
+/// `open_for_ms` and the sleep it belongs to (one of the configuration's doubling sleeps, the
+/// one `open_for_ms` lies in) the draw that reproduces it exactly is
+/// `u = ((open_for_ms − 0.5) / sleep − 1) / 0.2`. An opening whose `open_for_ms` fits no sleep
+/// of the configuration is an error: the log is not of this config.
+pub fn openings(
     live: &[LiveTransition],
     cfg: &Config,
-) -> Result<HashMap<String, Vec<f64>>, String> {
+) -> Result<HashMap<String, Vec<LiveOpening>>, String> {
     let mut candidates: Vec<u64> = sleeps(&cfg.breaker);
     for o in &cfg.overrides {
         candidates.extend(sleeps(&o.breaker));
     }
-    let mut draws: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut out: HashMap<String, Vec<LiveOpening>> = HashMap::new();
     for t in live.iter().filter(|t| t.to == State::Open) {
         let open_for = t
             .open_for_ms
@@ -157,12 +161,13 @@ pub fn jitter_draws(
         } else {
             ((open_for as f64 - 0.5) / sleep as f64 - 1.0) / 0.2
         };
-        draws
-            .entry(t.key.clone())
-            .or_default()
-            .push(u.clamp(0.0, 1.0));
+        out.entry(t.key.clone()).or_default().push(LiveOpening {
+            at_ms: t.at_ms,
+            end_ms: t.at_ms.saturating_add(open_for),
+            draw: u.clamp(0.0, 1.0),
+        });
     }
-    Ok(draws)
+    Ok(out)
 }
 
 /// One live transition beside its replayed counterpart.
@@ -519,21 +524,26 @@ mod tests {
     }
 
     #[test]
-    fn jitter_draws_reproduce_the_logged_open_for_ms() {
+    fn openings_reproduce_the_logged_open_for_ms() {
         let t = parse_envoy_log(LOG).unwrap();
-        let d = jitter_draws(&t, &cfg()).unwrap();
-        let u = &d["demo"];
-        assert_eq!(u.len(), 2);
+        let d = openings(&t, &cfg()).unwrap();
+        let o = &d["demo"];
+        assert_eq!(o.len(), 2);
         // The breaker's own formula with these draws gives the logged figures back.
-        assert_eq!((1000.0 * (1.0 + 0.2 * u[0])).ceil() as u64, 1100);
-        assert_eq!((2000.0 * (1.0 + 0.2 * u[1])).ceil() as u64, 2000);
+        assert_eq!((1000.0 * (1.0 + 0.2 * o[0].draw)).ceil() as u64, 1100);
+        assert_eq!((2000.0 * (1.0 + 0.2 * o[1].draw)).ceil() as u64, 2000);
+        assert_eq!(
+            (o[0].at_ms, o[0].end_ms),
+            (1_796_116_430_100, 1_796_116_431_200)
+        );
+        assert_eq!(o[1].end_ms, 1_796_116_433_300);
     }
 
     #[test]
-    fn jitter_draws_refuse_an_open_for_ms_of_another_configuration() {
+    fn openings_refuse_an_open_for_ms_of_another_configuration() {
         let mut t = parse_envoy_log(LOG).unwrap();
         t[0].open_for_ms = Some(1500); // between 1.2 s and 2 s: no sleep of cfg() gives it
-        assert!(jitter_draws(&t, &cfg()).is_err());
+        assert!(openings(&t, &cfg()).is_err());
     }
 
     #[test]
@@ -635,6 +645,92 @@ mod tests {
         // Anything but an opening inside the episode: refused.
         let odd = &rows(er, open, close)[1..];
         assert!(!compare(&live, &replayed(odd), 300).agrees());
+    }
+
+    #[test]
+    fn a_replay_that_opens_after_the_filter_still_probes_with_the_filters_probes() {
+        // The filter opened 30 ms before the replay does (its worker merged a partial window).
+        // The access log holds no request from inside the filter's OPEN period, only its probe
+        // 5 ms after that period's end: with the same draw, a replay opened 30 ms later would
+        // still be OPEN at the probe and skip the half-open cycle. Held to live, its opening
+        // ends no later than the filter's, it takes that probe, and the two agree.
+        let t0 = 1_796_116_430_000u64;
+        let cfg = Config::parse(
+            br#"{"breaker": {"window": "10s", "buckets": 10, "min_requests": 10,
+                "error_rate_threshold": 0.5, "sleep_window": "1s", "max_sleep_window": "1s",
+                "half_open_max_probes": 1, "half_open_successes_to_close": 2}}"#,
+        )
+        .unwrap();
+        let line = |start: u64, status: u16| {
+            format!(
+                r#"{{"start_time":"{start}","duration_ms":5,"cluster":"demo","route":"r","authority":"a","status":{status},"grpc_status":null,"response_flags":"-","attempts":1,"upstream_host":"10.0.0.1:80"}}"#
+            )
+        };
+        // Ten failures: the replay trips at the tenth's completion, t0 + 95.
+        let mut lines: Vec<String> = (0..10).map(|i| line(t0 + i * 10, 503)).collect();
+        lines.push(line(t0 + 1_070, 503)); // the filter's first probe: fails
+        lines.push(line(t0 + 2_080, 200)); // after the re-opening: two probes succeed
+        lines.push(line(t0 + 2_200, 200));
+        let er = "error_rate".to_string();
+        let lt = |at: u64, from: State, to: State, open_for_ms: Option<u64>| LiveTransition {
+            at_ms: t0 + at,
+            key: "demo".into(),
+            from,
+            to,
+            reason: er.clone(),
+            open_for_ms,
+            figures: String::new(),
+        };
+        let live = vec![
+            lt(65, State::Closed, State::Open, Some(1_000)),
+            lt(1_070, State::Open, State::HalfOpen, None),
+            lt(1_075, State::HalfOpen, State::Open, Some(1_000)),
+            lt(2_080, State::Open, State::HalfOpen, None),
+            lt(2_205, State::HalfOpen, State::Closed, None),
+        ];
+        let replay = |mut r: crate::replay::Replay| {
+            for l in &lines {
+                r.feed(&serde_json::from_str(l).unwrap());
+            }
+            r.finish().1
+        };
+        let held = replay(crate::replay::Replay::held_to_live(
+            cfg.clone(),
+            openings(&live, &cfg).unwrap(),
+            300,
+        ));
+        let c = compare(&live, &held, 300);
+        assert!(c.agrees(), "{:?}\n{}", c.problems, c.table());
+        let deltas: Vec<i64> = c.pairs.iter().map(Pair::delta_ms).collect();
+        assert_eq!(deltas, [30, 0, 0, 0, 0]);
+        // Its own sleep from its own opening, it sits through the probe and tells another story.
+        let unheld = replay(crate::replay::Replay::new(cfg));
+        assert!(!compare(&live, &unheld, 300).agrees());
+    }
+
+    #[test]
+    fn a_live_opening_the_replay_does_not_make_is_not_taken_by_a_later_one() {
+        // A kernel-only live episode (the replay stays CLOSED) and a later error-rate opening:
+        // the later replayed opening takes the later live opening's draw, not the first's.
+        let t = parse_envoy_log(LOG).unwrap();
+        let o = openings(&t, &cfg()).unwrap();
+        let mut r = crate::replay::Replay::held_to_live(cfg(), o, 300);
+        // Twenty failures starting at the second live opening's time: the replay opens near it.
+        let start = t[2].at_ms - 200;
+        for i in 0..20 {
+            let l = format!(
+                r#"{{"start_time":"{}","duration_ms":5,"cluster":"demo","status":503,"response_flags":"-","upstream_host":"10.0.0.1:80"}}"#,
+                start + i * 10
+            );
+            r.feed(&serde_json::from_str(&l).unwrap());
+        }
+        let (_, reports) = r.finish();
+        let open = &reports[0].transitions[0];
+        assert_eq!(open.to, State::Open);
+        // The second opening's draw (2000 ms, doubled sleep 0 jitter) would not fit a first
+        // opening's 1 s sleep; the first live opening's draw (1100 ms) is too far away to match:
+        // the seeded draw is used and the sleep is the replay's own, 1000..1200 ms.
+        assert!((1_000..=1_200).contains(&open.open_for_ms), "{open:?}");
     }
 
     #[test]

@@ -19,11 +19,17 @@
 //! duration: lines wait in a reorder heap until the log has moved [`REORDER_MS`] past their
 //! start, and are decided in start order; completions wait in a heap until the clock passes
 //! them. Memory is bounded by [`REORDER_MAX`] waiting lines, `max_keys` keys, and per key at
-//! most [`MAX_TRANSITIONS`] transitions and [`MAX_POINTS`] plot points. Jitter comes from a seeded [`SplitMix64`], so a replay is repeatable; or, to hold a
-//! replay to what the filter did live, from the live draws ([`Replay::with_jitter_draws`]).
+//! most [`MAX_TRANSITIONS`] transitions and [`MAX_POINTS`] plot points.
+//!
+//! The window slides at bucket boundaries: a CLOSED key with samples in its window is evaluated
+//! at each boundary too (an old bucket leaving can raise the error rate or the P95 with no new
+//! request), as early as any of the filter's workers could, whose tick may land right after it.
+//!
+//! Jitter comes from a seeded [`SplitMix64`], so a replay is repeatable; or, to hold a replay
+//! to what the filter did live, from the live openings ([`Replay::held_to_live`]).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 
 use policy_core::breaker::{BreakerState, Decision, Jitter, SplitMix64, State, Transition};
 use policy_core::config::{BreakerConfig, Config, Mode};
@@ -98,6 +104,10 @@ struct KeyState {
     scratch: Vec<(u64, u64)>,
     /// A tick flush is queued in `Replay::ticks`.
     tick_queued: bool,
+    /// A bucket-boundary evaluation is queued in `Replay::slides`.
+    slide_queued: bool,
+    /// Samples in the window at the last merge.
+    window_samples: u64,
 }
 
 struct Pending {
@@ -178,6 +188,8 @@ pub struct Replay {
     log_end_ms: u64,
     /// Tick flushes due: (time, key), at most one per key.
     ticks: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Bucket-boundary evaluations due: (time, key), at most one per key.
+    slides: BinaryHeap<Reverse<(u64, usize)>>,
     clock_ms: u64,
     seq: u64,
     rng: JitterSource,
@@ -203,11 +215,13 @@ impl Replay {
             reorder: BinaryHeap::new(),
             log_end_ms: 0,
             ticks: BinaryHeap::new(),
+            slides: BinaryHeap::new(),
             clock_ms: 0,
             seq: 0,
             rng: JitterSource {
                 seeded: SplitMix64(0x6d65_7368_6272_6b72),
-                draws: HashMap::new(),
+                live: HashMap::new(),
+                match_ms: 0,
             },
             totals: Totals::default(),
             parts: Default::default(),
@@ -215,16 +229,32 @@ impl Replay {
         }
     }
 
-    /// A replay whose sleep-window jitter, per key, takes the given unit draws in order (then the
-    /// seeded generator). The jitter is the breaker's one random input: with the draws the live
-    /// filter made (recovered from its `open_for_ms`, [`crate::live::jitter_draws`]), a replay of
-    /// the same traffic must give the same transitions at the same times.
-    pub fn with_jitter_draws(cfg: Config, draws: HashMap<String, Vec<f64>>) -> Replay {
+    /// A replay held to what the filter did live with the same traffic
+    /// ([`crate::live::openings`]): two inputs of the live breaker are not in an access log, and
+    /// each replayed opening takes them from the live opening of its key that it matches, the
+    /// nearest within `match_ms` (each used once; an opening with none, such as one the replay
+    /// makes where the filter did not, uses the seeded generator and its own sleep):
+    /// - the sleep-window jitter draw, the breaker's one random input;
+    /// - when the opening ended, as a bound: the replayed opening ends no later than the live one
+    ///   (less [`LIVE_END_SLACK_MS`]). The access log holds no request from inside a live OPEN
+    ///   period (the filter answered them locally), only the filter's probes after it; a replay
+    ///   that opened δ after the filter (its clock is the access log's start + duration in
+    ///   milliseconds, the filter's a worker's flush on a window merged so far) would, with the
+    ///   same draw, still be OPEN at those probes and skip a whole half-open cycle.
+    ///
+    /// Openings are still compared where they start, and the rest (which requests probe, how
+    /// probes end, reopening and closing) is the replayed breaker's own.
+    pub fn held_to_live(
+        cfg: Config,
+        openings: HashMap<String, Vec<LiveOpening>>,
+        match_ms: u64,
+    ) -> Replay {
         let mut r = Replay::new(cfg);
-        r.rng.draws = draws
+        r.rng.live = openings
             .into_iter()
-            .map(|(k, v)| (k, VecDeque::from(v)))
+            .map(|(k, v)| (k, v.into_iter().map(|o| (o, false)).collect()))
             .collect();
+        r.rng.match_ms = match_ms;
         r
     }
 
@@ -338,19 +368,23 @@ impl Replay {
         }));
     }
 
-    /// Moves the clock to `now`: every completion and every tick flush due by then, in time order.
+    /// Moves the clock to `now`: every completion, tick flush and bucket-boundary evaluation
+    /// due by then, in time order (at one instant: ticks, then boundaries, then completions).
     fn advance(&mut self, now: u64) {
         loop {
-            let done = self.pending.peek().map(|Reverse(p)| p.end_ms);
-            let tick = self.ticks.peek().map(|Reverse((t, _))| *t);
-            match (done, tick) {
-                (_, Some(t)) if t <= now && done.is_none_or(|d| t <= d) => self.tick(),
-                (Some(d), _) if d <= now => {
-                    if let Some(Reverse(p)) = self.pending.pop() {
-                        self.complete(p);
-                    }
-                }
-                _ => break,
+            let done = self.pending.peek().map_or(u64::MAX, |Reverse(p)| p.end_ms);
+            let tick = self.ticks.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
+            let slide = self.slides.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
+            let first = done.min(tick).min(slide);
+            if first > now {
+                break;
+            }
+            if tick == first {
+                self.tick();
+            } else if slide == first {
+                self.slide();
+            } else if let Some(Reverse(p)) = self.pending.pop() {
+                self.complete(p);
             }
         }
         self.clock_ms = now;
@@ -403,6 +437,8 @@ impl Replay {
             last_point_ms: 0,
             scratch: Vec::new(),
             tick_queued: false,
+            slide_queued: false,
+            window_samples: 0,
         });
         self.index.insert(self.key_buf.clone(), i);
         Some(i)
@@ -430,6 +466,28 @@ impl Replay {
         }
         let (bcfg, _) = breaker_of(&self.cfg, ks.override_index);
         flush(ks, bcfg, t, &mut self.rng);
+        queue_slide(&mut self.slides, ks, k, bcfg, t);
+    }
+
+    /// A bucket boundary of a CLOSED key: the oldest bucket has left the window, so the trip
+    /// rule is evaluated on what is left (with the samples recorded since the last merge, as a
+    /// worker's tick would merge them).
+    fn slide(&mut self) {
+        let Some(Reverse((t, k))) = self.slides.pop() else {
+            return;
+        };
+        let Some(ks) = self.keys.get_mut(k) else {
+            return;
+        };
+        ks.slide_queued = false;
+        if ks.breaker.state != State::Closed {
+            return;
+        }
+        let (bcfg, _) = breaker_of(&self.cfg, ks.override_index);
+        if ks.last_flush_ms < t {
+            flush(ks, bcfg, t, &mut self.rng);
+        }
+        queue_slide(&mut self.slides, ks, k, bcfg, t);
     }
 
     fn complete(&mut self, p: Pending) {
@@ -441,8 +499,13 @@ impl Replay {
         let failure = p.outcome.failure(&bcfg.failure);
         if let Some(id) = p.probe {
             let ok = failure.is_none() && p.outcome.retried_attempts() == 0;
-            let mut jitter = self.rng.for_key(&ks.report.key);
-            if let Some(t) = ks.breaker.complete_probe(id, ok, bcfg, now, &mut jitter) {
+            let mut jitter = self.rng.for_key(&ks.report.key, now);
+            let done = ks.breaker.complete_probe(id, ok, bcfg, now, &mut jitter);
+            let live_end = jitter.matched_end();
+            if let Some(t) = done {
+                if t.to == State::Open {
+                    end_no_later_than(&mut ks.breaker, live_end, now);
+                }
                 if t.to != t.from {
                     if t.to == State::Closed {
                         // Closing clears the window (a new generation).
@@ -468,6 +531,7 @@ impl Replay {
                 let _ = ks.recorder.record(epoch, &p.outcome, failure);
             }
         }
+        queue_slide(&mut self.slides, ks, p.key, bcfg, now);
         if !ks.recorder.is_empty() && !ks.tick_queued {
             ks.tick_queued = true;
             let due = ks.last_flush_ms.saturating_add(FLUSH_MS).max(now);
@@ -504,32 +568,101 @@ impl Replay {
     }
 }
 
-/// The sleep-window jitter: given draws per key first, then a seeded generator.
+/// How far before a live opening's logged end a replayed opening held to it ends at the latest
+/// ([`Replay::held_to_live`]). The logged end is Envoy's log timestamp of the trip plus
+/// `open_for_ms`, a little after the filter's own `now` at the trip; a probe's access-log start
+/// is its downstream start, truncated to the millisecond, a little before the filter decided it.
+/// Nothing the filter let through starts inside the slack: it was OPEN there.
+pub const LIVE_END_SLACK_MS: u64 = 50;
+
+/// One opening the filter logged, for [`Replay::held_to_live`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveOpening {
+    /// When the filter logged the transition into OPEN (epoch milliseconds).
+    pub at_ms: u64,
+    /// `at_ms` + the logged `open_for_ms`.
+    pub end_ms: u64,
+    /// The unit jitter draw that gives the logged `open_for_ms` (see [`crate::live::openings`]).
+    pub draw: f64,
+}
+
+/// The sleep-window jitter: the matched live opening's draw first, then a seeded generator.
 struct JitterSource {
     seeded: SplitMix64,
-    draws: HashMap<String, VecDeque<f64>>,
+    /// Per key, the live openings, each with whether a replayed opening took it.
+    live: HashMap<String, Vec<(LiveOpening, bool)>>,
+    match_ms: u64,
 }
 
 impl JitterSource {
-    fn for_key<'a>(&'a mut self, key: &'a str) -> KeyJitter<'a> {
-        KeyJitter { key, source: self }
+    fn for_key<'a>(&'a mut self, key: &'a str, now: u64) -> KeyJitter<'a> {
+        KeyJitter {
+            key,
+            now,
+            source: self,
+            matched_end: None,
+        }
     }
 }
 
+/// The jitter for one opening of one key at `now`.
 struct KeyJitter<'a> {
     key: &'a str,
+    now: u64,
     source: &'a mut JitterSource,
+    matched_end: Option<u64>,
+}
+
+impl KeyJitter<'_> {
+    /// The end of the live opening the draw came from, if one matched.
+    fn matched_end(&self) -> Option<u64> {
+        self.matched_end
+    }
 }
 
 impl Jitter for KeyJitter<'_> {
     fn unit(&mut self) -> f64 {
-        let given = self
-            .source
-            .draws
-            .get_mut(self.key)
-            .and_then(VecDeque::pop_front);
-        given.unwrap_or_else(|| self.source.seeded.unit())
+        let (now, window) = (self.now, self.source.match_ms);
+        let nearest = self.source.live.get_mut(self.key).and_then(|v| {
+            v.iter_mut()
+                .filter(|(o, used)| !*used && o.at_ms.abs_diff(now) <= window)
+                .min_by_key(|(o, _)| o.at_ms.abs_diff(now))
+        });
+        match nearest {
+            Some((o, used)) => {
+                *used = true;
+                self.matched_end = Some(o.end_ms);
+                o.draw
+            }
+            None => self.source.seeded.unit(),
+        }
     }
+}
+
+/// A replayed opening held to a live one ends no later than it did (see
+/// [`Replay::held_to_live`]), and not before `now`.
+fn end_no_later_than(b: &mut BreakerState, live_end: Option<u64>, now: u64) {
+    if let Some(end) = live_end {
+        let bound = end.saturating_sub(LIVE_END_SLACK_MS).max(now);
+        b.open_until_ms = b.open_until_ms.min(bound);
+    }
+}
+
+/// Queues the key's next bucket-boundary evaluation while it is CLOSED with samples in its
+/// window (a slide can only trip then).
+fn queue_slide(
+    slides: &mut BinaryHeap<Reverse<(u64, usize)>>,
+    ks: &mut KeyState,
+    k: usize,
+    bcfg: &BreakerConfig,
+    now: u64,
+) {
+    if ks.slide_queued || ks.breaker.state != State::Closed || ks.window_samples == 0 {
+        return;
+    }
+    let b = bucket_ms(bcfg).max(1);
+    ks.slide_queued = true;
+    slides.push(Reverse(((now / b).saturating_add(1).saturating_mul(b), k)));
 }
 
 fn push_transition(ks: &mut KeyState, at_ms: u64, t: Transition, figures: String) {
@@ -555,10 +688,12 @@ fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut JitterSour
     ks.recorder.clear();
     ks.last_flush_ms = now;
     let totals = ks.window.totals(now_epoch);
-    let tripped = ks
-        .breaker
-        .evaluate(&totals, bcfg, now, &mut rng.for_key(&ks.report.key));
+    ks.window_samples = totals.samples;
+    let mut jitter = rng.for_key(&ks.report.key, now);
+    let tripped = ks.breaker.evaluate(&totals, bcfg, now, &mut jitter);
+    let live_end = jitter.matched_end();
     if let Some(t) = tripped {
+        end_no_later_than(&mut ks.breaker, live_end, now);
         let p95 = ks
             .window
             .p95_us(now_epoch, &mut ks.scratch)
@@ -728,6 +863,47 @@ mod tests {
         let trip = &reports[0].transitions[0];
         assert_eq!(trip.to, State::Open);
         assert_eq!(trip.at_ms - t0, 19 + 5, "{}", trip.figures);
+    }
+
+    #[test]
+    fn a_window_slide_trips_at_the_bucket_boundary_with_no_request_completing() {
+        // 20 successes in the first bucket, 15 failures five buckets later: 43%, under 50%.
+        // When the first bucket leaves the 10 s window, 15 of 15 failed, with nothing in flight:
+        // a worker's next tick trips it, so the replay trips at the boundary, not at the next
+        // request two seconds later.
+        let t0 = 1_700_000_000_000u64; // a bucket boundary (1 s buckets)
+        let mut lines: Vec<String> = (0..20).map(|i| line(t0 + i, 200)).collect();
+        lines.extend((0..15).map(|i| line(t0 + 5_000 + i, 503)));
+        lines.push(line(t0 + 12_000, 200));
+        let (_, reports) = run(FAST, &lines);
+        let trip = &reports[0].transitions[0];
+        assert_eq!(
+            (trip.from, trip.to, trip.reason),
+            (State::Closed, State::Open, Some(TripReason::ErrorRate))
+        );
+        assert_eq!(trip.at_ms - t0, 10_000, "{}", trip.figures);
+        assert!(
+            trip.figures.contains("100.0% of 15 samples"),
+            "{}",
+            trip.figures
+        );
+    }
+
+    #[test]
+    fn a_slide_does_not_trip_a_window_that_stays_under_the_threshold() {
+        // Failures at 40%, evenly through 30 s of traffic (never 50% of any prefix): the window
+        // slides thirty times, each slide is evaluated, and none trips.
+        let t0 = 1_700_000_000_000u64;
+        let lines: Vec<String> = (0..300u64)
+            .map(|i| line(t0 + i * 100, if i % 5 >= 3 { 503 } else { 200 }))
+            .collect();
+        let (_, reports) = run(FAST, &lines);
+        assert!(
+            reports[0].transitions.is_empty(),
+            "{:?}",
+            reports[0].transitions
+        );
+        assert!(reports[0].points.len() >= 29, "evaluated along the way");
     }
 
     #[test]

@@ -577,8 +577,9 @@ fn check_summary(out: &Path) -> Result {
 /// `--ci`: the demo's own access log, replayed with the demo's configuration (taken from the
 /// bootstrap Envoy ran, as `meshbreaker check` finds it), gives the transitions the filter
 /// logged live: same keys, same transitions in the same order with the same reasons, each within
-/// one bucket (`window` / `buckets`). The replay takes the filter's own jitter draws (recovered
-/// from the logged `open_for_ms`): the jitter is the breaker's one random input. Kernel episodes
+/// one bucket (`window` / `buckets`). The replay takes from the filter's log what the access log
+/// lacks: each opening's jitter draw (recovered from the logged `open_for_ms`), and its end as
+/// a bound (`Replay::held_to_live`). Kernel episodes
 /// (`kernel_resets` trips: the sidecar's signal, not in the access log) are held to the looser
 /// rule of `meshbreaker_cli::live::compare`, explained in docs/replay.md.
 fn check_replay(out: &Path) -> Result {
@@ -590,9 +591,9 @@ fn check_replay(out: &Path) -> Result {
     let envoy_log =
         fs::read_to_string(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let live_transitions = live::parse_envoy_log(&envoy_log)?;
-    let draws = live::jitter_draws(&live_transitions, &cfg)?;
+    let openings = live::openings(&live_transitions, &cfg)?;
     let tolerance_ms = policy_core::window::bucket_ms(&cfg.breaker);
-    let mut replays = [Replay::with_jitter_draws(cfg, draws)];
+    let mut replays = [Replay::held_to_live(cfg, openings, tolerance_ms)];
     let access = out.join("access.log");
     let file = fs::File::open(&access).map_err(|e| format!("{}: {e}", access.display()))?;
     meshbreaker_cli::replay_stream(file, &mut replays, |_| {})
