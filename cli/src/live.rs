@@ -163,6 +163,7 @@ pub fn openings(
         };
         out.entry(t.key.clone()).or_default().push(LiveOpening {
             at_ms: t.at_ms,
+            from: t.from,
             end_ms: t.at_ms.saturating_add(open_for),
             draw: u.clamp(0.0, 1.0),
         });
@@ -709,28 +710,47 @@ mod tests {
     }
 
     #[test]
-    fn a_live_opening_the_replay_does_not_make_is_not_taken_by_a_later_one() {
-        // A kernel-only live episode (the replay stays CLOSED) and a later error-rate opening:
-        // the later replayed opening takes the later live opening's draw, not the first's.
-        let t = parse_envoy_log(LOG).unwrap();
-        let o = openings(&t, &cfg()).unwrap();
-        let mut r = crate::replay::Replay::held_to_live(cfg(), o, 300);
-        // Twenty failures starting at the second live opening's time: the replay opens near it.
-        let start = t[2].at_ms - 200;
-        for i in 0..20 {
+    fn a_replayed_trip_takes_the_draw_of_a_live_trip_not_of_a_nearer_reopening() {
+        // Two live openings near the replay's trip at t0 + 195 (the 20th failure, min_requests):
+        // a trip at t0 + 165 (draw 0: 1 s) and, nearer, a failed probe's re-opening at t0 + 190
+        // (draw 1: 2.4 s of a 2 s sleep). The trip takes the trip's draw; an opening far from
+        // every live one (the failed probe of the second burst, 5 s later) takes none and keeps
+        // its own draw.
+        let t0 = 1_796_116_430_000u64;
+        let lt = |at: u64, from: State, open_for_ms: u64| LiveTransition {
+            at_ms: t0 + at,
+            key: "demo".into(),
+            from,
+            to: State::Open,
+            reason: "error_rate".into(),
+            open_for_ms: Some(open_for_ms),
+            figures: String::new(),
+        };
+        let live = [
+            lt(165, State::Closed, 1_000),
+            lt(190, State::HalfOpen, 2_400),
+        ];
+        let mut r =
+            crate::replay::Replay::held_to_live(cfg(), openings(&live, &cfg()).unwrap(), 300);
+        let starts = (0..20)
+            .map(|i| t0 + i * 10)
+            .chain((0..40).map(|i| t0 + 5_000 + i * 10));
+        for start in starts {
             let l = format!(
-                r#"{{"start_time":"{}","duration_ms":5,"cluster":"demo","status":503,"response_flags":"-","upstream_host":"10.0.0.1:80"}}"#,
-                start + i * 10
+                r#"{{"start_time":"{start}","duration_ms":5,"cluster":"demo","status":503,"response_flags":"-","upstream_host":"10.0.0.1:80"}}"#
             );
             r.feed(&serde_json::from_str(&l).unwrap());
         }
         let (_, reports) = r.finish();
-        let open = &reports[0].transitions[0];
-        assert_eq!(open.to, State::Open);
-        // The second opening's draw (2000 ms, doubled sleep 0 jitter) would not fit a first
-        // opening's 1 s sleep; the first live opening's draw (1100 ms) is too far away to match:
-        // the seeded draw is used and the sleep is the replay's own, 1000..1200 ms.
-        assert!((1_000..=1_200).contains(&open.open_for_ms), "{open:?}");
+        let opens: Vec<(u64, u64)> = reports[0]
+            .transitions
+            .iter()
+            .filter(|t| t.to == State::Open)
+            .map(|t| (t.at_ms - t0, t.open_for_ms))
+            .collect();
+        assert_eq!(opens[0], (195, 1_000), "{opens:?}");
+        let far = opens.iter().find(|(at, _)| *at > 5_000).unwrap();
+        assert!((2_000..2_400).contains(&far.1), "{opens:?}");
     }
 
     #[test]

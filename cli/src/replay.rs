@@ -231,9 +231,10 @@ impl Replay {
 
     /// A replay held to what the filter did live with the same traffic
     /// ([`crate::live::openings`]): two inputs of the live breaker are not in an access log, and
-    /// each replayed opening takes them from the live opening of its key that it matches, the
-    /// nearest within `match_ms` (each used once; an opening with none, such as one the replay
-    /// makes where the filter did not, uses the seeded generator and its own sleep):
+    /// each replayed opening takes them from the live opening of its key that it matches: of the
+    /// same kind (a trip, or a failed probe), the nearest within `match_ms`, each used once. An
+    /// opening with none, such as one the replay makes where the filter did not, uses the
+    /// seeded generator and its own sleep:
     /// - the sleep-window jitter draw, the breaker's one random input;
     /// - when the opening ended, as a bound: the replayed opening ends no later than the live one
     ///   (less [`LIVE_END_SLACK_MS`]). The access log holds no request from inside a live OPEN
@@ -499,7 +500,7 @@ impl Replay {
         let failure = p.outcome.failure(&bcfg.failure);
         if let Some(id) = p.probe {
             let ok = failure.is_none() && p.outcome.retried_attempts() == 0;
-            let mut jitter = self.rng.for_key(&ks.report.key, now);
+            let mut jitter = self.rng.for_key(&ks.report.key, now, State::HalfOpen);
             let done = ks.breaker.complete_probe(id, ok, bcfg, now, &mut jitter);
             let live_end = jitter.matched_end();
             if let Some(t) = done {
@@ -580,6 +581,9 @@ pub const LIVE_END_SLACK_MS: u64 = 50;
 pub struct LiveOpening {
     /// When the filter logged the transition into OPEN (epoch milliseconds).
     pub at_ms: u64,
+    /// CLOSED (a trip) or HALF_OPEN (a failed probe): a replayed opening only takes a live one
+    /// of its own kind.
+    pub from: State,
     /// `at_ms` + the logged `open_for_ms`.
     pub end_ms: u64,
     /// The unit jitter draw that gives the logged `open_for_ms` (see [`crate::live::openings`]).
@@ -595,20 +599,22 @@ struct JitterSource {
 }
 
 impl JitterSource {
-    fn for_key<'a>(&'a mut self, key: &'a str, now: u64) -> KeyJitter<'a> {
+    fn for_key<'a>(&'a mut self, key: &'a str, now: u64, from: State) -> KeyJitter<'a> {
         KeyJitter {
             key,
             now,
+            from,
             source: self,
             matched_end: None,
         }
     }
 }
 
-/// The jitter for one opening of one key at `now`.
+/// The jitter for one opening of one key at `now`, from `from`.
 struct KeyJitter<'a> {
     key: &'a str,
     now: u64,
+    from: State,
     source: &'a mut JitterSource,
     matched_end: Option<u64>,
 }
@@ -622,10 +628,10 @@ impl KeyJitter<'_> {
 
 impl Jitter for KeyJitter<'_> {
     fn unit(&mut self) -> f64 {
-        let (now, window) = (self.now, self.source.match_ms);
+        let (now, from, window) = (self.now, self.from, self.source.match_ms);
         let nearest = self.source.live.get_mut(self.key).and_then(|v| {
             v.iter_mut()
-                .filter(|(o, used)| !*used && o.at_ms.abs_diff(now) <= window)
+                .filter(|(o, used)| !*used && o.from == from && o.at_ms.abs_diff(now) <= window)
                 .min_by_key(|(o, _)| o.at_ms.abs_diff(now))
         });
         match nearest {
@@ -689,7 +695,7 @@ fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut JitterSour
     ks.last_flush_ms = now;
     let totals = ks.window.totals(now_epoch);
     ks.window_samples = totals.samples;
-    let mut jitter = rng.for_key(&ks.report.key, now);
+    let mut jitter = rng.for_key(&ks.report.key, now, State::Closed);
     let tripped = ks.breaker.evaluate(&totals, bcfg, now, &mut jitter);
     let live_end = jitter.matched_end();
     if let Some(t) = tripped {
