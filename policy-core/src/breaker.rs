@@ -570,10 +570,9 @@ mod tests {
     fn failed_probe_reopens_with_doubled_sleep_capped_at_max() {
         let c = cfg();
         let mut s = tripped(&c, 0);
-        let mut now = 0;
         let mut sleeps = vec![];
         for _ in 0..4 {
-            now = s.open_until_ms;
+            let now = s.open_until_ms;
             let step = s.decide(Mode::Enforce, &c, now);
             let Decision::Probe(id) = step.decision else {
                 panic!("{step:?}")
@@ -586,7 +585,7 @@ mod tests {
         }
         assert_eq!(sleeps, vec![20_000, 35_000, 35_000, 35_000]);
         // Closing resets the sleep window.
-        now = s.open_until_ms;
+        let now = s.open_until_ms;
         for _ in 0..2 {
             let Decision::Probe(id) = s.decide(Mode::Enforce, &c, now).decision else {
                 panic!()
