@@ -704,18 +704,55 @@ mod tests {
         assert!(c.agrees(), "{:?}\n{}", c.problems, c.table());
         let deltas: Vec<i64> = c.pairs.iter().map(Pair::delta_ms).collect();
         assert_eq!(deltas, [30, 0, 0, 0, 0]);
+        // The opening at t0 + 95 ends by the filter's end less the slack (t0 + 1015), and says so.
+        let first = &held[0].transitions[0];
+        assert_eq!((first.at_ms - t0, first.open_for_ms), (95, 920));
         // Its own sleep from its own opening, it sits through the probe and tells another story.
         let unheld = replay(crate::replay::Replay::new(cfg));
         assert!(!compare(&live, &unheld, 300).agrees());
     }
 
     #[test]
+    fn a_live_opening_that_ended_before_the_replay_opens_is_not_taken() {
+        // The filter opened for 100 ms at t0 + 20 (a 100 ms sleep, shorter than the 300 ms
+        // match window) and was over by t0 + 120; the replay trips at t0 + 195. That live
+        // opening cannot be this one: the replay keeps its own sleep instead of a zero-length
+        // opening cut to the live end.
+        let t0 = 1_796_116_430_000u64;
+        let cfg =
+            Config::parse(br#"{"breaker": {"sleep_window": "100ms", "max_sleep_window": "1s"}}"#)
+                .unwrap();
+        let live = [LiveTransition {
+            at_ms: t0 + 20,
+            key: "demo".into(),
+            from: State::Closed,
+            to: State::Open,
+            reason: "error_rate".into(),
+            open_for_ms: Some(100),
+            figures: String::new(),
+        }];
+        let mut r =
+            crate::replay::Replay::held_to_live(cfg.clone(), openings(&live, &cfg).unwrap(), 300);
+        for i in 0..20 {
+            let l = format!(
+                r#"{{"start_time":"{}","duration_ms":5,"cluster":"demo","status":503,"response_flags":"-","upstream_host":"10.0.0.1:80"}}"#,
+                t0 + i * 10
+            );
+            r.feed(&serde_json::from_str(&l).unwrap());
+        }
+        let (_, reports) = r.finish();
+        let open = &reports[0].transitions[0];
+        assert_eq!(open.at_ms - t0, 195);
+        assert!((100..=120).contains(&open.open_for_ms), "{open:?}");
+    }
+
+    #[test]
     fn a_replayed_trip_takes_the_draw_of_a_live_trip_not_of_a_nearer_reopening() {
         // Two live openings near the replay's trip at t0 + 195 (the 20th failure, min_requests):
-        // a trip at t0 + 165 (draw 0: 1 s) and, nearer, a failed probe's re-opening at t0 + 190
-        // (draw 1: 2.4 s of a 2 s sleep). The trip takes the trip's draw; an opening far from
-        // every live one (the failed probe of the second burst, 5 s later) takes none and keeps
-        // its own draw.
+        // a trip at t0 + 260 (draw 0.5: 1.1 s; it ends after the replay's, so the bound leaves
+        // the replay's own end) and, nearer, a failed probe's re-opening at t0 + 190 (draw 1:
+        // 2.4 s of a 2 s sleep). The trip takes the trip's draw; an opening far from every live
+        // one (the failed probe of the second burst, 5 s later) takes none and keeps its own.
         let t0 = 1_796_116_430_000u64;
         let lt = |at: u64, from: State, open_for_ms: u64| LiveTransition {
             at_ms: t0 + at,
@@ -727,7 +764,7 @@ mod tests {
             figures: String::new(),
         };
         let live = [
-            lt(165, State::Closed, 1_000),
+            lt(260, State::Closed, 1_100),
             lt(190, State::HalfOpen, 2_400),
         ];
         let mut r =
@@ -748,7 +785,7 @@ mod tests {
             .filter(|t| t.to == State::Open)
             .map(|t| (t.at_ms - t0, t.open_for_ms))
             .collect();
-        assert_eq!(opens[0], (195, 1_000), "{opens:?}");
+        assert_eq!(opens[0], (195, 1_100), "{opens:?}");
         let far = opens.iter().find(|(at, _)| *at > 5_000).unwrap();
         assert!((2_000..2_400).contains(&far.1), "{opens:?}");
     }

@@ -21,15 +21,15 @@
 //! them. Memory is bounded by [`REORDER_MAX`] waiting lines, `max_keys` keys, and per key at
 //! most [`MAX_TRANSITIONS`] transitions and [`MAX_POINTS`] plot points.
 //!
-//! The window slides at bucket boundaries: a CLOSED key with samples in its window is evaluated
-//! at each boundary too (an old bucket leaving can raise the error rate or the P95 with no new
+//! The window slides at bucket boundaries: a CLOSED key with at least `min_requests` samples in
+//! its window is evaluated at each boundary too (an old bucket leaving can raise the error rate or the P95 with no new
 //! request), as early as any of the filter's workers could, whose tick may land right after it.
 //!
 //! Jitter comes from a seeded [`SplitMix64`], so a replay is repeatable; or, to hold a replay
 //! to what the filter did live, from the live openings ([`Replay::held_to_live`]).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use policy_core::breaker::{BreakerState, Decision, Jitter, SplitMix64, State, Transition};
 use policy_core::config::{BreakerConfig, Config, Mode};
@@ -237,7 +237,8 @@ impl Replay {
     /// seeded generator and its own sleep:
     /// - the sleep-window jitter draw, the breaker's one random input;
     /// - when the opening ended, as a bound: the replayed opening ends no later than the live one
-    ///   (less [`LIVE_END_SLACK_MS`]). The access log holds no request from inside a live OPEN
+    ///   (less [`LIVE_END_SLACK_MS`]; a live opening over by the time the replay opens is not
+    ///   its match), and its `open_for_ms` says so. The access log holds no request from inside a live OPEN
     ///   period (the filter answered them locally), only the filter's probes after it; a replay
     ///   that opened δ after the filter (its clock is the access log's start + duration in
     ///   milliseconds, the filter's a worker's flush on a window merged so far) would, with the
@@ -253,7 +254,10 @@ impl Replay {
         let mut r = Replay::new(cfg);
         r.rng.live = openings
             .into_iter()
-            .map(|(k, v)| (k, v.into_iter().map(|o| (o, false)).collect()))
+            .map(|(k, mut v)| {
+                v.sort_by_key(|o| o.at_ms);
+                (k, v.into_iter().map(|o| (o, false)).collect())
+            })
             .collect();
         r.rng.match_ms = match_ms;
         r
@@ -373,16 +377,18 @@ impl Replay {
     /// due by then, in time order (at one instant: ticks, then boundaries, then completions).
     fn advance(&mut self, now: u64) {
         loop {
-            let done = self.pending.peek().map_or(u64::MAX, |Reverse(p)| p.end_ms);
-            let tick = self.ticks.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
-            let slide = self.slides.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
-            let first = done.min(tick).min(slide);
+            let done = self.pending.peek().map(|Reverse(p)| p.end_ms);
+            let tick = self.ticks.peek().map(|Reverse((t, _))| *t);
+            let slide = self.slides.peek().map(|Reverse((t, _))| *t);
+            let Some(first) = [done, tick, slide].into_iter().flatten().min() else {
+                break;
+            };
             if first > now {
                 break;
             }
-            if tick == first {
+            if tick == Some(first) {
                 self.tick();
-            } else if slide == first {
+            } else if slide == Some(first) {
                 self.slide();
             } else if let Some(Reverse(p)) = self.pending.pop() {
                 self.complete(p);
@@ -503,9 +509,9 @@ impl Replay {
             let mut jitter = self.rng.for_key(&ks.report.key, now, State::HalfOpen);
             let done = ks.breaker.complete_probe(id, ok, bcfg, now, &mut jitter);
             let live_end = jitter.matched_end();
-            if let Some(t) = done {
+            if let Some(mut t) = done {
                 if t.to == State::Open {
-                    end_no_later_than(&mut ks.breaker, live_end, now);
+                    end_no_later_than(&mut ks.breaker, &mut t, live_end, now);
                 }
                 if t.to != t.from {
                     if t.to == State::Closed {
@@ -593,8 +599,8 @@ pub struct LiveOpening {
 /// The sleep-window jitter: the matched live opening's draw first, then a seeded generator.
 struct JitterSource {
     seeded: SplitMix64,
-    /// Per key, the live openings, each with whether a replayed opening took it.
-    live: HashMap<String, Vec<(LiveOpening, bool)>>,
+    /// Per key, the live openings in time order, each with whether a replayed opening took it.
+    live: HashMap<String, VecDeque<(LiveOpening, bool)>>,
     match_ms: u64,
 }
 
@@ -630,8 +636,21 @@ impl Jitter for KeyJitter<'_> {
     fn unit(&mut self) -> f64 {
         let (now, from, window) = (self.now, self.from, self.source.match_ms);
         let nearest = self.source.live.get_mut(self.key).and_then(|v| {
+            // Openings are asked for in time order: one logged more than `window` before now
+            // can match no later one either.
+            while v
+                .front()
+                .is_some_and(|(o, _)| o.at_ms.saturating_add(window) < now)
+            {
+                v.pop_front();
+            }
+            // Of the same kind, near in time, not taken, and still running at `now` (one that
+            // ended before the replay opened cannot be the same opening).
             v.iter_mut()
-                .filter(|(o, used)| !*used && o.from == from && o.at_ms.abs_diff(now) <= window)
+                .take_while(|(o, _)| o.at_ms <= now.saturating_add(window))
+                .filter(|(o, used)| {
+                    !*used && o.from == from && o.end_ms.saturating_sub(LIVE_END_SLACK_MS) > now
+                })
                 .min_by_key(|(o, _)| o.at_ms.abs_diff(now))
         });
         match nearest {
@@ -646,16 +665,20 @@ impl Jitter for KeyJitter<'_> {
 }
 
 /// A replayed opening held to a live one ends no later than it did (see
-/// [`Replay::held_to_live`]), and not before `now`.
-fn end_no_later_than(b: &mut BreakerState, live_end: Option<u64>, now: u64) {
+/// [`Replay::held_to_live`]), and not before `now`; the transition reports how long it is
+/// open then.
+fn end_no_later_than(b: &mut BreakerState, t: &mut Transition, live_end: Option<u64>, now: u64) {
     if let Some(end) = live_end {
         let bound = end.saturating_sub(LIVE_END_SLACK_MS).max(now);
-        b.open_until_ms = b.open_until_ms.min(bound);
+        if bound < b.open_until_ms {
+            b.open_until_ms = bound;
+            t.open_for_ms = bound - now;
+        }
     }
 }
 
-/// Queues the key's next bucket-boundary evaluation while it is CLOSED with samples in its
-/// window (a slide can only trip then).
+/// Queues the key's next bucket-boundary evaluation while it is CLOSED with at least
+/// `min_requests` samples in its window (a slide can only trip then).
 fn queue_slide(
     slides: &mut BinaryHeap<Reverse<(u64, usize)>>,
     ks: &mut KeyState,
@@ -663,12 +686,20 @@ fn queue_slide(
     bcfg: &BreakerConfig,
     now: u64,
 ) {
-    if ks.slide_queued || ks.breaker.state != State::Closed || ks.window_samples == 0 {
+    // A slide only removes samples: below min_requests it cannot trip (new samples are merged
+    // by the tick, which queues a slide again).
+    if ks.slide_queued
+        || ks.breaker.state != State::Closed
+        || ks.window_samples < u64::from(bcfg.min_requests).max(1)
+    {
         return;
     }
     let b = bucket_ms(bcfg).max(1);
+    let Some(next) = (now / b).checked_add(1).and_then(|e| e.checked_mul(b)) else {
+        return; // the end of time: no boundary after it
+    };
     ks.slide_queued = true;
-    slides.push(Reverse(((now / b).saturating_add(1).saturating_mul(b), k)));
+    slides.push(Reverse((next, k)));
 }
 
 fn push_transition(ks: &mut KeyState, at_ms: u64, t: Transition, figures: String) {
@@ -698,8 +729,8 @@ fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut JitterSour
     let mut jitter = rng.for_key(&ks.report.key, now, State::Closed);
     let tripped = ks.breaker.evaluate(&totals, bcfg, now, &mut jitter);
     let live_end = jitter.matched_end();
-    if let Some(t) = tripped {
-        end_no_later_than(&mut ks.breaker, live_end, now);
+    if let Some(mut t) = tripped {
+        end_no_later_than(&mut ks.breaker, &mut t, live_end, now);
         let p95 = ks
             .window
             .p95_us(now_epoch, &mut ks.scratch)
@@ -896,20 +927,37 @@ mod tests {
     }
 
     #[test]
-    fn a_slide_does_not_trip_a_window_that_stays_under_the_threshold() {
-        // Failures at 40%, evenly through 30 s of traffic (never 50% of any prefix): the window
-        // slides thirty times, each slide is evaluated, and none trips.
+    fn slides_are_evaluated_and_do_not_trip_a_window_under_the_threshold() {
+        // A request every 2.5 s, every fourth failing: the 10 s window holds 3 or 4 samples,
+        // at most one failed (≤ 33%, under 50%; min_requests 3). Between requests the window
+        // slides and is evaluated at the boundaries (the plot points on whole seconds come only
+        // from there: completions land at …05); none trips.
+        let cfg = r#"{"breaker": {"window": "10s", "buckets": 10, "min_requests": 3,
+            "error_rate_threshold": 0.5}}"#;
         let t0 = 1_700_000_000_000u64;
-        let lines: Vec<String> = (0..300u64)
-            .map(|i| line(t0 + i * 100, if i % 5 >= 3 { 503 } else { 200 }))
+        let lines: Vec<String> = (0..40u64)
+            .map(|i| line(t0 + i * 2_500, if i % 4 == 3 { 503 } else { 200 }))
             .collect();
-        let (_, reports) = run(FAST, &lines);
-        assert!(
-            reports[0].transitions.is_empty(),
-            "{:?}",
-            reports[0].transitions
-        );
-        assert!(reports[0].points.len() >= 29, "evaluated along the way");
+        let (_, reports) = run(cfg, &lines);
+        let r = &reports[0];
+        assert!(r.transitions.is_empty(), "{:?}", r.transitions);
+        let on_boundaries = r.points.iter().filter(|p| (p.0 - t0) % 1_000 == 0).count();
+        assert!(on_boundaries >= 10, "{:?}", r.points);
+    }
+
+    #[test]
+    fn a_log_at_the_end_of_time_finishes() {
+        // A start time or a duration that saturates the clock: no boundary or tick after it
+        // may keep the replay waiting forever.
+        let far = line(u64::MAX, 503);
+        let long =
+            line(1_700_000_000_000, 503).replace("\"duration_ms\":5", "\"duration_ms\":1e20");
+        let mut lines: Vec<String> = (0..30).map(|i| line(1_700_000_000_000 + i, 503)).collect();
+        lines.push(long);
+        lines.push(far);
+        let (totals, reports) = run(FAST, &lines);
+        assert_eq!(totals.replayed, 32);
+        assert!(!reports[0].transitions.is_empty());
     }
 
     #[test]
