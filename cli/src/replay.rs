@@ -941,7 +941,11 @@ mod tests {
         let (_, reports) = run(cfg, &lines);
         let r = &reports[0];
         assert!(r.transitions.is_empty(), "{:?}", r.transitions);
-        let on_boundaries = r.points.iter().filter(|p| (p.0 - t0) % 1_000 == 0).count();
+        let on_boundaries = r
+            .points
+            .iter()
+            .filter(|p| (p.0 - t0).is_multiple_of(1_000))
+            .count();
         assert!(on_boundaries >= 10, "{:?}", r.points);
     }
 
