@@ -9,7 +9,7 @@
 //! | `authority` | `%REQ(:AUTHORITY)%` | the key (`key_by: authority`) |
 //! | `status` | `%RESPONSE_CODE%` | failure (`http_statuses`) |
 //! | `grpc_status` | `%GRPC_STATUS_NUMBER%` | failure (`grpc_statuses`) |
-//! | `response_flags` | `%RESPONSE_FLAGS%` | failure (`upstream_resets`: UF, UR, UC) |
+//! | `response_flags` | `%RESPONSE_FLAGS%` | failure (`upstream_resets`: UF, UR, UC, UPE) |
 //! | `attempts` | `%UPSTREAM_REQUEST_ATTEMPT_COUNT%` | every attempt counts |
 //! | `upstream_host` | `%UPSTREAM_HOST%` | whether the request reached an upstream |
 //!
@@ -94,10 +94,13 @@ pub fn present<'s>(v: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
 
 impl Line<'_> {
     /// Envoy's response flags for an upstream connect failure or reset (the filter's rule:
-    /// `UpstreamRemoteReset`, `UpstreamConnectionFailure`, `UpstreamConnectionTermination`).
+    /// `UpstreamRemoteReset`, `UpstreamConnectionFailure`, `UpstreamConnectionTermination`,
+    /// `UpstreamProtocolError`, which a reset in the middle of a response body gives).
     pub fn upstream_reset(&self) -> bool {
-        present(&self.response_flags)
-            .is_some_and(|f| f.split(',').any(|t| matches!(t.trim(), "UR" | "UF" | "UC")))
+        present(&self.response_flags).is_some_and(|f| {
+            f.split(',')
+                .any(|t| matches!(t.trim(), "UR" | "UF" | "UC" | "UPE"))
+        })
     }
 
     /// The request never reached an upstream and had no upstream failure: it was answered
@@ -220,6 +223,22 @@ mod tests {
         assert_eq!(l.status.0, Some(200.0));
         assert!(!l.upstream_reset());
         assert!(l.answered_locally());
+    }
+
+    #[test]
+    fn upstream_resets_are_the_filters_flags() {
+        let flags = |f: &str| {
+            let json = format!(r#"{{"start_time":"1700000000123","response_flags":"{f}"}}"#);
+            serde_json::from_str::<Line>(&json)
+                .unwrap()
+                .upstream_reset()
+        };
+        for f in ["UR", "UF", "UC", "UPE", "URX,UC", "UPE,DC"] {
+            assert!(flags(f), "{f}");
+        }
+        for f in ["-", "DC", "UO", "URX", "NR", "UT", "UPEX"] {
+            assert!(!flags(f), "{f}");
+        }
     }
 
     #[test]

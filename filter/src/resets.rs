@@ -287,6 +287,7 @@ impl Poller {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::host::FakeHost;

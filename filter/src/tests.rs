@@ -568,6 +568,42 @@ fn a_request_without_a_response_is_not_a_sample() {
     );
 }
 
+#[test]
+fn a_response_cut_by_an_upstream_reset_is_a_failure_whatever_its_status() {
+    // Envoy flags UR, UF, UC and UPE (0x800000: an HTTP/1.1 upstream reset in the middle of
+    // its body, after a 200 went downstream) count under upstream_resets; a downstream reset
+    // (DC 0x4000) says nothing about the upstream; with upstream_resets off, none counts.
+    for (flags, counted) in [
+        (0x10, true),
+        (0x20, true),
+        (0x40, true),
+        (0x80_0000, true),
+        (0x4000, false),
+    ] {
+        for upstream_resets in [true, false] {
+            let cfg = FAST.replacen(
+                "\"breaker\":{",
+                &format!("\"breaker\":{{\"failure\":{{\"upstream_resets\":{upstream_resets}}},"),
+                1,
+            );
+            assert_ne!(cfg, FAST);
+            let host = FakeHost::default();
+            let mut e = engine(&host, &cfg, 1);
+            let mut cut = ok();
+            cut.flags = flags;
+            for i in 0..10 {
+                exchange(&mut e, i, &get("c"), &cut);
+            }
+            e.on_tick(200);
+            assert_eq!(
+                exchange(&mut e, 201, &get("c"), &ok()).rejected(),
+                counted && upstream_resets,
+                "flags {flags:#x}, upstream_resets {upstream_resets}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- B5: attempts
 
 #[test]

@@ -59,7 +59,7 @@ pub struct Outcome {
     pub http_status: Option<u16>,
     /// gRPC status from headers or trailers, if any.
     pub grpc_status: Option<u32>,
-    /// Envoy reported an upstream connect failure or reset (response flags `UF`, `UR`, `UC`, ...).
+    /// Envoy reported an upstream connect failure or reset (response flags `UF`, `UR`, `UC`, `UPE`).
     pub upstream_reset: bool,
     /// From request headers to the end of the response.
     pub latency_us: u64,

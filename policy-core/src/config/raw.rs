@@ -534,7 +534,7 @@ pub struct RawFailure {
     pub http_statuses: Field<Vec<HttpStatusMatch>>,
     /// Default `["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"]`.
     pub grpc_statuses: Field<Vec<GrpcCode>>,
-    /// Upstream connect failures and resets (Envoy's UF, UR, UC flags) are failures (default true).
+    /// Upstream connect failures and resets (Envoy's UF, UR, UC, UPE flags) are failures (default true).
     pub upstream_resets: Field<bool>,
 }
 
