@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::harness::{self, median, spread, Envoy, EnvoyOpts, Load, Machine, OhaReport};
-use crate::setup::{self, WASM_TARGET};
+use crate::setup;
 use crate::util::{cargo, output, root, run, step, Result};
 
 /// The proxy's CPU; the upstream Envoy and oha share the other one.
@@ -394,19 +394,7 @@ fn file_size(p: &Path) -> u64 {
 /// Builds the trivial filter to `target/dist/noop.wasm`.
 fn build_noop() -> Result<PathBuf> {
     step("build the trivial filter (bench/noop-filter)");
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "meshbreaker-bench-noop",
-        "--target",
-        WASM_TARGET,
-    ]))?;
-    let built = root()
-        .join("target")
-        .join(WASM_TARGET)
-        .join("release")
-        .join("noop.wasm");
+    let built = setup::cargo_build_wasm("meshbreaker-bench-noop", "noop.wasm")?;
     let out = root().join("target").join("dist").join("noop.wasm");
     std::fs::create_dir_all(root().join("target").join("dist")).map_err(|e| e.to_string())?;
     std::fs::copy(&built, &out).map_err(|e| format!("{}: {e}", built.display()))?;

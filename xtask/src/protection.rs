@@ -749,25 +749,11 @@ fn listener(sys: System, wasm: &Path, log_dir: &Path) -> Value {
     let mut filters = Vec::new();
     if sys.is_meshbreaker() {
         let cfg = serde_json::to_string_pretty(&sys.plugin_config()).unwrap_or_default();
-        filters.push(json!({
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "meshbreaker",
-                    "root_id": "meshbreaker",
-                    "vm_config": {
-                        "vm_id": format!("meshbreaker-{name}"),
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": { "local": { "filename": wasm.display().to_string() } }
-                    },
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": cfg
-                    }
-                }
-            }
-        }));
+        filters.push(harness::wasm_filter_json(
+            &format!("meshbreaker-{name}"),
+            wasm,
+            &cfg,
+        ));
     }
     if sys == System::AdmissionControl {
         // meshbreaker's 30% error threshold = a 70% success-rate threshold, over meshbreaker

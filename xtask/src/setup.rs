@@ -86,27 +86,26 @@ fn istio_schemas() -> Result {
         .current_dir(&dir))
 }
 
-/// Builds the filter for wasm, shrinks it with wasm-opt when present, checks the size limit.
-pub fn build() -> Result<PathBuf> {
+/// Builds `package` for wasm in release (adding the rustup target when missing) and returns
+/// cargo's artifact `target/wasm32-unknown-unknown/release/<file>`.
+pub fn cargo_build_wasm(package: &str, file: &str) -> Result<PathBuf> {
     let installed =
         output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
         run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
-    step("build meshbreaker.wasm");
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "meshbreaker-filter",
-        "--target",
-        WASM_TARGET,
-    ]))?;
-    let built = root()
+    run(cargo().args(["build", "--release", "-p", package, "--target", WASM_TARGET]))?;
+    Ok(root()
         .join("target")
         .join(WASM_TARGET)
         .join("release")
-        .join("meshbreaker.wasm");
+        .join(file))
+}
+
+/// Builds the filter for wasm, shrinks it with wasm-opt when present, checks the size limit.
+pub fn build() -> Result<PathBuf> {
+    step("build meshbreaker.wasm");
+    let built = cargo_build_wasm("meshbreaker-filter", "meshbreaker.wasm")?;
     let dist = root().join("target").join("dist");
     fs::create_dir_all(&dist).map_err(|e| e.to_string())?;
     let out = dist.join("meshbreaker.wasm");

@@ -194,25 +194,7 @@ fn listener(port: u16, wasm: &Path, plugin: &Value, access_log: &Path) -> Value 
                     }]
                 },
                 "http_filters": [
-                    {
-                        "name": "envoy.filters.http.wasm",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                            "config": {
-                                "name": "meshbreaker",
-                                "root_id": "meshbreaker",
-                                "vm_config": {
-                                    "vm_id": "meshbreaker",
-                                    "runtime": "envoy.wasm.runtime.v8",
-                                    "code": {"local": {"filename": wasm.display().to_string()}}
-                                },
-                                "configuration": {
-                                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                    "value": plugin.to_string()
-                                }
-                            }
-                        }
-                    },
+                    harness::wasm_filter_json("meshbreaker", wasm, &plugin.to_string()),
                     {
                         "name": "envoy.filters.http.router",
                         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
