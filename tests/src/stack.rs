@@ -161,6 +161,33 @@ impl Stack {
         self.envoy.http1()
     }
 
+    /// Sends `n` requests with hosts `{prefix}{start+i}.example`, 32 at a time; every one must
+    /// be answered 200 (a flood of authorities for `key_by: authority`).
+    pub async fn flood_authorities(&self, prefix: &str, start: usize, n: usize) {
+        let c = self.client();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(start));
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let c = c.clone();
+            let next = next.clone();
+            let prefix = prefix.to_string();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= start + n {
+                        break;
+                    }
+                    let host = format!("{prefix}{i}.example");
+                    let r = c.get("/", &[("host", &host)]).await;
+                    assert_eq!(r.status, 200, "{host}: {r:?}");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
     /// Value of a SPEC metric for `key` (plus extra labels), summed; 0 if absent.
     pub async fn metric(&self, name: &str, key: &str, extra: &[(&str, &str)]) -> f64 {
         let mut labels = vec![("key", key)];

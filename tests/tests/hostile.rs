@@ -411,7 +411,7 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
         let s = Stack::start(&cfg, &[], &[], false).await;
         let c = s.client();
         // Warm up: both workers' VMs, connections, some keys.
-        flood(&s, 0, 2_000).await;
+        s.flood_authorities("a", 0, 2_000).await;
 
         // Trip the victim. Right after the warm-up every slot is held by a key active within its
         // window (SPEC: only a CLOSED key idle for longer than its window may lose its slot), so
@@ -432,7 +432,7 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
         let step = 10_000;
         let mut checks = 0;
         for chunk in (2_000..2_000 + total).step_by(step) {
-            flood(&s, chunk, step).await;
+            s.flood_authorities("a", chunk, step).await;
             // After every 10,000 new authorities (ten times max_keys), on fresh connections so
             // that both workers answer: the victim is still rejected.
             for i in 0..4 {
@@ -487,31 +487,6 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
         let r = c.get("/", &[("host", "victim.example")]).await;
         assert_spec_rejection(&r, "victim.example", "error_rate");
     })
-}
-
-/// `n` requests with hosts `a{start+i}.example`, 32 at a time; all must be answered 200.
-async fn flood(s: &Stack, start: usize, n: usize) {
-    let c = s.client();
-    let next = Arc::new(AtomicUsize::new(start));
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let c = c.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= start + n {
-                    break;
-                }
-                let host = format!("a{i}.example");
-                let r = c.get("/", &[("host", &host)]).await;
-                assert_eq!(r.status, 200, "{host}: {r:?}");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
 }
 
 // ----------------------------------------------------------------------- 3. forced retries

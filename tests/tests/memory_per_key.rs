@@ -8,32 +8,7 @@
 //! of wasm memory per key and worker.
 
 use meshbreaker_tests::*;
-use std::sync::Arc;
 use std::time::Duration;
-
-async fn flood(s: &Stack, start: usize, n: usize) {
-    let c = s.client();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(start));
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let c = c.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= start + n {
-                    break;
-                }
-                let host = format!("h{i}.example");
-                let r = c.get("/", &[("host", &host)]).await;
-                assert_eq!(r.status, 200, "{host}: {r:?}");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
 
 #[test]
 fn ten_thousand_tracked_keys_cost_at_most_2_kib_of_wasm_memory_per_worker() {
@@ -42,11 +17,11 @@ fn ten_thousand_tracked_keys_cost_at_most_2_kib_of_wasm_memory_per_worker() {
         cfg["key_by"] = "authority".into();
         cfg["max_keys"] = 10_000.into();
         let s = Stack::start(&cfg, &[], &[], false).await;
-        flood(&s, 0, 300).await;
+        s.flood_authorities("h", 0, 300).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let alloc_before = s.envoy.memory_allocated().await;
         let rss_before = s.envoy.rss_bytes();
-        flood(&s, 300, 10_000).await;
+        s.flood_authorities("h", 300, 10_000).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let alloc_after = s.envoy.memory_allocated().await;
         let rss_after = s.envoy.rss_bytes();
