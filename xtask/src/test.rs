@@ -2,13 +2,14 @@
 
 use std::time::Instant;
 
-use crate::setup::{build, deps, envoy, wasm_bindgen_runner, WASM_TARGET};
+use crate::setup::{build, prepare, wasm_bindgen_runner, Machine, Needs, WASM_TARGET};
 use crate::util::{cargo, run, step, Result};
 
 pub fn test(args: &[String]) -> Result {
     let started = Instant::now();
-    deps()?;
-    let envoy = envoy()?;
+    let envoy = prepare(&mut Machine, Needs::ALL, false)?
+        .envoy
+        .ok_or("the tests need Envoy")?;
     let runner = wasm_bindgen_runner()?;
     step("clippy: no unwrap/expect/panic outside tests in policy-core and filter");
     run(cargo().args([
@@ -27,7 +28,7 @@ pub fn test(args: &[String]) -> Result {
     crate::oci::oci(&["--skip-build".to_owned()])?;
     step("native tests (unit, property, Envoy integration, eBPF sidecar)");
     run(cargo()
-        .args(["test", "--workspace", "--exclude", "xtask"])
+        .args(["test", "--workspace"])
         .args(args)
         .env("MESHBREAKER_ENVOY", &envoy)
         .env("MESHBREAKER_WASM", &wasm))?;
