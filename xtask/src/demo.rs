@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::setup::{prepare, Machine, Needs, Steps};
-use crate::util::{root, step, Result};
+use crate::util::{root, run, step, Result};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -229,10 +229,19 @@ fn sidecar_unavailable() -> Option<String> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
     }
-    let tp = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .any(|d| Path::new(d).join("events/tcp/tcp_receive_reset").exists());
-    if !tp {
+    let tp = || {
+        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .any(|d| Path::new(d).join("events/tcp/tcp_receive_reset").exists())
+    };
+    // A freshly booted machine often has tracefs unmounted (systemd mounts it on demand): the
+    // sidecar's tracepoints need it, as root we can mount it.
+    if !tp() && Path::new("/sys/kernel/tracing").is_dir() {
+        step("mount tracefs at /sys/kernel/tracing (the sidecar's tracepoints)");
+        let _ =
+            run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
+    }
+    if !tp() {
         return Some("no tcp:tcp_receive_reset tracepoint in tracefs".into());
     }
     None
