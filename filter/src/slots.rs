@@ -17,6 +17,7 @@
 
 use policy_core::breaker::{BreakerState, State};
 use policy_core::encoding::SlotState;
+use policy_core::flow::takeover_allowed;
 
 use crate::engine::Engine;
 use crate::host::Host;
@@ -148,13 +149,4 @@ impl<H: Host> Engine<H> {
         }
         None
     }
-}
-
-/// A slot may be taken over only from a CLOSED key with no probe in flight that has been idle
-/// for longer than `idle_ms`. A `last_active_ms` in the future (the clock stepped back) is not idle.
-fn takeover_allowed(st: &SlotState, now_ms: u64, idle_ms: u64) -> bool {
-    st.breaker.state == State::Closed
-        && st.breaker.probes.is_empty()
-        && now_ms >= st.last_active_ms
-        && now_ms - st.last_active_ms > idle_ms
 }
