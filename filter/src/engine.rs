@@ -16,9 +16,9 @@
 use std::time::Duration;
 
 use policy_core::breaker::{Decision, Rejection, SplitMix64, State, Transition};
-use policy_core::flow::{self, Admitted, Local};
 use policy_core::config::{BreakerConfig, BudgetConfig, Config, Mode, OverrideMatch};
 use policy_core::encoding::SlotState;
+use policy_core::flow::{self, Admitted, Local};
 use policy_core::keys::{self, KeyRegistry};
 use policy_core::retry::{CompiledRetry, RequestView, RetryDecision};
 use policy_core::window::{Outcome, TripReason};
@@ -332,8 +332,9 @@ impl<H: Host> Engine<H> {
             state: State::Closed,
             new_hosts: Vec::new(),
         };
-        let idle =
-            |l: &KeyLocal| l.in_flight == 0 && l.flow.recorder.is_empty() && l.state == State::Closed;
+        let idle = |l: &KeyLocal| {
+            l.in_flight == 0 && l.flow.recorder.is_empty() && l.state == State::Closed
+        };
         if self.keys.insert(key, local, now_ms, idle).is_err() {
             return false;
         }
@@ -717,7 +718,11 @@ impl<H: Host> Engine<H> {
             .unwrap_or_else(|| self.metrics.other(&self.host));
         let mut name = std::mem::take(&mut self.name_buf);
         self.names.state(slot, &mut name);
-        let bcfg = &self.profiles.get(profile).unwrap_or(&self.profiles[0]).breaker;
+        let bcfg = &self
+            .profiles
+            .get(profile)
+            .unwrap_or(&self.profiles[0])
+            .breaker;
         let mut store = Entries {
             host: &self.host,
             state: &name,

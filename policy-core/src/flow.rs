@@ -544,8 +544,7 @@ pub fn flush<S: Store + ?Sized>(
     let kernel = input
         .max_resets_per_second
         .is_some_and(|max| kernel_resets_exceed(&merged.totals, cfg.window, max));
-    let may_trip =
-        state == State::Closed && (kernel || trip_reason(&merged.totals, cfg).is_some());
+    let may_trip = state == State::Closed && (kernel || trip_reason(&merged.totals, cfg).is_some());
     if may_trip || input.activity.is_some() {
         trip_after_merge(store, input, &mut merged, kernel, jitter, enc);
     }
@@ -601,4 +600,264 @@ fn trip_after_merge<S: Store + ?Sized>(
         |_, _| None,
     );
     merged.written = out;
+}
+
+/// A key's entries in memory, for a host with one worker (the replay) and for tests. Created
+/// present, as hosts must create theirs; every write bumps the version.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    pub state: (Vec<u8>, u32),
+    pub window: (Vec<u8>, u32),
+}
+
+impl Memory {
+    /// The entries of `key`, CLOSED, with an empty window of `geometry`.
+    pub fn new(key: &str, geometry: &Geometry) -> Memory {
+        let st = SlotState {
+            key: key.to_string(),
+            ..SlotState::default()
+        };
+        Memory {
+            state: (st.encode(), 1),
+            window: (geometry.empty_window(0).encode(), 1),
+        }
+    }
+
+    /// The state as stored (`None` if it does not decode, which no flow write makes).
+    pub fn slot_state(&self) -> Option<SlotState> {
+        SlotState::decode(&self.state.0).ok()
+    }
+
+    /// The window as stored.
+    pub fn window(&self) -> Option<Window> {
+        Window::decode(&self.window.0).ok()
+    }
+}
+
+impl Store for Memory {
+    fn read(&mut self, entry: Entry) -> Read {
+        let (bytes, version) = match entry {
+            Entry::State => &self.state,
+            Entry::Window => &self.window,
+        };
+        (Some(bytes.clone()), Some(*version))
+    }
+
+    fn write(
+        &mut self,
+        entry: Entry,
+        bytes: &[u8],
+        version: Option<u32>,
+    ) -> Result<(), WriteError> {
+        let e = match entry {
+            Entry::State => &mut self.state,
+            Entry::Window => &mut self.window,
+        };
+        if version.is_some_and(|v| v != e.1) {
+            return Err(WriteError::Mismatch);
+        }
+        e.0.clear();
+        e.0.extend_from_slice(bytes);
+        e.1 = e.1.wrapping_add(1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::FixedJitter;
+    use crate::config::Config;
+    use std::time::Duration;
+
+    /// A memory store that runs `between` before its `at`-th host call: another worker's write
+    /// between this worker's read and its write.
+    struct Racing<F: FnMut(&mut Memory)> {
+        mem: Memory,
+        calls: usize,
+        at: usize,
+        between: F,
+    }
+
+    impl<F: FnMut(&mut Memory)> Racing<F> {
+        fn tick(&mut self) {
+            if self.calls == self.at {
+                (self.between)(&mut self.mem);
+            }
+            self.calls += 1;
+        }
+    }
+
+    impl<F: FnMut(&mut Memory)> Store for Racing<F> {
+        fn read(&mut self, entry: Entry) -> Read {
+            self.tick();
+            self.mem.read(entry)
+        }
+        fn write(
+            &mut self,
+            entry: Entry,
+            bytes: &[u8],
+            version: Option<u32>,
+        ) -> Result<(), WriteError> {
+            self.tick();
+            self.mem.write(entry, bytes, version)
+        }
+    }
+
+    fn cfg() -> BreakerConfig {
+        let mut c = Config::default().breaker;
+        c.window = Duration::from_secs(10);
+        c.buckets = 10;
+        c.min_requests = 10;
+        c.error_rate_threshold = 0.5;
+        c
+    }
+
+    fn failures(local: &mut Local, g: &Geometry, n: usize, now_ms: u64) {
+        let fail = Outcome {
+            http_status: Some(503),
+            attempts: 1,
+            ..Outcome::default()
+        };
+        for _ in 0..n {
+            let _ = local.record(&fail, Some(FailureClass::HttpStatus), g, now_ms);
+        }
+    }
+
+    fn input<'a>(cfg: &'a BreakerConfig, now_ms: u64) -> FlushInput<'a> {
+        FlushInput {
+            key: "k",
+            cfg,
+            geometry: Geometry::of(cfg),
+            new_hosts: &[],
+            resets: None,
+            max_resets_per_second: None,
+            activity: None,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_trip_is_not_written_when_the_circuit_closed_since_the_merge() {
+        // The merge reads the state at generation 0; before the trip's read (the fourth host
+        // call), the circuit tripped, probed and closed on other workers: generation 1. The
+        // failures that were merged into generation 0 must not re-open it.
+        let c = cfg();
+        let g = Geometry::of(&c);
+        let now = 100_000;
+        let mut local = Local::new(&c, now).unwrap();
+        failures(&mut local, &g, 20, now);
+        let mut store = Racing {
+            mem: Memory::new("k", &g),
+            calls: 0,
+            at: 3,
+            between: |m: &mut Memory| {
+                let mut st = m.slot_state().unwrap();
+                st.breaker.generation = 1;
+                let v = m.state.1;
+                m.write(Entry::State, &st.encode(), Some(v)).unwrap();
+            },
+        };
+        let f = flush(
+            &mut store,
+            &mut local,
+            &input(&c, now),
+            &mut FixedJitter(0.0),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        let Flushed::Merged(m) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!((m.generation, m.totals.samples), (0, 20));
+        assert_eq!(m.written, Some((None, State::Closed)), "no trip");
+        assert_eq!(store.mem.slot_state().unwrap().breaker.state, State::Closed);
+    }
+
+    #[test]
+    fn a_trip_is_written_on_a_window_of_the_states_generation() {
+        let c = cfg();
+        let g = Geometry::of(&c);
+        let now = 100_000;
+        let mut local = Local::new(&c, now).unwrap();
+        failures(&mut local, &g, 20, now);
+        let mut mem = Memory::new("k", &g);
+        let f = flush(
+            &mut mem,
+            &mut local,
+            &input(&c, now),
+            &mut FixedJitter(0.0),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        let Flushed::Merged(m) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(m.written.map(|w| w.1), Some(State::Open));
+        assert!(local.recorder.is_empty());
+    }
+
+    #[test]
+    fn samples_recorded_before_a_close_count_in_the_new_window() {
+        // A worker cannot tell which of its unmerged samples predate a close made on another
+        // worker: they go into the new generation's window (the filter always did this; the
+        // replay used to drop them, and then missed a latency trip the filter made).
+        let c = cfg();
+        let g = Geometry::of(&c);
+        let now = 100_000;
+        let mut local = Local::new(&c, now).unwrap();
+        failures(&mut local, &g, 3, now);
+        let mut mem = Memory::new("k", &g);
+        let mut st = mem.slot_state().unwrap();
+        st.breaker.generation = 7;
+        let v = mem.state.1;
+        mem.write(Entry::State, &st.encode(), Some(v)).unwrap();
+        let f = flush(
+            &mut mem,
+            &mut local,
+            &input(&c, now + 50),
+            &mut FixedJitter(0.0),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        let Flushed::Merged(m) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!((m.generation, m.totals.samples), (7, 3));
+    }
+
+    #[test]
+    fn a_flush_into_a_lost_slot_drops_the_samples() {
+        let c = cfg();
+        let g = Geometry::of(&c);
+        let mut local = Local::new(&c, 0).unwrap();
+        failures(&mut local, &g, 3, 0);
+        let mut mem = Memory::new("other", &g);
+        let f = flush(
+            &mut mem,
+            &mut local,
+            &input(&c, 10),
+            &mut FixedJitter(0.0),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert_eq!(f, Flushed::Lost);
+        assert!(local.recorder.is_empty());
+    }
+
+    #[test]
+    fn an_absent_entry_is_never_written() {
+        struct Empty;
+        impl Store for Empty {
+            fn read(&mut self, _: Entry) -> Read {
+                (None, None)
+            }
+            fn write(&mut self, _: Entry, _: &[u8], _: Option<u32>) -> Result<(), WriteError> {
+                panic!("a blind write")
+            }
+        }
+        let c = cfg();
+        let got = admit(&mut Empty, "k", Mode::Enforce, &c, 0, &mut Vec::new());
+        assert_eq!(got, Admitted::Failed(Decision::Allow));
+    }
 }
