@@ -417,8 +417,8 @@ impl<H: Host> Engine<H> {
                 .slot_tried_ms
                 .is_none_or(|t| since(now_ms, t) >= SLOT_RETRY_MS)
         {
-            // A key new here looks for its slot; B6: one that lost (or never got) it asks again, at most
-            // once a second.
+            // A key new here looks for its slot; one that lost (or never got) it asks again, at
+            // most once a second (it used to pass unguarded until evicted locally).
             let searched = self.search_slot(key, profile, now_ms);
             slot = searched.unwrap_or(None);
             if searched == Ok(None) && !self.warned_no_slot {

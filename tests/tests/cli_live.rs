@@ -1,7 +1,7 @@
 //! The `meshbreaker` CLI against a real Envoy: the access log format shipped in
 //! `envoy-config/envoy.yaml`, written by Envoy 1.40 and replayed through the same configuration,
 //! gives the transitions the filter made live; `meshbreaker status` reads the live metrics.
-//! (The full demo reproduction is issue 11's other proof, on `cargo xtask demo --ci`.)
+//! (The full demo reproduction is checked by `cargo xtask demo --ci`.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
