@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use policy_core::breaker::{Decision, Rejection, SplitMix64, State, Transition};
+use policy_core::breaker::{Decision, Rejection, SplitMix64, State, Transition, TransitionLine};
 use policy_core::config::{BreakerConfig, BudgetConfig, Config, Mode, OverrideMatch};
 use policy_core::encoding::SlotState;
 use policy_core::flow::{self, Admitted, Local};
@@ -616,23 +616,7 @@ impl<H: Host> Engine<H> {
             State::Closed => Counter::ToClosed,
         };
         self.metrics.inc(label, counter, 1);
-        let reason = t
-            .reason
-            .map(TripReason::as_str)
-            .unwrap_or("probes_succeeded");
-        let (from, to) = (t.from.as_str(), t.to.as_str());
-        let figures = figures.unwrap_or("");
-        let sep = if figures.is_empty() { "" } else { " " };
-        if t.to == State::Open {
-            log::info!(
-                "meshbreaker: transition key={key} from={from} to={to} reason={reason} open_for_ms={}{sep}{figures}",
-                t.open_for_ms
-            );
-        } else {
-            log::info!(
-                "meshbreaker: transition key={key} from={from} to={to} reason={reason}{sep}{figures}"
-            );
-        }
+        log::info!("{}", TransitionLine::of(key, t, figures.unwrap_or("")));
     }
 
     /// The key of the request [`Engine::on_request`] decided last (for the local reply).
