@@ -35,13 +35,9 @@ pub const REQUEST_DURATION: PropertyPath = b"request\0duration";
 pub const UPSTREAM_ADDRESS: PropertyPath = b"upstream\0address";
 pub const PLUGIN_NAME: PropertyPath = b"plugin_name";
 
-/// Envoy response flags (its legacy bit values, what `response.flags` holds) that mean the
-/// upstream connection failed or was reset: `UR` upstream remote reset 0x10, `UF` upstream
-/// connection failure 0x20, `UC` upstream connection termination 0x40, and `UPE` upstream
-/// protocol error 0x800000 — what Envoy 1.40 flags when an HTTP/1.1 upstream resets the
-/// connection in the middle of its response body (status 200 already sent downstream: without
-/// this flag such a request looks like a success).
-pub const RESET_FLAGS: u64 = 0x10 | 0x20 | 0x40 | 0x80_0000;
+/// Envoy response flags (legacy bit values, what `response.flags` holds) that mean the upstream
+/// connection failed or was reset ([`policy_core::window::UPSTREAM_RESET_FLAGS`]).
+pub const RESET_FLAGS: u64 = policy_core::window::UPSTREAM_RESET_BITS;
 
 /// What the configuration makes the filter read per request, computed at configure time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

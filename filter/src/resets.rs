@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use policy_core::config::ResetSignals;
+use policy_core::config::{ResetSignals, MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
 use policy_core::encoding::ResetTotals;
 use policy_core::resets::{parse_snapshot, ResetTracker};
 
@@ -69,12 +69,11 @@ impl Poller {
         }
     }
 
-    /// The poll interval in milliseconds, clamped to SPEC's 100ms–60s (config enforces it; the
+    /// The poll interval in milliseconds, clamped to the configuration's range (100ms–60s) (config enforces it; the
     /// clamp keeps the lease arithmetic bounded whatever built the `ResetSignals`).
     fn poll_ms(&self) -> u64 {
-        u64::try_from(self.cfg.poll_interval.as_millis())
-            .unwrap_or(u64::MAX)
-            .clamp(100, 60_000)
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        ms(self.cfg.poll_interval).clamp(ms(MIN_POLL_INTERVAL), ms(MAX_POLL_INTERVAL))
     }
 
     /// The holder and expiry of the lease entry, if it is well-formed.

@@ -34,6 +34,7 @@ mod tests;
 pub use self::duration::{format_duration, parse_duration};
 pub use self::error::ConfigError;
 pub use self::raw::RawConfig;
+pub use self::validate::{MAX_POLL_INTERVAL, MAX_PROBES, MIN_POLL_INTERVAL};
 
 /// What one breaker guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
