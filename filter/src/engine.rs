@@ -135,7 +135,7 @@ pub enum RetryPlan {
 pub struct Engine<H: Host> {
     pub host: H,
     /// What the request path reads (from the configuration, once).
-    pub needs: std::rc::Rc<crate::request::Needs>,
+    pub needs: std::rc::Rc<crate::needs::Needs>,
     pub(crate) cfg: Config,
     pub(crate) profiles: Vec<Profile>,
     pub(crate) names: Names,
@@ -190,7 +190,7 @@ impl<H: Host> Engine<H> {
             .unwrap_or(0);
         let mut e = Engine {
             host,
-            needs: std::rc::Rc::new(crate::request::Needs::of(&cfg)),
+            needs: std::rc::Rc::new(crate::needs::Needs::of(&cfg)),
             keys: KeyRegistry::new(cfg.max_keys),
             metrics: Metrics::new(cfg.max_keys),
             names: Names::new(plugin),

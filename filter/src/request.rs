@@ -4,7 +4,7 @@
 //! Everything a client or an upstream sends is bytes: header values may hold obs-text (0x80–0xFF),
 //! so every read goes through the byte getters and is parsed byte-wise with bounds (a number too
 //! long or out of range is "absent", never a panic). Only what the configuration needs is read,
-//! decided once at configure time ([`Needs`]), and property paths are serialized once
+//! decided once at configure time ([`crate::needs::Needs`]), and property paths are serialized once
 //! ([`PropertyPath`] constants) rather than per request.
 //!
 //! Attempts: Envoy's router counts every upstream attempt in the stream info; `on_log` reads it
@@ -17,7 +17,6 @@
 //! clock step cannot turn in-flight requests into slow ones; the wall clock is only the fallback.
 
 use policy_core::breaker::{Decision, Rejection};
-use policy_core::config::Config;
 use policy_core::retry::{HeaderLookup, RequestView};
 use policy_core::window::Outcome;
 
@@ -38,59 +37,6 @@ pub const PLUGIN_NAME: PropertyPath = b"plugin_name";
 /// Envoy response flags (legacy bit values, what `response.flags` holds) that mean the upstream
 /// connection failed or was reset ([`policy_core::window::UPSTREAM_RESET_FLAGS`]).
 pub const RESET_FLAGS: u64 = policy_core::window::UPSTREAM_RESET_BITS;
-
-/// What the configuration makes the filter read per request, computed at configure time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub cluster: bool,
-    pub route: bool,
-    pub authority: bool,
-    pub method: bool,
-    pub path: bool,
-    /// Header names some policy matches on (lower case).
-    pub match_headers: Vec<String>,
-    /// `response.flags`: some breaker counts upstream resets.
-    pub response_flags: bool,
-    /// `upstream.address`: only with `reset_signals`.
-    pub upstream_address: bool,
-}
-
-impl Needs {
-    pub fn of(cfg: &Config) -> Needs {
-        use policy_core::config::{KeyBy, OverrideMatch};
-        let mut n = Needs {
-            cluster: matches!(cfg.key_by, KeyBy::Cluster | KeyBy::ClusterRoute),
-            route: matches!(cfg.key_by, KeyBy::Route | KeyBy::ClusterRoute),
-            authority: cfg.key_by == KeyBy::Authority,
-            upstream_address: cfg.reset_signals.is_some(),
-            response_flags: cfg.breaker.failure.upstream_resets,
-            ..Needs::default()
-        };
-        let mut retries = vec![&cfg.retry];
-        for o in &cfg.overrides {
-            match o.matcher {
-                OverrideMatch::Cluster(_) => n.cluster = true,
-                OverrideMatch::Route(_) => n.route = true,
-                OverrideMatch::Authority(_) => n.authority = true,
-            }
-            n.response_flags |= o.breaker.failure.upstream_resets;
-            retries.push(&o.retry);
-        }
-        for r in retries {
-            for p in &r.policies {
-                n.method |= !p.matcher.methods.is_empty();
-                n.path |= p.matcher.path_prefix.is_some();
-                for (h, _) in &p.matcher.headers {
-                    let h = h.to_ascii_lowercase();
-                    if !n.match_headers.contains(&h) {
-                        n.match_headers.push(h);
-                    }
-                }
-            }
-        }
-        n
-    }
-}
 
 /// The longest prefix of `b` that is UTF-8. A method, path or content-type with obs-text still
 /// matches on its text part; nothing panics.
