@@ -25,8 +25,10 @@ use policy_core::window::{Outcome, TripReason};
 
 use crate::host::Host;
 use crate::metrics::{Counter, Gauge, LabelId, Metrics};
+use crate::resets::ResetView;
 pub use crate::shared::Names;
 use crate::shared::{self, cas_update, Entries, Geometry, Meta, Update};
+use crate::slots::{Shared, SlotSearch, SlotTable};
 
 pub use policy_core::flow::{since, FLUSH_MS};
 /// A busy worker refreshes its keys' `last_active_ms` at most this often (one state write per
@@ -139,25 +141,26 @@ pub struct Engine<H: Host> {
     pub(crate) cfg: Config,
     pub(crate) profiles: Vec<Profile>,
     pub(crate) names: Names,
-    pub(crate) meta: Meta,
-    pub(crate) meta_checked_ms: u64,
     pub(crate) keys: KeyRegistry<KeyLocal>,
     pub(crate) metrics: Metrics,
+    /// The sleep-window jitter.
     pub(crate) rng: SplitMix64,
-    pub(crate) bins: Vec<(u64, u64)>,
-    pub(crate) enc: Vec<u8>,
-    pub(crate) name_buf: String,
+    /// Where keys' shared state lives ([`crate::slots`]).
+    pub(crate) slots: SlotTable,
+    /// The sidecar's reset totals as this VM last read them ([`crate::resets`]).
+    pub(crate) resets: ResetView,
+    pub(crate) scratch: Scratch,
+    /// The key of the request decided last (for the local reply).
     key_buf: String,
-    pub(crate) warned_no_slot: bool,
-    /// Sequence of the last kernel reset totals this VM attributed.
-    pub(crate) resets_seen: Option<u64>,
-    /// The last published totals as read (to skip decoding an unchanged entry) and decoded.
-    pub(crate) reset_bytes: Vec<u8>,
-    pub(crate) reset_totals: Option<std::rc::Rc<std::collections::HashMap<String, u64>>>,
-    /// How long a CLOSED key must have been idle before its slot may be taken over.
-    pub(crate) takeover_idle_ms: u64,
-    /// Slot searches left until the next tick ([`SLOT_SEARCHES_PER_TICK`]).
-    pub(crate) slot_searches_left: u32,
+}
+
+/// Buffers reused across calls so the request path does not allocate: encoding, histogram
+/// merges, entry names.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub bins: Vec<(u64, u64)>,
+    pub enc: Vec<u8>,
+    pub name: String,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -194,22 +197,11 @@ impl<H: Host> Engine<H> {
             keys: KeyRegistry::new(cfg.max_keys),
             metrics: Metrics::new(cfg.max_keys),
             names: Names::new(plugin),
-            meta: Meta {
-                seeds: Vec::new(),
-                sizes: Vec::new(),
-            },
-            meta_checked_ms: 0,
             rng: SplitMix64(seed),
-            bins: Vec::new(),
-            enc: Vec::new(),
-            name_buf: String::new(),
+            slots: SlotTable::new(longest_window.max(MIN_TAKEOVER_IDLE_MS)),
+            resets: ResetView::default(),
+            scratch: Scratch::default(),
             key_buf: String::new(),
-            warned_no_slot: false,
-            resets_seen: None,
-            reset_bytes: Vec::new(),
-            reset_totals: None,
-            takeover_idle_ms: longest_window.max(MIN_TAKEOVER_IDLE_MS),
-            slot_searches_left: SLOT_SEARCHES_PER_TICK,
             profiles,
             cfg,
         };
@@ -225,13 +217,13 @@ impl<H: Host> Engine<H> {
             seeds: vec![SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64()],
             sizes: vec![self.cfg.max_keys],
         };
-        first.encode(&mut self.enc);
-        shared::create_if_absent(&self.host, &meta_name, &self.enc);
+        first.encode(&mut self.scratch.enc);
+        shared::create_if_absent(&self.host, &meta_name, &self.scratch.enc);
         let max_keys = self.cfg.max_keys;
         let meta = cas_update(
             &self.host,
             &meta_name,
-            &mut self.enc,
+            &mut self.scratch.enc,
             Meta::decode,
             Meta::encode,
             |m| {
@@ -244,7 +236,7 @@ impl<H: Host> Engine<H> {
             },
             |_, last| last.unwrap_or_else(|| first.clone()),
         );
-        self.meta = meta;
+        self.slots.meta = meta;
         shared::create_if_absent(&self.host, &self.names.label_count(), b"0");
         let empty_state = SlotState::default().encode();
         let mut geometries: Vec<Geometry> = Vec::new();
@@ -346,20 +338,6 @@ impl<H: Host> Engine<H> {
         true
     }
 
-    /// [`Engine::find_slot`] within this tick's search budget. Once it is spent, only the slot
-    /// the key already holds is looked up ([`Engine::find_own_slot`]: reads, no claim), and
-    /// `Err(())` says that no free slot was sought, so the key asks again.
-    fn search_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Result<Option<u32>, ()> {
-        if self.slot_searches_left == 0 {
-            return match self.find_own_slot(key, profile, now_ms) {
-                Some(slot) => Ok(Some(slot)),
-                None => Err(()),
-            };
-        }
-        self.slot_searches_left -= 1;
-        Ok(self.find_slot(key, profile, now_ms))
-    }
-
     /// Decides a request: the key, the decision, the retry plan. Writes nothing to the request.
     pub fn on_request(
         &mut self,
@@ -419,18 +397,27 @@ impl<H: Host> Engine<H> {
         {
             // A key new here looks for its slot; one that lost (or never got) it asks again, at
             // most once a second (it used to pass unguarded until evicted locally).
-            let searched = self.search_slot(key, profile, now_ms);
-            slot = searched.unwrap_or(None);
-            if searched == Ok(None) && !self.warned_no_slot {
-                self.warned_no_slot = true;
+            let mut at = Shared {
+                host: &self.host,
+                names: &self.names,
+                scratch: &mut self.scratch,
+                max_keys: self.cfg.max_keys,
+            };
+            let searched = self.slots.search(&mut at, key, now_ms);
+            if searched == SlotSearch::NoneFree && !self.slots.warned_no_slot {
+                self.slots.warned_no_slot = true;
                 log::warn!(
                     "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded until one frees",
                     self.cfg.max_keys
                 );
             }
+            slot = match searched {
+                SlotSearch::Found(s) => Some(s),
+                _ => None,
+            };
             if let Some(l) = self.keys.peek_mut(key) {
                 l.slot = slot;
-                l.slot_tried_ms = searched.is_ok().then_some(now_ms);
+                l.slot_tried_ms = (searched != SlotSearch::BudgetSpent).then_some(now_ms);
             }
         }
         let mode = self.profile(profile).mode;
@@ -557,7 +544,7 @@ impl<H: Host> Engine<H> {
         label: LabelId,
         now_ms: u64,
     ) -> Decision {
-        let mut name = std::mem::take(&mut self.name_buf);
+        let mut name = std::mem::take(&mut self.scratch.name);
         self.names.state(slot, &mut name);
         let p = self.profiles.get(profile).unwrap_or(&self.profiles[0]);
         let mut store = Entries {
@@ -565,13 +552,26 @@ impl<H: Host> Engine<H> {
             state: &name,
             window: &name,
         };
-        let seen = flow::admit(&mut store, key, p.mode, &p.breaker, now_ms, &mut self.enc);
-        self.name_buf = name;
+        let seen = flow::admit(
+            &mut store,
+            key,
+            p.mode,
+            &p.breaker,
+            now_ms,
+            &mut self.scratch.enc,
+        );
+        self.scratch.name = name;
         match seen {
             Admitted::Lost => {
                 // The slot was taken over (only possible while this key was CLOSED and idle):
                 // look for a slot again, now or within a second.
-                let again = self.find_slot(key, profile, now_ms);
+                let mut at = Shared {
+                    host: &self.host,
+                    names: &self.names,
+                    scratch: &mut self.scratch,
+                    max_keys: self.cfg.max_keys,
+                };
+                let again = self.slots.find(&mut at, key, now_ms);
                 if let Some(l) = self.keys.peek_mut(key) {
                     l.slot = again;
                     l.slot_tried_ms = Some(now_ms);
@@ -700,7 +700,7 @@ impl<H: Host> Engine<H> {
             .get(key)
             .map(|l| l.label)
             .unwrap_or_else(|| self.metrics.other(&self.host));
-        let mut name = std::mem::take(&mut self.name_buf);
+        let mut name = std::mem::take(&mut self.scratch.name);
         self.names.state(slot, &mut name);
         let bcfg = &self
             .profiles
@@ -720,9 +720,9 @@ impl<H: Host> Engine<H> {
             bcfg,
             now_ms,
             &mut self.rng,
-            &mut self.enc,
+            &mut self.scratch.enc,
         );
-        self.name_buf = name;
+        self.scratch.name = name;
         if let Some((t, state)) = t {
             let figures = if success {
                 "probe_success=true"

@@ -9,7 +9,6 @@
 //! CLOSED and of the same generation as the window it was computed from, so a circuit that closed
 //! meanwhile is never re-opened by the samples that opened it.
 
-use policy_core::encoding::ResetTotals;
 use policy_core::flow::{self, FlushInput, Flushed};
 use policy_core::retry::budget_allows_retry;
 
@@ -26,7 +25,7 @@ impl<H: Host> Engine<H> {
     /// Flushes every key with samples older than [`FLUSH_MS`], refreshes activity marks, and
     /// hands the batched counters to Envoy (called from the root's tick).
     pub fn on_tick(&mut self, now_ms: u64) {
-        self.slot_searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
+        self.slots.searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
         self.refresh_meta(now_ms);
         let resets_changed = self.refresh_resets();
         let mut due = Vec::new();
@@ -44,27 +43,10 @@ impl<H: Host> Engine<H> {
         self.metrics.flush(&self.host);
     }
 
-    /// Reads the published kernel reset totals (one shared read per tick) and decodes them only
-    /// when their bytes changed, into a map that flushes look hosts up in. True when the
-    /// sequence moved (every placed key then takes its share).
+    /// Reads the published kernel reset totals ([`crate::resets::ResetView::refresh`]), only with
+    /// `reset_signals`.
     fn refresh_resets(&mut self) -> bool {
-        if self.cfg.reset_signals.is_none() {
-            return false;
-        }
-        let Some(bytes) = self.host.get_shared(&self.names.resets()).0 else {
-            return false;
-        };
-        if bytes == self.reset_bytes {
-            return false;
-        }
-        let Ok(t) = ResetTotals::decode(&bytes) else {
-            return false;
-        };
-        self.reset_bytes = bytes;
-        let changed = self.resets_seen != Some(t.sequence);
-        self.resets_seen = Some(t.sequence);
-        self.reset_totals = Some(std::rc::Rc::new(t.peers.into_iter().collect()));
-        changed
+        self.cfg.reset_signals.is_some() && self.resets.refresh(&self.host, &self.names)
     }
 
     /// Flushes every key that holds samples or hosts, whatever their age (the plugin is going
@@ -87,16 +69,16 @@ impl<H: Host> Engine<H> {
     /// can find those slots; a changed seed list makes every key look its slot up again, and
     /// lookups prefer a key's OPEN or HALF_OPEN slot, so all workers settle on the same one.
     fn refresh_meta(&mut self, now_ms: u64) {
-        if crate::engine::since(now_ms, self.meta_checked_ms) < META_REFRESH_MS {
+        if crate::engine::since(now_ms, self.slots.meta_checked_ms) < META_REFRESH_MS {
             return;
         }
-        self.meta_checked_ms = now_ms;
-        let mine = self.meta.seed();
+        self.slots.meta_checked_ms = now_ms;
+        let mine = self.slots.meta.seed();
         let name = self.names.meta();
         let m = cas_update(
             &self.host,
             &name,
-            &mut self.enc,
+            &mut self.scratch.enc,
             Meta::decode,
             Meta::encode,
             |m| {
@@ -107,15 +89,15 @@ impl<H: Host> Engine<H> {
                     Update::Write(m.clone())
                 }
             },
-            |_, last| last.unwrap_or_else(|| self.meta.clone()),
+            |_, last| last.unwrap_or_else(|| self.slots.meta.clone()),
         );
-        if m.seeds != self.meta.seeds {
+        if m.seeds != self.slots.meta.seeds {
             self.keys.for_each_mut(|_, l| {
                 l.slot = None;
                 l.slot_tried_ms = None;
             });
         }
-        self.meta = m;
+        self.slots.meta = m;
     }
 
     /// Merges the key's samples into the shared window, attributes kernel resets, updates
@@ -136,13 +118,13 @@ impl<H: Host> Engine<H> {
         // The totals as of this VM's last tick (decoded once per published change, not per flush);
         // read now if no tick has read them yet, so a host is never learned with a zero baseline
         // while totals exist (that would attribute the sidecar's history to this key).
-        if self.reset_totals.is_none() {
+        if self.resets.totals.is_none() {
             self.refresh_resets();
         }
-        let resets = self.reset_totals.clone();
+        let resets = self.resets.totals.clone();
         let p = self.profiles.get(profile).unwrap_or(&self.profiles[0]);
         let g = p.geometry;
-        let mut state_name = std::mem::take(&mut self.name_buf);
+        let mut state_name = std::mem::take(&mut self.scratch.name);
         self.names.state(slot, &mut state_name);
         let mut window_name = String::new();
         self.names.window(&g, slot, &mut window_name);
@@ -173,10 +155,10 @@ impl<H: Host> Engine<H> {
             &mut local.flow,
             &input,
             &mut self.rng,
-            &mut self.enc,
-            &mut self.bins,
+            &mut self.scratch.enc,
+            &mut self.scratch.bins,
         );
-        self.name_buf = state_name;
+        self.scratch.name = state_name;
         let m = match flushed {
             Flushed::Merged(m) => m,
             Flushed::Kept => return,

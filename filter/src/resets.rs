@@ -285,6 +285,38 @@ impl Poller {
     }
 }
 
+/// The sidecar's reset totals as this VM last read them from shared data: decoded only when the
+/// published bytes change, and looked up by every flush.
+#[derive(Default)]
+pub(crate) struct ResetView {
+    /// Sequence of the last totals this VM attributed.
+    pub seen: Option<u64>,
+    /// The last published totals as read (to skip decoding an unchanged entry) and decoded.
+    pub bytes: Vec<u8>,
+    pub totals: Option<std::rc::Rc<HashMap<String, u64>>>,
+}
+
+impl ResetView {
+    /// Reads the published totals (one shared read) and decodes them only when their bytes
+    /// changed. True when the sequence moved (every placed key then takes its share).
+    pub fn refresh<H: Host>(&mut self, host: &H, names: &Names) -> bool {
+        let Some(bytes) = host.get_shared(&names.resets()).0 else {
+            return false;
+        };
+        if bytes == self.bytes {
+            return false;
+        }
+        let Ok(t) = ResetTotals::decode(&bytes) else {
+            return false;
+        };
+        self.bytes = bytes;
+        let changed = self.seen != Some(t.sequence);
+        self.seen = Some(t.sequence);
+        self.totals = Some(std::rc::Rc::new(t.peers.into_iter().collect()));
+        changed
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

@@ -1330,7 +1330,7 @@ fn an_open_key_new_to_a_worker_is_rejected_while_its_search_budget_is_spent() {
     for i in 0..200u64 {
         exchange(&mut b, 202, &auth(&format!("flood{i}.example")), &ok());
     }
-    assert_eq!(b.slot_searches_left, 0);
+    assert_eq!(b.slots.searches_left, 0);
     let seen = exchange(&mut b, 203, &auth("victim.example"), &ok());
     assert!(
         !seen.admitted,
