@@ -22,6 +22,7 @@ use policy_core::window::Outcome;
 
 use crate::engine::{Engine, KeyParts};
 use crate::host::{parse_pairs, Host, Map};
+use crate::needs::Needs;
 
 /// A property path in proxy-wasm's serialization: the segments joined by NUL bytes.
 pub type PropertyPath = &'static [u8];
@@ -76,6 +77,109 @@ impl HeaderLookup for ReadHeaders<'_> {
         self.0
             .iter()
             .any(|(n, v)| n.eq_ignore_ascii_case(name) && *v == Some(value.as_bytes()))
+    }
+}
+
+/// The request headers one decision reads, by name, however they were fetched: with one
+/// `header_pairs` call when that saves host calls, else with single header calls.
+struct RequestHeaders<'a> {
+    authority: Option<&'a [u8]>,
+    method: Option<&'a [u8]>,
+    path: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
+    /// The headers policies match on, in [`Needs::match_headers`] order.
+    matched: Vec<(&'a str, Option<&'a [u8]>)>,
+    /// Bit `i`: the client sent `ROUTER_RETRY_HEADERS[i]` (all ones when not known: single
+    /// reads do not look).
+    retry_headers_present: u8,
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// Whether one `header_pairs` call costs fewer host calls than single reads: the headers
+    /// the key and the policies need, `content-type`, and the client's retry headers to strip.
+    fn pairs_pay_off(n: &Needs, strips: bool) -> bool {
+        let singles = usize::from(n.authority)
+            + usize::from(n.method)
+            + usize::from(n.path)
+            + 1
+            + n.match_headers.len();
+        singles + if strips { 3 } else { 0 } >= 2
+    }
+
+    /// From the parsed `header_pairs` map.
+    fn from_pairs(n: &'a Needs, pairs: &[(&'a [u8], &'a [u8])]) -> RequestHeaders<'a> {
+        let find = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name.as_bytes())
+                .map(|(_, v)| *v)
+        };
+        RequestHeaders {
+            authority: find(":authority").filter(|_| n.authority),
+            method: find(":method").filter(|_| n.method),
+            path: find(":path").filter(|_| n.path),
+            content_type: find("content-type"),
+            matched: n
+                .match_headers
+                .iter()
+                .map(|h| (h.as_str(), find(h)))
+                .collect(),
+            retry_headers_present: policy_core::retry::ROUTER_RETRY_HEADERS
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| find(h).is_some())
+                .fold(0u8, |m, (i, _)| m | (1 << i)),
+        }
+    }
+
+    /// From single reads.
+    fn from_singles(n: &'a Needs, s: &'a Singles) -> RequestHeaders<'a> {
+        RequestHeaders {
+            authority: s.authority.as_deref(),
+            method: s.method.as_deref(),
+            path: s.path.as_deref(),
+            content_type: s.content_type.as_deref(),
+            matched: n
+                .match_headers
+                .iter()
+                .zip(&s.matched)
+                .map(|(h, v)| (h.as_str(), v.as_deref()))
+                .collect(),
+            retry_headers_present: u8::MAX,
+        }
+    }
+}
+
+/// The request headers read one host call each (what [`RequestHeaders::from_singles`] borrows).
+#[derive(Default)]
+struct Singles {
+    authority: Option<Vec<u8>>,
+    method: Option<Vec<u8>>,
+    path: Option<Vec<u8>>,
+    content_type: Option<Vec<u8>>,
+    matched: Vec<Option<Vec<u8>>>,
+}
+
+impl Singles {
+    fn read<H: Host>(host: &H, n: &Needs) -> Singles {
+        let header = |need: bool, name: &str| {
+            if need {
+                host.header(Map::RequestHeaders, name)
+            } else {
+                None
+            }
+        };
+        Singles {
+            authority: header(n.authority, ":authority"),
+            method: header(n.method, ":method"),
+            path: header(n.path, ":path"),
+            content_type: header(true, "content-type"),
+            matched: n
+                .match_headers
+                .iter()
+                .map(|h| host.header(Map::RequestHeaders, h))
+                .collect(),
+        }
     }
 }
 
@@ -140,97 +244,39 @@ impl Exchange {
                 None
             }
         };
-        let header = |need: bool, name: &str| {
-            if need {
-                e.host.header(Map::RequestHeaders, name)
-            } else {
-                None
-            }
-        };
         // A refcount, not a copy: the names policies match on stay borrowed across the decision.
         let n = e.needs.clone();
         let cluster = prop(n.cluster, CLUSTER_NAME);
         let route = prop(n.route, ROUTE_NAME);
         // One call for every request header when that saves calls: what the key and the policies
         // need, and which client retry headers are present (only those are removed).
-        let singles = usize::from(n.authority)
-            + usize::from(n.method)
-            + usize::from(n.path)
-            + 1
-            + n.match_headers.len();
-        let use_pairs = singles + if e.strips_any() { 3 } else { 0 } >= 2;
-        let pairs_buf = if use_pairs {
+        let strips = e.strips_any();
+        let pairs_buf = if RequestHeaders::pairs_pay_off(&n, strips) {
             e.host.header_pairs(Map::RequestHeaders)
         } else {
             None
         };
-        let pairs = pairs_buf.as_deref().map(parse_pairs).unwrap_or_default();
-        let find = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name.as_bytes())
-                .map(|(_, v)| *v)
+        let pairs = pairs_buf.as_deref().map(parse_pairs);
+        let singles = match pairs {
+            Some(_) => Singles::default(),
+            None => Singles::read(&e.host, &n),
         };
-        let single = |need: bool, name: &str| if use_pairs { None } else { header(need, name) };
-        let owned = [
-            single(n.authority, ":authority"),
-            single(n.method, ":method"),
-            single(n.path, ":path"),
-            single(true, "content-type"),
-        ];
-        let owned_matched: Vec<Option<Vec<u8>>> = if use_pairs {
-            Vec::new()
-        } else {
-            n.match_headers
-                .iter()
-                .map(|h| e.host.header(Map::RequestHeaders, h))
-                .collect()
+        let headers = match &pairs {
+            Some(p) => RequestHeaders::from_pairs(&n, p),
+            None => RequestHeaders::from_singles(&n, &singles),
         };
-        let get = |i: usize, name: &str| -> Option<&[u8]> {
-            if use_pairs {
-                find(name)
-            } else {
-                owned[i].as_deref()
-            }
-        };
-        let authority = get(0, ":authority").filter(|_| n.authority);
-        let method = get(1, ":method").filter(|_| n.method);
-        let path = get(2, ":path").filter(|_| n.path);
-        let content_type = get(3, "content-type");
-        let matched: Vec<(&str, Option<&[u8]>)> = n
-            .match_headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let v = if use_pairs {
-                    find(h)
-                } else {
-                    owned_matched.get(i).and_then(|v| v.as_deref())
-                };
-                (h.as_str(), v)
-            })
-            .collect();
-        let present = if use_pairs {
-            policy_core::retry::ROUTER_RETRY_HEADERS
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| find(h).is_some())
-                .fold(0u8, |m, (i, _)| m | (1 << i))
-        } else {
-            u8::MAX
-        };
-        let lookup = ReadHeaders(&matched);
+        let lookup = ReadHeaders(&headers.matched);
         let view = RequestView {
-            method: text(method.unwrap_or_default()),
-            path: text(path.unwrap_or_default()),
-            content_type: content_type.map(text),
+            method: text(headers.method.unwrap_or_default()),
+            path: text(headers.path.unwrap_or_default()),
+            content_type: headers.content_type.map(text),
             headers: &lookup,
         };
         self.grpc = view.is_grpc();
         let parts = KeyParts {
             cluster: text(cluster.as_deref().unwrap_or_default()),
             route: text(route.as_deref().unwrap_or_default()),
-            authority: text(authority.unwrap_or_default()),
+            authority: text(headers.authority.unwrap_or_default()),
         };
         let a = e.on_request(&parts, &view, now_ms);
         match a.decision {
@@ -249,7 +295,7 @@ impl Exchange {
             Decision::Probe(id) => self.probe = Some(id),
             Decision::Allow | Decision::PassThrough => {}
         }
-        e.apply_retry_headers(&a, present);
+        e.apply_retry_headers(&a, headers.retry_headers_present);
         self.record = a.record;
         self.max_attempts = a.max_attempts.max(1);
         self.local = a.local;
