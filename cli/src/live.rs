@@ -28,21 +28,19 @@ use policy_core::config::Config;
 
 use crate::replay::{KeyReport, LiveOpening, TransitionAt};
 
-/// One transition the filter logged.
+/// One transition the filter logged: its line, and when Envoy logged it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveTransition {
     /// Envoy's log timestamp (milliseconds since the epoch).
     pub at_ms: u64,
-    pub key: String,
-    pub from: State,
-    pub to: State,
-    /// the trip's reason (`error_rate`, `latency_p95`, `kernel_resets`), kept through HALF_OPEN
-    /// and closing, as the filter logs it.
-    pub reason: String,
-    /// For transitions into OPEN.
-    pub open_for_ms: Option<u64>,
-    /// The rest of the line (the window's figures on trips).
-    pub figures: String,
+    pub line: TransitionLine,
+}
+
+impl std::ops::Deref for LiveTransition {
+    type Target = TransitionLine;
+    fn deref(&self) -> &TransitionLine {
+        &self.line
+    }
 }
 
 /// `1796116425.412` (Envoy's `--log-format "[%E.%e]…"`): milliseconds since the epoch.
@@ -72,15 +70,7 @@ pub fn parse_envoy_log(text: &str) -> Result<Vec<LiveTransition>, String> {
                 bad("no [epoch.ms] timestamp (run Envoy with --log-format \"[%E.%e]…\")")
             })?;
         let t = parsed.map_err(|e| bad(&e))?;
-        out.push(LiveTransition {
-            at_ms,
-            key: t.key,
-            from: t.from,
-            to: t.to,
-            reason: t.reason,
-            open_for_ms: t.open_for_ms,
-            figures: t.figures,
-        });
+        out.push(LiveTransition { at_ms, line: t });
     }
     Ok(out)
 }
@@ -504,7 +494,7 @@ mod tests {
     #[test]
     fn openings_refuse_an_open_for_ms_of_another_configuration() {
         let mut t = parse_envoy_log(LOG).unwrap();
-        t[0].open_for_ms = Some(1500); // between 1.2 s and 2 s: no sleep of cfg() gives it
+        t[0].line.open_for_ms = Some(1500); // between 1.2 s and 2 s: no sleep of cfg() gives it
         assert!(openings(&t, &cfg()).is_err());
     }
 
@@ -547,17 +537,19 @@ mod tests {
     fn compare_holds_a_kernel_episode_to_an_error_rate_opening_and_a_closing_in_step() {
         let mut live = parse_envoy_log(LOG).unwrap();
         for t in &mut live {
-            t.reason = "kernel_resets".into();
+            t.line.reason = "kernel_resets".into();
         }
         // After the episode, a latency trip the replay must match strictly.
         live.push(LiveTransition {
             at_ms: 1_796_116_440_000,
-            key: "demo".into(),
-            from: State::Closed,
-            to: State::Open,
-            reason: "latency_p95".into(),
-            open_for_ms: Some(1000),
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from: State::Closed,
+                to: State::Open,
+                reason: "latency_p95".into(),
+                open_for_ms: Some(1000),
+                figures: String::new(),
+            },
         });
         let er = Some(TripReason::ErrorRate);
         let lat = Some(TripReason::LatencyP95);
@@ -636,12 +628,14 @@ mod tests {
         let er = "error_rate".to_string();
         let lt = |at: u64, from: State, to: State, open_for_ms: Option<u64>| LiveTransition {
             at_ms: t0 + at,
-            key: "demo".into(),
-            from,
-            to,
-            reason: er.clone(),
-            open_for_ms,
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from,
+                to,
+                reason: er.clone(),
+                open_for_ms,
+                figures: String::new(),
+            },
         };
         let live = vec![
             lt(65, State::Closed, State::Open, Some(1_000)),
@@ -685,12 +679,14 @@ mod tests {
                 .unwrap();
         let live = [LiveTransition {
             at_ms: t0 + 20,
-            key: "demo".into(),
-            from: State::Closed,
-            to: State::Open,
-            reason: "error_rate".into(),
-            open_for_ms: Some(100),
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from: State::Closed,
+                to: State::Open,
+                reason: "error_rate".into(),
+                open_for_ms: Some(100),
+                figures: String::new(),
+            },
         }];
         let mut r =
             crate::replay::Replay::held_to_live(cfg.clone(), openings(&live, &cfg).unwrap(), 300);
@@ -717,12 +713,14 @@ mod tests {
         let t0 = 1_796_116_430_000u64;
         let lt = |at: u64, from: State, open_for_ms: u64| LiveTransition {
             at_ms: t0 + at,
-            key: "demo".into(),
-            from,
-            to: State::Open,
-            reason: "error_rate".into(),
-            open_for_ms: Some(open_for_ms),
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from,
+                to: State::Open,
+                reason: "error_rate".into(),
+                open_for_ms: Some(open_for_ms),
+                figures: String::new(),
+            },
         };
         let live = [
             lt(260, State::Closed, 1_100),
