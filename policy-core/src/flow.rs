@@ -713,15 +713,40 @@ mod tests {
         c
     }
 
-    fn failures(local: &mut Local, g: &Geometry, n: usize, now_ms: u64) {
+    /// A worker's samples: `n` failures recorded at `now_ms`.
+    fn failures(c: &BreakerConfig, n: usize, now_ms: u64) -> Local {
+        let mut local = Local::new(c, now_ms).unwrap();
         let fail = Outcome {
             http_status: Some(503),
             attempts: 1,
             ..Outcome::default()
         };
         for _ in 0..n {
-            let _ = local.record(&fail, Some(FailureClass::HttpStatus), g, now_ms);
+            let _ = local.record(
+                &fail,
+                Some(FailureClass::HttpStatus),
+                &Geometry::of(c),
+                now_ms,
+            );
         }
+        local
+    }
+
+    /// Flushes `local` into `store` at `now_ms`, without jitter.
+    fn flush_at(
+        store: &mut dyn Store,
+        local: &mut Local,
+        c: &BreakerConfig,
+        now_ms: u64,
+    ) -> Flushed {
+        flush(
+            store,
+            local,
+            &input(c, now_ms),
+            &mut FixedJitter(0.0),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
     }
 
     fn input<'a>(cfg: &'a BreakerConfig, now_ms: u64) -> FlushInput<'a> {
@@ -745,8 +770,7 @@ mod tests {
         let c = cfg();
         let g = Geometry::of(&c);
         let now = 100_000;
-        let mut local = Local::new(&c, now).unwrap();
-        failures(&mut local, &g, 20, now);
+        let mut local = failures(&c, 20, now);
         let mut store = Racing {
             mem: Memory::new("k", &g),
             calls: 0,
@@ -758,14 +782,7 @@ mod tests {
                 m.write(Entry::State, &st.encode(), Some(v)).unwrap();
             },
         };
-        let f = flush(
-            &mut store,
-            &mut local,
-            &input(&c, now),
-            &mut FixedJitter(0.0),
-            &mut Vec::new(),
-            &mut Vec::new(),
-        );
+        let f = flush_at(&mut store, &mut local, &c, now);
         let Flushed::Merged(m) = f else {
             panic!("{f:?}")
         };
@@ -779,17 +796,9 @@ mod tests {
         let c = cfg();
         let g = Geometry::of(&c);
         let now = 100_000;
-        let mut local = Local::new(&c, now).unwrap();
-        failures(&mut local, &g, 20, now);
+        let mut local = failures(&c, 20, now);
         let mut mem = Memory::new("k", &g);
-        let f = flush(
-            &mut mem,
-            &mut local,
-            &input(&c, now),
-            &mut FixedJitter(0.0),
-            &mut Vec::new(),
-            &mut Vec::new(),
-        );
+        let f = flush_at(&mut mem, &mut local, &c, now);
         let Flushed::Merged(m) = f else {
             panic!("{f:?}")
         };
@@ -805,21 +814,13 @@ mod tests {
         let c = cfg();
         let g = Geometry::of(&c);
         let now = 100_000;
-        let mut local = Local::new(&c, now).unwrap();
-        failures(&mut local, &g, 3, now);
+        let mut local = failures(&c, 3, now);
         let mut mem = Memory::new("k", &g);
         let mut st = mem.slot_state().unwrap();
         st.breaker.generation = 7;
         let v = mem.state.1;
         mem.write(Entry::State, &st.encode(), Some(v)).unwrap();
-        let f = flush(
-            &mut mem,
-            &mut local,
-            &input(&c, now + 50),
-            &mut FixedJitter(0.0),
-            &mut Vec::new(),
-            &mut Vec::new(),
-        );
+        let f = flush_at(&mut mem, &mut local, &c, now + 50);
         let Flushed::Merged(m) = f else {
             panic!("{f:?}")
         };
@@ -830,17 +831,9 @@ mod tests {
     fn a_flush_into_a_lost_slot_drops_the_samples() {
         let c = cfg();
         let g = Geometry::of(&c);
-        let mut local = Local::new(&c, 0).unwrap();
-        failures(&mut local, &g, 3, 0);
+        let mut local = failures(&c, 3, 0);
         let mut mem = Memory::new("other", &g);
-        let f = flush(
-            &mut mem,
-            &mut local,
-            &input(&c, 10),
-            &mut FixedJitter(0.0),
-            &mut Vec::new(),
-            &mut Vec::new(),
-        );
+        let f = flush_at(&mut mem, &mut local, &c, 10);
         assert_eq!(f, Flushed::Lost);
         assert!(local.recorder.is_empty());
     }
