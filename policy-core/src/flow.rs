@@ -145,6 +145,34 @@ pub fn newer(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
+/// [`cas_update`] on the state entry of `key`: `f` runs only on the key's own state; an entry
+/// holding another key gives `other()` and is not written.
+fn update_state<S: Store + ?Sized, R>(
+    store: &mut S,
+    key: &str,
+    first: Option<Read>,
+    enc: &mut Vec<u8>,
+    other: impl Fn() -> R,
+    mut f: impl FnMut(&mut SlotState) -> Update<R>,
+    on_exhausted: impl FnOnce(Exhausted, Option<SlotState>) -> R,
+) -> R {
+    cas_update(
+        store,
+        Entry::State,
+        first,
+        enc,
+        |b| SlotState::decode(b).ok(),
+        SlotState::encode_into,
+        |_, st| {
+            if st.key != key {
+                return Update::Keep(other());
+            }
+            f(st)
+        },
+        on_exhausted,
+    )
+}
+
 /// A window's geometry: what its epochs and `slow` counts mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Geometry {
@@ -237,17 +265,13 @@ pub fn admit<S: Store + ?Sized>(
             }
         }
     }
-    cas_update(
+    update_state(
         store,
-        Entry::State,
+        key,
         Some(first),
         enc,
-        |b| SlotState::decode(b).ok(),
-        SlotState::encode_into,
-        |_, st| {
-            if st.key != key {
-                return Update::Keep(Admitted::Lost);
-            }
+        || Admitted::Lost,
+        |st| {
             let step = st.breaker.decide(mode, cfg, now_ms);
             let r = Admitted::Decided {
                 decision: step.decision,
@@ -297,21 +321,15 @@ pub fn complete_probe<S: Store + ?Sized>(
     jitter: &mut dyn Jitter,
     enc: &mut Vec<u8>,
 ) -> Option<(Transition, State)> {
-    cas_update(
+    update_state(
         store,
-        Entry::State,
+        key,
         None,
         enc,
-        |b| SlotState::decode(b).ok(),
-        SlotState::encode_into,
-        |_, st| {
-            if st.key != key {
-                return Update::Keep(None);
-            }
-            match st.breaker.complete_probe(id, success, cfg, now_ms, jitter) {
-                Some(t) => Update::Write(Some((t, st.breaker.state))),
-                None => Update::Keep(None),
-            }
+        || None,
+        |st| match st.breaker.complete_probe(id, success, cfg, now_ms, jitter) {
+            Some(t) => Update::Write(Some((t, st.breaker.state))),
+            None => Update::Keep(None),
         },
         |_, _| None,
     )
@@ -564,17 +582,13 @@ fn trip_after_merge<S: Store + ?Sized>(
 ) {
     let (key, cfg, now_ms, activity) = (input.key, input.cfg, input.now_ms, input.activity);
     let (window_gen, totals) = (merged.generation, &merged.totals);
-    let out = cas_update(
+    let out = update_state(
         store,
-        Entry::State,
+        key,
         None,
         enc,
-        |b| SlotState::decode(b).ok(),
-        SlotState::encode_into,
-        |_, st| {
-            if st.key != key {
-                return Update::Keep(None);
-            }
+        || None,
+        |st| {
             let mut write = false;
             if let Some(a) = activity.filter(|a| *a > st.last_active_ms) {
                 st.last_active_ms = a;
