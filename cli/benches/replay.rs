@@ -1,4 +1,4 @@
-//! Replay throughput on a generated 1,000,000-line access log (issue 11: ≥ 500,000 lines/s on
+//! Replay throughput on a generated 1,000,000-line access log (the replay must keep up with a busy Envoy: ≥ 500,000 lines/s on
 //! one core, memory flat). The log is written once to `target/replay-bench.log` and replayed from
 //! the file, as `meshbreaker replay` reads it; criterion reports lines/s with its spread, and the
 //! process's peak RSS is printed after the last sample.

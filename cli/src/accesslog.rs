@@ -99,7 +99,7 @@ impl Line<'_> {
     pub fn upstream_reset(&self) -> bool {
         present(&self.response_flags).is_some_and(|f| {
             f.split(',')
-                .any(|t| matches!(t.trim(), "UR" | "UF" | "UC" | "UPE"))
+                .any(|t| policy_core::window::is_upstream_reset_flag(t.trim()))
         })
     }
 

@@ -23,32 +23,24 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use policy_core::breaker::State;
-use policy_core::config::{BreakerConfig, Config};
+use policy_core::breaker::{sleep_sequence, State, TransitionLine, JITTER_SPREAD};
+use policy_core::config::Config;
 
 use crate::replay::{KeyReport, LiveOpening, TransitionAt};
 
-/// One transition the filter logged.
+/// One transition the filter logged: its line, and when Envoy logged it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveTransition {
     /// Envoy's log timestamp (milliseconds since the epoch).
     pub at_ms: u64,
-    pub key: String,
-    pub from: State,
-    pub to: State,
-    /// the trip's reason (`error_rate`, `latency_p95`, `kernel_resets`), kept through HALF_OPEN
-    /// and closing, as the filter logs it.
-    pub reason: String,
-    /// For transitions into OPEN.
-    pub open_for_ms: Option<u64>,
-    /// The rest of the line (the window's figures on trips).
-    pub figures: String,
+    pub line: TransitionLine,
 }
 
-fn state(s: &str) -> Option<State> {
-    [State::Closed, State::Open, State::HalfOpen]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+impl std::ops::Deref for LiveTransition {
+    type Target = TransitionLine;
+    fn deref(&self) -> &TransitionLine {
+        &self.line
+    }
 }
 
 /// `1796116425.412` (Envoy's `--log-format "[%E.%e]…"`): milliseconds since the epoch.
@@ -64,10 +56,9 @@ fn epoch_ms(s: &str) -> Option<u64> {
 /// (`--log-format "[%E.%e][%t][%l][%n] %v"`). Lines where the state does not change are not
 /// logged by the filter; a transition line without such a timestamp is an error.
 pub fn parse_envoy_log(text: &str) -> Result<Vec<LiveTransition>, String> {
-    const NEEDLE: &str = "meshbreaker: transition ";
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let Some((_, rest)) = line.split_once(NEEDLE) else {
+        let Some(parsed) = TransitionLine::find(line) else {
             continue;
         };
         let bad = |what: &str| format!("envoy log line {}: {what}: {line}", n + 1);
@@ -78,67 +69,25 @@ pub fn parse_envoy_log(text: &str) -> Result<Vec<LiveTransition>, String> {
             .ok_or_else(|| {
                 bad("no [epoch.ms] timestamp (run Envoy with --log-format \"[%E.%e]…\")")
             })?;
-        let mut fields: HashMap<&str, &str> = HashMap::new();
-        let mut figures = Vec::new();
-        for w in rest.split_whitespace() {
-            match w.split_once('=') {
-                Some((k, v)) if ["key", "from", "to", "reason", "open_for_ms"].contains(&k) => {
-                    fields.insert(k, v);
-                }
-                _ => figures.push(w),
-            }
-        }
-        let get = |k: &str| {
-            fields
-                .get(k)
-                .copied()
-                .ok_or_else(|| bad(&format!("no {k}=")))
-        };
-        let from = state(get("from")?).ok_or_else(|| bad("unknown from= state"))?;
-        let to = state(get("to")?).ok_or_else(|| bad("unknown to= state"))?;
-        let open_for_ms = match fields.get("open_for_ms") {
-            Some(v) => Some(v.parse().map_err(|_| bad("open_for_ms not a number"))?),
-            None => None,
-        };
-        out.push(LiveTransition {
-            at_ms,
-            key: get("key")?.to_owned(),
-            from,
-            to,
-            reason: get("reason")?.to_owned(),
-            open_for_ms,
-            figures: figures.join(" "),
-        });
+        let t = parsed.map_err(|e| bad(&e))?;
+        out.push(LiveTransition { at_ms, line: t });
     }
     Ok(out)
 }
 
-/// The sleep windows before jitter a breaker can be in: `sleep_window`, doubled per re-trip,
-/// capped at `max_sleep_window`.
-fn sleeps(b: &BreakerConfig) -> Vec<u64> {
-    let max = b.max_sleep_window.as_millis() as u64;
-    let mut s = (b.sleep_window.as_millis() as u64).min(max);
-    let mut out = vec![s];
-    while s < max && s > 0 {
-        s = s.saturating_mul(2).min(max);
-        out.push(s);
-    }
-    out
-}
-
 /// Per key, each live opening in order: when it was logged, when it ended, and the unit jitter
-/// draw behind it. The filter opens for `ceil(sleep × (1 + 0.2 u))` ms, so for a logged
+/// draw behind it. The filter opens for `ceil(sleep × (1 + JITTER_SPREAD u))` ms, so for a logged
 /// `open_for_ms` and the sleep it belongs to (one of the configuration's doubling sleeps, the
 /// one `open_for_ms` lies in) the draw that reproduces it exactly is
-/// `u = ((open_for_ms − 0.5) / sleep − 1) / 0.2`. An opening whose `open_for_ms` fits no sleep
+/// `u = ((open_for_ms − 0.5) / sleep − 1) / JITTER_SPREAD`. An opening whose `open_for_ms` fits no sleep
 /// of the configuration is an error: the log is not of this config.
 pub fn openings(
     live: &[LiveTransition],
     cfg: &Config,
 ) -> Result<HashMap<String, Vec<LiveOpening>>, String> {
-    let mut candidates: Vec<u64> = sleeps(&cfg.breaker);
+    let mut candidates: Vec<u64> = sleep_sequence(&cfg.breaker);
     for o in &cfg.overrides {
-        candidates.extend(sleeps(&o.breaker));
+        candidates.extend(sleep_sequence(&o.breaker));
     }
     let mut out: HashMap<String, Vec<LiveOpening>> = HashMap::new();
     for t in live.iter().filter(|t| t.to == State::Open) {
@@ -148,7 +97,9 @@ pub fn openings(
         let sleep = candidates
             .iter()
             .copied()
-            .find(|&s| s <= open_for && (open_for as f64) <= (s as f64 * 1.2).ceil())
+            .find(|&s| {
+                s <= open_for && (open_for as f64) <= (s as f64 * (1.0 + JITTER_SPREAD)).ceil()
+            })
             .ok_or_else(|| {
                 format!(
                     "key {}: open_for_ms={open_for} fits no sleep window of the configuration \
@@ -159,7 +110,7 @@ pub fn openings(
         let u = if open_for == sleep {
             0.0
         } else {
-            ((open_for as f64 - 0.5) / sleep as f64 - 1.0) / 0.2
+            ((open_for as f64 - 0.5) / sleep as f64 - 1.0) / JITTER_SPREAD
         };
         out.entry(t.key.clone()).or_default().push(LiveOpening {
             at_ms: t.at_ms,
@@ -543,7 +494,7 @@ mod tests {
     #[test]
     fn openings_refuse_an_open_for_ms_of_another_configuration() {
         let mut t = parse_envoy_log(LOG).unwrap();
-        t[0].open_for_ms = Some(1500); // between 1.2 s and 2 s: no sleep of cfg() gives it
+        t[0].line.open_for_ms = Some(1500); // between 1.2 s and 2 s: no sleep of cfg() gives it
         assert!(openings(&t, &cfg()).is_err());
     }
 
@@ -586,17 +537,19 @@ mod tests {
     fn compare_holds_a_kernel_episode_to_an_error_rate_opening_and_a_closing_in_step() {
         let mut live = parse_envoy_log(LOG).unwrap();
         for t in &mut live {
-            t.reason = "kernel_resets".into();
+            t.line.reason = "kernel_resets".into();
         }
         // After the episode, a latency trip the replay must match strictly.
         live.push(LiveTransition {
             at_ms: 1_796_116_440_000,
-            key: "demo".into(),
-            from: State::Closed,
-            to: State::Open,
-            reason: "latency_p95".into(),
-            open_for_ms: Some(1000),
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from: State::Closed,
+                to: State::Open,
+                reason: "latency_p95".into(),
+                open_for_ms: Some(1000),
+                figures: String::new(),
+            },
         });
         let er = Some(TripReason::ErrorRate);
         let lat = Some(TripReason::LatencyP95);
@@ -675,12 +628,14 @@ mod tests {
         let er = "error_rate".to_string();
         let lt = |at: u64, from: State, to: State, open_for_ms: Option<u64>| LiveTransition {
             at_ms: t0 + at,
-            key: "demo".into(),
-            from,
-            to,
-            reason: er.clone(),
-            open_for_ms,
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from,
+                to,
+                reason: er.clone(),
+                open_for_ms,
+                figures: String::new(),
+            },
         };
         let live = vec![
             lt(65, State::Closed, State::Open, Some(1_000)),
@@ -724,12 +679,14 @@ mod tests {
                 .unwrap();
         let live = [LiveTransition {
             at_ms: t0 + 20,
-            key: "demo".into(),
-            from: State::Closed,
-            to: State::Open,
-            reason: "error_rate".into(),
-            open_for_ms: Some(100),
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from: State::Closed,
+                to: State::Open,
+                reason: "error_rate".into(),
+                open_for_ms: Some(100),
+                figures: String::new(),
+            },
         }];
         let mut r =
             crate::replay::Replay::held_to_live(cfg.clone(), openings(&live, &cfg).unwrap(), 300);
@@ -756,12 +713,14 @@ mod tests {
         let t0 = 1_796_116_430_000u64;
         let lt = |at: u64, from: State, open_for_ms: u64| LiveTransition {
             at_ms: t0 + at,
-            key: "demo".into(),
-            from,
-            to: State::Open,
-            reason: "error_rate".into(),
-            open_for_ms: Some(open_for_ms),
-            figures: String::new(),
+            line: TransitionLine {
+                key: "demo".into(),
+                from,
+                to: State::Open,
+                reason: "error_rate".into(),
+                open_for_ms: Some(open_for_ms),
+                figures: String::new(),
+            },
         };
         let live = [
             lt(260, State::Closed, 1_100),

@@ -1,19 +1,21 @@
 //! `meshbreaker replay`: access logs through policy-core on the log's own clock.
 //!
 //! Why: thresholds are otherwise tuned blind. policy-core is sans-IO, so the breaker the filter
-//! runs can run here on yesterday's traffic: the same [`BreakerState`], [`Recorder`], [`Window`]
-//! and trip rule, fed what the filter would have seen.
+//! runs can run here on yesterday's traffic: the filter's own per-key protocol
+//! ([`policy_core::flow`]) over a store in memory, fed what the filter would have seen.
 //!
-//! How, per key (the filter's flow, one worker):
-//! - a request is decided when it starts (`start_time`), with `BreakerState::decide`;
+//! ## How, per key (the filter's flow, one worker)
+//! - a request is decided when it starts (`start_time`), with [`flow::admit`];
 //! - an allowed request's outcome is recorded when it completes (`start_time` + `duration_ms`),
-//!   every attempt counted; the window is merged at most every 100 ms of log time and the trip
-//!   rule evaluated then, as the filter's flush does, and 100 ms after the last merge when no
-//!   request completes (the filter's tick); probes complete with `complete_probe`;
+//!   every attempt counted; the window is merged ([`flow::flush`]) when the flow says a merge is
+//!   due, as the filter's workers do, and [`FLUSH_MS`] after the last merge when no request
+//!   completes (the filter's tick); probes complete with [`flow::complete_probe`];
 //! - a request the replayed breaker rejects is counted: *would have spared* when it failed in
 //!   reality, *would have cost* when it succeeded;
 //! - a request that never reached an upstream (no upstream host, no response flags: answered
 //!   locally, e.g. by the live breaker) has no known outcome and is not replayed.
+//!
+//! ## Order, memory
 //!
 //! The log is written in completion order, so starts arrive out of order by up to a request's
 //! duration: lines wait in a reorder heap until the log has moved [`REORDER_MS`] past their
@@ -21,25 +23,30 @@
 //! them. Memory is bounded by [`REORDER_MAX`] waiting lines, `max_keys` keys, and per key at
 //! most [`MAX_TRANSITIONS`] transitions and [`MAX_POINTS`] plot points.
 //!
-//! The window slides at bucket boundaries: a CLOSED key with at least `min_requests` samples in
+//! ## What the replay adds to the flow, and why
+//!
+//! The replay is one worker standing in for all of them, so it merges when the earliest of the
+//! filter's workers could: at once for a failure or a slow sample while CLOSED (below), and at
+//! bucket boundaries. The window slides at bucket boundaries: a CLOSED key with at least `min_requests` samples in
 //! its window is evaluated at each boundary too (an old bucket leaving can raise the error rate or the P95 with no new
 //! request), as early as any of the filter's workers could, whose tick may land right after it.
 //!
 //! Jitter comes from a seeded [`SplitMix64`], so a replay is repeatable; or, to hold a replay
-//! to what the filter did live, from the live openings ([`Replay::held_to_live`]).
+//! to what the filter did live, from the live openings ([`Replay::held_to_live`]): the jitter
+//! draw and the end of a live opening are inputs of the live breaker that no access log holds.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use policy_core::breaker::{BreakerState, Decision, Jitter, SplitMix64, State, Transition};
+use policy_core::breaker::{Decision, Jitter, SplitMix64, State, Transition};
 use policy_core::config::{BreakerConfig, Config, Mode};
+use policy_core::flow::{
+    self, Admitted, Entry, FlushInput, Flushed, Geometry, Local, Memory, Store, FLUSH_MS,
+};
 use policy_core::keys::{key_for, sanitize_key_into};
-use policy_core::window::{bucket_ms, threshold_us, Outcome, Recorder, TripReason, Window};
+use policy_core::window::{bucket_ms, threshold_us, Outcome, TripReason};
 
 use crate::accesslog::Line;
-
-/// The filter's flush period: how often a worker merges its samples and evaluates the trip.
-pub const FLUSH_MS: u64 = 100;
 /// Transitions kept per key for the report (later ones are counted only).
 pub const MAX_TRANSITIONS: usize = 10_000;
 /// Plot points kept per key; beyond, every other point is dropped and the spacing doubles.
@@ -96,12 +103,16 @@ struct KeyState {
     /// Index of the override in force (resolved once, on the key's first request, as the
     /// filter does), or `None` for the top level.
     override_index: Option<usize>,
-    breaker: BreakerState,
-    window: Window,
-    recorder: Recorder,
-    last_flush_ms: u64,
+    /// The key's state and window, as the filter's workers share them (one worker here).
+    store: Memory,
+    /// The samples not merged yet.
+    local: Local,
+    geometry: Geometry,
+    /// The state as the last flow call left it.
+    state: State,
     last_point_ms: u64,
     scratch: Vec<(u64, u64)>,
+    enc: Vec<u8>,
     /// A tick flush is queued in `Replay::ticks`.
     tick_queued: bool,
     /// A bucket-boundary evaluation is queued in `Replay::slides`.
@@ -341,11 +352,24 @@ impl Replay {
         let failed = outcome.failure(&bcfg.failure).is_some() || outcome.retried_attempts() > 0;
         ks.report.requests += 1;
         ks.report.failed += u64::from(failed);
-        let step = ks.breaker.decide(mode, bcfg, now);
-        if let Some(t) = step.transition {
-            push_transition(ks, now, t, String::new());
-        }
-        let probe = match step.decision {
+        let decision =
+            match flow::admit(&mut ks.store, &ks.report.key, mode, bcfg, now, &mut ks.enc) {
+                Admitted::Decided {
+                    decision,
+                    transition,
+                    state,
+                } => {
+                    ks.state = state;
+                    if let Some(t) = transition {
+                        push_transition(ks, now, t, String::new());
+                    }
+                    decision
+                }
+                // The memory store holds only this key and never refuses a write.
+                Admitted::Lost => Decision::Allow,
+                Admitted::Failed(d) => d,
+            };
+        let probe = match decision {
             Decision::Allow => None,
             Decision::Probe(id) => Some(id),
             Decision::DryRunReject(_) => {
@@ -428,7 +452,8 @@ impl Replay {
             .iter()
             .position(|o| std::ptr::eq(&o.breaker, e.breaker));
         let (bcfg, _) = breaker_of(&self.cfg, override_index);
-        let recorder = Recorder::new(threshold_us(bcfg))?;
+        let local = Local::new(bcfg, 0)?;
+        let geometry = Geometry::of(bcfg);
         let i = self.keys.len();
         self.keys.push(KeyState {
             report: KeyReport {
@@ -437,12 +462,13 @@ impl Replay {
                 ..KeyReport::default()
             },
             override_index,
-            breaker: BreakerState::default(),
-            window: Window::new(bcfg.buckets, 0),
-            recorder,
-            last_flush_ms: 0,
+            store: Memory::new(&self.key_buf, &geometry),
+            local,
+            geometry,
+            state: State::Closed,
             last_point_ms: 0,
             scratch: Vec::new(),
+            enc: Vec::new(),
             tick_queued: false,
             slide_queued: false,
             window_samples: 0,
@@ -462,10 +488,10 @@ impl Replay {
             return;
         };
         ks.tick_queued = false;
-        if ks.recorder.is_empty() {
+        if ks.local.recorder.is_empty() {
             return;
         }
-        let due = ks.last_flush_ms.saturating_add(FLUSH_MS);
+        let due = ks.local.last_flush_ms.saturating_add(FLUSH_MS);
         if due > t {
             ks.tick_queued = true;
             self.ticks.push(Reverse((due, k)));
@@ -487,11 +513,11 @@ impl Replay {
             return;
         };
         ks.slide_queued = false;
-        if ks.breaker.state != State::Closed {
+        if ks.state != State::Closed {
             return;
         }
         let (bcfg, _) = breaker_of(&self.cfg, ks.override_index);
-        if ks.last_flush_ms < t {
+        if ks.local.last_flush_ms < t {
             flush(ks, bcfg, t, &mut self.rng);
         }
         queue_slide(&mut self.slides, ks, k, bcfg, t);
@@ -505,43 +531,47 @@ impl Replay {
         let (bcfg, _) = breaker_of(&self.cfg, ks.override_index);
         let failure = p.outcome.failure(&bcfg.failure);
         if let Some(id) = p.probe {
-            let ok = failure.is_none() && p.outcome.retried_attempts() == 0;
+            let ok = flow::probe_succeeded(&p.outcome, failure);
             let mut jitter = self.rng.for_key(&ks.report.key, now, State::HalfOpen);
-            let done = ks.breaker.complete_probe(id, ok, bcfg, now, &mut jitter);
+            let done = flow::complete_probe(
+                &mut ks.store,
+                &ks.report.key,
+                id,
+                ok,
+                bcfg,
+                now,
+                &mut jitter,
+                &mut ks.enc,
+            );
             let live_end = jitter.matched_end();
-            if let Some(mut t) = done {
+            if let Some((mut t, state)) = done {
+                ks.state = state;
                 if t.to == State::Open {
-                    end_no_later_than(&mut ks.breaker, &mut t, live_end, now);
+                    end_no_later_than(&mut ks.store, &mut t, live_end, now);
                 }
                 if t.to != t.from {
-                    if t.to == State::Closed {
-                        // Closing clears the window (a new generation).
-                        ks.window.reset(bcfg.buckets, ks.breaker.generation);
-                        ks.recorder.clear();
-                    }
                     push_transition(ks, now, t, String::new());
                 }
             }
         }
-        let epoch = now / bucket_ms(bcfg);
-        let recorded = ks.recorder.record(epoch, &p.outcome, failure).is_ok();
+        let g = ks.geometry;
+        let recorded = ks.local.record(&p.outcome, failure, &g, now);
         // While CLOSED, a failure or a slow sample is merged and the trip rule evaluated at
         // once: the earliest any of the filter's workers could trip (each merges every 100 ms,
         // so with several the shared window is merged more often than one worker's period).
-        let raises = ks.breaker.state == State::Closed
+        let raises = ks.state == State::Closed
             && (failure.is_some()
                 || p.outcome.retried_attempts() > 0
                 || threshold_us(bcfg).is_some_and(|t| p.outcome.latency_us >= t));
-        if !recorded || raises || now.saturating_sub(ks.last_flush_ms) >= FLUSH_MS {
+        if recorded.due || raises {
             flush(ks, bcfg, now, &mut self.rng);
-            if !recorded {
-                let _ = ks.recorder.record(epoch, &p.outcome, failure);
-            }
+            ks.local
+                .record_after_flush(&p.outcome, failure, &g, now, recorded);
         }
         queue_slide(&mut self.slides, ks, p.key, bcfg, now);
-        if !ks.recorder.is_empty() && !ks.tick_queued {
+        if !ks.local.recorder.is_empty() && !ks.tick_queued {
             ks.tick_queued = true;
-            let due = ks.last_flush_ms.saturating_add(FLUSH_MS).max(now);
+            let due = ks.local.last_flush_ms.saturating_add(FLUSH_MS).max(now);
             self.ticks.push(Reverse((due, p.key)));
         }
     }
@@ -667,13 +697,19 @@ impl Jitter for KeyJitter<'_> {
 /// A replayed opening held to a live one ends no later than it did (see
 /// [`Replay::held_to_live`]), and not before `now`; the transition reports how long it is
 /// open then.
-fn end_no_later_than(b: &mut BreakerState, t: &mut Transition, live_end: Option<u64>, now: u64) {
-    if let Some(end) = live_end {
-        let bound = end.saturating_sub(LIVE_END_SLACK_MS).max(now);
-        if bound < b.open_until_ms {
-            b.open_until_ms = bound;
-            t.open_for_ms = bound - now;
-        }
+fn end_no_later_than(store: &mut Memory, t: &mut Transition, live_end: Option<u64>, now: u64) {
+    let Some(end) = live_end else {
+        return;
+    };
+    let bound = end.saturating_sub(LIVE_END_SLACK_MS).max(now);
+    let Some(mut st) = store.slot_state() else {
+        return;
+    };
+    if bound < st.breaker.open_until_ms {
+        st.breaker.open_until_ms = bound;
+        t.open_for_ms = bound - now;
+        let version = store.state.1;
+        let _ = store.write(Entry::State, &st.encode(), Some(version));
     }
 }
 
@@ -689,7 +725,7 @@ fn queue_slide(
     // A slide only removes samples: below min_requests it cannot trip (new samples are merged
     // by the tick, which queues a slide again).
     if ks.slide_queued
-        || ks.breaker.state != State::Closed
+        || ks.state != State::Closed
         || ks.window_samples < u64::from(bcfg.min_requests).max(1)
     {
         return;
@@ -717,24 +753,38 @@ fn push_transition(ks: &mut KeyState, at_ms: u64, t: Transition, figures: String
     });
 }
 
-/// The filter's flush: merge the recorder into the window, evaluate the trip rule.
+/// The filter's flush ([`flow::flush`]): merge the samples into the window, evaluate the trip.
 fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut JitterSource) {
-    let now_epoch = now / bucket_ms(bcfg);
-    ks.window
-        .merge_recorder(&ks.recorder, now_epoch, &mut ks.scratch);
-    ks.recorder.clear();
-    ks.last_flush_ms = now;
-    let totals = ks.window.totals(now_epoch);
-    ks.window_samples = totals.samples;
     let mut jitter = rng.for_key(&ks.report.key, now, State::Closed);
-    let tripped = ks.breaker.evaluate(&totals, bcfg, now, &mut jitter);
+    let input = FlushInput {
+        key: &ks.report.key,
+        cfg: bcfg,
+        geometry: ks.geometry,
+        new_hosts: &[],
+        resets: None,
+        max_resets_per_second: None,
+        activity: None,
+        now_ms: now,
+    };
+    let flushed = flow::flush(
+        &mut ks.store,
+        &mut ks.local,
+        &input,
+        &mut jitter,
+        &mut ks.enc,
+        &mut ks.scratch,
+    );
     let live_end = jitter.matched_end();
-    if let Some(mut t) = tripped {
-        end_no_later_than(&mut ks.breaker, &mut t, live_end, now);
-        let p95 = ks
-            .window
-            .p95_us(now_epoch, &mut ks.scratch)
-            .map_or("-".into(), |us| format!("{}ms", us / 1000));
+    // The memory store holds only this key and never refuses a write: always merged.
+    let Flushed::Merged(m) = flushed else {
+        return;
+    };
+    let totals = m.totals;
+    ks.window_samples = totals.samples;
+    ks.state = m.written.map_or(m.state_read, |(_, state)| state);
+    if let Some((Some(mut t), _)) = m.written {
+        end_no_later_than(&mut ks.store, &mut t, live_end, now);
+        let p95 = m.p95_us.map_or("-".into(), |us| format!("{}ms", us / 1000));
         let figures = format!(
             "error rate {:.1}% of {} samples, p95 {p95}",
             totals.error_rate() * 100.0,
@@ -748,7 +798,7 @@ fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut JitterSour
         ks.last_point_ms = now;
         ks.report
             .points
-            .push((now, totals.error_rate() as f32, ks.breaker.state));
+            .push((now, totals.error_rate() as f32, ks.state));
         if ks.report.points.len() >= MAX_POINTS {
             let mut i = 0;
             ks.report.points.retain(|_| {
@@ -947,6 +997,39 @@ mod tests {
             .filter(|p| (p.0 - t0).is_multiple_of(1_000))
             .count();
         assert!(on_boundaries >= 10, "{:?}", r.points);
+    }
+
+    #[test]
+    fn probe_samples_not_merged_at_the_close_count_in_the_new_window() {
+        // The replay once dropped a worker's unmerged samples when a probe closed the circuit;
+        // the filter merges them into the new window. On a slow upstream that recovers just
+        // after a close, the filter then trips again on the closing probes' latency and the
+        // replay did not (a missed live trip in `demo --ci`).
+        let cfg = r#"{"breaker": {"window": "3s", "buckets": 10, "min_requests": 20,
+            "latency_p95_threshold": "200ms", "sleep_window": "1s", "max_sleep_window": "4s",
+            "half_open_max_probes": 3, "half_open_successes_to_close": 3}}"#;
+        let t0 = 1_700_000_000_000u64;
+        let timed = |start: u64, ms: u64| {
+            line(start, 200).replace("\"duration_ms\":5", &format!("\"duration_ms\":{ms}"))
+        };
+        // Slow: trips at the 20th completion, open 1 s to 1.2 s.
+        let mut lines: Vec<String> = (0..30).map(|i| timed(t0 + i * 10, 300)).collect();
+        // Three slow probes close it at t0 + 2302 (two of them unmerged then); then fast traffic.
+        lines.extend((0..3).map(|i| timed(t0 + 2_000 + i, 300)));
+        lines.extend((0..30).map(|i| timed(t0 + 2_400 + i * 10, 5)));
+        let (_, reports) = run(cfg, &lines);
+        let seen: Vec<(State, State, Option<TripReason>)> = reports[0]
+            .transitions
+            .iter()
+            .map(|t| (t.from, t.to, t.reason))
+            .collect();
+        let trip = (State::Closed, State::Open, Some(TripReason::LatencyP95));
+        assert_eq!(
+            seen.iter().filter(|t| **t == trip).count(),
+            2,
+            "{:?}",
+            reports[0].transitions
+        );
     }
 
     #[test]

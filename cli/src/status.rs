@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use policy_core::metrics as names;
+
 /// One key's figures.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyRow {
@@ -98,24 +100,24 @@ pub fn rows(text: &str) -> Vec<KeyRow> {
         });
         let label = |k: &str| labels.get(k).map(String::as_str);
         match metric {
-            "meshbreaker_state" => row.state = Some(value),
-            "meshbreaker_error_rate_ppm" => row.error_rate_ppm = Some(value),
-            "meshbreaker_latency_p95_ms" => row.p95_ms = Some(value),
-            "meshbreaker_requests_total" => match label("decision") {
+            names::STATE => row.state = Some(value),
+            names::ERROR_RATE_PPM => row.error_rate_ppm = Some(value),
+            names::LATENCY_P95_MS => row.p95_ms = Some(value),
+            names::REQUESTS_TOTAL => match label("decision") {
                 Some("allowed") => row.allowed += value,
                 Some("rejected") => row.rejected += value,
                 Some("probe") => row.probe += value,
                 Some("dry_run_reject") => row.dry_run_reject += value,
                 _ => {}
             },
-            "meshbreaker_transitions_total" => match label("to") {
+            names::TRANSITIONS_TOTAL => match label("to") {
                 Some("open") => row.to_open += value,
                 Some("half_open") => row.to_half_open += value,
                 Some("closed") => row.to_closed += value,
                 _ => {}
             },
-            "meshbreaker_retry_budget_denied_total" => row.budget_denied += value,
-            "meshbreaker_kernel_resets_total" => row.kernel_resets += value,
+            names::RETRY_BUDGET_DENIED_TOTAL => row.budget_denied += value,
+            names::KERNEL_RESETS_TOTAL => row.kernel_resets += value,
             _ => {}
         }
     }

@@ -306,10 +306,8 @@ pub async fn drive(opts: Options) -> Result<Report, String> {
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     let summary = opts.out.join("summary.json");
     std::fs::write(&summary, json).map_err(|e| format!("{}: {e}", summary.display()))?;
-    let svg = opts.out.join("timeline.svg");
-    crate::plot::timeline(&report, &svg)?;
     println!("\n{}", summary_table(&report));
-    println!("wrote {} and {}", summary.display(), svg.display());
+    println!("wrote {}", summary.display());
     Ok(report)
 }
 

@@ -106,13 +106,17 @@ fn main() -> ExitCode {
                     phases,
                     rate,
                     workers,
-                    out,
+                    out: out.clone(),
                     key,
                 };
-                tokio::select! {
-                    r = drive::drive(opts) => r.map(|_| ()),
+                let report = tokio::select! {
+                    r = drive::drive(opts) => r,
                     _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
-                }
+                }?;
+                let svg = out.join("timeline.svg");
+                plot::timeline(&report, &svg)?;
+                println!("wrote {}", svg.display());
+                Ok(())
             }
         }
     });

@@ -182,14 +182,13 @@ mod tests {
         }
     }
 
+    /// The `/v1/resets` body both sides test against: this crate writes it, policy-core's
+    /// `resets::parse_snapshot` (the filter's poller) reads it.
+    const FIXTURE: &str = include_str!("../../policy-core/fixtures/v1_resets.json");
+
     #[test]
     fn json_has_spec_shape() {
-        assert_eq!(
-            json(&sample()),
-            "{\"started_at_ms\":1700000000123,\"now_ms\":1700000005000,\"peers\":[\
-             {\"addr\":\"10.0.0.5\",\"port\":8080,\"peer\":\"10.0.0.5:8080\",\"resets\":1,\"refused\":2,\"timeouts\":3,\"last_ms\":1700000004000},\
-             {\"addr\":\"fd00::1\",\"port\":443,\"peer\":\"[fd00::1]:443\",\"resets\":0,\"refused\":0,\"timeouts\":0,\"last_ms\":1700000001000}]}"
-        );
+        assert_eq!(json(&sample()), FIXTURE.trim_end());
         assert_eq!(
             json(&Snapshot::default()),
             "{\"started_at_ms\":0,\"now_ms\":0,\"peers\":[]}"

@@ -15,20 +15,22 @@
 
 use std::time::Duration;
 
-use policy_core::breaker::{Decision, Rejection, SplitMix64, State, Transition};
+use policy_core::breaker::{Decision, Rejection, SplitMix64, State, Transition, TransitionLine};
 use policy_core::config::{BreakerConfig, BudgetConfig, Config, Mode, OverrideMatch};
 use policy_core::encoding::SlotState;
+use policy_core::flow::{self, Admitted, Local};
 use policy_core::keys::{self, KeyRegistry};
 use policy_core::retry::{CompiledRetry, RequestView, RetryDecision};
-use policy_core::window::{bucket_ms, threshold_us, Outcome, Recorder, TripReason, Window};
+use policy_core::window::{Outcome, TripReason};
 
 use crate::host::Host;
 use crate::metrics::{Counter, Gauge, LabelId, Metrics};
+use crate::resets::ResetView;
 pub use crate::shared::Names;
-use crate::shared::{self, cas_update, Exhausted, Geometry, Meta, Update};
+use crate::shared::{self, cas_update, Entries, Geometry, Meta, Update};
+use crate::slots::{Shared, SlotSearch, SlotTable};
 
-/// A worker merges its samples into the shared window at least this often.
-pub const FLUSH_MS: u64 = 100;
+pub use policy_core::flow::{since, FLUSH_MS};
 /// A busy worker refreshes its keys' `last_active_ms` at most this often (one state write per
 /// key and second, off the request path).
 pub const ACTIVE_WRITE_MS: u64 = 1_000;
@@ -62,9 +64,9 @@ pub(crate) struct KeyLocal {
     /// When this worker last looked for a slot for the key (`None`: look at the next request).
     pub slot_tried_ms: Option<u64>,
     pub profile: usize,
-    pub recorder: Recorder,
+    /// The samples not merged yet, and when they last were.
+    pub flow: Local,
     pub label: LabelId,
-    pub last_flush_ms: u64,
     /// When a request of this key last started or completed here.
     pub last_activity_ms: u64,
     /// The activity time last written to the slot's `last_active_ms` (`None`: never).
@@ -135,43 +137,30 @@ pub enum RetryPlan {
 pub struct Engine<H: Host> {
     pub host: H,
     /// What the request path reads (from the configuration, once).
-    pub needs: std::rc::Rc<crate::request::Needs>,
+    pub needs: std::rc::Rc<crate::needs::Needs>,
     pub(crate) cfg: Config,
     pub(crate) profiles: Vec<Profile>,
     pub(crate) names: Names,
-    pub(crate) meta: Meta,
-    pub(crate) meta_checked_ms: u64,
     pub(crate) keys: KeyRegistry<KeyLocal>,
     pub(crate) metrics: Metrics,
+    /// The sleep-window jitter.
     pub(crate) rng: SplitMix64,
-    pub(crate) bins: Vec<(u64, u64)>,
-    pub(crate) enc: Vec<u8>,
-    pub(crate) name_buf: String,
+    /// Where keys' shared state lives ([`crate::slots`]).
+    pub(crate) slots: SlotTable,
+    /// The sidecar's reset totals as this VM last read them ([`crate::resets`]).
+    pub(crate) resets: ResetView,
+    pub(crate) scratch: Scratch,
+    /// The key of the request decided last (for the local reply).
     key_buf: String,
-    pub(crate) warned_no_slot: bool,
-    /// Sequence of the last kernel reset totals this VM attributed.
-    pub(crate) resets_seen: Option<u64>,
-    /// The last published totals as read (to skip decoding an unchanged entry) and decoded.
-    pub(crate) reset_bytes: Vec<u8>,
-    pub(crate) reset_totals: Option<std::rc::Rc<std::collections::HashMap<String, u64>>>,
-    /// How long a CLOSED key must have been idle before its slot may be taken over.
-    pub(crate) takeover_idle_ms: u64,
-    /// Slot searches left until the next tick ([`SLOT_SEARCHES_PER_TICK`]).
-    pub(crate) slot_searches_left: u32,
 }
 
-fn geometry(b: &BreakerConfig) -> Geometry {
-    Geometry {
-        bucket_ms: bucket_ms(b),
-        buckets: b.buckets.max(1),
-        threshold_us: threshold_us(b).unwrap_or(0),
-    }
-}
-
-/// Milliseconds from `earlier` to `now_ms`; "very long" when the wall clock stepped back past
-/// `earlier`, so periodic work is due again at once instead of stalling until the clock catches up.
-pub(crate) fn since(now_ms: u64, earlier: u64) -> u64 {
-    now_ms.checked_sub(earlier).unwrap_or(u64::MAX)
+/// Buffers reused across calls so the request path does not allocate: encoding, histogram
+/// merges, entry names.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub bins: Vec<(u64, u64)>,
+    pub enc: Vec<u8>,
+    pub name: String,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -189,7 +178,7 @@ impl<H: Host> Engine<H> {
                 breaker: b.clone(),
                 retry: CompiledRetry::new(r),
                 budget: r.budget.clone(),
-                geometry: geometry(b),
+                geometry: Geometry::of(b),
             };
         let mut profiles = vec![profile(cfg.mode, &cfg.breaker, &cfg.retry)];
         profiles.extend(
@@ -204,26 +193,15 @@ impl<H: Host> Engine<H> {
             .unwrap_or(0);
         let mut e = Engine {
             host,
-            needs: std::rc::Rc::new(crate::request::Needs::of(&cfg)),
+            needs: std::rc::Rc::new(crate::needs::Needs::of(&cfg)),
             keys: KeyRegistry::new(cfg.max_keys),
             metrics: Metrics::new(cfg.max_keys),
             names: Names::new(plugin),
-            meta: Meta {
-                seeds: Vec::new(),
-                sizes: Vec::new(),
-            },
-            meta_checked_ms: 0,
             rng: SplitMix64(seed),
-            bins: Vec::new(),
-            enc: Vec::new(),
-            name_buf: String::new(),
+            slots: SlotTable::new(longest_window.max(MIN_TAKEOVER_IDLE_MS)),
+            resets: ResetView::default(),
+            scratch: Scratch::default(),
             key_buf: String::new(),
-            warned_no_slot: false,
-            resets_seen: None,
-            reset_bytes: Vec::new(),
-            reset_totals: None,
-            takeover_idle_ms: longest_window.max(MIN_TAKEOVER_IDLE_MS),
-            slot_searches_left: SLOT_SEARCHES_PER_TICK,
             profiles,
             cfg,
         };
@@ -239,13 +217,13 @@ impl<H: Host> Engine<H> {
             seeds: vec![SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64()],
             sizes: vec![self.cfg.max_keys],
         };
-        first.encode(&mut self.enc);
-        shared::create_if_absent(&self.host, &meta_name, &self.enc);
+        first.encode(&mut self.scratch.enc);
+        shared::create_if_absent(&self.host, &meta_name, &self.scratch.enc);
         let max_keys = self.cfg.max_keys;
         let meta = cas_update(
             &self.host,
             &meta_name,
-            &mut self.enc,
+            &mut self.scratch.enc,
             Meta::decode,
             Meta::encode,
             |m| {
@@ -258,7 +236,7 @@ impl<H: Host> Engine<H> {
             },
             |_, last| last.unwrap_or_else(|| first.clone()),
         );
-        self.meta = meta;
+        self.slots.meta = meta;
         shared::create_if_absent(&self.host, &self.names.label_count(), b"0");
         let empty_state = SlotState::default().encode();
         let mut geometries: Vec<Geometry> = Vec::new();
@@ -269,10 +247,7 @@ impl<H: Host> Engine<H> {
         }
         let mut empty_windows = Vec::new();
         for g in &geometries {
-            let mut w = Window::new(g.buckets, 0);
-            w.bucket_ms = g.bucket_ms;
-            w.threshold_us = g.threshold_us;
-            empty_windows.push((*g, w.encode()));
+            empty_windows.push((*g, g.empty_window(0).encode()));
         }
         let mut name = String::new();
         for slot in 0..self.cfg.max_keys {
@@ -325,7 +300,7 @@ impl<H: Host> Engine<H> {
             return true;
         }
         let profile = self.profile_for(parts);
-        let Some(recorder) = Recorder::new(threshold_us(&self.profile(profile).breaker)) else {
+        let Some(flow) = Local::new(&self.profile(profile).breaker, now_ms) else {
             return false;
         };
         if self.keys.len() >= self.keys.capacity() {
@@ -340,9 +315,8 @@ impl<H: Host> Engine<H> {
             slot: None,
             slot_tried_ms: None,
             profile,
-            recorder,
+            flow,
             label: other,
-            last_flush_ms: now_ms,
             last_activity_ms: now_ms,
             activity_written: None,
             budget_ok: true,
@@ -350,8 +324,9 @@ impl<H: Host> Engine<H> {
             state: State::Closed,
             new_hosts: Vec::new(),
         };
-        let idle =
-            |l: &KeyLocal| l.in_flight == 0 && l.recorder.is_empty() && l.state == State::Closed;
+        let idle = |l: &KeyLocal| {
+            l.in_flight == 0 && l.flow.recorder.is_empty() && l.state == State::Closed
+        };
         if self.keys.insert(key, local, now_ms, idle).is_err() {
             return false;
         }
@@ -361,20 +336,6 @@ impl<H: Host> Engine<H> {
             l.label = label;
         }
         true
-    }
-
-    /// [`Engine::find_slot`] within this tick's search budget. Once it is spent, only the slot
-    /// the key already holds is looked up ([`Engine::find_own_slot`]: reads, no claim), and
-    /// `Err(())` says that no free slot was sought, so the key asks again.
-    fn search_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Result<Option<u32>, ()> {
-        if self.slot_searches_left == 0 {
-            return match self.find_own_slot(key, profile, now_ms) {
-                Some(slot) => Ok(Some(slot)),
-                None => Err(()),
-            };
-        }
-        self.slot_searches_left -= 1;
-        Ok(self.find_slot(key, profile, now_ms))
     }
 
     /// Decides a request: the key, the decision, the retry plan. Writes nothing to the request.
@@ -434,20 +395,29 @@ impl<H: Host> Engine<H> {
                 .slot_tried_ms
                 .is_none_or(|t| since(now_ms, t) >= SLOT_RETRY_MS)
         {
-            // A key new here looks for its slot; B6: one that lost (or never got) it asks again, at most
-            // once a second.
-            let searched = self.search_slot(key, profile, now_ms);
-            slot = searched.unwrap_or(None);
-            if searched == Ok(None) && !self.warned_no_slot {
-                self.warned_no_slot = true;
+            // A key new here looks for its slot; one that lost (or never got) it asks again, at
+            // most once a second (it used to pass unguarded until evicted locally).
+            let mut at = Shared {
+                host: &self.host,
+                names: &self.names,
+                scratch: &mut self.scratch,
+                max_keys: self.cfg.max_keys,
+            };
+            let searched = self.slots.search(&mut at, key, now_ms);
+            if searched == SlotSearch::NoneFree && !self.slots.warned_no_slot {
+                self.slots.warned_no_slot = true;
                 log::warn!(
                     "meshbreaker: no free slot for key {key} (max_keys={}): its requests pass unguarded until one frees",
                     self.cfg.max_keys
                 );
             }
+            slot = match searched {
+                SlotSearch::Found(s) => Some(s),
+                _ => None,
+            };
             if let Some(l) = self.keys.peek_mut(key) {
                 l.slot = slot;
-                l.slot_tried_ms = searched.is_ok().then_some(now_ms);
+                l.slot_tried_ms = (searched != SlotSearch::BudgetSpent).then_some(now_ms);
             }
         }
         let mode = self.profile(profile).mode;
@@ -574,83 +544,34 @@ impl<H: Host> Engine<H> {
         label: LabelId,
         now_ms: u64,
     ) -> Decision {
-        let mut name = std::mem::take(&mut self.name_buf);
+        let mut name = std::mem::take(&mut self.scratch.name);
         self.names.state(slot, &mut name);
-        let p = &self.profiles[profile.min(self.profiles.len() - 1)];
-        let (mode, bcfg) = (p.mode, &p.breaker);
-        // The CLOSED fast path: the key name and the state byte, no decode, no allocation. A
-        // CLOSED circuit allows and changes nothing (in enforce and dry_run alike).
-        let first = self.host.get_shared(&name);
-        if let Some(b) = first.0.as_deref() {
-            if let Ok((k, State::Closed)) = SlotState::peek(b) {
-                if k == key.as_bytes() {
-                    self.name_buf = name;
-                    if let Some(l) = self.keys.peek_mut(key) {
-                        l.state = State::Closed;
-                    }
-                    return Decision::Allow;
-                }
-            }
-        }
-        enum Seen {
-            Lost,
-            Decided(Decision, Option<Transition>, State),
-            Failed(Decision),
-        }
-        let seen = shared::cas_update_from(
-            &self.host,
-            &name,
-            Some(first),
-            &mut self.enc,
-            |b| SlotState::decode(b).ok(),
-            SlotState::encode_into,
-            |st| {
-                if st.key != key {
-                    return Update::Keep(Seen::Lost);
-                }
-                let step = st.breaker.decide(mode, bcfg, now_ms);
-                let r = Seen::Decided(step.decision, step.transition, st.breaker.state);
-                if step.changed {
-                    Update::Write(r)
-                } else {
-                    Update::Keep(r)
-                }
-            },
-            |why, last| {
-                // B7: fail open only from CLOSED; from OPEN/HALF_OPEN reject, retry-after 1.
-                let reason = last
-                    .as_ref()
-                    .and_then(|st| st.breaker.reason)
-                    .unwrap_or(TripReason::ErrorRate);
-                match last {
-                    Some(st) if st.key == key && st.breaker.state != State::Closed => {
-                        let r = Rejection {
-                            reason,
-                            retry_after_s: 1,
-                        };
-                        Seen::Failed(if mode == Mode::DryRun {
-                            Decision::DryRunReject(r)
-                        } else {
-                            Decision::Reject(r)
-                        })
-                    }
-                    _ => {
-                        if why == Exhausted::Undecodable {
-                            // Someone else's entry (another version): not ours to use or change.
-                            Seen::Lost
-                        } else {
-                            Seen::Failed(Decision::Allow)
-                        }
-                    }
-                }
-            },
+        let p = self.profiles.get(profile).unwrap_or(&self.profiles[0]);
+        let mut store = Entries {
+            host: &self.host,
+            state: &name,
+            window: &name,
+        };
+        let seen = flow::admit(
+            &mut store,
+            key,
+            p.mode,
+            &p.breaker,
+            now_ms,
+            &mut self.scratch.enc,
         );
-        self.name_buf = name;
+        self.scratch.name = name;
         match seen {
-            Seen::Lost => {
+            Admitted::Lost => {
                 // The slot was taken over (only possible while this key was CLOSED and idle):
                 // look for a slot again, now or within a second.
-                let again = self.find_slot(key, profile, now_ms);
+                let mut at = Shared {
+                    host: &self.host,
+                    names: &self.names,
+                    scratch: &mut self.scratch,
+                    max_keys: self.cfg.max_keys,
+                };
+                let again = self.slots.find(&mut at, key, now_ms);
                 if let Some(l) = self.keys.peek_mut(key) {
                     l.slot = again;
                     l.slot_tried_ms = Some(now_ms);
@@ -660,18 +581,22 @@ impl<H: Host> Engine<H> {
                     _ => Decision::Allow,
                 }
             }
-            Seen::Decided(d, t, state) => {
+            Admitted::Decided {
+                decision: d,
+                transition,
+                state,
+            } => {
                 if let Some(l) = self.keys.peek_mut(key) {
                     l.state = state;
                 }
-                if let Some(t) = t {
+                if let Some(t) = transition {
                     self.on_transition(key, &t, label, None);
                     self.metrics
                         .gauge(&self.host, label, Gauge::State, state.gauge() as u64);
                 }
                 d
             }
-            Seen::Failed(d) => d,
+            Admitted::Failed(d) => d,
         }
     }
 
@@ -691,23 +616,7 @@ impl<H: Host> Engine<H> {
             State::Closed => Counter::ToClosed,
         };
         self.metrics.inc(label, counter, 1);
-        let reason = t
-            .reason
-            .map(TripReason::as_str)
-            .unwrap_or("probes_succeeded");
-        let (from, to) = (t.from.as_str(), t.to.as_str());
-        let figures = figures.unwrap_or("");
-        let sep = if figures.is_empty() { "" } else { " " };
-        if t.to == State::Open {
-            log::info!(
-                "meshbreaker: transition key={key} from={from} to={to} reason={reason} open_for_ms={}{sep}{figures}",
-                t.open_for_ms
-            );
-        } else {
-            log::info!(
-                "meshbreaker: transition key={key} from={from} to={to} reason={reason}{sep}{figures}"
-            );
-        }
+        log::info!("{}", TransitionLine::of(key, t, figures.unwrap_or("")));
     }
 
     /// The key of the request [`Engine::on_request`] decided last (for the local reply).
@@ -753,36 +662,26 @@ impl<H: Host> Engine<H> {
                 local.new_hosts.push(h);
             }
         }
-        let p = &self.profiles[profile.min(self.profiles.len() - 1)];
-        let failure = outcome.failure(&p.breaker.failure);
-        let epoch = now_ms / p.geometry.bucket_ms.max(1);
+        let p = self.profile(profile);
+        let (failure, geometry) = (outcome.failure(&p.breaker.failure), p.geometry);
         if let (Some(id), Some(slot)) = (probe, slot) {
-            let success = failure.is_none() && outcome.retried_attempts() == 0;
+            let success = flow::probe_succeeded(outcome, failure);
             if let Some(key) = self.keys.at_mut(at).map(|(k, _)| k.to_string()) {
                 self.complete_probe(&key, slot, id, success, profile, now_ms);
             }
         }
-        let (recorded, due) = match self.keys.at_mut(at) {
-            Some((_, l)) => {
-                let recorded = l.recorder.record(epoch, outcome, failure).is_ok();
-                (
-                    recorded,
-                    !recorded
-                        || l.recorder.is_full()
-                        || crate::engine::since(now_ms, l.last_flush_ms) >= FLUSH_MS,
-                )
-            }
-            None => return,
+        let Some((_, l)) = self.keys.at_mut(at) else {
+            return;
         };
-        if due {
+        let recorded = l.flow.record(outcome, failure, &geometry, now_ms);
+        if recorded.due {
             let Some(key) = self.keys.at_mut(at).map(|(k, _)| k.to_string()) else {
                 return;
             };
             self.flush_key(&key, now_ms);
-            if !recorded {
-                if let Some((_, l)) = self.keys.at_mut(at) {
-                    let _ = l.recorder.record(epoch, outcome, failure);
-                }
+            if let Some((_, l)) = self.keys.at_mut(at) {
+                l.flow
+                    .record_after_flush(outcome, failure, &geometry, now_ms, recorded);
             }
         }
     }
@@ -801,34 +700,29 @@ impl<H: Host> Engine<H> {
             .get(key)
             .map(|l| l.label)
             .unwrap_or_else(|| self.metrics.other(&self.host));
-        let mut name = std::mem::take(&mut self.name_buf);
+        let mut name = std::mem::take(&mut self.scratch.name);
         self.names.state(slot, &mut name);
-        let bcfg = &self.profiles[profile.min(self.profiles.len() - 1)].breaker;
-        let mut rng = self.rng.clone();
-        // Exhaustion drops the outcome: the probe's slot is reclaimed after sleep_window.
-        let t = cas_update(
-            &self.host,
-            &name,
-            &mut self.enc,
-            |b| SlotState::decode(b).ok(),
-            SlotState::encode_into,
-            |st| {
-                if st.key != key {
-                    return Update::Keep(None);
-                }
-                let mut r = rng.clone();
-                match st.breaker.complete_probe(id, success, bcfg, now_ms, &mut r) {
-                    Some(t) => {
-                        rng = r;
-                        Update::Write(Some((t, st.breaker.state)))
-                    }
-                    None => Update::Keep(None),
-                }
-            },
-            |_, _| None,
+        let bcfg = &self
+            .profiles
+            .get(profile)
+            .unwrap_or(&self.profiles[0])
+            .breaker;
+        let mut store = Entries {
+            host: &self.host,
+            state: &name,
+            window: &name,
+        };
+        let t = flow::complete_probe(
+            &mut store,
+            key,
+            id,
+            success,
+            bcfg,
+            now_ms,
+            &mut self.rng,
+            &mut self.scratch.enc,
         );
-        self.name_buf = name;
-        self.rng = rng;
+        self.scratch.name = name;
         if let Some((t, state)) = t {
             let figures = if success {
                 "probe_success=true"
@@ -853,7 +747,7 @@ impl<H: Host> Engine<H> {
         for (k, l) in self.keys.iter() {
             // The name twice (slot and index), the slot (value and links), an index entry.
             bytes += 2 * k.len() + std::mem::size_of::<KeyLocal>() + 48 + 2 * 24;
-            bytes += l.recorder.heap_bytes();
+            bytes += l.flow.recorder.heap_bytes();
             bytes += l.new_hosts.iter().map(|h| h.capacity() + 24).sum::<usize>();
         }
         bytes += self.metrics.heap_bytes();

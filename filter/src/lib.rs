@@ -18,6 +18,7 @@ pub mod engine;
 pub mod flush;
 pub mod host;
 pub mod metrics;
+pub mod needs;
 pub mod request;
 pub mod resets;
 pub mod shared;

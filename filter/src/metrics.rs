@@ -76,27 +76,44 @@ impl Metrics {
         if let Some(&i) = self.index.get(label) {
             return i;
         }
-        let tag = |name: &str| format!("key=.={label};.;{name}");
-        let dec = |d: &str| format!("key=.={label};.;decision=.={d};.;meshbreaker_requests_total");
-        let to = |t: &str| format!("key=.={label};.;to=.={t};.;meshbreaker_transitions_total");
+        use policy_core::metrics as names;
+        let tag = |name: &str| format!("{}=.={label};.;{name}", names::KEY);
+        let dec = |d: &str| {
+            format!(
+                "{}=.={label};.;{}=.={d};.;{}",
+                names::KEY,
+                names::DECISION,
+                names::REQUESTS_TOTAL
+            )
+        };
+        let to = |t: &str| {
+            format!(
+                "{}=.={label};.;{}=.={t};.;{}",
+                names::KEY,
+                names::TO,
+                names::TRANSITIONS_TOTAL
+            )
+        };
         let c = |n: String| host.define_metric(MetricKind::Counter, &n);
         let g = |n: String| host.define_metric(MetricKind::Gauge, &n);
+        let [allowed, rejected, probe, dry_run_reject] = names::DECISIONS;
+        let [open, half_open, closed] = names::TRANSITIONS_TO;
         let m = LabelMetrics {
             counters: [
-                c(dec("allowed")),
-                c(dec("rejected")),
-                c(dec("probe")),
-                c(dec("dry_run_reject")),
-                c(to("open")),
-                c(to("half_open")),
-                c(to("closed")),
-                c(tag("meshbreaker_retry_budget_denied_total")),
-                c(tag("meshbreaker_kernel_resets_total")),
+                c(dec(allowed)),
+                c(dec(rejected)),
+                c(dec(probe)),
+                c(dec(dry_run_reject)),
+                c(to(open)),
+                c(to(half_open)),
+                c(to(closed)),
+                c(tag(names::RETRY_BUDGET_DENIED_TOTAL)),
+                c(tag(names::KERNEL_RESETS_TOTAL)),
             ],
             gauges: [
-                g(tag("meshbreaker_state")),
-                g(tag("meshbreaker_error_rate_ppm")),
-                g(tag("meshbreaker_latency_p95_ms")),
+                g(tag(names::STATE)),
+                g(tag(names::ERROR_RATE_PPM)),
+                g(tag(names::LATENCY_P95_MS)),
             ],
             pending: [0; COUNTERS],
             dirty: false,

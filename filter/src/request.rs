@@ -4,7 +4,7 @@
 //! Everything a client or an upstream sends is bytes: header values may hold obs-text (0x80–0xFF),
 //! so every read goes through the byte getters and is parsed byte-wise with bounds (a number too
 //! long or out of range is "absent", never a panic). Only what the configuration needs is read,
-//! decided once at configure time ([`Needs`]), and property paths are serialized once
+//! decided once at configure time ([`crate::needs::Needs`]), and property paths are serialized once
 //! ([`PropertyPath`] constants) rather than per request.
 //!
 //! Attempts: Envoy's router counts every upstream attempt in the stream info; `on_log` reads it
@@ -17,12 +17,12 @@
 //! clock step cannot turn in-flight requests into slow ones; the wall clock is only the fallback.
 
 use policy_core::breaker::{Decision, Rejection};
-use policy_core::config::Config;
 use policy_core::retry::{HeaderLookup, RequestView};
 use policy_core::window::Outcome;
 
 use crate::engine::{Engine, KeyParts};
 use crate::host::{parse_pairs, Host, Map};
+use crate::needs::Needs;
 
 /// A property path in proxy-wasm's serialization: the segments joined by NUL bytes.
 pub type PropertyPath = &'static [u8];
@@ -35,66 +35,9 @@ pub const REQUEST_DURATION: PropertyPath = b"request\0duration";
 pub const UPSTREAM_ADDRESS: PropertyPath = b"upstream\0address";
 pub const PLUGIN_NAME: PropertyPath = b"plugin_name";
 
-/// Envoy response flags (its legacy bit values, what `response.flags` holds) that mean the
-/// upstream connection failed or was reset: `UR` upstream remote reset 0x10, `UF` upstream
-/// connection failure 0x20, `UC` upstream connection termination 0x40, and `UPE` upstream
-/// protocol error 0x800000 — what Envoy 1.40 flags when an HTTP/1.1 upstream resets the
-/// connection in the middle of its response body (status 200 already sent downstream: without
-/// this flag such a request looks like a success).
-pub const RESET_FLAGS: u64 = 0x10 | 0x20 | 0x40 | 0x80_0000;
-
-/// What the configuration makes the filter read per request, computed at configure time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub cluster: bool,
-    pub route: bool,
-    pub authority: bool,
-    pub method: bool,
-    pub path: bool,
-    /// Header names some policy matches on (lower case).
-    pub match_headers: Vec<String>,
-    /// `response.flags`: some breaker counts upstream resets.
-    pub response_flags: bool,
-    /// `upstream.address`: only with `reset_signals`.
-    pub upstream_address: bool,
-}
-
-impl Needs {
-    pub fn of(cfg: &Config) -> Needs {
-        use policy_core::config::{KeyBy, OverrideMatch};
-        let mut n = Needs {
-            cluster: matches!(cfg.key_by, KeyBy::Cluster | KeyBy::ClusterRoute),
-            route: matches!(cfg.key_by, KeyBy::Route | KeyBy::ClusterRoute),
-            authority: cfg.key_by == KeyBy::Authority,
-            upstream_address: cfg.reset_signals.is_some(),
-            response_flags: cfg.breaker.failure.upstream_resets,
-            ..Needs::default()
-        };
-        let mut retries = vec![&cfg.retry];
-        for o in &cfg.overrides {
-            match o.matcher {
-                OverrideMatch::Cluster(_) => n.cluster = true,
-                OverrideMatch::Route(_) => n.route = true,
-                OverrideMatch::Authority(_) => n.authority = true,
-            }
-            n.response_flags |= o.breaker.failure.upstream_resets;
-            retries.push(&o.retry);
-        }
-        for r in retries {
-            for p in &r.policies {
-                n.method |= !p.matcher.methods.is_empty();
-                n.path |= p.matcher.path_prefix.is_some();
-                for (h, _) in &p.matcher.headers {
-                    let h = h.to_ascii_lowercase();
-                    if !n.match_headers.contains(&h) {
-                        n.match_headers.push(h);
-                    }
-                }
-            }
-        }
-        n
-    }
-}
+/// Envoy response flags (legacy bit values, what `response.flags` holds) that mean the upstream
+/// connection failed or was reset ([`policy_core::window::UPSTREAM_RESET_FLAGS`]).
+pub const RESET_FLAGS: u64 = policy_core::window::UPSTREAM_RESET_BITS;
 
 /// The longest prefix of `b` that is UTF-8. A method, path or content-type with obs-text still
 /// matches on its text part; nothing panics.
@@ -134,6 +77,109 @@ impl HeaderLookup for ReadHeaders<'_> {
         self.0
             .iter()
             .any(|(n, v)| n.eq_ignore_ascii_case(name) && *v == Some(value.as_bytes()))
+    }
+}
+
+/// The request headers one decision reads, by name, however they were fetched: with one
+/// `header_pairs` call when that saves host calls, else with single header calls.
+struct RequestHeaders<'a> {
+    authority: Option<&'a [u8]>,
+    method: Option<&'a [u8]>,
+    path: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
+    /// The headers policies match on, in [`Needs::match_headers`] order.
+    matched: Vec<(&'a str, Option<&'a [u8]>)>,
+    /// Bit `i`: the client sent `ROUTER_RETRY_HEADERS[i]` (all ones when not known: single
+    /// reads do not look).
+    retry_headers_present: u8,
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// Whether one `header_pairs` call costs fewer host calls than single reads: the headers
+    /// the key and the policies need, `content-type`, and the client's retry headers to strip.
+    fn pairs_pay_off(n: &Needs, strips: bool) -> bool {
+        let singles = usize::from(n.authority)
+            + usize::from(n.method)
+            + usize::from(n.path)
+            + 1
+            + n.match_headers.len();
+        singles + if strips { 3 } else { 0 } >= 2
+    }
+
+    /// From the parsed `header_pairs` map.
+    fn from_pairs(n: &'a Needs, pairs: &[(&'a [u8], &'a [u8])]) -> RequestHeaders<'a> {
+        let find = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name.as_bytes())
+                .map(|(_, v)| *v)
+        };
+        RequestHeaders {
+            authority: find(":authority").filter(|_| n.authority),
+            method: find(":method").filter(|_| n.method),
+            path: find(":path").filter(|_| n.path),
+            content_type: find("content-type"),
+            matched: n
+                .match_headers
+                .iter()
+                .map(|h| (h.as_str(), find(h)))
+                .collect(),
+            retry_headers_present: policy_core::retry::ROUTER_RETRY_HEADERS
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| find(h).is_some())
+                .fold(0u8, |m, (i, _)| m | (1 << i)),
+        }
+    }
+
+    /// From single reads.
+    fn from_singles(n: &'a Needs, s: &'a Singles) -> RequestHeaders<'a> {
+        RequestHeaders {
+            authority: s.authority.as_deref(),
+            method: s.method.as_deref(),
+            path: s.path.as_deref(),
+            content_type: s.content_type.as_deref(),
+            matched: n
+                .match_headers
+                .iter()
+                .zip(&s.matched)
+                .map(|(h, v)| (h.as_str(), v.as_deref()))
+                .collect(),
+            retry_headers_present: u8::MAX,
+        }
+    }
+}
+
+/// The request headers read one host call each (what [`RequestHeaders::from_singles`] borrows).
+#[derive(Default)]
+struct Singles {
+    authority: Option<Vec<u8>>,
+    method: Option<Vec<u8>>,
+    path: Option<Vec<u8>>,
+    content_type: Option<Vec<u8>>,
+    matched: Vec<Option<Vec<u8>>>,
+}
+
+impl Singles {
+    fn read<H: Host>(host: &H, n: &Needs) -> Singles {
+        let header = |need: bool, name: &str| {
+            if need {
+                host.header(Map::RequestHeaders, name)
+            } else {
+                None
+            }
+        };
+        Singles {
+            authority: header(n.authority, ":authority"),
+            method: header(n.method, ":method"),
+            path: header(n.path, ":path"),
+            content_type: header(true, "content-type"),
+            matched: n
+                .match_headers
+                .iter()
+                .map(|h| host.header(Map::RequestHeaders, h))
+                .collect(),
+        }
     }
 }
 
@@ -198,97 +244,39 @@ impl Exchange {
                 None
             }
         };
-        let header = |need: bool, name: &str| {
-            if need {
-                e.host.header(Map::RequestHeaders, name)
-            } else {
-                None
-            }
-        };
         // A refcount, not a copy: the names policies match on stay borrowed across the decision.
         let n = e.needs.clone();
         let cluster = prop(n.cluster, CLUSTER_NAME);
         let route = prop(n.route, ROUTE_NAME);
         // One call for every request header when that saves calls: what the key and the policies
         // need, and which client retry headers are present (only those are removed).
-        let singles = usize::from(n.authority)
-            + usize::from(n.method)
-            + usize::from(n.path)
-            + 1
-            + n.match_headers.len();
-        let use_pairs = singles + if e.strips_any() { 3 } else { 0 } >= 2;
-        let pairs_buf = if use_pairs {
+        let strips = e.strips_any();
+        let pairs_buf = if RequestHeaders::pairs_pay_off(&n, strips) {
             e.host.header_pairs(Map::RequestHeaders)
         } else {
             None
         };
-        let pairs = pairs_buf.as_deref().map(parse_pairs).unwrap_or_default();
-        let find = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name.as_bytes())
-                .map(|(_, v)| *v)
+        let pairs = pairs_buf.as_deref().map(parse_pairs);
+        let singles = match pairs {
+            Some(_) => Singles::default(),
+            None => Singles::read(&e.host, &n),
         };
-        let single = |need: bool, name: &str| if use_pairs { None } else { header(need, name) };
-        let owned = [
-            single(n.authority, ":authority"),
-            single(n.method, ":method"),
-            single(n.path, ":path"),
-            single(true, "content-type"),
-        ];
-        let owned_matched: Vec<Option<Vec<u8>>> = if use_pairs {
-            Vec::new()
-        } else {
-            n.match_headers
-                .iter()
-                .map(|h| e.host.header(Map::RequestHeaders, h))
-                .collect()
+        let headers = match &pairs {
+            Some(p) => RequestHeaders::from_pairs(&n, p),
+            None => RequestHeaders::from_singles(&n, &singles),
         };
-        let get = |i: usize, name: &str| -> Option<&[u8]> {
-            if use_pairs {
-                find(name)
-            } else {
-                owned[i].as_deref()
-            }
-        };
-        let authority = get(0, ":authority").filter(|_| n.authority);
-        let method = get(1, ":method").filter(|_| n.method);
-        let path = get(2, ":path").filter(|_| n.path);
-        let content_type = get(3, "content-type");
-        let matched: Vec<(&str, Option<&[u8]>)> = n
-            .match_headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let v = if use_pairs {
-                    find(h)
-                } else {
-                    owned_matched.get(i).and_then(|v| v.as_deref())
-                };
-                (h.as_str(), v)
-            })
-            .collect();
-        let present = if use_pairs {
-            policy_core::retry::ROUTER_RETRY_HEADERS
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| find(h).is_some())
-                .fold(0u8, |m, (i, _)| m | (1 << i))
-        } else {
-            u8::MAX
-        };
-        let lookup = ReadHeaders(&matched);
+        let lookup = ReadHeaders(&headers.matched);
         let view = RequestView {
-            method: text(method.unwrap_or_default()),
-            path: text(path.unwrap_or_default()),
-            content_type: content_type.map(text),
+            method: text(headers.method.unwrap_or_default()),
+            path: text(headers.path.unwrap_or_default()),
+            content_type: headers.content_type.map(text),
             headers: &lookup,
         };
         self.grpc = view.is_grpc();
         let parts = KeyParts {
             cluster: text(cluster.as_deref().unwrap_or_default()),
             route: text(route.as_deref().unwrap_or_default()),
-            authority: text(authority.unwrap_or_default()),
+            authority: text(headers.authority.unwrap_or_default()),
         };
         let a = e.on_request(&parts, &view, now_ms);
         match a.decision {
@@ -307,7 +295,7 @@ impl Exchange {
             Decision::Probe(id) => self.probe = Some(id),
             Decision::Allow | Decision::PassThrough => {}
         }
-        e.apply_retry_headers(&a, present);
+        e.apply_retry_headers(&a, headers.retry_headers_present);
         self.record = a.record;
         self.max_attempts = a.max_attempts.max(1);
         self.local = a.local;

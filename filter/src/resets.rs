@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use policy_core::config::ResetSignals;
+use policy_core::config::{ResetSignals, MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
 use policy_core::encoding::ResetTotals;
 use policy_core::resets::{parse_snapshot, ResetTracker};
 
@@ -69,12 +69,11 @@ impl Poller {
         }
     }
 
-    /// The poll interval in milliseconds, clamped to SPEC's 100ms–60s (config enforces it; the
+    /// The poll interval in milliseconds, clamped to the configuration's range (100ms–60s) (config enforces it; the
     /// clamp keeps the lease arithmetic bounded whatever built the `ResetSignals`).
     fn poll_ms(&self) -> u64 {
-        u64::try_from(self.cfg.poll_interval.as_millis())
-            .unwrap_or(u64::MAX)
-            .clamp(100, 60_000)
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        ms(self.cfg.poll_interval).clamp(ms(MIN_POLL_INTERVAL), ms(MAX_POLL_INTERVAL))
     }
 
     /// The holder and expiry of the lease entry, if it is well-formed.
@@ -283,6 +282,38 @@ impl Poller {
                 _ => return,
             }
         }
+    }
+}
+
+/// The sidecar's reset totals as this VM last read them from shared data: decoded only when the
+/// published bytes change, and looked up by every flush.
+#[derive(Default)]
+pub(crate) struct ResetView {
+    /// Sequence of the last totals this VM attributed.
+    pub seen: Option<u64>,
+    /// The last published totals as read (to skip decoding an unchanged entry) and decoded.
+    pub bytes: Vec<u8>,
+    pub totals: Option<std::rc::Rc<HashMap<String, u64>>>,
+}
+
+impl ResetView {
+    /// Reads the published totals (one shared read) and decodes them only when their bytes
+    /// changed. True when the sequence moved (every placed key then takes its share).
+    pub fn refresh<H: Host>(&mut self, host: &H, names: &Names) -> bool {
+        let Some(bytes) = host.get_shared(&names.resets()).0 else {
+            return false;
+        };
+        if bytes == self.bytes {
+            return false;
+        }
+        let Ok(t) = ResetTotals::decode(&bytes) else {
+            return false;
+        };
+        self.bytes = bytes;
+        let changed = self.seen != Some(t.sequence);
+        self.seen = Some(t.sequence);
+        self.totals = Some(std::rc::Rc::new(t.peers.into_iter().collect()));
+        changed
     }
 }
 

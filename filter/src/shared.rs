@@ -15,24 +15,14 @@
 
 use std::fmt::Write as _;
 
-use policy_core::keys;
+use policy_core::{flow, keys};
 
 use crate::host::{Host, SetError};
 
-/// Compare-and-swap attempts before one update gives up (contention across workers).
-pub const CAS_ATTEMPTS: usize = 16;
+pub use policy_core::flow::{newer, Exhausted, Geometry, Update, CAS_ATTEMPTS};
 
 /// The encoding generation in entry names; bump with `policy_core::encoding::VERSION`.
 const NAME_VERSION: &str = "v2";
-
-/// A window's geometry: what its epochs and `slow` counts mean.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Geometry {
-    pub bucket_ms: u64,
-    pub buckets: u32,
-    /// 0 when the latency trip is off.
-    pub threshold_us: u64,
-}
 
 /// Shared-data entry names, prefixed per plugin so two plugins in one Envoy never collide.
 #[derive(Debug, Clone)]
@@ -83,34 +73,9 @@ impl Names {
     }
 }
 
-/// What the update function decided.
-pub enum Update<R> {
-    /// Write the changed value back (with CAS), then return `R`.
-    Write(R),
-    /// Nothing to write: return `R`.
-    Keep(R),
-    /// What was read is stale in a way only a fresh read can fix (another entry it depends on
-    /// moved on): read again, as after a CAS mismatch.
-    Again,
-}
-
-/// Why an update did not complete; the caller's exhaustion policy decides what that means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exhausted {
-    /// The entry does not exist (it should have been created at configure time). Never written:
-    /// a write would be blind.
-    Absent,
-    /// The entry does not decode (another filter version, or damage). Never written, never read
-    /// as free: it is someone else's.
-    Undecodable,
-    /// [`CAS_ATTEMPTS`] writes in a row lost their compare-and-swap.
-    Contention,
-    /// The host refused the write.
-    HostFailed,
-}
-
-/// Read-modify-write of one shared entry with compare-and-swap: reads `name`, decodes it, lets `f`
-/// change it, and writes it back only with the token it was read with, retrying on a mismatch.
+/// Read-modify-write of one shared entry with compare-and-swap ([`policy_core::flow::cas_update`]
+/// on the entry `name`): reads it, decodes it, lets `f` change it, and writes it back only with
+/// the token it was read with, retrying on a mismatch.
 ///
 /// `on_exhausted` is the explicit policy for when that cannot complete; it gets the last value
 /// that decoded (if any), so a caller can, say, fail open only when that value was CLOSED.
@@ -120,53 +85,59 @@ pub fn cas_update<H: Host, T, R>(
     enc: &mut Vec<u8>,
     decode: impl Fn(&[u8]) -> Option<T>,
     encode: impl Fn(&T, &mut Vec<u8>),
-    f: impl FnMut(&mut T) -> Update<R>,
-    on_exhausted: impl FnOnce(Exhausted, Option<T>) -> R,
-) -> R {
-    cas_update_from(host, name, None, enc, decode, encode, f, on_exhausted)
-}
-
-/// A host read: the value and its CAS token.
-pub type Read = (Option<Vec<u8>>, Option<u32>);
-
-/// [`cas_update`] starting from a read the caller already made (`first`), so a fast path that
-/// looked at the entry does not read it twice.
-#[allow(clippy::too_many_arguments)]
-pub fn cas_update_from<H: Host, T, R>(
-    host: &H,
-    name: &str,
-    mut first: Option<Read>,
-    enc: &mut Vec<u8>,
-    decode: impl Fn(&[u8]) -> Option<T>,
-    encode: impl Fn(&T, &mut Vec<u8>),
     mut f: impl FnMut(&mut T) -> Update<R>,
     on_exhausted: impl FnOnce(Exhausted, Option<T>) -> R,
 ) -> R {
-    let mut last = None;
-    for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = first.take().unwrap_or_else(|| host.get_shared(name));
-        let (Some(bytes), Some(cas)) = (bytes, cas) else {
-            return on_exhausted(Exhausted::Absent, last);
-        };
-        let Some(mut value) = decode(&bytes) else {
-            return on_exhausted(Exhausted::Undecodable, last);
-        };
-        match f(&mut value) {
-            Update::Keep(r) => return r,
-            Update::Again => continue,
-            Update::Write(r) => {
-                encode(&value, enc);
-                match host.set_shared(name, enc, Some(cas)) {
-                    Ok(()) => return r,
-                    Err(SetError::CasMismatch) => last = Some(value),
-                    Err(SetError::Failed) => {
-                        return on_exhausted(Exhausted::HostFailed, Some(value))
-                    }
-                }
-            }
-        }
+    let mut entry = Entries {
+        host,
+        state: name,
+        window: name,
+    };
+    flow::cas_update(
+        &mut entry,
+        flow::Entry::State,
+        None,
+        enc,
+        decode,
+        encode,
+        |_, v| f(v),
+        on_exhausted,
+    )
+}
+
+/// A key's two shared entries (its state `s/<slot>` and its window `w/<geometry>/<slot>`) as the
+/// flow's store: reads and compare-and-swap writes on proxy-wasm shared data.
+pub struct Entries<'a, H: Host> {
+    pub host: &'a H,
+    pub state: &'a str,
+    pub window: &'a str,
+}
+
+impl<H: Host> flow::Store for Entries<'_, H> {
+    fn read(&mut self, entry: flow::Entry) -> flow::Read {
+        self.host.get_shared(match entry {
+            flow::Entry::State => self.state,
+            flow::Entry::Window => self.window,
+        })
     }
-    on_exhausted(Exhausted::Contention, last)
+
+    fn write(
+        &mut self,
+        entry: flow::Entry,
+        bytes: &[u8],
+        version: Option<u32>,
+    ) -> Result<(), flow::WriteError> {
+        let name = match entry {
+            flow::Entry::State => self.state,
+            flow::Entry::Window => self.window,
+        };
+        self.host
+            .set_shared(name, bytes, version)
+            .map_err(|e| match e {
+                SetError::CasMismatch => flow::WriteError::Mismatch,
+                SetError::Failed => flow::WriteError::Failed,
+            })
+    }
 }
 
 /// Creates `name` with `value` if it does not exist. Only for configure time (see the module
@@ -282,11 +253,6 @@ pub fn slot_hash(seed: u64, key: &str) -> u64 {
     h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     h ^ (h >> 31)
-}
-
-/// Wrapping comparison of window generations: true when `a` is newer than `b`.
-pub fn newer(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
 }
 
 #[cfg(test)]

@@ -17,37 +17,77 @@
 
 use policy_core::breaker::{BreakerState, State};
 use policy_core::encoding::SlotState;
+use policy_core::flow::takeover_allowed;
 
-use crate::engine::Engine;
+use crate::engine::Scratch;
 use crate::host::Host;
-use crate::shared::{cas_update, slot_hash, Update};
+use crate::shared::{cas_update, slot_hash, Meta, Names, Update};
 
 /// Slots probed per key. Changing it moves keys to other slots on the next configuration.
 pub const PROBE_SLOTS: u32 = 8;
 
-impl<H: Host> Engine<H> {
+/// What a slot search found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotSearch {
+    Found(u32),
+    /// Every probed slot is busy.
+    NoneFree,
+    /// The tick's search budget is spent and the key holds no slot: it asks again.
+    BudgetSpent,
+}
+
+/// The shared entries a search reads and claims: the host, the entry names, the buffers.
+pub(crate) struct Shared<'a, H: Host> {
+    pub host: &'a H,
+    pub names: &'a Names,
+    pub scratch: &'a mut Scratch,
+    /// The current table size (`max_keys`).
+    pub max_keys: u32,
+}
+
+impl<H: Host> Shared<'_, H> {
     fn read_slot(&mut self, slot: u32) -> Option<SlotState> {
-        let mut name = std::mem::take(&mut self.name_buf);
-        self.names.state(slot, &mut name);
-        let (v, _) = self.host.get_shared(&name);
-        self.name_buf = name;
+        self.names.state(slot, &mut self.scratch.name);
+        let (v, _) = self.host.get_shared(&self.scratch.name);
         SlotState::decode(&v?).ok()
     }
+}
 
+impl SlotTable {
     /// Finds or claims the slot of `key`. `None` when every probed slot is busy.
-    pub(crate) fn find_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Option<u32> {
-        self.locate(key, profile, now_ms, true)
+    pub fn find<H: Host>(&self, at: &mut Shared<'_, H>, key: &str, now_ms: u64) -> Option<u32> {
+        self.locate(at, key, now_ms, true)
     }
 
-    /// Finds the slot `key` already holds in the current table, claiming nothing: what a key
-    /// new to this worker still gets when the tick's search budget is spent, so that a flood of
-    /// new keys can never let an OPEN or HALF_OPEN key through unguarded.
-    pub(crate) fn find_own_slot(&mut self, key: &str, profile: usize, now_ms: u64) -> Option<u32> {
-        self.locate(key, profile, now_ms, false)
+    /// [`SlotTable::find`] within this tick's search budget. Once it is spent, only the slot the
+    /// key already holds in the current table is looked up (reads, no claim): a flood of new keys
+    /// can never let an OPEN or HALF_OPEN key through unguarded.
+    pub fn search<H: Host>(
+        &mut self,
+        at: &mut Shared<'_, H>,
+        key: &str,
+        now_ms: u64,
+    ) -> SlotSearch {
+        let found = if self.searches_left == 0 {
+            match self.locate(at, key, now_ms, false) {
+                Some(slot) => return SlotSearch::Found(slot),
+                None => return SlotSearch::BudgetSpent,
+            }
+        } else {
+            self.searches_left -= 1;
+            self.locate(at, key, now_ms, true)
+        };
+        found.map_or(SlotSearch::NoneFree, SlotSearch::Found)
     }
 
-    fn locate(&mut self, key: &str, _profile: usize, now_ms: u64, claim: bool) -> Option<u32> {
-        let current = self.cfg.max_keys.max(1);
+    fn locate<H: Host>(
+        &self,
+        at: &mut Shared<'_, H>,
+        key: &str,
+        now_ms: u64,
+        claim: bool,
+    ) -> Option<u32> {
+        let current = at.max_keys.max(1);
         let mut sizes = self.meta.sizes.clone();
         if sizes.last() != Some(&current) {
             sizes.push(current);
@@ -66,7 +106,7 @@ impl<H: Host> Engine<H> {
                 let start = (h % u64::from(n)) as u32;
                 for i in 0..PROBE_SLOTS.min(n) {
                     let slot = (start + i) % n;
-                    let Some(st) = self.read_slot(slot) else {
+                    let Some(st) = at.read_slot(slot) else {
                         continue;
                     };
                     if st.key == key {
@@ -110,13 +150,13 @@ impl<H: Host> Engine<H> {
         victims.sort_unstable();
         let candidates = free.into_iter().chain(victims.into_iter().map(|v| v.1));
         for slot in candidates {
-            let mut name = std::mem::take(&mut self.name_buf);
-            self.names.state(slot, &mut name);
+            let mut name = std::mem::take(&mut at.scratch.name);
+            at.names.state(slot, &mut name);
             let inherited = inherit.clone();
             let got = cas_update(
-                &self.host,
+                at.host,
                 &name,
-                &mut self.enc,
+                &mut at.scratch.enc,
                 |b| SlotState::decode(b).ok(),
                 SlotState::encode_into,
                 |st| {
@@ -141,7 +181,7 @@ impl<H: Host> Engine<H> {
                 },
                 |_, _| false,
             );
-            self.name_buf = name;
+            at.scratch.name = name;
             if got {
                 return Some(slot);
             }
@@ -150,11 +190,31 @@ impl<H: Host> Engine<H> {
     }
 }
 
-/// A slot may be taken over only from a CLOSED key with no probe in flight that has been idle
-/// for longer than `idle_ms`. A `last_active_ms` in the future (the clock stepped back) is not idle.
-fn takeover_allowed(st: &SlotState, now_ms: u64, idle_ms: u64) -> bool {
-    st.breaker.state == State::Closed
-        && st.breaker.probes.is_empty()
-        && now_ms >= st.last_active_ms
-        && now_ms - st.last_active_ms > idle_ms
+/// This VM's view of the slot table: the table description it last read, and the budget and
+/// warnings of its searches.
+pub(crate) struct SlotTable {
+    /// The seeds and table sizes keys may have been placed under (`…/meta`).
+    pub meta: Meta,
+    pub meta_checked_ms: u64,
+    /// How long a CLOSED key must have been idle before its slot may be taken over.
+    pub takeover_idle_ms: u64,
+    /// Slot searches left until the next tick ([`crate::engine::SLOT_SEARCHES_PER_TICK`]).
+    pub searches_left: u32,
+    /// A key found no free slot once (warned once per VM).
+    pub warned_no_slot: bool,
+}
+
+impl SlotTable {
+    pub fn new(takeover_idle_ms: u64) -> SlotTable {
+        SlotTable {
+            meta: Meta {
+                seeds: Vec::new(),
+                sizes: Vec::new(),
+            },
+            meta_checked_ms: 0,
+            takeover_idle_ms,
+            searches_left: crate::engine::SLOT_SEARCHES_PER_TICK,
+            warned_no_slot: false,
+        }
+    }
 }

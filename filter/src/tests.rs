@@ -485,7 +485,7 @@ fn kernel_resets_published_for_a_learned_host_trip_the_key() {
     assert_eq!(metric(&host, "c", "meshbreaker_kernel_resets_total"), 11);
 }
 
-// ---------------------------------------------------------------- B1: bytes, never a panic
+// ---------------------------------------------------------------- header bytes, never a panic
 
 #[test]
 fn non_utf8_header_values_never_panic() {
@@ -604,7 +604,7 @@ fn a_response_cut_by_an_upstream_reset_is_a_failure_whatever_its_status() {
     }
 }
 
-// ---------------------------------------------------------------- B5: attempts
+// ---------------------------------------------------------------- attempt counts
 
 #[test]
 fn a_forged_attempt_count_from_the_upstream_is_clamped_to_the_policy() {
@@ -666,7 +666,7 @@ fn probes_and_budget_denied_requests_count_one_attempt() {
     assert_eq!(st.breaker.successes, 1);
 }
 
-// ---------------------------------------------------------------- B2 / B6: slots under churn
+// ---------------------------------------------------------------- slots under churn
 
 const CHURN: &str = r#"{"key_by":"authority","max_keys":8,"breaker":{"window":"2s","buckets":4,"min_requests":5,
     "error_rate_threshold":0.5,"sleep_window":"30s","max_sleep_window":"60s"}}"#;
@@ -748,7 +748,7 @@ fn closed_key_loses_its_slot_only_after_idling_longer_than_the_window() {
 
 #[test]
 fn key_that_lost_its_slot_gets_one_back() {
-    // B6: a key whose slot was taken over used to pass unguarded until evicted locally.
+    // A key whose slot was taken over used to pass unguarded until evicted locally.
     let host = FakeHost::default();
     let cfg = r#"{"key_by":"authority","max_keys":1,"breaker":{"window":"1s","buckets":2,"min_requests":5,"error_rate_threshold":0.5}}"#;
     let mut a = engine(&host, cfg, 1);
@@ -786,7 +786,7 @@ fn a_full_registry_spends_no_label_and_no_slot() {
 
 #[test]
 fn undecodable_state_entry_is_never_treated_as_free() {
-    // B10: a state entry that does not decode (another version, damage) used to read as free.
+    // A state entry that does not decode (another version, damage) used to read as free.
     let host = FakeHost::default();
     let cfg = r#"{"max_keys":1}"#;
     let mut e = engine(&host, cfg, 1);
@@ -801,7 +801,7 @@ fn undecodable_state_entry_is_never_treated_as_free() {
     );
 }
 
-// ---------------------------------------------------------------- B7 / B8 / B11: races
+// ---------------------------------------------------------------- races between workers
 
 #[test]
 fn cas_exhaustion_fails_open_only_from_closed() {
@@ -832,7 +832,7 @@ fn cas_exhaustion_in_half_open_does_not_bypass_the_probe_quota() {
 
 #[test]
 fn two_workers_claiming_one_free_slot_never_overwrite_each_other() {
-    // B8: the first write to a never-written slot was blind and could erase a claim.
+    // The first write to a never-written slot was blind and could erase a claim.
     let host = FakeHost::default();
     let cfg = r#"{"key_by":"authority","max_keys":1}"#;
     let mut a = engine(&host, cfg, 1);
@@ -869,7 +869,7 @@ fn every_runtime_write_targets_an_entry_created_at_configure() {
 
 #[test]
 fn a_circuit_closed_between_a_merge_and_its_trip_is_not_reopened() {
-    // B11: maybe_trip re-read the state and tripped a circuit that had just closed.
+    // A trip once re-read the state and tripped a circuit that had just closed.
     let host = FakeHost::default();
     let mut a = engine(&host, FAST, 1);
     for i in 0..5 {
@@ -899,7 +899,7 @@ fn a_circuit_closed_between_a_merge_and_its_trip_is_not_reopened() {
 
 #[test]
 fn a_stale_state_read_does_not_wipe_a_newer_window() {
-    // B11: a flush that read the state before a close reset the freshly closed window.
+    // A flush that read the state before a close reset the freshly closed window.
     let host = FakeHost::default();
     let mut a = engine(&host, FAST, 1);
     let mut b = engine(&host, FAST, 2);
@@ -934,7 +934,7 @@ fn a_stale_state_read_does_not_wipe_a_newer_window() {
     assert_eq!(w.totals(0).samples, 5, "and a's sample joined them");
 }
 
-// ---------------------------------------------------------------- B3: reloads
+// ---------------------------------------------------------------- reloads
 
 #[test]
 fn window_change_on_reload_restarts_the_window() {
@@ -1017,7 +1017,7 @@ fn old_and_new_configurations_draining_side_by_side_do_not_blind_each_other() {
     assert!(exchange(&mut b, 2_100, &get("c"), &ok()).rejected());
 }
 
-// ---------------------------------------------------------------- B4: clock steps
+// ---------------------------------------------------------------- clock steps
 
 #[test]
 fn a_clock_step_back_never_holds_a_circuit_open_past_max_sleep_window() {
@@ -1076,7 +1076,7 @@ fn latency_comes_from_the_stream_timer_not_the_wall_clock() {
     assert!(exchange(&mut e, 1_201, &get("c"), &ok()).admitted);
 }
 
-// ---------------------------------------------------------------- B9: hosts
+// ---------------------------------------------------------------- upstream hosts
 
 #[test]
 fn upstream_hosts_are_normalized_and_non_ip_addresses_dropped() {
@@ -1114,7 +1114,7 @@ fn hosts_are_learned_only_with_reset_signals_and_a_long_address_never_breaks_the
     e.on_tick(200);
     assert!(
         exchange(&mut e, 201, &get("c"), &ok()).rejected(),
-        "B9: a long address used to wipe the window"
+        "a long address used to wipe the window"
     );
     let (slot, _) = slot_of(&host, "c").unwrap();
     assert!(window_of(&host, FAST, slot).hosts.is_empty());
@@ -1123,7 +1123,7 @@ fn hosts_are_learned_only_with_reset_signals_and_a_long_address_never_breaks_the
 // ---------------------------------------------------------------- host calls per request
 
 /// Host calls and shared-data operations per request, default configuration, for the three
-/// states (issue 13): a change that adds any fails here.
+/// states (memory per key is bounded): a change that adds any fails here.
 #[test]
 fn host_calls_per_request_are_pinned_for_the_default_config() {
     let host = FakeHost::default();
@@ -1218,7 +1218,7 @@ fn workers_that_raced_to_seed_the_slot_hash_settle_on_the_open_slot() {
 
 #[test]
 fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
-    // Issue 13: a dense 12 KiB histogram per key and worker made 10,000 keys cost 160 MiB.
+    // A dense 12 KiB histogram per key and worker made 10,000 keys cost 160 MiB.
     // What a key holds in this VM: its registry entry (name twice, the value), its recorder's
     // latencies (at most RECORDER_MAX_SAMPLES between merges), its label's ids and name.
     use policy_core::window::RECORDER_MAX_SAMPLES;
@@ -1237,7 +1237,7 @@ fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
 
 #[test]
 fn a_plugin_going_away_hands_over_its_unmerged_samples() {
-    // B3: unflushed recorders (up to 100 ms per worker) died with an old root on reload.
+    // Unflushed recorders (up to 100 ms per worker) died with an old root on reload.
     let host = FakeHost::default();
     let mut old = engine(&host, FAST, 1);
     for i in 0..5 {
@@ -1330,7 +1330,7 @@ fn an_open_key_new_to_a_worker_is_rejected_while_its_search_budget_is_spent() {
     for i in 0..200u64 {
         exchange(&mut b, 202, &auth(&format!("flood{i}.example")), &ok());
     }
-    assert_eq!(b.slot_searches_left, 0);
+    assert_eq!(b.slots.searches_left, 0);
     let seen = exchange(&mut b, 203, &auth("victim.example"), &ok());
     assert!(
         !seen.admitted,

@@ -41,6 +41,13 @@ impl State {
         self as i64
     }
 
+    /// The state named `s` ([`State::as_str`]).
+    pub fn parse(s: &str) -> Option<State> {
+        [State::Closed, State::Open, State::HalfOpen]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+
     pub fn from_u8(v: u8) -> Option<State> {
         match v {
             0 => Some(State::Closed),
@@ -159,6 +166,25 @@ fn ms(d: std::time::Duration) -> u64 {
 
 fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
+}
+
+/// The sleep window after a failed probe: doubled, capped at `max_sleep_window`.
+pub fn doubled_sleep_ms(sleep_ms: u64, cfg: &BreakerConfig) -> u64 {
+    let doubled = sleep_ms.max(ms(cfg.sleep_window)).saturating_mul(2);
+    doubled.min(ms(cfg.max_sleep_window))
+}
+
+/// Every sleep window (before jitter) a breaker under `cfg` can be in: `sleep_window`, doubled per
+/// re-trip from HALF_OPEN, capped at `max_sleep_window`.
+pub fn sleep_sequence(cfg: &BreakerConfig) -> Vec<u64> {
+    let max = ms(cfg.max_sleep_window);
+    let mut s = ms(cfg.sleep_window).min(max);
+    let mut out = vec![s];
+    while s < max && s > 0 {
+        s = doubled_sleep_ms(s, cfg);
+        out.push(s);
+    }
+    out
 }
 
 /// The longest an OPEN period can last under `cfg`: `max_sleep_window` × (1 + [`JITTER_SPREAD`]),
@@ -298,8 +324,7 @@ impl BreakerState {
                 open_for_ms: 0,
             });
         }
-        let doubled = self.sleep_ms.max(ms(cfg.sleep_window)).saturating_mul(2);
-        self.sleep_ms = doubled.min(ms(cfg.max_sleep_window));
+        self.sleep_ms = doubled_sleep_ms(self.sleep_ms, cfg);
         Some(self.open(
             self.reason.unwrap_or(TripReason::ErrorRate),
             State::HalfOpen,
@@ -390,8 +415,139 @@ impl Transition {
     }
 }
 
+/// The info line the filter logs at every transition, and what the replay's live comparison and
+/// the tests read back: `meshbreaker: transition key=<key> from=<state> to=<state>
+/// reason=<reason>[ open_for_ms=<n>][ <figures>]`. One definition for both sides, so the format
+/// cannot drift from its parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionLine {
+    pub key: String,
+    pub from: State,
+    pub to: State,
+    /// The trip's reason (kept through HALF_OPEN and closing), or `probes_succeeded`.
+    pub reason: String,
+    /// For transitions into OPEN: how long it stays open, jitter included.
+    pub open_for_ms: Option<u64>,
+    /// The rest of the line: the window's figures on trips, the probe's outcome on probes.
+    pub figures: String,
+}
+
+impl TransitionLine {
+    /// What marks the line in a log.
+    pub const PREFIX: &'static str = "meshbreaker: transition ";
+
+    /// The line of transition `t` of `key`.
+    pub fn of(key: &str, t: &Transition, figures: &str) -> TransitionLine {
+        TransitionLine {
+            key: key.to_string(),
+            from: t.from,
+            to: t.to,
+            reason: t
+                .reason
+                .map_or("probes_succeeded", TripReason::as_str)
+                .to_string(),
+            open_for_ms: (t.to == State::Open).then_some(t.open_for_ms),
+            figures: figures.to_string(),
+        }
+    }
+
+    /// Reads the transition in a log line (anything before [`TransitionLine::PREFIX`], such as
+    /// Envoy's own prefix, is skipped). `None` for a line without it; `Err` for one that has it
+    /// but not the fields.
+    pub fn find(line: &str) -> Option<Result<TransitionLine, String>> {
+        let (_, rest) = line.split_once(Self::PREFIX)?;
+        Some(Self::parse_fields(rest))
+    }
+
+    fn parse_fields(rest: &str) -> Result<TransitionLine, String> {
+        let (mut key, mut from, mut to, mut reason, mut open_for_ms) =
+            (None, None, None, None, None);
+        let mut figures: Vec<&str> = Vec::new();
+        for w in rest.split_whitespace() {
+            match w.split_once('=') {
+                Some(("key", v)) => key = Some(v),
+                Some(("from", v)) => from = Some(v),
+                Some(("to", v)) => to = Some(v),
+                Some(("reason", v)) => reason = Some(v),
+                Some(("open_for_ms", v)) => open_for_ms = Some(v),
+                _ => figures.push(w),
+            }
+        }
+        let state = |v: Option<&str>, f: &str| {
+            let v = v.ok_or_else(|| format!("no {f}="))?;
+            State::parse(v).ok_or_else(|| format!("unknown {f}= state"))
+        };
+        Ok(TransitionLine {
+            key: key.ok_or("no key=")?.to_string(),
+            from: state(from, "from")?,
+            to: state(to, "to")?,
+            reason: reason.ok_or("no reason=")?.to_string(),
+            open_for_ms: match open_for_ms {
+                Some(v) => Some(v.parse().map_err(|_| "open_for_ms not a number")?),
+                None => None,
+            },
+            figures: figures.join(" "),
+        })
+    }
+}
+
+impl std::fmt::Display for TransitionLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}key={} from={} to={} reason={}",
+            Self::PREFIX,
+            self.key,
+            self.from.as_str(),
+            self.to.as_str(),
+            self.reason
+        )?;
+        if let Some(ms) = self.open_for_ms {
+            write!(f, " open_for_ms={ms}")?;
+        }
+        if !self.figures.is_empty() {
+            write!(f, " {}", self.figures)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn transition_lines_read_back_what_they_write() {
+        let t = Transition {
+            from: State::Closed,
+            to: State::Open,
+            reason: Some(TripReason::LatencyP95),
+            open_for_ms: 1176,
+        };
+        let line = TransitionLine::of("outbound|80||a", &t, "samples=239 p95_ms=302");
+        let text = format!("[1796116425.412][7][info][wasm] {line}");
+        assert_eq!(
+            line.to_string(),
+            "meshbreaker: transition key=outbound|80||a from=closed to=open reason=latency_p95 open_for_ms=1176 samples=239 p95_ms=302"
+        );
+        assert_eq!(TransitionLine::find(&text), Some(Ok(line)));
+        let close = Transition {
+            from: State::HalfOpen,
+            to: State::Closed,
+            reason: None,
+            open_for_ms: 0,
+        };
+        let line = TransitionLine::of("k", &close, "");
+        assert_eq!(
+            line.to_string(),
+            "meshbreaker: transition key=k from=half_open to=closed reason=probes_succeeded"
+        );
+        assert_eq!(TransitionLine::find(&line.to_string()), Some(Ok(line)));
+        assert_eq!(TransitionLine::find("[x] other"), None);
+        assert!(TransitionLine::find("meshbreaker: transition key=k")
+            .unwrap()
+            .is_err());
+    }
+
     use super::*;
     use crate::config::Config;
     use std::time::Duration;

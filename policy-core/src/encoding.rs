@@ -15,6 +15,7 @@
 //! and buckets dropped), so whatever a worker writes, every worker can read back.
 
 use crate::breaker::{BreakerState, Probe, State};
+use crate::keys::MAX_KEY_LEN;
 use crate::window::{
     Bucket, Counts, HostCursor, TripReason, Window, FAILURE_CLASSES, MAX_HOSTS_PER_KEY,
 };
@@ -25,10 +26,11 @@ const KIND_STATE: u8 = b'S';
 const KIND_WINDOW: u8 = b'W';
 const KIND_RESETS: u8 = b'R';
 
-/// Longest key (SPEC: keys are cut to 128 bytes).
-pub const MAX_KEY_BYTES: usize = 128;
-/// Bounds that decoding enforces on untrusted input, and encoding on what it writes.
-pub const MAX_PROBES: usize = 4096;
+/// Bounds that decoding enforces on untrusted input, and encoding on what it writes. Probes: room
+/// for the most a configuration allows in flight ([`crate::config::MAX_PROBES`]) with margin;
+/// lowering it under that would truncate a valid state.
+pub const MAX_ENCODED_PROBES: usize = 4096;
+const _: () = assert!(crate::config::MAX_PROBES as usize <= MAX_ENCODED_PROBES);
 pub const MAX_BUCKETS: usize = 60;
 pub const MAX_BINS_PER_BUCKET: usize = 8192;
 const MAX_HOST_BYTES: usize = crate::window::MAX_HOST_LEN;
@@ -201,7 +203,7 @@ impl SlotState {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         header(out, KIND_STATE);
         let key = self.key.as_bytes();
-        put_bytes(out, key.get(..key.len().min(MAX_KEY_BYTES)).unwrap_or(&[]));
+        put_bytes(out, key.get(..key.len().min(MAX_KEY_LEN)).unwrap_or(&[]));
         let b = &self.breaker;
         out.push(b.state as u8);
         out.push(reason_code(b.reason));
@@ -213,7 +215,7 @@ impl SlotState {
         put_varint(out, self.last_active_ms);
         let probes = b
             .probes
-            .get(..b.probes.len().min(MAX_PROBES))
+            .get(..b.probes.len().min(MAX_ENCODED_PROBES))
             .unwrap_or(&[]);
         put_varint(out, probes.len() as u64);
         for p in probes {
@@ -230,7 +232,7 @@ impl SlotState {
 
     pub fn decode(buf: &[u8]) -> Result<SlotState, DecodeError> {
         let mut r = Reader::new(buf, KIND_STATE)?;
-        let key = r.string(MAX_KEY_BYTES, "key")?;
+        let key = r.string(MAX_KEY_LEN, "key")?;
         let state = State::from_u8(r.byte()?).ok_or(DecodeError::BadValue("state"))?;
         let reason = reason_from(r.byte()?)?;
         let open_until_ms = r.varint()?;
@@ -239,7 +241,7 @@ impl SlotState {
         let successes = r.u32("successes")?;
         let generation = r.u32("generation")?;
         let last_active_ms = r.varint()?;
-        let n = r.len(MAX_PROBES, "probes")?;
+        let n = r.len(MAX_ENCODED_PROBES, "probes")?;
         let mut probes = Vec::with_capacity(n.min(16));
         for _ in 0..n {
             let id = r.u32("probe id")?;
@@ -269,7 +271,7 @@ impl SlotState {
     /// decoding (or allocating) the rest: the CLOSED fast path of a request.
     pub fn peek(buf: &[u8]) -> Result<(&[u8], State), DecodeError> {
         let mut r = Reader::new(buf, KIND_STATE)?;
-        let n = r.len(MAX_KEY_BYTES, "key")?;
+        let n = r.len(MAX_KEY_LEN, "key")?;
         let end = r.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
         let key = buf.get(r.pos..end).ok_or(DecodeError::Truncated)?;
         r.pos = end;
@@ -657,8 +659,8 @@ mod tests {
         s.key = "k".repeat(500);
         s.breaker.probes = (0..5000).map(|id| Probe { id, started_ms: 1 }).collect();
         let d = SlotState::decode(&s.encode()).unwrap();
-        assert_eq!(d.key.len(), MAX_KEY_BYTES);
-        assert_eq!(d.breaker.probes.len(), MAX_PROBES);
+        assert_eq!(d.key.len(), MAX_KEY_LEN);
+        assert_eq!(d.breaker.probes.len(), MAX_ENCODED_PROBES);
         let mut w = sample_window();
         w.hosts.push(HostCursor {
             host: "/very/long/pipe/path/".repeat(10),

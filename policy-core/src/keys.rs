@@ -20,10 +20,30 @@
 
 use std::collections::HashMap;
 
-use crate::config::KeyBy;
-
 /// Longest key, in bytes (the key is pure ASCII, so also in characters).
 pub const MAX_KEY_LEN: usize = 128;
+
+/// What one breaker guards (the configuration's `key_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename_all = "snake_case"))]
+pub enum KeyBy {
+    Cluster,
+    Route,
+    ClusterRoute,
+    Authority,
+}
+
+impl KeyBy {
+    /// The names the configuration writes, in the order of [`KeyBy::ALL`].
+    pub const NAMES: [&'static str; 4] = ["cluster", "route", "cluster_route", "authority"];
+    pub const ALL: [KeyBy; 4] = [
+        KeyBy::Cluster,
+        KeyBy::Route,
+        KeyBy::ClusterRoute,
+        KeyBy::Authority,
+    ];
+}
 
 /// The `key` label of every key that arrived after the label budget was spent.
 pub const OTHER_LABEL: &str = "_other";

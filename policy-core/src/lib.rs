@@ -11,6 +11,8 @@
 //! - [`window`]: the time-bucketed sliding window (counts, exact P95 trip, reported P95);
 //! - [`breaker`]: the CLOSED / OPEN / HALF_OPEN state machine and per-request decisions;
 //! - [`encoding`]: the versioned byte encoding of a key's shared state (proxy-wasm shared data);
+//! - [`flow`]: one key's protocol across workers (admit, complete, merge, trip, probe) over a store;
+//! - [`metrics`]: the names of the metrics an operator sees;
 //! - [`resets`]: arithmetic on the sidecar's cumulative kernel reset counters.
 #![cfg_attr(
     not(test),
@@ -22,7 +24,9 @@
 pub mod breaker;
 pub mod config;
 pub mod encoding;
+pub mod flow;
 pub mod keys;
+pub mod metrics;
 pub mod resets;
 pub mod retry;
 pub mod window;

@@ -335,6 +335,28 @@ mod tests {
     }
 
     #[test]
+    fn parse_snapshot_reads_what_the_sidecar_writes() {
+        // The sidecar's own test writes exactly this body (`ebpf-sidecar/src/report.rs`).
+        let s = parse_snapshot(include_bytes!("../fixtures/v1_resets.json")).unwrap();
+        assert_eq!(
+            (s.started_at_ms, s.now_ms),
+            (1_700_000_000_123, 1_700_000_005_000)
+        );
+        let peers: Vec<(&str, u64, u64, u64, u64)> = s
+            .peers
+            .iter()
+            .map(|p| (p.peer.as_str(), p.resets, p.refused, p.timeouts, p.last_ms))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("10.0.0.5:8080", 1, 2, 3, 1_700_000_004_000),
+                ("[fd00::1]:443", 0, 0, 0, 1_700_000_001_000)
+            ]
+        );
+    }
+
+    #[test]
     fn parse_snapshot_reads_the_spec_example_body() {
         let body = br#"{"started_at_ms":1000,"now_ms":5000,"peers":[
             {"addr":"10.0.0.5","port":8080,"peer":"10.0.0.5:8080","resets":3,"refused":2,"timeouts":1,"last_ms":4000},

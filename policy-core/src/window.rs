@@ -165,6 +165,31 @@ pub fn threshold_us(cfg: &BreakerConfig) -> Option<u64> {
     cfg.latency_p95_threshold.map(|d| d.as_micros() as u64)
 }
 
+/// Envoy's response flags that make an attempt an upstream failure under `upstream_resets`, by
+/// their access-log name and their legacy bit (what the `response.flags` property holds): `UR`
+/// upstream remote reset, `UF` upstream connection failure, `UC` upstream connection
+/// termination, and `UPE` upstream protocol error (what Envoy 1.40 flags when an HTTP/1.1
+/// upstream resets in the middle of its response body, status 200 already sent downstream). The
+/// filter reads the bits, the replay the names: one list keeps them the same failures.
+pub const UPSTREAM_RESET_FLAGS: [(&str, u64); 4] =
+    [("UR", 0x10), ("UF", 0x20), ("UC", 0x40), ("UPE", 0x80_0000)];
+
+/// The bits of [`UPSTREAM_RESET_FLAGS`], or-ed.
+pub const UPSTREAM_RESET_BITS: u64 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < UPSTREAM_RESET_FLAGS.len() {
+        bits |= UPSTREAM_RESET_FLAGS[i].1;
+        i += 1;
+    }
+    bits
+};
+
+/// Whether the access-log flag `name` is one of [`UPSTREAM_RESET_FLAGS`].
+pub fn is_upstream_reset_flag(name: &str) -> bool {
+    UPSTREAM_RESET_FLAGS.iter().any(|(n, _)| *n == name)
+}
+
 /// The latencies a recorder holds before [`Recorder::is_full`] asks for a merge (1 KiB of `u32`).
 /// The filter merges at least every 100 ms anyway; this bounds a burst.
 pub const RECORDER_MAX_SAMPLES: usize = 256;

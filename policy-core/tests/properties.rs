@@ -11,11 +11,16 @@
 // Test code: a failed unwrap is a failed test (house rules allow it outside the library).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use policy_core::breaker::{BreakerState, Decision, Probe, SplitMix64, State, Transition};
 use policy_core::config::{BreakerConfig, Config, Mode};
 use policy_core::encoding::{DecodeError, SlotState};
+use policy_core::flow::{
+    self, Admitted, Entry, FlushInput, Flushed, Geometry, Local, Store, WriteError,
+};
 use policy_core::window::{
     bucket_ms, nearest_rank, threshold_us, trip_reason, Bucket, Counts, FailureClass, HostCursor,
     Outcome, Recorder, TripReason, Window, FAILURE_CLASSES, HIST_HIGHEST_US, MAX_HOSTS_PER_KEY,
@@ -23,101 +28,179 @@ use policy_core::window::{
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
-// Breaker: probe quota and legal transitions, with workers sharing the state through CAS on bytes.
+// The flow: probe quota, legal transitions, no lost trip, no double-counted sample, with workers
+// sharing the state and the window through CAS on bytes.
 // ---------------------------------------------------------------------------------------------
 
 /// Envoy's shared data as proxy-wasm-cpp-host implements it (`shared_data.cc`): one mutex, a CAS
 /// token per entry that changes on every write, and a token checked **only if the entry exists**
 /// (an absent entry is written blind; there is no create-if-absent). The filter creates its
 /// entries at configure time, so the model starts with them present.
+///
+/// Every write of the state entry is checked as it happens, so no intermediate state escapes:
+/// the probe quota, SPEC's state changes, no probe outside HALF_OPEN.
 #[derive(Default)]
 struct Envoy {
-    entries: std::collections::HashMap<&'static str, (Vec<u8>, u32)>,
+    entries: HashMap<String, (Vec<u8>, u32)>,
     next_token: u32,
+    /// The quota the state is checked against (0: not checked).
+    quota: usize,
+    last_state: Option<State>,
+    /// Invariant violations seen by writes.
+    broken: Vec<String>,
 }
 
 impl Envoy {
-    fn get(&self, key: &'static str) -> Option<(Vec<u8>, u32)> {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         self.entries.get(key).cloned()
     }
 
-    /// `Err(())` is CasMismatch.
-    fn set(&mut self, key: &'static str, value: Vec<u8>, cas: u32) -> Result<(), ()> {
+    /// `Err(())` is CasMismatch; `cas` 0 is no token.
+    fn set(&mut self, key: &str, value: Vec<u8>, cas: u32) -> Result<(), ()> {
         if let Some((_, token)) = self.entries.get(key) {
             if cas != 0 && cas != *token {
                 return Err(());
             }
         }
+        if key == STATE && self.quota > 0 {
+            self.check_state(&value);
+        }
         self.next_token = self.next_token.wrapping_add(1).max(1);
-        self.entries.insert(key, (value, self.next_token));
+        self.entries
+            .insert(key.to_string(), (value, self.next_token));
         Ok(())
+    }
+
+    fn check_state(&mut self, bytes: &[u8]) {
+        let Ok(st) = SlotState::decode(bytes) else {
+            self.broken.push("state does not decode".into());
+            return;
+        };
+        let b = &st.breaker;
+        if b.probes_in_flight() > self.quota {
+            self.broken.push(format!(
+                "{} probes in flight, quota {}",
+                b.probes_in_flight(),
+                self.quota
+            ));
+        }
+        if b.state != State::HalfOpen && b.probes_in_flight() > 0 {
+            self.broken
+                .push(format!("probes in flight in {:?}", b.state));
+        }
+        if let Some(last) = self.last_state {
+            if last != b.state && !legal_change(last, b.state) {
+                self.broken.push(format!("{last:?} -> {:?}", b.state));
+            }
+        }
+        self.last_state = Some(b.state);
     }
 }
 
-/// What a worker is doing: each host call (a read, then a write) is one scheduling step, so
-/// other workers' calls interleave between a worker's read and its write.
+const STATE: &str = "s/0";
+
+/// A worker's view of the key's entries, as the flow's store: the state, and the window of its
+/// configuration's geometry. Before its `at`-th host call it runs `between` (another worker's
+/// whole operation, or a clock step), so other workers write between its reads and its writes.
+struct View<'a> {
+    envoy: &'a RefCell<Envoy>,
+    window: String,
+    calls: usize,
+    at: usize,
+    between: Option<Box<dyn FnOnce() + 'a>>,
+}
+
+impl View<'_> {
+    fn interleave(&mut self) {
+        if self.calls == self.at {
+            if let Some(f) = self.between.take() {
+                f();
+            }
+        }
+        self.calls += 1;
+    }
+
+    fn name(&self, e: Entry) -> String {
+        match e {
+            Entry::State => STATE.to_string(),
+            Entry::Window => self.window.clone(),
+        }
+    }
+}
+
+impl Store for View<'_> {
+    fn read(&mut self, e: Entry) -> (Option<Vec<u8>>, Option<u32>) {
+        self.interleave();
+        match self.envoy.borrow().get(&self.name(e)) {
+            Some((b, t)) => (Some(b), Some(t)),
+            None => (None, None),
+        }
+    }
+
+    fn write(&mut self, e: Entry, bytes: &[u8], version: Option<u32>) -> Result<(), WriteError> {
+        self.interleave();
+        let name = self.name(e);
+        self.envoy
+            .borrow_mut()
+            .set(&name, bytes.to_vec(), version.unwrap_or(0))
+            .map_err(|()| WriteError::Mismatch)
+    }
+}
+
+/// What a worker does with the key.
 #[derive(Debug, Clone)]
 enum Job {
-    /// A request arrives: decide (OPEN→HALF_OPEN, probe admission) on the state entry.
-    Decide,
-    /// A probe this worker holds completes.
-    Complete { id: u32, success: bool },
-    /// A flush: merge this recorder into the window entry, then evaluate the trip for the
-    /// window's generation (two entries, read and written in the filter's order).
-    Flush { failed: u64, ok: u64 },
-}
-
-#[derive(Debug, Clone)]
-enum Phase {
-    /// The next step reads.
-    Read,
-    /// The next step writes these bytes with this token.
-    Write { bytes: Vec<u8>, token: u32 },
-}
-
-#[derive(Debug, Clone)]
-struct Running {
-    job: Job,
-    phase: Phase,
-    attempts: usize,
-    /// Flush: the window part is done; what is left is the trip on the state, for generation g
-    /// with these totals.
-    trip: Option<(u32, Counts)>,
-    /// Decide: the probe id the pending write admits.
-    admits: Option<u32>,
-    /// Flush: the recorder's samples, merged into the pending window write, and their epoch.
-    merging: u64,
-    epoch: u64,
+    /// A request arrives: admit it (OPEN→HALF_OPEN, probe admission).
+    Admit,
+    /// One of this worker's probes completes (`pick` chooses which).
+    Complete { pick: usize, success: bool },
+    /// Requests complete: `failed` failures and `ok` successes are recorded as the filter
+    /// records them, merged when due.
+    Record { failed: u64, ok: u64 },
+    /// The tick: the samples are merged if they are `flow::FLUSH_MS` old.
+    Tick,
+    /// A reload: the worker runs the other configuration (another window geometry).
+    Reload,
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Worker `w` starts a request (if idle).
-    Decide(usize),
-    /// Worker `w` completes one of its probes (if idle and holding one).
-    Complete {
+    /// Worker `w` runs `job`; before its `at`-th host call, the clock moves by `step_ms` (both
+    /// ways) and other workers run the jobs of `between`, one after another.
+    Run {
         worker: usize,
-        pick: usize,
-        success: bool,
+        job: Job,
+        at: usize,
+        between: Vec<(usize, Job)>,
+        step_ms: i64,
     },
-    /// Worker `w` starts a flush of `failed` failures and `ok` successes (if idle).
-    Flush { worker: usize, failed: u64, ok: u64 },
-    /// Worker `w` makes its next host call.
-    Step(usize),
     /// The wall clock moves forward.
     Forward(u64),
     /// The wall clock steps back (NTP).
     Back(u64),
 }
 
-fn op_strategy(workers: usize) -> impl Strategy<Value = Op> {
+fn job_strategy() -> impl Strategy<Value = Job> {
     prop_oneof![
-        4 => (0..workers).prop_map(Op::Decide),
-        3 => (0..workers, any::<usize>(), any::<bool>())
-            .prop_map(|(worker, pick, success)| Op::Complete { worker, pick, success }),
-        2 => (0..workers, 0u64..30, 0u64..30)
-            .prop_map(|(worker, failed, ok)| Op::Flush { worker, failed, ok }),
-        12 => (0..workers).prop_map(Op::Step),
+        4 => Just(Job::Admit),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, success)| Job::Complete { pick, success }),
+        3 => (0u64..30, 0u64..30).prop_map(|(failed, ok)| Job::Record { failed, ok }),
+        2 => Just(Job::Tick),
+        1 => Just(Job::Reload),
+    ]
+}
+
+fn op_strategy(workers: usize) -> impl Strategy<Value = Op> {
+    let step = prop_oneof![Just(0i64), -2_000i64..2_000, -7_200_000i64..40_000];
+    prop_oneof![
+        12 => (
+            0..workers,
+            job_strategy(),
+            0usize..6,
+            prop::collection::vec((0..workers, job_strategy()), 0..4),
+            step,
+        )
+            .prop_map(|(worker, job, at, between, step_ms)| Op::Run { worker, job, at, between, step_ms }),
         3 => prop_oneof![0u64..50, 0u64..2_000, 0u64..40_000].prop_map(Op::Forward),
         1 => prop_oneof![0u64..2_000, 0u64..7_200_000].prop_map(Op::Back),
     ]
@@ -133,9 +216,19 @@ fn breaker_cfg_strategy() -> impl Strategy<Value = BreakerConfig> {
             c.max_sleep_window = Duration::from_millis(sleep_ms * max_factor);
             c.min_requests = min_requests;
             c.error_rate_threshold = 0.5;
+            c.window = Duration::from_secs(10);
+            c.buckets = 10;
             c
         },
     )
+}
+
+/// The configuration a reload switches to: the same rules, another window geometry (so another
+/// window entry, as the filter names windows by geometry).
+fn reloaded(cfg: &BreakerConfig) -> BreakerConfig {
+    let mut c = cfg.clone();
+    c.buckets = 5;
+    c
 }
 
 /// SPEC's state changes; anything else is a bug.
@@ -177,246 +270,144 @@ fn check_transition(
     Ok(())
 }
 
-const STATE: &str = "s/0";
-const WINDOW: &str = "w/0";
-/// The filter's CAS_ATTEMPTS.
-const ATTEMPTS: usize = 16;
-/// The model's window: 10 buckets of 1 s.
-const BUCKET_MS: u64 = 1_000;
-const BUCKETS: u32 = 10;
-
-/// What the model checks at the end of a run.
-#[derive(Default, Debug)]
-struct Tally {
-    /// Samples whose window write succeeded, by the window generation they went into.
-    merged: std::collections::HashMap<u32, u64>,
-    /// Whether the clock ever stepped back or moved past the window since the first merge
-    /// (samples may then legitimately leave it).
-    lossy: bool,
-    first_epoch: Option<u64>,
+/// One worker: its configuration (0 or 1: reloaded), its unmerged samples, the probes it holds.
+struct Worker {
+    reloaded: bool,
+    local: Local,
+    held: Vec<u32>,
 }
 
-/// Runs `ops` over `workers` workers sharing one state entry and one window entry under Envoy's
-/// CAS rule, one host call per step, and checks after every step: the probes in flight never
-/// exceed the quota, every probe is held by exactly one worker, only SPEC transitions happen, a
-/// trip is never lost, and no sample is counted twice.
-fn run_shared(
-    cfg: &BreakerConfig,
-    workers: usize,
-    ops: &[Op],
-    seed: u64,
-) -> Result<(), TestCaseError> {
-    let mut envoy = Envoy::default();
-    envoy
-        .set(
-            STATE,
-            SlotState {
-                key: "k".into(),
-                ..Default::default()
-            }
-            .encode(),
-            0,
-        )
-        .unwrap();
-    envoy
-        .set(WINDOW, Window::new(BUCKETS, 0).encode(), 0)
-        .unwrap();
-    let mut jitter = SplitMix64(seed);
-    let mut now = 10_000_000u64;
-    let mut running: Vec<Option<Running>> = vec![None; workers];
-    let mut held: Vec<Vec<u32>> = vec![Vec::new(); workers];
-    let mut tally = Tally::default();
-    let mut last_state = State::Closed;
+/// The shared world of a run: Envoy, the clock, the workers, and what the checks count.
+struct World<'c> {
+    cfgs: [&'c BreakerConfig; 2],
+    envoy: RefCell<Envoy>,
+    now: Cell<u64>,
+    workers: Vec<RefCell<Worker>>,
+    jitter: RefCell<SplitMix64>,
+    /// Samples merged per window entry and generation (from the flushes that went through).
+    merged: RefCell<HashMap<(String, u32), u64>>,
+    /// The clock stepped back or moved a window on since the first sample was recorded: samples
+    /// may then legitimately leave the window (merged or not yet).
+    lossy: Cell<bool>,
+    first_sample_ms: Cell<Option<u64>>,
+    /// Errors found inside a job (a transition not matching its states, say).
+    broken: RefCell<Vec<String>>,
+}
 
-    for op in ops {
-        match *op {
-            Op::Forward(ms) => {
-                now += ms;
-                if tally
-                    .first_epoch
-                    .is_some_and(|e| now / BUCKET_MS >= e + u64::from(BUCKETS))
-                {
-                    tally.lossy = true;
-                }
-                continue;
-            }
-            Op::Back(ms) => {
-                now = now.saturating_sub(ms);
-                tally.lossy = true;
-                continue;
-            }
-            Op::Decide(w) if running[w].is_none() => {
-                running[w] = Some(Running::new(Job::Decide));
-            }
-            Op::Complete {
-                worker,
-                pick,
-                success,
-            } if running[worker].is_none() => {
-                if held[worker].is_empty() {
-                    continue;
-                }
-                let id = held[worker][pick % held[worker].len()];
-                running[worker] = Some(Running::new(Job::Complete { id, success }));
-            }
-            Op::Flush { worker, failed, ok } if running[worker].is_none() => {
-                running[worker] = Some(Running::new(Job::Flush { failed, ok }));
-            }
-            Op::Step(w) => {
-                if let Some(r) = running[w].take() {
-                    running[w] = step(
-                        cfg,
-                        &mut envoy,
-                        r,
-                        w,
-                        now,
-                        &mut jitter,
-                        &mut held,
-                        &mut tally,
-                    )?;
-                }
-            }
-            _ => continue,
+fn window_name(cfg: &BreakerConfig) -> String {
+    let g = Geometry::of(cfg);
+    format!("w/{}x{}t{}/0", g.bucket_ms, g.buckets, g.threshold_us)
+}
+
+impl<'c> World<'c> {
+    fn new(cfg: &'c BreakerConfig, reload: &'c BreakerConfig, workers: usize, seed: u64) -> Self {
+        let mut envoy = Envoy::default();
+        let st = SlotState {
+            key: "k".into(),
+            ..Default::default()
+        };
+        envoy.set(STATE, st.encode(), 0).unwrap();
+        for c in [cfg, reload] {
+            envoy
+                .set(&window_name(c), Geometry::of(c).empty_window(0).encode(), 0)
+                .unwrap();
         }
-        // After every step: the invariants of the shared state.
-        let st = SlotState::decode(&envoy.get(STATE).unwrap().0).unwrap();
-        let b = &st.breaker;
-        prop_assert!(
-            b.probes_in_flight() <= cfg.half_open_max_probes as usize,
-            "{} probes in flight, quota {}",
-            b.probes_in_flight(),
-            cfg.half_open_max_probes
-        );
-        if b.state != State::HalfOpen {
-            prop_assert_eq!(b.probes_in_flight(), 0);
-        }
-        for p in &b.probes {
-            let holders = held.iter().filter(|h| h.contains(&p.id)).count();
-            prop_assert_eq!(holders, 1, "probe {:?} held by {} workers", p, holders);
-        }
-        if b.state != last_state {
-            prop_assert!(
-                legal_change(last_state, b.state),
-                "{:?} -> {:?}",
-                last_state,
-                b.state
-            );
-            last_state = b.state;
-        }
-        // OPEN never lasts longer than max_sleep_window x 1.2 from now, whatever the clock did.
-        if b.state == State::Open && !b.open_is_over(cfg, now) {
-            prop_assert!(
-                b.open_until_ms - now <= policy_core::breaker::max_open_ms(cfg),
-                "open for {} more ms",
-                b.open_until_ms - now
-            );
-        }
-        // No sample counted twice (a retried CAS merges the recorder once); without clock steps
-        // or window-long jumps none is lost either.
-        let w = Window::decode(&envoy.get(WINDOW).unwrap().0).unwrap();
-        let in_window: u64 = w.buckets.iter().map(|b| b.counts.samples).sum();
-        let merged = tally.merged.get(&w.generation).copied().unwrap_or(0);
-        prop_assert!(
-            in_window <= merged,
-            "{} samples in the window, {} merged",
-            in_window,
-            merged
-        );
-        if !tally.lossy {
-            prop_assert_eq!(in_window, merged, "samples lost");
+        envoy.quota = cfg.half_open_max_probes as usize;
+        envoy.last_state = Some(State::Closed);
+        let now = 10_000_000u64;
+        World {
+            cfgs: [cfg, reload],
+            envoy: RefCell::new(envoy),
+            now: Cell::new(now),
+            workers: (0..workers)
+                .map(|_| {
+                    RefCell::new(Worker {
+                        reloaded: false,
+                        local: Local::new(cfg, now).unwrap(),
+                        held: Vec::new(),
+                    })
+                })
+                .collect(),
+            jitter: RefCell::new(SplitMix64(seed)),
+            merged: RefCell::new(HashMap::new()),
+            lossy: Cell::new(false),
+            first_sample_ms: Cell::new(None),
+            broken: RefCell::new(Vec::new()),
         }
     }
-    // Quiescence: every job runs to its end, then one more flush; no trip may be lost.
-    for _ in 0..10_000 {
-        if running.iter().all(Option::is_none) {
-            break;
+
+    fn step_clock(&self, delta: i64) {
+        let now = self.now.get();
+        if delta < 0 {
+            self.now.set(now.saturating_sub(delta.unsigned_abs()));
+            self.lossy.set(true);
+        } else {
+            self.now.set(now + delta as u64);
         }
-        for w in 0..workers {
-            if let Some(r) = running[w].take() {
-                running[w] = step(
+        if self.first_sample_ms.get().is_some_and(|f| {
+            // Samples leave the 10 s window after 9 s at the earliest (of the 2 s buckets).
+            self.now.get() >= f + 8_000
+        }) {
+            self.lossy.set(true);
+        }
+    }
+
+    /// Runs `job` on worker `w` through the flow, with `between` run before its `at`-th host call.
+    fn run(&self, w: usize, job: &Job, at: usize, between: Option<Box<dyn FnOnce() + '_>>) {
+        let Ok(mut worker) = self.workers[w].try_borrow_mut() else {
+            return; // this worker is the one being interleaved: a worker does one thing at a time
+        };
+        let cfg = self.cfgs[usize::from(worker.reloaded)];
+        let mut view = View {
+            envoy: &self.envoy,
+            window: window_name(cfg),
+            calls: 0,
+            at,
+            between,
+        };
+        let now = self.now.get();
+        let mut enc = Vec::new();
+        match *job {
+            Job::Admit => {
+                if let Admitted::Decided {
+                    decision: Decision::Probe(id),
+                    ..
+                } = flow::admit(&mut view, "k", Mode::Enforce, cfg, now, &mut enc)
+                {
+                    worker.held.push(id);
+                }
+            }
+            Job::Complete { pick, success } => {
+                if worker.held.is_empty() {
+                    return;
+                }
+                let n = worker.held.len();
+                let id = worker.held.remove(pick % n);
+                let mut jitter = self.jitter.borrow().clone();
+                let t = flow::complete_probe(
+                    &mut view,
+                    "k",
+                    id,
+                    success,
                     cfg,
-                    &mut envoy,
-                    r,
-                    w,
                     now,
                     &mut jitter,
-                    &mut held,
-                    &mut tally,
-                )?;
-            }
-        }
-    }
-    let mut last = Some(Running::new(Job::Flush { failed: 0, ok: 0 }));
-    while let Some(r) = last.take() {
-        last = step(
-            cfg,
-            &mut envoy,
-            r,
-            0,
-            now,
-            &mut jitter,
-            &mut held,
-            &mut tally,
-        )?;
-    }
-    let st = SlotState::decode(&envoy.get(STATE).unwrap().0).unwrap();
-    let w = Window::decode(&envoy.get(WINDOW).unwrap().0).unwrap();
-    let totals = w.totals(now / BUCKET_MS);
-    prop_assert!(
-        !(st.breaker.state == State::Closed
-            && w.generation == st.breaker.generation
-            && trip_reason(&totals, cfg).is_some()),
-        "trip lost: CLOSED with a tripping window {:?}",
-        totals
-    );
-    Ok(())
-}
-
-impl Running {
-    fn new(job: Job) -> Running {
-        Running {
-            job,
-            phase: Phase::Read,
-            attempts: 0,
-            trip: None,
-            admits: None,
-            merging: 0,
-            epoch: 0,
-        }
-    }
-}
-
-/// One host call of a running job. Returns the job if it is not finished.
-#[allow(clippy::too_many_arguments)]
-fn step(
-    cfg: &BreakerConfig,
-    envoy: &mut Envoy,
-    mut r: Running,
-    w: usize,
-    now: u64,
-    jitter: &mut SplitMix64,
-    held: &mut [Vec<u32>],
-    tally: &mut Tally,
-) -> Result<Option<Running>, TestCaseError> {
-    let window_part = matches!(r.job, Job::Flush { .. }) && r.trip.is_none();
-    let key = if window_part { WINDOW } else { STATE };
-    match std::mem::replace(&mut r.phase, Phase::Read) {
-        Phase::Read => {
-            let (bytes, token) = envoy.get(key).unwrap();
-            if window_part {
-                let Job::Flush { failed, ok } = r.job else {
-                    unreachable!()
-                };
-                // The filter reads the state first for the generation; the model folds that read
-                // in (the generation rule itself is unit-tested in the filter).
-                let st = SlotState::decode(&envoy.get(STATE).unwrap().0).unwrap();
-                let mut win = Window::decode(&bytes).unwrap();
-                if win.generation != st.breaker.generation {
-                    win.reset(BUCKETS, st.breaker.generation);
+                    &mut enc,
+                );
+                *self.jitter.borrow_mut() = jitter;
+                if let Some((t, state)) = t {
+                    if t.to != state {
+                        self.broken
+                            .borrow_mut()
+                            .push(format!("{t:?} but the state is {state:?}"));
+                    }
                 }
-                let now_epoch = now / BUCKET_MS;
-                win.clear_future(now_epoch);
-                let mut rec = Recorder::new(None).unwrap();
+            }
+            Job::Record { failed, ok } => {
+                if failed + ok > 0 && self.first_sample_ms.get().is_none() {
+                    self.first_sample_ms.set(Some(now));
+                }
+                let g = Geometry::of(cfg);
                 let fail = Outcome {
                     http_status: Some(503),
                     attempts: 1,
@@ -427,116 +418,233 @@ fn step(
                     attempts: 1,
                     ..Default::default()
                 };
-                for _ in 0..failed {
-                    rec.record(now_epoch, &fail, Some(FailureClass::HttpStatus))
-                        .unwrap();
-                }
-                for _ in 0..ok {
-                    rec.record(now_epoch, &good, None).unwrap();
-                }
-                let mut scratch = Vec::new();
-                prop_assert!(win.merge_recorder(&rec, now_epoch, &mut scratch));
-                r.merging = failed + ok;
-                r.epoch = now_epoch;
-                r.trip = None;
-                r.phase = Phase::Write {
-                    bytes: win.encode(),
-                    token,
-                };
-                // Keep the totals for the trip that follows a successful write.
-                r.admits = None;
-                return Ok(Some(r));
-            }
-            let mut st = SlotState::decode(&bytes).unwrap();
-            let before = st.breaker.state;
-            let (t, changed) = match r.job {
-                Job::Decide => {
-                    let step = st.breaker.decide(Mode::Enforce, cfg, now);
-                    r.admits = match step.decision {
-                        Decision::Probe(id) => Some(id),
-                        _ => None,
-                    };
-                    (step.transition, step.changed)
-                }
-                Job::Complete { id, success } => {
-                    let t = st.breaker.complete_probe(id, success, cfg, now, jitter);
-                    (t, t.is_some())
-                }
-                Job::Flush { .. } => {
-                    let (gen, totals) = r.trip.unwrap();
-                    if st.breaker.generation != gen {
-                        // Closed (and maybe re-opened) since: these totals are not its window's.
-                        return Ok(None);
+                let samples =
+                    std::iter::repeat_n((&fail, Some(FailureClass::HttpStatus)), failed as usize)
+                        .chain(std::iter::repeat_n((&good, None), ok as usize));
+                for (o, failure) in samples {
+                    let r = worker.local.record(o, failure, &g, now);
+                    if r.due {
+                        self.flush(&mut worker, cfg, &mut view, now);
+                        worker.local.record_after_flush(o, failure, &g, now, r);
                     }
-                    let t = st.breaker.evaluate(&totals, cfg, now, jitter);
-                    (t, t.is_some())
                 }
-            };
-            check_transition(&t, before, st.breaker.state)?;
-            if !changed {
-                if let Job::Complete { id, .. } = r.job {
-                    held[w].retain(|h| *h != id);
-                }
-                return Ok(None);
             }
-            r.phase = Phase::Write {
-                bytes: st.encode(),
-                token,
-            };
-            Ok(Some(r))
+            Job::Tick => {
+                if !worker.local.recorder.is_empty() && worker.local.stale(now) {
+                    self.flush(&mut worker, cfg, &mut view, now);
+                }
+            }
+            Job::Reload => {
+                // A new VM: its recorder is new (the old VM drains its own).
+                self.flush(&mut worker, cfg, &mut view, now);
+                worker.reloaded = !worker.reloaded;
+                let cfg = self.cfgs[usize::from(worker.reloaded)];
+                worker.local = Local::new(cfg, now).unwrap();
+            }
         }
-        Phase::Write { bytes, token } => {
-            match envoy.set(key, bytes.clone(), token) {
-                Ok(()) => {
-                    if window_part {
-                        let win = Window::decode(&bytes).unwrap();
-                        *tally.merged.entry(win.generation).or_insert(0) += r.merging;
-                        let first = tally.first_epoch.get_or_insert(r.epoch);
-                        *first = (*first).min(r.epoch);
-                        if now / BUCKET_MS >= *first + u64::from(BUCKETS) {
-                            tally.lossy = true;
-                        }
-                        let totals = win.totals(now / BUCKET_MS);
-                        r.trip = Some((win.generation, totals));
-                        r.attempts = 0;
-                        r.phase = Phase::Read;
-                        return Ok(Some(r));
-                    }
-                    match r.job {
-                        Job::Decide => {
-                            if let Some(id) = r.admits {
-                                held[w].push(id);
-                            }
-                        }
-                        Job::Complete { id, .. } => held[w].retain(|h| *h != id),
-                        Job::Flush { .. } => {}
-                    }
-                    Ok(None)
+    }
+
+    fn flush(&self, worker: &mut Worker, cfg: &BreakerConfig, view: &mut View<'_>, now: u64) {
+        let samples = worker.local.recorder.counts().samples;
+        let input = FlushInput {
+            key: "k",
+            cfg,
+            geometry: Geometry::of(cfg),
+            new_hosts: &[],
+            resets: None,
+            max_resets_per_second: None,
+            activity: None,
+            now_ms: now,
+        };
+        let mut jitter = self.jitter.borrow().clone();
+        let flushed = flow::flush(
+            view,
+            &mut worker.local,
+            &input,
+            &mut jitter,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        *self.jitter.borrow_mut() = jitter;
+        if let Flushed::Merged(m) = flushed {
+            *self
+                .merged
+                .borrow_mut()
+                .entry((view.window.clone(), m.generation))
+                .or_insert(0) += samples;
+            if let Some((Some(t), state)) = m.written {
+                if t.to != State::Open || state != State::Open || m.state_read != State::Closed {
+                    self.broken
+                        .borrow_mut()
+                        .push(format!("trip {t:?} from {:?} to {state:?}", m.state_read));
                 }
-                Err(()) => {
-                    r.attempts += 1;
-                    if r.attempts >= ATTEMPTS {
-                        // Exhausted: the filter gives up this update (and a completed probe is
-                        // simply no longer this worker's to report).
-                        if let Job::Complete { id, .. } = r.job {
-                            held[w].retain(|h| *h != id);
-                        }
-                        return Ok(None);
-                    }
-                    r.phase = Phase::Read;
-                    Ok(Some(r))
+                // The trip was the last write: the state it went into must be of the window's
+                // generation (a circuit that closed meanwhile is not re-opened by old samples).
+                let gen = self.state().breaker.generation;
+                if gen != m.generation {
+                    self.broken.borrow_mut().push(format!(
+                        "tripped generation {gen} on a window of generation {}",
+                        m.generation
+                    ));
                 }
             }
         }
     }
+
+    fn state(&self) -> SlotState {
+        SlotState::decode(&self.envoy.borrow().get(STATE).unwrap().0).unwrap()
+    }
+
+    /// The invariants between operations.
+    fn check(&self) -> Result<(), TestCaseError> {
+        let broken: Vec<String> = self
+            .envoy
+            .borrow()
+            .broken
+            .iter()
+            .chain(self.broken.borrow().iter())
+            .cloned()
+            .collect();
+        prop_assert!(broken.is_empty(), "{:?}", broken);
+        let st = self.state();
+        let b = &st.breaker;
+        let now = self.now.get();
+        let cfg = self.cfgs[0];
+        for p in &b.probes {
+            let holders = self
+                .workers
+                .iter()
+                .filter(|w| w.borrow().held.contains(&p.id))
+                .count();
+            prop_assert_eq!(holders, 1, "probe {:?} held by {} workers", p, holders);
+        }
+        // OPEN never lasts longer than max_sleep_window x 1.2 from now, whatever the clock did.
+        if b.state == State::Open && !b.open_is_over(cfg, now) {
+            prop_assert!(
+                b.open_until_ms - now <= policy_core::breaker::max_open_ms(cfg),
+                "open for {} more ms",
+                b.open_until_ms - now
+            );
+        }
+        // An OPEN key in its open period, or a key with probes in flight, is never taken over,
+        // however long it has been idle.
+        if (b.state == State::Open && !b.open_is_over(cfg, now)) || !b.probes.is_empty() {
+            for idle in [0, 1_000, 1 << 40] {
+                let later = st.last_active_ms.saturating_add(idle).saturating_add(1);
+                prop_assert!(!flow::takeover_allowed(&st, later, idle), "{:?}", st);
+            }
+        }
+        // No sample counted twice (a retried CAS merges the recorder once); without clock steps
+        // or window-long jumps none is lost either.
+        let merged = self.merged.borrow();
+        for c in self.cfgs {
+            let name = window_name(c);
+            let w = Window::decode(&self.envoy.borrow().get(&name).unwrap().0).unwrap();
+            let in_window: u64 = w.buckets.iter().map(|b| b.counts.samples).sum();
+            let m = merged.get(&(name, w.generation)).copied().unwrap_or(0);
+            prop_assert!(
+                in_window <= m,
+                "{} samples in the window, {} merged",
+                in_window,
+                m
+            );
+            if !self.lossy.get() {
+                prop_assert_eq!(in_window, m, "samples lost");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `ops` over `workers` workers of one key through [`flow`], each operation's host calls
+/// interleaved with another worker's operation and a clock step, and checks after every
+/// operation (and the state at every write): the probes in flight never exceed the quota, every
+/// probe is held by exactly one worker, only SPEC transitions happen, an OPEN key is never taken
+/// over, no sample is counted twice; at the end, no trip is lost.
+fn run_shared(
+    cfg: &BreakerConfig,
+    workers: usize,
+    ops: &[Op],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let reload = reloaded(cfg);
+    let world = World::new(cfg, &reload, workers, seed);
+    for op in ops {
+        match op {
+            Op::Forward(ms) => world.step_clock(*ms as i64),
+            Op::Back(ms) => world.step_clock(-(*ms as i64)),
+            Op::Run {
+                worker,
+                job,
+                at,
+                between,
+                step_ms,
+            } => {
+                let w = worker % workers;
+                let world_ref = &world;
+                let step = *step_ms;
+                let between = between.clone();
+                let interleaved: Box<dyn FnOnce() + '_> = Box::new(move || {
+                    // A step between a read and its write leaves the outer job's `now` off the
+                    // clock either way: to it, a later merge lies in the future and is cleared
+                    // as a step back would (so samples may leave; none may double).
+                    if step != 0 {
+                        world_ref.lossy.set(true);
+                    }
+                    world_ref.step_clock(step);
+                    for (o, b) in &between {
+                        world_ref.run(o % workers, b, usize::MAX, None);
+                    }
+                });
+                world.run(w, job, *at, Some(interleaved));
+            }
+        }
+        world.check()?;
+    }
+    // Quiescence: every worker merges what it holds; then no trip may be lost.
+    for w in 0..workers {
+        world.run(w, &Job::Tick, usize::MAX, None);
+        let mut worker = world.workers[w].borrow_mut();
+        let cfg = world.cfgs[usize::from(worker.reloaded)];
+        let mut view = View {
+            envoy: &world.envoy,
+            window: window_name(cfg),
+            calls: 0,
+            at: usize::MAX,
+            between: None,
+        };
+        let now = world.now.get();
+        world.flush(&mut worker, cfg, &mut view, now);
+    }
+    world.check()?;
+    let st = world.state();
+    let now = world.now.get();
+    for c in world.cfgs {
+        let w = Window::decode(&world.envoy.borrow().get(&window_name(c)).unwrap().0).unwrap();
+        let totals = w.totals(Geometry::of(c).epoch(now));
+        let flushed_here = world.workers.iter().any(|wk| {
+            usize::from(wk.borrow().reloaded) == usize::from(!std::ptr::eq(c, world.cfgs[0]))
+        });
+        prop_assert!(
+            !(flushed_here
+                && st.breaker.state == State::Closed
+                && w.generation == st.breaker.generation
+                && trip_reason(&totals, c).is_some()),
+            "trip lost: CLOSED with a tripping window {:?}",
+            totals
+        );
+    }
+    Ok(())
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
-    /// Quota, transitions, no lost trip and no double-counted sample, with 1–4 workers whose host
-    /// calls interleave between each other's reads and writes (Envoy's CAS rule), random
-    /// requests, probe completions, flushes, and the clock moving forward and stepping back.
+    /// Quota, transitions, no takeover of an open key, no lost trip and no double-counted sample,
+    /// with 1–4 workers running [`flow`] whose operations interleave between each other's reads and
+    /// writes (Envoy's CAS rule), random requests, probe completions, recorded samples, ticks,
+    /// reloads to another window geometry, and the clock moving forward and stepping back, also
+    /// between a read and its write.
     #[test]
     fn probes_never_exceed_quota_and_only_spec_transitions_happen(
         cfg in breaker_cfg_strategy(),
@@ -544,16 +652,6 @@ proptest! {
         ops in prop::collection::vec(op_strategy(4), 1..300),
         seed in any::<u64>(),
     ) {
-        let ops: Vec<Op> = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Decide(w) => Op::Decide(w % workers),
-                Op::Complete { worker, pick, success } => Op::Complete { worker: worker % workers, pick, success },
-                Op::Flush { worker, failed, ok } => Op::Flush { worker: worker % workers, failed, ok },
-                Op::Step(w) => Op::Step(w % workers),
-                a => a,
-            })
-            .collect();
         run_shared(&cfg, workers, &ops, seed)?;
     }
 

@@ -48,15 +48,7 @@ pub fn sanitize_key(raw: &str) -> String {
 }
 
 /// The names of the SPEC metrics.
-pub const SPEC_METRICS: [&str; 7] = [
-    "meshbreaker_state",
-    "meshbreaker_requests_total",
-    "meshbreaker_transitions_total",
-    "meshbreaker_error_rate_ppm",
-    "meshbreaker_latency_p95_ms",
-    "meshbreaker_retry_budget_denied_total",
-    "meshbreaker_kernel_resets_total",
-];
+pub const SPEC_METRICS: [&str; 7] = policy_core::metrics::ALL;
 
 /// Envoy + the filter + named upstreams.
 pub struct Stack {

@@ -1,13 +1,14 @@
 //! The `meshbreaker` CLI against a real Envoy: the access log format shipped in
 //! `envoy-config/envoy.yaml`, written by Envoy 1.40 and replayed through the same configuration,
 //! gives the transitions the filter made live; `meshbreaker status` reads the live metrics.
-//! (The full demo reproduction is issue 11's other proof, on `cargo xtask demo --ci`.)
+//! (The full demo reproduction is checked by `cargo xtask demo --ci`.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use meshbreaker_tests::*;
+use policy_core::breaker::TransitionLine;
 use serde_json::{json, Value};
 
 /// The CLI binary, built from this checkout (see config_validation.rs).
@@ -66,21 +67,12 @@ fn insert_access_log(v: &mut Value, entry: &Value) -> bool {
     }
 }
 
-/// `(from, to)` of every `meshbreaker: transition key=<key>` line of the filter's log.
+/// `(from, to)` of every transition line of `key` in the filter's log.
 fn live_transitions(log: &str, key: &str) -> Vec<(String, String)> {
-    let needle = format!("meshbreaker: transition key={key} ");
     log.lines()
-        .filter_map(|l| l.split_once(&needle).map(|(_, rest)| rest))
-        .map(|rest| {
-            let field = |name: &str| {
-                rest.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            (field("from="), field("to="))
-        })
-        .filter(|(from, to)| from != to)
+        .filter_map(|l| TransitionLine::find(l)?.ok())
+        .filter(|t| t.key == key && t.from != t.to)
+        .map(|t| (t.from.as_str().to_string(), t.to.as_str().to_string()))
         .collect()
 }
 

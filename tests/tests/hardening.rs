@@ -1,5 +1,5 @@
 //! What a hostile client, a hostile upstream and Istio's generated configuration do to the filter
-//! in the real Envoy (issue 7): obs-text header values, key churn around an open key, retried
+//! in the real Envoy: obs-text header values, key churn around an open key, retried
 //! attempts without `x-envoy-attempt-count` in the response, a forged attempt count, and a gRPC
 //! status that arrives in the trailers after a body.
 //!

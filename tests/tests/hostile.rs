@@ -1,4 +1,4 @@
-//! Hostile input against the real Envoy (`--concurrency 2`) and the real filter (issue 10):
+//! Hostile input against the real Envoy (`--concurrency 2`) and the real filter (nothing a client or an upstream sends may crash or steer it):
 //! clients, upstreams and a sidecar that send what nobody should, and what must still hold.
 //!
 //! - header bytes that are not UTF-8, numbers out of every range and oversized header blocks, from

@@ -1,4 +1,4 @@
-//! Memory per tracked key (issue 13): `key_by: authority` with `max_keys: 10000` and two workers,
+//! Memory per tracked key (a dense histogram per key once made 10,000 keys cost 160 MiB): `key_by: authority` with `max_keys: 10000` and two workers,
 //! 10,000 distinct authorities.
 //!
 //! Envoy's own heap (`/memory`, tcmalloc: the key's stats and its shared-data entries) is one

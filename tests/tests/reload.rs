@@ -2,7 +2,7 @@
 //! `path_config_source`, replaced by an atomic rename as a ConfigMap update does), and the new
 //! listener carries a new `configuration`. SPEC "Reload": the state of keys that remain is kept
 //! (an open circuit stays open), and a window whose geometry changed starts afresh instead of
-//! blinding the key (issue 7: after `window` 10s → 20s a busy key never tripped again; here 2s → 4s).
+//! blinding the key (once, after `window` 10s → 20s, a busy key never tripped again; here 2s → 4s).
 
 use meshbreaker_tests::*;
 use serde_json::{json, Value};

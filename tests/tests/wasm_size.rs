@@ -1,4 +1,4 @@
-//! The filter's size budget (issue 8: ≤ 400 KiB): Envoy loads one copy per worker VM, and Istio
+//! The filter's size budget (≤ 400 KiB): Envoy loads one copy per worker VM, and Istio
 //! pulls it to every sidecar, so it is held as a test, not only as a build warning.
 
 const MAX_WASM_BYTES: u64 = 400 * 1024;

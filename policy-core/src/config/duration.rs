@@ -13,7 +13,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 #[cfg(feature = "schema")]
 use schemars::JsonSchema;
 
-use super::raw::inline_schema;
+use super::schema_macros::inline_schema;
 
 /// A duration as read from the configuration: its value and the text it was written as, so that
 /// range errors can quote what the user wrote (`must be in [1s, 1h], got "999ms"`).

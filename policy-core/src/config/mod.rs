@@ -26,6 +26,7 @@ pub mod duration;
 mod error;
 mod merge;
 pub mod raw;
+mod schema_macros;
 mod validate;
 
 #[cfg(test)]
@@ -34,17 +35,9 @@ mod tests;
 pub use self::duration::{format_duration, parse_duration};
 pub use self::error::ConfigError;
 pub use self::raw::RawConfig;
-
-/// What one breaker guards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename_all = "snake_case"))]
-pub enum KeyBy {
-    Cluster,
-    Route,
-    ClusterRoute,
-    Authority,
-}
+pub use self::validate::{MAX_POLL_INTERVAL, MAX_PROBES, MIN_POLL_INTERVAL};
+/// Keys are the `keys` module's: configuration only names how they are formed.
+pub use crate::keys::KeyBy;
 
 /// What the breaker does with its decisions (SPEC `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +48,6 @@ pub enum Mode {
     DryRun,
     ForcedOpen,
     Disabled,
-}
-
-impl KeyBy {
-    /// The names the configuration writes, in the order of [`KeyBy::ALL`].
-    pub const NAMES: [&'static str; 4] = ["cluster", "route", "cluster_route", "authority"];
-    pub const ALL: [KeyBy; 4] = [
-        KeyBy::Cluster,
-        KeyBy::Route,
-        KeyBy::ClusterRoute,
-        KeyBy::Authority,
-    ];
 }
 
 impl Mode {

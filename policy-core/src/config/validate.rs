@@ -34,15 +34,19 @@ impl Errors {
     }
 }
 
-/// The shortest bucket and sleep window: below it the 100 ms flush cadence cannot keep up.
-pub(crate) const MIN_BUCKET: Duration = Duration::from_millis(100);
-/// Most probes and successes in HALF_OPEN: what the shared-state encoding can hold.
-pub(crate) const MAX_PROBES: i64 = 1000;
+/// The shortest bucket and sleep window: below it the workers' merge cadence
+/// ([`crate::flow::FLUSH_MS`]) cannot keep up.
+pub(crate) const MIN_BUCKET: Duration = Duration::from_millis(crate::flow::FLUSH_MS);
+/// Most probes and successes in HALF_OPEN: what the shared-state encoding can hold
+/// ([`crate::encoding::MAX_ENCODED_PROBES`]).
+pub const MAX_PROBES: i64 = 1000;
 /// The top of the latency histogram.
 const MAX_LATENCY_THRESHOLD: Duration = Duration::from_secs(600);
 /// Caps on durations that feed clock arithmetic (open periods, the poller's lease).
 const MAX_SLEEP_WINDOW: Duration = Duration::from_secs(3600);
-const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest sidecar poll interval.
+pub const MIN_POLL_INTERVAL: Duration = MIN_BUCKET;
 
 fn fail(path: &str, reason: impl Into<String>) -> Res {
     Err(ConfigError::new(path, reason))
@@ -340,7 +344,7 @@ fn reset_signals(r: &RawResetSignals, path: &str, e: &mut Errors) {
         e.add(duration(
             d,
             &child(path, "poll_interval"),
-            Some((MIN_BUCKET, "100ms")),
+            Some((MIN_POLL_INTERVAL, "100ms")),
             Some((MAX_POLL_INTERVAL, "60s")),
         ));
     }
