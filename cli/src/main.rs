@@ -22,7 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validates the plugin configuration(s) in CONFIG: a JSON document, an Envoy bootstrap
-    /// (the meshbreaker wasm filter's `configuration`) or an Istio WasmPlugin (`pluginConfig`).
+    /// (the meshbreaker wasm filter's `configuration`), an Istio WasmPlugin (`pluginConfig`) or
+    /// TrafficExtension (`wasm.pluginConfig`), or an Envoy Gateway EnvoyExtensionPolicy
+    /// (`wasm[].config`, `dynamicModule[].config`).
     /// Exit 0 when all are valid, 1 when one is not (field path and reason printed), 2 when
     /// the file cannot be read or holds no meshbreaker configuration.
     Check {

@@ -1,6 +1,7 @@
 //! Where a plugin configuration lives in a file: a bare JSON document, the meshbreaker wasm
-//! filter's `configuration` in an Envoy bootstrap (YAML or JSON), or an Istio `WasmPlugin`'s
-//! `pluginConfig`.
+//! filter's `configuration` in an Envoy bootstrap (YAML or JSON), an Istio `WasmPlugin`'s
+//! `pluginConfig` or `TrafficExtension`'s `wasm.pluginConfig`, or an Envoy Gateway
+//! `EnvoyExtensionPolicy`'s `wasm[].config` and `dynamicModule[].config`.
 //!
 //! Why the CLI digs it out itself: in CI people check the files they deploy, not a JSON fragment
 //! copied out of them, and a fragment that was valid before it was pasted into YAML proves little.
@@ -54,7 +55,7 @@ pub fn find_configs_in(text: &str, json_file: bool) -> Result<Vec<Found>, String
         found.extend(from_document(&doc, &prefix));
     }
     if found.is_empty() {
-        return Err("no meshbreaker configuration found (expected a JSON plugin configuration, an Envoy bootstrap with the meshbreaker wasm filter, or an Istio WasmPlugin)".into());
+        return Err("no meshbreaker configuration found (expected a JSON plugin configuration, an Envoy bootstrap with the meshbreaker wasm filter, an Istio WasmPlugin or TrafficExtension, or an Envoy Gateway EnvoyExtensionPolicy)".into());
     }
     Ok(found)
 }
@@ -74,23 +75,57 @@ fn mentions_meshbreaker(v: &Value) -> bool {
 
 fn from_document(doc: &Value, prefix: &str) -> Vec<Found> {
     let mut out = Vec::new();
-    if doc["kind"] == "WasmPlugin" {
-        let name = doc["metadata"]["name"].as_str().unwrap_or("?");
-        if mentions_meshbreaker(&doc["metadata"]["name"])
-            || mentions_meshbreaker(&doc["spec"]["url"])
-        {
-            let json = match doc["spec"].get("pluginConfig") {
-                Some(v) => v.to_string(),
-                None => "{}".into(),
-            };
-            out.push(Found {
-                location: format!("{prefix}WasmPlugin {name}: spec.pluginConfig"),
-                json,
-            });
+    let name = doc["metadata"]["name"].as_str().unwrap_or("?");
+    let kind = doc["kind"].as_str().unwrap_or("");
+    let mut found = |field: String, config: Option<&Value>| {
+        out.push(Found {
+            location: format!("{prefix}{kind} {name}: {field}"),
+            json: config.map_or_else(|| "{}".into(), Value::to_string),
+        });
+    };
+    let spec = &doc["spec"];
+    match kind {
+        "WasmPlugin" => {
+            if mentions_meshbreaker(&doc["metadata"]["name"]) || mentions_meshbreaker(&spec["url"])
+            {
+                found("spec.pluginConfig".into(), spec.get("pluginConfig"));
+            }
         }
-        return out;
+        // Istio 1.30+: a WasmPlugin's successor, the module under `wasm`.
+        "TrafficExtension" => {
+            let wasm = &spec["wasm"];
+            if mentions_meshbreaker(&doc["metadata"]["name"])
+                || mentions_meshbreaker(&wasm["url"])
+                || mentions_meshbreaker(&wasm["pluginName"])
+            {
+                found("spec.wasm.pluginConfig".into(), wasm.get("pluginConfig"));
+            }
+        }
+        // Envoy Gateway: ordered lists of wasm extensions and dynamic-module filters.
+        "EnvoyExtensionPolicy" => {
+            for (i, w) in spec["wasm"].as_array().into_iter().flatten().enumerate() {
+                let code = &w["code"];
+                if mentions_meshbreaker(&w["name"])
+                    || mentions_meshbreaker(&w["rootID"])
+                    || mentions_meshbreaker(&code["image"]["url"])
+                    || mentions_meshbreaker(&code["http"]["url"])
+                {
+                    found(format!("spec.wasm[{i}].config"), w.get("config"));
+                }
+            }
+            for (i, m) in spec["dynamicModule"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if mentions_meshbreaker(&m["name"]) || mentions_meshbreaker(&m["filterName"]) {
+                    found(format!("spec.dynamicModule[{i}].config"), m.get("config"));
+                }
+            }
+        }
+        _ => walk(doc, &mut String::new(), prefix, &mut out),
     }
-    walk(doc, &mut String::new(), prefix, &mut out);
     out
 }
 
@@ -200,6 +235,52 @@ static_resources:
         let v: Value = serde_json::from_str(&f[0].json).unwrap();
         assert_eq!(v["breaker"]["window"], "30s");
         assert_eq!(v["breaker"]["buckets"], 6);
+    }
+
+    #[test]
+    fn find_configs_reads_a_traffic_extension_wasm_plugin_config() {
+        let yaml = "apiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\nmetadata: {name: guard}\nspec:\n  wasm:\n    url: oci://x/meshbreaker:1\n    pluginConfig: {mode: dry_run}\n";
+        let f = find_configs(yaml).unwrap();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            f[0].location,
+            "TrafficExtension guard: spec.wasm.pluginConfig"
+        );
+        assert_eq!(f[0].json, r#"{"mode":"dry_run"}"#);
+    }
+
+    #[test]
+    fn find_configs_reads_each_meshbreaker_entry_of_an_envoy_extension_policy() {
+        let yaml = r#"
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata: {name: p}
+spec:
+  wasm:
+    - name: other
+      code: {type: Image, image: {url: ghcr.io/x/other:1}}
+      config: {a: 1}
+    - code: {type: Image, image: {url: ghcr.io/x/meshbreaker:1}}
+      config: {max_keys: 7}
+  dynamicModule:
+    - name: meshbreaker
+      filterName: meshbreaker
+"#;
+        let f = find_configs(yaml).unwrap();
+        let got: Vec<(&str, &str)> = f
+            .iter()
+            .map(|f| (f.location.as_str(), f.json.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "EnvoyExtensionPolicy p: spec.wasm[1].config",
+                    r#"{"max_keys":7}"#
+                ),
+                ("EnvoyExtensionPolicy p: spec.dynamicModule[0].config", "{}"),
+            ]
+        );
     }
 
     #[test]

@@ -20,10 +20,18 @@ fn shipped(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = e.file_name().to_string_lossy().to_string();
         if p.is_dir() {
             // Not shipped: build output, tools, and test inputs (fuzz seeds and test fixtures
-            // hold invalid configurations on purpose).
+            // hold invalid configurations on purpose). Grafana dashboards are JSON that names
+            // meshbreaker, not a plugin configuration.
             if !matches!(
                 name.as_str(),
-                "target" | ".git" | ".venv" | "node_modules" | "fuzz" | "tests" | "testdata"
+                "target"
+                    | ".git"
+                    | ".venv"
+                    | "node_modules"
+                    | "fuzz"
+                    | "tests"
+                    | "testdata"
+                    | "grafana"
             ) {
                 shipped(&p, out);
             }
@@ -47,7 +55,13 @@ fn check_accepts_every_shipped_configuration() {
         .iter()
         .map(|p| p.strip_prefix(repo()).unwrap_or(p).display().to_string())
         .collect();
-    for must in ["envoy-config/envoy.yaml", "istio/wasmplugin.yaml"] {
+    for must in [
+        "envoy-config/envoy.yaml",
+        "istio/wasmplugin.yaml",
+        "istio/waypoint-namespace.yaml",
+        "gateway/extension-wasm.yaml",
+        "gateway/extension-dynamic-module.yaml",
+    ] {
         assert!(
             names.iter().any(|n| n.ends_with(must)),
             "{must} not found among {names:?}"

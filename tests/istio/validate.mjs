@@ -33,19 +33,26 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseAllDocuments } from "yaml";
+import Ajv from "ajv";
+import { ENVOY_GATEWAY } from "./envoy-gateway.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const pkg = join(here, "node_modules", "@kubernetes-models", "istio");
+const models = join(here, "node_modules", "@kubernetes-models");
 
-// apiVersion/kind -> the package's module (validator) and declaration file (field tree).
+// apiVersion/kind -> the package and module (validator) and declaration file (field tree):
+// Istio's CRDs (@kubernetes-models/istio), Gateway API's (@kubernetes-models/gateway-api) and the
+// Prometheus operator's (@kubernetes-models/prometheus-operator).
 const KINDS = {
-  "extensions.istio.io/v1alpha1/WasmPlugin": "extensions.istio.io/v1alpha1/WasmPlugin",
-  "networking.istio.io/v1/VirtualService": "networking.istio.io/v1/VirtualService",
-  "networking.istio.io/v1/DestinationRule": "networking.istio.io/v1/DestinationRule",
-  "networking.istio.io/v1beta1/VirtualService": "networking.istio.io/v1beta1/VirtualService",
-  "networking.istio.io/v1beta1/DestinationRule": "networking.istio.io/v1beta1/DestinationRule",
-  "networking.istio.io/v1alpha3/VirtualService": "networking.istio.io/v1alpha3/VirtualService",
-  "networking.istio.io/v1alpha3/DestinationRule": "networking.istio.io/v1alpha3/DestinationRule",
+  "extensions.istio.io/v1alpha1/WasmPlugin": "istio/extensions.istio.io/v1alpha1/WasmPlugin",
+  "networking.istio.io/v1/VirtualService": "istio/networking.istio.io/v1/VirtualService",
+  "networking.istio.io/v1/DestinationRule": "istio/networking.istio.io/v1/DestinationRule",
+  "networking.istio.io/v1beta1/VirtualService": "istio/networking.istio.io/v1beta1/VirtualService",
+  "networking.istio.io/v1beta1/DestinationRule": "istio/networking.istio.io/v1beta1/DestinationRule",
+  "networking.istio.io/v1alpha3/VirtualService": "istio/networking.istio.io/v1alpha3/VirtualService",
+  "networking.istio.io/v1alpha3/DestinationRule": "istio/networking.istio.io/v1alpha3/DestinationRule",
+  "gateway.networking.k8s.io/v1/Gateway": "gateway-api/gateway.networking.k8s.io/v1/Gateway",
+  "gateway.networking.k8s.io/v1/HTTPRoute": "gateway-api/gateway.networking.k8s.io/v1/HTTPRoute",
+  "monitoring.coreos.com/v1/PrometheusRule": "prometheus-operator/monitoring.coreos.com/v1/PrometheusRule",
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -56,17 +63,67 @@ const KINDS = {
 
 function tokenize(src) {
   const noComments = src.replace(/\/\*[\s\S]*?\*\//g, "").replace(/\/\/[^\n]*/g, "");
-  const re = /\s*("(?:[^"\\]|\\.)*"|[A-Za-z_$][\w$]*|[{}\[\]<>();:?|,.]|\S)/gy;
+  const re = /\s*("(?:[^"\\]|\\.)*"|[A-Za-z_$][\w$]*|-?[0-9][\w.]*|[{}\[\]<>();:?|,.]|\S)/gy;
   const out = [];
   let m;
   while ((m = re.exec(noComments)) !== null) out.push(m[1]);
   return out;
 }
 
-function parseInterface(src, name) {
-  const toks = tokenize(src);
-  let i = toks.findIndex((t, k) => t === "interface" && toks[k + 1] === name);
-  if (i < 0) throw new Error(`no interface ${name} in declarations`);
+// The packages other than Istio's split their declarations into a file per type: a name is
+// looked up among the file's own interfaces and type aliases, then followed through its imports
+// (`export type { IX as IFullName }` in the imported file). Each (file, name) is parsed once; a
+// type that refers back to itself while being parsed is left open.
+const declared = new Map();
+
+function declarationsOf(file) {
+  if (!declared.has(file)) {
+    const src = readFileSync(file, "utf8");
+    const imports = new Map();
+    for (const m of src.matchAll(/import\s*\{([^}]*)\}\s*from\s*"([^"]+)"/g)) {
+      for (const n of m[1].split(",").map((x) => x.trim()).filter(Boolean)) {
+        const target = m[2].startsWith(".") ? join(dirname(file), m[2].replace(/\.js$/, ".d.ts")) : null;
+        imports.set(n, target);
+      }
+    }
+    const aliases = new Map();
+    for (const m of src.matchAll(/export type \{([^}]*)\}/g))
+      for (const part of m[1].split(",")) {
+        const [local, as] = part.split(" as ").map((x) => x.trim());
+        if (as) aliases.set(as, local);
+      }
+    declared.set(file, { toks: tokenize(src), imports, aliases, shapes: new Map() });
+  }
+  return declared.get(file);
+}
+
+function namedShape(file, name) {
+  const d = declarationsOf(file);
+  const local = d.aliases.get(name) || name;
+  if (d.shapes.has(local)) return d.shapes.get(local) || { kind: "open" };
+  const at = d.toks.findIndex((t, k) => (t === "interface" || t === "type") && d.toks[k + 1] === local);
+  if (at >= 0) {
+    d.shapes.set(local, null); // in progress: a self reference is open
+    const shape = parseDeclaration(file, d.toks, at);
+    d.shapes.set(local, shape);
+    return shape;
+  }
+  if (d.imports.has(name)) {
+    const target = d.imports.get(name);
+    // ObjectMeta and the other apimachinery types: the API server's own code checks them.
+    if (target === null) return { kind: "open" };
+    return namedShape(target, name);
+  }
+  throw new Error(`declarations: no type ${name} in ${file}`);
+}
+
+function parseInterface(file, name) {
+  return namedShape(file, name);
+}
+
+function parseDeclaration(file, toks, start) {
+  let i = start;
+  const isType = toks[i] === "type";
   i += 2;
   const peek = () => toks[i];
   const eat = (t) => {
@@ -112,13 +169,17 @@ function parseInterface(src, name) {
       eat(">");
       return { kind: "array", items };
     }
-    if (t.startsWith('"') || ["string", "number", "boolean", "any", "unknown", "null"].includes(t)) {
+    if (t.startsWith('"') || /^-?[0-9]/.test(t) || ["string", "number", "boolean", "any", "unknown", "null"].includes(t)) {
       i++;
       return { kind: "leaf" };
     }
     if (t === "IObjectMeta") {
       i++;
       return { kind: "open" }; // metadata: checked by the API server's own code, not the CRD
+    }
+    if (/^I[A-Z]\w*$/.test(t)) {
+      i++;
+      return namedShape(file, t);
     }
     throw new Error(`declarations: unsupported type token ${t} at ${i}`);
   }
@@ -147,7 +208,32 @@ function parseInterface(src, name) {
     if (Object.keys(props).length === 0 && extra === null) return { kind: "open" };
     return { kind: "object", props, extra };
   }
-  return object();
+  if (isType) {
+    eat("=");
+    return type();
+  }
+  // `interface I extends A, B {…}`: A's and B's fields are I's too.
+  const bases = [];
+  if (peek() === "extends") {
+    i++;
+    bases.push(toks[i++]);
+    while (peek() === ",") {
+      i++;
+      bases.push(toks[i++]);
+    }
+  }
+  const own = object();
+  for (const b of bases) {
+    // TypeMeta (apiVersion, kind) from @kubernetes-models/base: not part of the checked body.
+    if (declarationsOf(file).imports.get(b) === null) continue;
+    const base = namedShape(file, b);
+    if (base.kind === "open") return { kind: "open" };
+    if (base.kind !== "object") throw new Error(`declarations: ${b} is not an object type`);
+    if (own.kind === "open") return base;
+    own.props = { ...base.props, ...own.props };
+    own.extra = own.extra || base.extra;
+  }
+  return own;
 }
 
 function unknownFields(shape, value, path, errors) {
@@ -351,6 +437,11 @@ export const CEL_CHECKS = {
     rules: [...trafficPolicyDurations(), ...LABEL_RULES("spec.workloadSelector.matchLabels")],
     lists: [],
   },
+  // Gateway API's and the Prometheus operator's CEL rules are not written down here: their
+  // documents are held to the packages' schemas and to strict unknown-field checks only.
+  Gateway: { rules: [], lists: [] },
+  HTTPRoute: { rules: [], lists: [] },
+  PrometheusRule: { rules: [], lists: [] },
 };
 
 // Every (concrete path, value) that a pattern names in a document.
@@ -459,20 +550,28 @@ function k8sMessage(err, doc) {
       return `${where} in body should be less than or equal to ${p.limit}`;
     case "maxItems":
       return `${where}: Too many: must have at most ${p.limit} items`;
+    case "additionalProperties":
+      return `${where}: unknown field "${p.additionalProperty}"`;
     default:
       return `${where}: ${err.message}`;
   }
 }
 
 const loaded = new Map();
+const ajv = new Ajv({ allErrors: true, strict: false });
 async function kindOf(apiVersion, kind) {
+  const written = ENVOY_GATEWAY[`${apiVersion}/${kind}`];
+  if (written) {
+    if (!loaded.has(written)) loaded.set(written, { check: ajv.compile(written), source: "project" });
+    return loaded.get(written);
+  }
   const mod = KINDS[`${apiVersion}/${kind}`];
   if (!mod) return null;
   if (!loaded.has(mod)) {
-    const m = await import(join(pkg, `${mod}.js`));
+    const m = await import(join(models, `${mod}.js`));
     const Model = m[kind];
-    const shape = parseInterface(readFileSync(join(pkg, `${mod}.d.ts`), "utf8"), `I${kind}`);
-    loaded.set(mod, { Model, shape });
+    const shape = parseInterface(join(models, `${mod}.d.ts`), `I${kind}`);
+    loaded.set(mod, { Model, shape, source: "registry" });
   }
   return loaded.get(mod);
 }
@@ -480,6 +579,10 @@ async function kindOf(apiVersion, kind) {
 async function validateDoc(doc, schema, kind) {
   const errors = [];
   if (doc === null || typeof doc !== "object" || Array.isArray(doc)) return ["<root> in body must be of type object"];
+  if (schema.check) {
+    if (!schema.check(doc)) for (const err of schema.check.errors) if (err.keyword !== "if") errors.push(k8sMessage(err, doc));
+    return errors;
+  }
   const meta = doc.metadata;
   if (!meta || typeof meta !== "object" || !meta.name) errors.push("metadata.name: Required value");
   const model = new schema.Model(doc);
@@ -530,6 +633,7 @@ async function cmdValidate(files) {
         api_version: apiVersion,
         name: doc?.metadata?.name ?? null,
         has_schema: schema !== null,
+        schema_source: schema ? schema.source : null,
         expected_error: expected,
         errors: schema ? await validateDoc(doc, schema, kind) : [],
       });

@@ -67,6 +67,28 @@ pub fn require_wasm() -> PathBuf {
     p
 }
 
+/// The `meshbreaker` CLI binary, built from this checkout (a test crate cannot depend on another
+/// package's binary, so it is built here; cargo makes this a no-op when it is current).
+pub fn meshbreaker_cli() -> PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "meshbreaker-cli",
+            "--bin",
+            "meshbreaker",
+        ])
+        .current_dir(repo_root())
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build -p meshbreaker-cli: {e}"));
+    assert!(status.success(), "cargo build -p meshbreaker-cli failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug/meshbreaker")
+}
+
 /// One multi-threaded runtime for the whole test binary, so upstreams spawned by one test (or by a
 /// shared per-file fixture) outlive it.
 pub fn shared_runtime() -> &'static tokio::runtime::Runtime {

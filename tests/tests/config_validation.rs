@@ -448,28 +448,6 @@ fn schema_rejects_the_bad_configs_it_can_express() {
 
 // ---- `meshbreaker check` (the CLI) agrees with Envoy on every case ----
 
-/// The CLI binary, built from this checkout (a test crate cannot depend on another package's
-/// binary, so it is built here; cargo makes this a no-op when it is current).
-fn meshbreaker_cli() -> std::path::PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "meshbreaker-cli",
-            "--bin",
-            "meshbreaker",
-        ])
-        .current_dir(repo_root())
-        .status()
-        .expect("run cargo build -p meshbreaker-cli");
-    assert!(status.success(), "cargo build -p meshbreaker-cli failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug/meshbreaker")
-}
-
 #[test]
 fn check_agrees_with_envoy_validate_on_every_case() {
     let cli = meshbreaker_cli();

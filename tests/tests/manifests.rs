@@ -1,4 +1,5 @@
-//! The mesh manifests (`istio/`, `docker-compose.yml`) checked without a cluster.
+//! The deployment manifests (`istio/`, `gateway/`, `observability/`, `docker-compose.yml`)
+//! checked without a cluster.
 //!
 //! Why: nothing else in CI applies these files, so a field Istio's CRD rejects, a plugin
 //! configuration the filter refuses at `on_configure`, or a DaemonSet that quietly gained
@@ -9,15 +10,19 @@
 //! package leaves out and the script implements. The script is held to the project's own
 //! valid and invalid fixtures (`tests/istio/fixtures/`), so a lenient validator cannot pass.
 //! `manifests_shared.rs` additionally holds it to Istio's own CRD file and fixtures where
-//! those are provided (`MESHBREAKER_ISTIO_CRDS`).
+//! those are provided (`MESHBREAKER_ISTIO_CRDS`). Gateway API and Prometheus operator documents
+//! are held to `@kubernetes-models/gateway-api` and `@kubernetes-models/prometheus-operator`;
+//! Envoy Gateway's, which no registry package describes, to the schemas written in
+//! `tests/istio/envoy-gateway.mjs`. Every plugin configuration embedded in a manifest must pass
+//! `meshbreaker check`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use meshbreaker_tests::{envoy_validate, require_wasm};
-use policy_core::config::{Config, KeyBy, ResetSignals};
+use meshbreaker_tests::{envoy_validate, meshbreaker_cli, require_wasm};
+use policy_core::config::{Config, KeyBy, Mode, OverrideMatch, ResetSignals};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -94,6 +99,14 @@ fn istio_yaml_files() -> Vec<PathBuf> {
     files
 }
 
+/// Every shipped manifest: istio/, istio/examples/, gateway/, observability/.
+fn deployment_yaml_files() -> Vec<PathBuf> {
+    let mut files = istio_yaml_files();
+    files.extend(yaml_files(&repo().join("gateway")));
+    files.extend(yaml_files(&repo().join("observability")));
+    files
+}
+
 fn wasmplugin(file: &str) -> Value {
     one_of_kind(&docs(&repo().join("istio").join(file)), "WasmPlugin")
 }
@@ -114,8 +127,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 #[test]
-fn istio_manifests_pass_their_crd_schemas_and_cel_rules() {
-    let files = istio_yaml_files();
+fn shipped_manifests_pass_their_crd_schemas_and_cel_rules() {
+    let files = deployment_yaml_files();
     let names: BTreeSet<String> = files
         .iter()
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -123,27 +136,40 @@ fn istio_manifests_pass_their_crd_schemas_and_cel_rules() {
     for expected in [
         "wasmplugin.yaml",
         "wasmplugin-file.yaml",
+        "waypoint-namespace.yaml",
+        "waypoint-service.yaml",
+        "ingress-gateway.yaml",
         "sidecar-daemonset.yaml",
         "kustomization.yaml",
         "retries.yaml",
+        "httproute.yaml",
+        "extension-wasm.yaml",
+        "extension-dynamic-module.yaml",
+        "prometheusrule.yaml",
     ] {
-        assert!(
-            names.contains(expected),
-            "istio/ lacks {expected}: {names:?}"
-        );
+        assert!(names.contains(expected), "lacks {expected}: {names:?}");
     }
     let records = validate(&files);
     let checked: Vec<&Value> = records.iter().filter(|r| r["has_schema"] == true).collect();
-    for (kind, at_least) in [
-        ("WasmPlugin", 2),
-        ("VirtualService", 1),
-        ("DestinationRule", 1),
+    for (kind, at_least, source) in [
+        ("WasmPlugin", 5, "registry"),
+        ("VirtualService", 1, "registry"),
+        ("DestinationRule", 1, "registry"),
+        ("Gateway", 3, "registry"),
+        ("HTTPRoute", 1, "registry"),
+        ("PrometheusRule", 1, "registry"),
+        ("EnvoyExtensionPolicy", 2, "project"),
+        ("EnvoyProxy", 1, "project"),
     ] {
-        let n = checked.iter().filter(|r| r["kind"] == kind).count();
+        let of_kind: Vec<&&Value> = checked.iter().filter(|r| r["kind"] == kind).collect();
         assert!(
-            n >= at_least,
-            "{kind}: {n} documents matched to Istio's schema, expected at least {at_least}: {records:#?}"
+            of_kind.len() >= at_least,
+            "{kind}: {} documents matched to a schema, expected at least {at_least}: {records:#?}",
+            of_kind.len()
         );
+        for r in of_kind {
+            assert_eq!(r["schema_source"], source, "{kind} {}", r["name"]);
+        }
     }
     for r in checked {
         let errors = errors_of(r);
@@ -156,14 +182,25 @@ fn istio_manifests_pass_their_crd_schemas_and_cel_rules() {
             r["name"]
         );
     }
+    // A document with a Kubernetes kind but no schema would go unchecked: only the plain
+    // Kubernetes objects (and kustomize's) may.
+    for r in records.iter().filter(|r| r["has_schema"] != true) {
+        let kind = r["kind"].as_str().unwrap_or("");
+        assert!(
+            ["Namespace", "DaemonSet", "Service", "Kustomization", ""].contains(&kind),
+            "{} document {}: no schema for kind {kind}",
+            r["file"],
+            r["index"]
+        );
+    }
 }
 
 #[test]
 fn validator_accepts_the_projects_valid_fixtures() {
-    let records = validate(&[fixture("valid.yaml")]);
+    let records = validate(&[fixture("valid.yaml"), fixture("deployment-valid.yaml")]);
     assert!(
-        records.len() >= 7,
-        "expected 7 valid fixtures, got {records:?}"
+        records.len() >= 12,
+        "expected 12 valid fixtures, got {records:?}"
     );
     for r in &records {
         assert_eq!(r["has_schema"], true, "no schema matched {r}");
@@ -178,10 +215,10 @@ fn validator_accepts_the_projects_valid_fixtures() {
 
 #[test]
 fn validator_rejects_each_invalid_fixture_for_its_stated_reason() {
-    let records = validate(&[fixture("invalid.yaml")]);
+    let records = validate(&[fixture("invalid.yaml"), fixture("deployment-invalid.yaml")]);
     assert!(
-        records.len() >= 22,
-        "expected 22 invalid fixtures, got {}",
+        records.len() >= 35,
+        "expected 35 invalid fixtures, got {}",
         records.len()
     );
     for r in &records {
@@ -328,11 +365,20 @@ fn wasmplugin_plugin_config_is_the_spec_defaults_plus_the_sidecar_accepted_by_po
             max_resets_per_second: 5.0,
         }
     );
+    let overrides = std::mem::take(&mut config.overrides);
     assert_eq!(
         config,
         Config::default(),
-        "apart from reset_signals, the shipped pluginConfig should be SPEC's defaults"
+        "apart from reset_signals and overrides, the shipped pluginConfig should be SPEC's defaults"
     );
+    // PassthroughCluster (every plain-HTTP egress to a host without a ServiceEntry) is left
+    // unguarded: one breaker for all of them would let one failing API block every other.
+    assert_eq!(overrides.len(), 1, "{overrides:?}");
+    assert_eq!(
+        overrides[0].matcher,
+        OverrideMatch::Cluster("passthroughcluster".into())
+    );
+    assert_eq!(overrides[0].mode, Mode::Disabled);
 }
 
 /// The shipped bootstrap with its plugin configuration replaced by the WasmPlugin's.
@@ -665,4 +711,261 @@ fn docker_compose_runs_the_whole_stack_on_the_validated_demo_bootstrap() {
     }
     assert_eq!(services["driver"]["command"][0], "drive");
     assert_eq!(services["upstream"]["command"][0], "upstream");
+}
+
+/// The documents of `file` (relative to the repository) of `kind`.
+fn of_kind(file: &str, kind: &str) -> Vec<Value> {
+    docs(&repo().join(file))
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect()
+}
+
+/// `meshbreaker check FILE...`: exit status and stdout.
+fn check(files: &[PathBuf]) -> (Option<i32>, String) {
+    let out = Command::new(meshbreaker_cli())
+        .arg("check")
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run meshbreaker check: {e}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn every_plugin_configuration_in_a_manifest_passes_meshbreaker_check() {
+    let files: Vec<PathBuf> = deployment_yaml_files()
+        .into_iter()
+        .filter(|f| {
+            docs(f).iter().any(|d| {
+                ["WasmPlugin", "TrafficExtension", "EnvoyExtensionPolicy"]
+                    .contains(&d["kind"].as_str().unwrap_or(""))
+            })
+        })
+        .collect();
+    let (code, out) = check(&files);
+    assert_eq!(
+        code,
+        Some(0),
+        "meshbreaker check refused a shipped configuration:\n{out}"
+    );
+    // One `ok` line per configuration: 5 WasmPlugins, 1 wasm and 1 dynamic-module policy entry.
+    let oks: Vec<&str> = out.lines().filter(|l| l.ends_with(": ok")).collect();
+    assert_eq!(oks.len(), 7, "{out}");
+    for (file, location) in [
+        (
+            "extension-wasm.yaml",
+            "EnvoyExtensionPolicy meshbreaker: spec.wasm[0].config",
+        ),
+        (
+            "extension-dynamic-module.yaml",
+            "EnvoyExtensionPolicy meshbreaker-native: spec.dynamicModule[0].config",
+        ),
+        (
+            "waypoint-namespace.yaml",
+            "WasmPlugin meshbreaker-waypoint: spec.pluginConfig",
+        ),
+    ] {
+        assert!(
+            oks.iter().any(|l| l.contains(file) && l.contains(location)),
+            "no `{location}` checked in {file}:\n{out}"
+        );
+    }
+
+    // The same command refuses a broken embedded configuration, naming the field.
+    let mut policy = one_of_kind(
+        &docs(&repo().join("gateway/extension-wasm.yaml")),
+        "EnvoyExtensionPolicy",
+    );
+    policy["spec"]["wasm"][0]["config"]["breaker"] =
+        serde_json::json!({"error_rate_threshold": 1.5});
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("broken-policy-{}.yaml", std::process::id()));
+    std::fs::write(&file, serde_json::to_vec(&policy).expect("serializable")).expect("write");
+    let (code, out) = check(std::slice::from_ref(&file));
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("spec.wasm[0].config: config error at breaker.error_rate_threshold"),
+        "{out}"
+    );
+}
+
+#[test]
+fn waypoint_and_gateway_plugins_use_target_refs_to_objects_they_can_reach() {
+    for (file, kind, target_file) in [
+        (
+            "istio/waypoint-namespace.yaml",
+            "Gateway",
+            Some("istio/waypoint-namespace.yaml"),
+        ),
+        ("istio/waypoint-service.yaml", "Service", None),
+        (
+            "istio/ingress-gateway.yaml",
+            "Gateway",
+            Some("istio/ingress-gateway.yaml"),
+        ),
+    ] {
+        let plugin = one_of_kind(&docs(&repo().join(file)), "WasmPlugin");
+        let spec = &plugin["spec"];
+        // Waypoints and Gateway API gateways ignore `selector`: targetRefs only.
+        assert!(spec.get("selector").is_none(), "{file}: selector set");
+        let refs = spec["targetRefs"].as_array().expect("targetRefs");
+        assert_eq!(refs.len(), 1, "{file}");
+        assert_eq!(refs[0]["kind"], kind, "{file}");
+        assert_eq!(spec["phase"], "UNSPECIFIED_PHASE", "{file}");
+        assert_eq!(spec["failStrategy"], "FAIL_OPEN", "{file}");
+        assert_eq!(spec["type"], "HTTP", "{file}");
+        // The breaker of a waypoint or gateway is shared by every client of a destination: the
+        // key is the cluster, never a client-chosen authority.
+        assert_eq!(spec["pluginConfig"]["key_by"], "cluster", "{file}");
+        assert!(
+            spec["pluginConfig"].get("reset_signals").is_none(),
+            "{file}: no node-local sidecar is reachable in the same way from a waypoint or gateway"
+        );
+        if let Some(target_file) = target_file {
+            let target = one_of_kind(&docs(&repo().join(target_file)), "Gateway");
+            assert_eq!(refs[0]["name"], target["metadata"]["name"], "{file}");
+            assert_eq!(refs[0]["group"], "gateway.networking.k8s.io", "{file}");
+            assert_eq!(
+                plugin["metadata"]["namespace"], target["metadata"]["namespace"],
+                "{file}: targetRefs cannot cross namespaces"
+            );
+        } else {
+            assert_eq!(refs[0]["group"], "", "{file}: a core Service");
+        }
+    }
+    let waypoint = one_of_kind(
+        &docs(&repo().join("istio/waypoint-namespace.yaml")),
+        "Gateway",
+    );
+    assert_eq!(waypoint["spec"]["gatewayClassName"], "istio-waypoint");
+    let ingress = one_of_kind(&docs(&repo().join("istio/ingress-gateway.yaml")), "Gateway");
+    assert_eq!(ingress["spec"]["gatewayClassName"], "istio");
+}
+
+#[test]
+fn envoy_gateway_policies_target_the_shipped_route_and_a_registered_module() {
+    let route = one_of_kind(&docs(&repo().join("gateway/httproute.yaml")), "HTTPRoute");
+    let gateway = one_of_kind(&docs(&repo().join("gateway/httproute.yaml")), "Gateway");
+    let proxy = one_of_kind(
+        &of_kind("gateway/extension-dynamic-module.yaml", "EnvoyProxy"),
+        "EnvoyProxy",
+    );
+    let wasm = one_of_kind(
+        &of_kind("gateway/extension-wasm.yaml", "EnvoyExtensionPolicy"),
+        "EnvoyExtensionPolicy",
+    );
+    let native = one_of_kind(
+        &of_kind(
+            "gateway/extension-dynamic-module.yaml",
+            "EnvoyExtensionPolicy",
+        ),
+        "EnvoyExtensionPolicy",
+    );
+    assert_eq!(
+        route["spec"]["parentRefs"][0]["name"],
+        gateway["metadata"]["name"]
+    );
+    for policy in [&wasm, &native] {
+        // Per-route enablement: the policy is attached to the HTTPRoute, in its namespace.
+        assert_eq!(
+            policy["spec"]["targetRefs"],
+            serde_json::json!([{ "group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                 "name": route["metadata"]["name"] }])
+        );
+        assert_eq!(
+            policy["metadata"]["namespace"],
+            route["metadata"]["namespace"]
+        );
+    }
+    let w = &wasm["spec"]["wasm"][0];
+    assert_eq!(w["rootID"], "meshbreaker");
+    assert_eq!(w["failOpen"], true);
+    assert_eq!(w["code"]["type"], "Image");
+    // The same image as the Istio OCI variant, pinned to the same manifest digest.
+    let istio = wasmplugin("wasmplugin.yaml");
+    assert_eq!(w["code"]["image"]["sha256"], istio["spec"]["sha256"]);
+    assert_eq!(
+        format!(
+            "oci://{}",
+            w["code"]["image"]["url"].as_str().expect("image url")
+        ),
+        istio["spec"]["url"].as_str().expect("url")
+    );
+    // The dynamic module: registered by name in the EnvoyProxy the Gateway uses, filter
+    // `meshbreaker` (SPEC "Workspace").
+    let m = &native["spec"]["dynamicModule"][0];
+    assert_eq!(m["filterName"], "meshbreaker");
+    assert_eq!(proxy["spec"]["dynamicModules"][0]["name"], m["name"]);
+    assert!(
+        proxy["spec"]["dynamicModules"][0]["source"]["local"]["path"]
+            .as_str()
+            .expect("a local path")
+            .ends_with("/libmeshbreaker.so")
+    );
+    let params = &gateway["spec"]["infrastructure"]["parametersRef"];
+    assert_eq!(params["kind"], "EnvoyProxy");
+    assert_eq!(params["name"], proxy["metadata"]["name"]);
+    assert_eq!(
+        proxy["metadata"]["namespace"],
+        gateway["metadata"]["namespace"]
+    );
+    // Both shells get the same plugin configuration.
+    assert_eq!(w["config"], m["config"]);
+}
+
+/// The shipped Istio pluginConfig in the real Envoy: a failing upstream behind a cluster named
+/// `PassthroughCluster` (Istio's cluster for plain-HTTP egress to hosts without a ServiceEntry)
+/// is never rejected, while the same failures behind a service's own cluster trip its breaker.
+#[test]
+fn istio_plugin_config_leaves_passthrough_cluster_unguarded_in_the_real_envoy() {
+    use meshbreaker_tests::{eventually, is_rejection, run, Stack};
+    require_wasm();
+    let mut plugin = wasmplugin("wasmplugin.yaml")["spec"]["pluginConfig"].clone();
+    // No sidecar here; everything else as shipped.
+    plugin
+        .as_object_mut()
+        .expect("a map")
+        .remove("reset_signals");
+    run(async {
+        let s = Stack::start(&plugin, &["PassthroughCluster", "vendor-b"], &[], false).await;
+        let failing = meshbreaker_tests::Behavior {
+            status: Some(503),
+            ..Default::default()
+        };
+        s.up("PassthroughCluster").set(failing.clone());
+        s.up("vendor-b").set(failing);
+        // POST: the shipped `unsafe` policy retries connect failures only, so each request is
+        // one attempt. min_requests is 20 in the shipped configuration.
+        for _ in 0..30 {
+            let r = s.send("vendor-b", "POST", &[]).await;
+            assert!(r.status == 503, "{r:?}");
+        }
+        eventually(
+            std::time::Duration::from_secs(10),
+            "vendor-b open",
+            || async {
+                (s.metric_present("meshbreaker_state", "vendor-b", &[]).await == 1.0).then_some(())
+            },
+        )
+        .await;
+        assert!(is_rejection(&s.send("vendor-b", "POST", &[]).await));
+
+        for i in 0..60 {
+            let r = s.send("PassthroughCluster", "POST", &[]).await;
+            assert!(
+                !is_rejection(&r),
+                "request {i} to PassthroughCluster rejected: {r:?}"
+            );
+            assert_eq!(r.status, 503, "the upstream's own answer");
+        }
+        assert_eq!(
+            s.up("PassthroughCluster").count(),
+            60,
+            "every request reached the upstream"
+        );
+    })
 }

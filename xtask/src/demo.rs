@@ -441,6 +441,7 @@ pub fn demo(args: &[String]) -> Result {
          upstream 127.0.0.1:{upstream}; logs in {}",
         o.out.display()
     );
+    let prom = start_prometheus(&o, &mut sup, admin, sidecar, kernel.is_ok())?;
 
     step(&format!("drive: {} ({} s per phase)", o.phases, o.duration));
     sup.spawn(
@@ -460,6 +461,7 @@ pub fn demo(args: &[String]) -> Result {
             .arg(&o.out)
             .stdin(Stdio::null()),
     )?;
+    let drive_started_s = crate::prometheus::now_s();
     let pids: Vec<String> = sup.pids().iter().map(u32::to_string).collect();
     fs::write(o.out.join("pids"), pids.join("\n")).map_err(|e| e.to_string())?;
 
@@ -481,10 +483,16 @@ pub fn demo(args: &[String]) -> Result {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    sup.stop_all();
     if !status.success() {
+        sup.stop_all();
         return Err(format!("the driver failed ({status})"));
     }
+    if let (true, Some(port)) = (o.ci, prom) {
+        let checked = check_prometheus(&o.out, port, drive_started_s);
+        sup.stop_all();
+        checked?;
+    }
+    sup.stop_all();
     eprintln!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     if o.ci {
         check_summary(&o.out)?;
@@ -506,6 +514,7 @@ fn set_up(steps: &mut dyn Steps, skip_build: bool, sidecar: bool) -> Result<(Pat
         wasm: !skip_build,
         ebpf: sidecar && !skip_build,
         envoy: true,
+        prometheus: true,
         tests: false,
     };
     let ready = prepare(steps, needs, !skip_build)?;
@@ -522,6 +531,125 @@ fn set_up(steps: &mut dyn Steps, skip_build: bool, sidecar: bool) -> Result<(Pat
         steps.build_binaries(&packages)?;
     }
     Ok((wasm, envoy))
+}
+
+/// Prometheus beside the stack (module `prometheus`), when Debian's package is installed: one
+/// line with its URL, or one line saying why there is none. `--ci` needs it.
+fn start_prometheus(
+    o: &Opts,
+    sup: &mut Supervisor,
+    admin: u16,
+    sidecar: u16,
+    sidecar_running: bool,
+) -> Result<Option<u16>> {
+    let Some(bin) = crate::prometheus::binary() else {
+        let why = "prometheus: not installed (Debian package prometheus, which the demo installs when it runs as root), so no Prometheus beside the demo";
+        if o.ci {
+            return Err(format!(
+                "demo --ci checks the shipped PromQL against a real Prometheus: {why}"
+            ));
+        }
+        eprintln!("{why}");
+        return Ok(None);
+    };
+    let port = free_port()?;
+    let mut cmd =
+        crate::prometheus::prepare(&bin, &o.out.join("prometheus"), port, admin, sidecar)?;
+    sup.spawn("prometheus", cmd.stderr(log_file(&o.out, "prometheus")?))?;
+    wait_for("Prometheus", sup, 60, || crate::prometheus::ready(port))
+        .map_err(|e| format!("{e} (see {})", o.out.join("prometheus.log").display()))?;
+    eprintln!(
+        "prometheus: http://127.0.0.1:{port}/ (scrapes Envoy and the sidecar{}, evaluates observability/rules/ with `for: {}`; try /alerts)",
+        if sidecar_running { "" } else { ", which is off: MeshbreakerSidecarDown fires" },
+        crate::prometheus::DEMO_FOR
+    );
+    Ok(Some(port))
+}
+
+/// `--ci`: the shipped PromQL against the demo's series, and `MeshbreakerCircuitOpen` firing in
+/// every failing phase and resolved after the last recovery; the timeline goes to `alerts.txt`.
+fn check_prometheus(out: &Path, port: u16, t0: f64) -> Result {
+    step("demo --ci: the shipped rules, dashboard and docs PromQL against the real Prometheus");
+    let p = out.join("summary.json");
+    let report: Value =
+        serde_json::from_str(&fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    let key = report["key"].as_str().ok_or("summary.json has no key")?;
+    let phases = report["phases"]
+        .as_array()
+        .ok_or("summary.json has no phases")?;
+    // The last scrape and evaluation of the final state: wait for the alert to resolve.
+    let alert = "MeshbreakerCircuitOpen";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let resolved_at = loop {
+        let now = crate::prometheus::now_s();
+        let firing = crate::prometheus::firing(port, alert, key, now - 1.0, now)?;
+        if firing.is_empty() {
+            break now - t0;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{alert} for key {key} still firing 15 s after the demo ended"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let checked = crate::prometheus::check_expressions(port)?;
+    let intervals = crate::prometheus::firing(port, alert, key, t0, t0 + resolved_at)?;
+    let mut lines = vec![format!(
+        "{alert}{{key=\"{key}\"}} (for: {}), seconds since the drive started:",
+        crate::prometheus::DEMO_FOR
+    )];
+    let mut problems = Vec::new();
+    for ph in phases {
+        let name = ph["name"].as_str().unwrap_or("?");
+        let (start, end) = (
+            ph["start_s"].as_f64().unwrap_or(0.0),
+            ph["end_s"].as_f64().unwrap_or(0.0),
+        );
+        let fired: Vec<String> = intervals
+            .iter()
+            .filter(|(from, _)| *from >= start && *from < end)
+            .map(|(from, to)| format!("firing {from:.1}–{to:.1}"))
+            .collect();
+        lines.push(format!(
+            "  {name:<9} {start:5.1}–{end:5.1}  {}",
+            if fired.is_empty() {
+                "—".to_owned()
+            } else {
+                fired.join(", ")
+            }
+        ));
+        let grace = crate::prometheus::FIRING_GRACE_S;
+        if ph["fault"] != "healthy"
+            && !intervals
+                .iter()
+                .any(|(from, _)| *from >= start && *from < end + grace)
+        {
+            problems.push(format!(
+                "{alert} did not fire during phase {name} ({start:.1}–{end:.1} s, or {grace} s after)"
+            ));
+        }
+    }
+    let last_end = phases
+        .last()
+        .and_then(|p| p["end_s"].as_f64())
+        .unwrap_or(0.0);
+    lines.push(format!(
+        "  resolved: not firing at {resolved_at:.1} s (the last phase ended at {last_end:.1} s)"
+    ));
+    let text = lines.join("\n");
+    eprintln!("{text}");
+    let _ = fs::write(out.join("alerts.txt"), format!("{text}\n"));
+    if intervals.is_empty() {
+        problems.push(format!("{alert} never fired for key {key}"));
+    }
+    if problems.is_empty() {
+        eprintln!("prometheus: {checked} expressions return series; {alert} fired in every failing phase and resolved");
+        Ok(())
+    } else {
+        Err(format!("demo --ci:\n  {}", problems.join("\n  ")))
+    }
 }
 
 /// `--ci`: every failing phase opened the circuit, every recovery closed it, and the picture
@@ -773,7 +901,7 @@ mod tests {
             r.0,
             [
                 "rustup wasm32-unknown-unknown",
-                "apt binaryen clang libbpf-dev python3-venv",
+                "apt binaryen clang libbpf-dev python3-venv prometheus",
                 "envoy",
                 "build meshbreaker.wasm",
                 "build meshbreaker-demo meshbreaker-sidecar",
@@ -789,7 +917,7 @@ mod tests {
             r.0,
             [
                 "rustup wasm32-unknown-unknown",
-                "apt binaryen python3-venv",
+                "apt binaryen python3-venv prometheus",
                 "envoy",
                 "build meshbreaker.wasm",
                 "build meshbreaker-demo",

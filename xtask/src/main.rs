@@ -14,6 +14,7 @@ mod demo;
 mod fuzz;
 mod harness;
 mod oci;
+mod prometheus;
 mod protection;
 mod setup;
 mod soak;

@@ -11,8 +11,8 @@
 //! the config are the runtime config (`application/vnd.module.wasm.config.v1+json`).
 //!
 //! For `oci://` URLs Istio compares `WasmPlugin.spec.sha256` with the image *manifest* digest;
-//! `--pin` writes that into `istio/wasmplugin.yaml` (and the module's own digest into
-//! `istio/wasmplugin-file.yaml`). Nothing here depends on the time: the same module gives the
+//! `--pin` writes that into `istio/wasmplugin.yaml` and `gateway/extension-wasm.yaml` (and the
+//! module's own digest into `istio/wasmplugin-file.yaml`). Nothing here depends on the time: the same module gives the
 //! same digests.
 
 use std::fs;
@@ -167,24 +167,24 @@ fn write_tarball(layout: &Path, tarball: &Path) -> Result {
     Ok(())
 }
 
-/// Replaces the one `  sha256: "…"` line of an Istio manifest.
+/// Replaces the one `sha256: "…"` line of a manifest (an Istio WasmPlugin, an Envoy Gateway
+/// EnvoyExtensionPolicy), keeping its indentation.
 fn pin(file: &Path, hex: &str) -> Result {
     let text = fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut n = 0;
     let out: Vec<String> = text
         .lines()
-        .map(|l| {
-            if l.starts_with("  sha256: ") {
+        .map(|l| match l.split_once("sha256: ") {
+            Some((indent, _)) if indent.trim().is_empty() => {
                 n += 1;
-                format!("  sha256: \"{hex}\"")
-            } else {
-                l.to_owned()
+                format!("{indent}sha256: \"{hex}\"")
             }
+            _ => l.to_owned(),
         })
         .collect();
     if n != 1 {
         return Err(format!(
-            "{}: expected one `  sha256:` line, found {n}",
+            "{}: expected one `sha256:` line, found {n}",
             file.display()
         ));
     }
@@ -235,7 +235,11 @@ pub fn oci(args: &[String]) -> Result {
             &root().join("istio/wasmplugin-file.yaml"),
             &strip(&image.wasm_digest),
         )?;
-        eprintln!("pinned istio/wasmplugin.yaml (manifest digest) and istio/wasmplugin-file.yaml (module digest)");
+        pin(
+            &root().join("gateway/extension-wasm.yaml"),
+            &strip(&image.manifest_digest),
+        )?;
+        eprintln!("pinned istio/wasmplugin.yaml and gateway/extension-wasm.yaml (manifest digest), istio/wasmplugin-file.yaml (module digest)");
     }
     Ok(())
 }

@@ -29,6 +29,8 @@ pub struct Needs {
     pub ebpf: bool,
     /// python3-venv and the pinned Envoy in `.venv/`.
     pub envoy: bool,
+    /// Prometheus (with promtool): runs beside the demo, tests the shipped rules.
+    pub prometheus: bool,
     /// What only the tests use: network namespaces (iproute2), `docker-compose config`, node and
     /// npm with the manifest checks' npm packages, the wasip1 target.
     pub tests: bool,
@@ -40,6 +42,7 @@ impl Needs {
         wasm: true,
         ebpf: false,
         envoy: false,
+        prometheus: false,
         tests: false,
     };
     /// `cargo xtask demo`, `bench`, `soak`: the filter, Envoy, and the sidecar when `ebpf`.
@@ -48,6 +51,7 @@ impl Needs {
             wasm: true,
             ebpf,
             envoy: true,
+            prometheus: false,
             tests: false,
         }
     }
@@ -56,6 +60,7 @@ impl Needs {
         wasm: true,
         ebpf: true,
         envoy: true,
+        prometheus: true,
         tests: true,
     };
 
@@ -85,6 +90,12 @@ impl Needs {
         }
         if self.envoy {
             p.push(("python3-venv", "holds the pinned Envoy in .venv/"));
+        }
+        if self.prometheus {
+            p.push((
+                "prometheus",
+                "runs beside the demo and tests the shipped alerting rules",
+            ));
         }
         if self.tests {
             p.extend(TEST_PACKAGES);
@@ -494,7 +505,7 @@ mod tests {
             r.0,
             [
                 "rustup wasm32-unknown-unknown wasm32-wasip1",
-                "apt binaryen clang libbpf-dev python3-venv iproute2 docker-compose nodejs npm",
+                "apt binaryen clang libbpf-dev python3-venv prometheus iproute2 docker-compose nodejs npm",
                 "npm",
                 "envoy",
             ]
