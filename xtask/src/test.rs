@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::setup::{build, prepare, wasm_bindgen_runner, Machine, Needs, WASM_TARGET};
+use crate::setup::{build, native_dist, prepare, wasm_bindgen_runner, Machine, Needs, WASM_TARGET};
 use crate::util::{cargo, run, step, Result};
 
 pub fn test(args: &[String]) -> Result {
@@ -31,7 +31,8 @@ pub fn test(args: &[String]) -> Result {
         .args(["test", "--workspace"])
         .args(args)
         .env("MESHBREAKER_ENVOY", &envoy)
-        .env("MESHBREAKER_WASM", &wasm))?;
+        .env("MESHBREAKER_WASM", &wasm)
+        .env("MESHBREAKER_NATIVE", native_dist()))?;
     step("cargo xtask demo --ci (the whole stack through its phases, asserted)");
     // The demo finds Envoy through MESHBREAKER_ENVOY, like the tests.
     std::env::set_var("MESHBREAKER_ENVOY", &envoy);
