@@ -224,6 +224,34 @@ fn module_counts_allowed_requests_per_cluster_key() {
     });
 }
 
+/// `key_by: route` reads `xds.route_name` (attribute 61) in the request path; the test bootstrap
+/// names its catch-all route `http`.
+#[test]
+fn module_keys_by_route_name() {
+    run(async {
+        let up = HttpUpstream::start().await;
+        let envoy = Envoy::start(
+            Bootstrap::new()
+                .backend(up.addr)
+                .with_native_filter(r#"{"key_by":"route"}"#)
+                .to_yaml(),
+        )
+        .await;
+        assert_eq!(envoy.http1().get("/route", &[]).await.status, 200);
+        eventually(
+            Duration::from_secs(10),
+            "the http route's allowed counter",
+            || async {
+                envoy
+                    .metric_opt(REQUESTS, &[("key", "http"), ("decision", "allowed")])
+                    .await
+                    .filter(|n| *n >= 1.0)
+            },
+        )
+        .await;
+    });
+}
+
 #[test]
 fn bad_filter_config_is_refused_with_its_field_path() {
     let yaml = Bootstrap::new()
