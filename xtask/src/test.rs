@@ -11,7 +11,7 @@ pub fn test(args: &[String]) -> Result {
         .envoy
         .ok_or("the tests need Envoy")?;
     let runner = wasm_bindgen_runner()?;
-    step("clippy: no unwrap/expect/panic outside tests in policy-core and filter");
+    step("clippy: no unwrap/expect/panic outside tests in policy-core, the filter and the dynamic module");
     run(cargo().args([
         "clippy",
         "-q",
@@ -19,6 +19,8 @@ pub fn test(args: &[String]) -> Result {
         "policy-core",
         "-p",
         "meshbreaker-filter",
+        "-p",
+        "meshbreaker-native",
         "--",
         "-D",
         "warnings",
