@@ -17,9 +17,11 @@
 //!   map they came from. [`Stream`] encodes that: reads borrow it, writes need it mutably.
 //!
 //! ## Safety of the hooks
-//! Every hook runs its body under [`guard`] (`catch_unwind`): a panic fails open (the stream
-//! continues, nothing is recorded) instead of unwinding into Envoy's C++ frames, which would abort
-//! the process. That needs `panic = "unwind"`, hence the workspace's `native` profile.
+//! Every hook that runs module code runs it under [`guard`] (`catch_unwind`): a panic fails open
+//! (the stream continues, nothing is recorded; a configuration is refused) instead of unwinding
+//! into Envoy's C++ frames, which would abort the process. That needs `panic = "unwind"`, hence
+//! the workspace's `native` profile. (`on_program_init`, `on_http_filter_new` and
+//! `on_http_filter_destroy` only return a constant or their argument: nothing there can panic.)
 
 use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
