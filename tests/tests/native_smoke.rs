@@ -252,6 +252,41 @@ fn module_keys_by_route_name() {
     });
 }
 
+/// `key_by: authority` reads the `:authority` header (`http_get_header`) in the request path, as
+/// bytes, and sanitizes it.
+#[test]
+fn module_keys_by_sanitized_authority() {
+    run(async {
+        let up = HttpUpstream::start().await;
+        let envoy = Envoy::start(
+            Bootstrap::new()
+                .backend(up.addr)
+                .with_native_filter(r#"{"key_by":"authority"}"#)
+                .to_yaml(),
+        )
+        .await;
+        let r = envoy
+            .http1()
+            .get("/authority", &[("host", "Shop.Example:8080")])
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        eventually(
+            Duration::from_secs(10),
+            "the authority's allowed counter",
+            || async {
+                envoy
+                    .metric_opt(
+                        REQUESTS,
+                        &[("key", "shop.example:8080"), ("decision", "allowed")],
+                    )
+                    .await
+                    .filter(|n| *n >= 1.0)
+            },
+        )
+        .await;
+    });
+}
+
 #[test]
 fn bad_filter_config_is_refused_with_its_field_path() {
     let yaml = Bootstrap::new()
