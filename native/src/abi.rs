@@ -665,6 +665,24 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     guard(|| filter::on_request_headers(cfg, &mut stream)).unwrap_or(Status::Continue) as i32
 }
 
+/// Response headers: nothing to do in the module yet ([`filter::on_response_headers`]).
+///
+/// # Safety
+/// As for `on_http_filter_request_headers`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+    _end_of_stream: bool,
+) -> i32 {
+    // SAFETY: `filter` is what `on_http_filter_new` returned: the live configuration.
+    let Some(cfg) = (unsafe { config_ref(filter) }) else {
+        return Status::Continue as i32;
+    };
+    let mut stream = Stream::new(filter_envoy);
+    guard(|| filter::on_response_headers(cfg, &mut stream)).unwrap_or(Status::Continue) as i32
+}
+
 /// Stubs: Envoy 1.40 requires these hooks; meshbreaker has nothing to do in them (yet).
 macro_rules! continue_hooks {
     ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
@@ -687,7 +705,6 @@ macro_rules! void_hooks {
 continue_hooks! {
     envoy_dynamic_module_on_http_filter_request_body(_f: FilterEnvoyPtr, _m: ModulePtr, _eos: bool);
     envoy_dynamic_module_on_http_filter_request_trailers(_f: FilterEnvoyPtr, _m: ModulePtr);
-    envoy_dynamic_module_on_http_filter_response_headers(_f: FilterEnvoyPtr, _m: ModulePtr, _eos: bool);
     envoy_dynamic_module_on_http_filter_response_body(_f: FilterEnvoyPtr, _m: ModulePtr, _eos: bool);
     envoy_dynamic_module_on_http_filter_response_trailers(_f: FilterEnvoyPtr, _m: ModulePtr);
 }

@@ -39,6 +39,9 @@ pub struct FilterConfig {
     strip: StripLists,
     requests: CounterId,
     labels: &'static Labels,
+    /// Set when this configuration is the ABI probe's filter.
+    #[cfg(feature = "abi-probe")]
+    pub(crate) probe: Option<crate::probe::Probe>,
 }
 
 // Every worker reads the same configuration at once.
@@ -55,6 +58,8 @@ impl FilterConfig {
             cfg,
             requests,
             labels,
+            #[cfg(feature = "abi-probe")]
+            probe: None,
         }
     }
 
@@ -65,6 +70,10 @@ impl FilterConfig {
 
 /// The configuration of filter `name` from `json`, or the one log line that says why not.
 pub fn load(name: &[u8], json: &[u8]) -> Result<Config, String> {
+    #[cfg(feature = "abi-probe")]
+    if name == crate::probe::FILTER_NAME.as_bytes() {
+        return Config::parse(json).map_err(|e| format!("meshbreaker: {e}"));
+    }
     if name != FILTER_NAME.as_bytes() {
         // Debug formatting escapes what the configuration wrote: it cannot forge log lines.
         return Err(format!(
@@ -95,7 +104,13 @@ pub fn config_new(envoy: &mut ConfigEnvoy<'_>, name: &[u8], json: &[u8]) -> Opti
             return None;
         }
     };
-    Some(FilterConfig::new(cfg, requests, labels::process()))
+    #[allow(unused_mut)]
+    let mut fc = FilterConfig::new(cfg, requests, labels::process());
+    #[cfg(feature = "abi-probe")]
+    if name == crate::probe::FILTER_NAME.as_bytes() {
+        fc.probe = Some(crate::probe::Probe::define(envoy)?);
+    }
+    Some(fc)
 }
 
 thread_local! {
@@ -112,6 +127,10 @@ pub fn on_request_headers(fc: &FilterConfig, s: &mut Stream<'_>) -> Status {
 }
 
 fn request_headers(fc: &FilterConfig, s: &mut Stream<'_>, scratch: &mut Scratch) -> Status {
+    #[cfg(feature = "abi-probe")]
+    if let Some(p) = &fc.probe {
+        return p.on_request_headers(s);
+    }
     let strip = {
         let parts = read_parts(fc.needs, s);
         let strip = fc.strip.for_request(&fc.cfg, &parts, scratch);
@@ -124,6 +143,17 @@ fn request_headers(fc: &FilterConfig, s: &mut Stream<'_>, scratch: &mut Scratch)
     let label = fc.labels.label(scratch.last_key(), fc.cfg.max_keys);
     // A metric Envoy refuses is not worth failing a request over.
     let _ = s.increment_counter(fc.requests, &[label.as_bytes(), ALLOWED], 1);
+    Status::Continue
+}
+
+/// `on_http_filter_response_headers`: nothing yet (the outcome is read at stream end once the
+/// breaker records it).
+pub fn on_response_headers(fc: &FilterConfig, s: &mut Stream<'_>) -> Status {
+    #[cfg(feature = "abi-probe")]
+    if let Some(p) = &fc.probe {
+        return p.on_response_headers(s);
+    }
+    let _ = (fc, s);
     Status::Continue
 }
 

@@ -15,6 +15,8 @@
 //! - [`filter`]: what the hooks do, in safe Rust: configuration, the request path.
 //! - [`request`]: pure helpers over the bytes a request carries (key, strip list).
 //! - [`labels`]: the process-wide budget of `key` metric labels.
+//! - `probe` (feature `abi-probe`, never in `target/dist/libmeshbreaker.so`): a second filter that
+//!   drives the callbacks the request path does not use yet, for the smoke test.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -27,4 +29,6 @@
 pub mod abi;
 pub mod filter;
 pub mod labels;
+#[cfg(feature = "abi-probe")]
+pub mod probe;
 pub mod request;
