@@ -316,6 +316,109 @@ fn unknown_filter_name_is_refused() {
     );
 }
 
+/// The module built with its `abi-probe` feature: `MESHBREAKER_NATIVE_ABI_PROBE`, else
+/// `target/dist/abi-probe/libmeshbreaker.so` (both written by `cargo xtask test`).
+fn require_abi_probe() -> PathBuf {
+    let p = std::env::var_os("MESHBREAKER_NATIVE_ABI_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/dist/abi-probe/libmeshbreaker.so"));
+    assert!(
+        p.is_file(),
+        "the module's ABI probe is not at {} — run `cargo xtask test`, or build it with \
+         `cargo build -p meshbreaker-native --features abi-probe` and set \
+         MESHBREAKER_NATIVE_ABI_PROBE to target/debug/libmeshbreaker_native.so",
+        p.display()
+    );
+    p
+}
+
+struct Probe {
+    envoy: Envoy,
+    up: HttpUpstream,
+}
+
+static PROBE: OnceCell<Probe> = OnceCell::const_new();
+
+/// One Envoy with the probe filter (`native/src/probe.rs`) in front of a real upstream.
+async fn probe() -> &'static Probe {
+    PROBE
+        .get_or_init(|| async {
+            let up = HttpUpstream::start().await;
+            let mut b = Bootstrap::new().backend(up.addr);
+            b.native = Some((require_abi_probe(), "{}".to_owned()));
+            let yaml = b.to_yaml().replace(
+                r#""filter_name": "meshbreaker""#,
+                r#""filter_name": "meshbreaker_abi_probe""#,
+            );
+            let envoy = Envoy::start(yaml).await;
+            Probe { envoy, up }
+        })
+        .await
+}
+
+/// `http_send_response`: status, headers and body of a local reply reach the client, and the
+/// upstream is never contacted.
+#[test]
+fn abi_probe_local_reply_reaches_the_client() {
+    run(async {
+        let p = probe().await;
+        let r = p
+            .envoy
+            .http1()
+            .get("/reply", &[("x-abi-probe", "reply")])
+            .await;
+        assert_eq!(r.status, 418, "{r:?}");
+        assert_eq!(r.header("x-abi-probe"), Some("replied"));
+        assert_eq!(r.body, "abi probe reply");
+        assert!(!p.up.requests().iter().any(|q| q.path == "/reply"));
+    });
+}
+
+/// `http_add_header` on the request, `http_filter_config_define_gauge` and
+/// `http_filter_set_gauge`, then `http_filter_get_attribute_int` (response code, flags, attempt
+/// count), `get_attribute_string` (upstream address) and `http_get_header` on the response map.
+#[test]
+fn abi_probe_callbacks_round_trip_through_envoy() {
+    run(async {
+        let p = probe().await;
+        let r = p.envoy.http1().get("/attrs", &[]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen =
+            p.up.requests()
+                .into_iter()
+                .find(|q| q.path == "/attrs")
+                .expect("the upstream saw the request");
+        assert_eq!(seen.header("x-abi-probe-added"), Some("1"), "{seen:?}");
+        let want = format!(
+            "code=200;flags=0;attempts=1;upstream=127.0.0.1:{};status=200",
+            p.up.port()
+        );
+        assert_eq!(r.header("x-abi-probe-attrs"), Some(want.as_str()), "{r:?}");
+        let failed = p
+            .envoy
+            .http1()
+            .get("/attrs-503", &[("x-test-status", "503")])
+            .await;
+        assert_eq!(failed.status, 503);
+        assert!(
+            failed
+                .header("x-abi-probe-attrs")
+                .is_some_and(|a| a.starts_with("code=503;") && a.ends_with(";status=503")),
+            "{failed:?}"
+        );
+        let gauge = eventually(Duration::from_secs(10), "the probe gauge", || async {
+            p.envoy
+                .metric_opt(
+                    "envoy_dynamicmodulescustom_meshbreaker_abi_probe_gauge",
+                    &[("key", "probe")],
+                )
+                .await
+        })
+        .await;
+        assert_eq!(gauge, 7.0);
+    });
+}
+
 /// The Envoy binary itself (`.venv/bin/envoy` is a Python launcher that execs it).
 fn envoy_elf() -> PathBuf {
     let bin = envoy_binary();

