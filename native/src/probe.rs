@@ -5,6 +5,7 @@
 //! hidden until the breaker's decisions relied on it. Never part of the shipped module.
 //!
 //! - request headers: `x-abi-probe: reply` gets a local reply (418, a header, a body, details);
+//!   `x-abi-probe: panic` panics inside the hook, which must fail open (the request goes on);
 //!   any other request gets `x-abi-probe-added: 1` added before the upstream, and sets the gauge
 //!   `meshbreaker_abi_probe_gauge{key="probe"}` to 7;
 //! - response headers: `x-abi-probe-attrs` carries the int and string attributes the breaker will
@@ -38,6 +39,13 @@ impl Probe {
                 "abi_probe",
             );
             return Status::StopIteration;
+        }
+        if s.header(HeaderMap::RequestHeaders, "x-abi-probe") == Some(b"panic") {
+            // What a bug in a hook looks like to Envoy: `guard` must turn it into Continue.
+            #[allow(clippy::panic)]
+            {
+                panic!("meshbreaker abi probe: a panic inside on_request_headers");
+            }
         }
         s.add_header(HeaderMap::RequestHeaders, "x-abi-probe-added", b"1");
         let _ = s.set_gauge(self.gauge, &[b"probe"], 7);

@@ -374,6 +374,24 @@ fn abi_probe_local_reply_reaches_the_client() {
     });
 }
 
+/// A panic inside a hook is caught in the module (`catch_unwind`, `panic = "unwind"`): the
+/// request fails open and Envoy keeps serving.
+#[test]
+fn abi_probe_panic_in_a_hook_fails_open() {
+    run(async {
+        let p = probe().await;
+        let r = p
+            .envoy
+            .http1()
+            .get("/panic", &[("x-abi-probe", "panic")])
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(p.up.requests().iter().any(|q| q.path == "/panic"));
+        assert!(p.envoy.is_running());
+        assert_eq!(p.envoy.http1().get("/after-panic", &[]).await.status, 200);
+    });
+}
+
 /// `http_add_header` on the request, `http_filter_config_define_gauge` and
 /// `http_filter_set_gauge`, then `http_filter_get_attribute_int` (response code, flags, attempt
 /// count), `get_attribute_string` (upstream address) and `http_get_header` on the response map.
