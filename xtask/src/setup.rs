@@ -1,5 +1,5 @@
 //! Installs and builds: rustup targets, Debian packages, the pinned Envoy, npm packages, the
-//! wasm-bindgen test runner, and the optimized filter.
+//! wasm-bindgen test runner, the optimized filter and the dynamic module.
 //!
 //! Every command installs what it needs before it builds or runs anything (the README's promise:
 //! a fresh clone on a fresh machine works with one command). Each command names its [`Needs`];
@@ -273,7 +273,8 @@ pub fn deps() -> Result {
     prepare(&mut Machine, Needs::ALL, false).map(|_| ())
 }
 
-/// `cargo xtask build`: installs what the build needs, then builds the optimized filter.
+/// Installs what the build needs, then builds the optimized filter (`cargo xtask build` also
+/// builds the dynamic module, [`build_native`]; the commands that run only the wasm filter do not).
 pub fn build() -> Result<PathBuf> {
     let ready = prepare(&mut Machine, Needs::BUILD, true)?;
     ready
@@ -361,6 +362,59 @@ fn build_filter() -> Result<PathBuf> {
             "meshbreaker.wasm is {size} bytes, over the {MAX_WASM_BYTES}-byte limit"
         ));
     }
+    Ok(out)
+}
+
+/// Where `cargo xtask build` leaves the dynamic module: the file name Envoy looks for when a
+/// bootstrap loads it by name (`lib<name>.so`, name `meshbreaker`).
+pub fn native_dist() -> PathBuf {
+    root().join("target").join("dist").join("libmeshbreaker.so")
+}
+
+/// Builds the dynamic module with the workspace's `native` profile (release with `panic =
+/// "unwind"`, so its hooks' `catch_unwind` works) and copies cargo's `libmeshbreaker_native.so`
+/// to [`native_dist`]. It needs nothing installed beyond the host toolchain.
+pub fn build_native() -> Result<PathBuf> {
+    step("build libmeshbreaker.so (the Envoy 1.40 dynamic module)");
+    run(cargo().args(["build", "--profile", "native", "-p", "meshbreaker-native"]))?;
+    let built = root()
+        .join("target")
+        .join("native")
+        .join("libmeshbreaker_native.so");
+    let out = native_dist();
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    fs::copy(&built, &out)
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), out.display()))?;
+    let size = fs::metadata(&out).map_err(|e| e.to_string())?.len();
+    eprintln!(
+        "target/dist/libmeshbreaker.so: {size} bytes ({:.1} KiB)",
+        size as f64 / 1024.0
+    );
+    Ok(out)
+}
+
+/// Builds the module with its `abi-probe` feature (a debug build: only the smoke test loads it)
+/// into `target/dist/abi-probe/libmeshbreaker.so`, for `tests/tests/native_smoke.rs`.
+pub fn build_native_abi_probe() -> Result<PathBuf> {
+    step("build the dynamic module's ABI probe (feature abi-probe, for the smoke test)");
+    run(cargo().args([
+        "build",
+        "-p",
+        "meshbreaker-native",
+        "--features",
+        "abi-probe",
+    ]))?;
+    let built = root()
+        .join("target")
+        .join("debug")
+        .join("libmeshbreaker_native.so");
+    let dir = root().join("target").join("dist").join("abi-probe");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let out = dir.join("libmeshbreaker.so");
+    fs::copy(&built, &out)
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), out.display()))?;
     Ok(out)
 }
 

@@ -2,7 +2,10 @@
 
 use std::time::Instant;
 
-use crate::setup::{build, prepare, wasm_bindgen_runner, Machine, Needs, WASM_TARGET};
+use crate::setup::{
+    build, build_native, build_native_abi_probe, native_dist, prepare, wasm_bindgen_runner,
+    Machine, Needs, WASM_TARGET,
+};
 use crate::util::{cargo, run, step, Result};
 
 pub fn test(args: &[String]) -> Result {
@@ -11,7 +14,7 @@ pub fn test(args: &[String]) -> Result {
         .envoy
         .ok_or("the tests need Envoy")?;
     let runner = wasm_bindgen_runner()?;
-    step("clippy: no unwrap/expect/panic outside tests in policy-core and filter");
+    step("clippy: no unwrap/expect/panic outside tests in policy-core, the filter and the dynamic module");
     run(cargo().args([
         "clippy",
         "-q",
@@ -19,6 +22,8 @@ pub fn test(args: &[String]) -> Result {
         "policy-core",
         "-p",
         "meshbreaker-filter",
+        "-p",
+        "meshbreaker-native",
         "--",
         "-D",
         "warnings",
@@ -26,12 +31,16 @@ pub fn test(args: &[String]) -> Result {
     let wasm = build()?;
     // tests/tests/oci.rs verifies the image this writes.
     crate::oci::oci(&["--skip-build".to_owned()])?;
+    build_native()?;
+    let abi_probe = build_native_abi_probe()?;
     step("native tests (unit, property, Envoy integration, eBPF sidecar)");
     run(cargo()
         .args(["test", "--workspace"])
         .args(args)
         .env("MESHBREAKER_ENVOY", &envoy)
-        .env("MESHBREAKER_WASM", &wasm))?;
+        .env("MESHBREAKER_WASM", &wasm)
+        .env("MESHBREAKER_NATIVE", native_dist())
+        .env("MESHBREAKER_NATIVE_ABI_PROBE", &abi_probe))?;
     step("cargo xtask demo --ci (the whole stack through its phases, asserted)");
     // The demo finds Envoy through MESHBREAKER_ENVOY, like the tests.
     std::env::set_var("MESHBREAKER_ENVOY", &envoy);

@@ -1,0 +1,730 @@
+//! The subset of Envoy 1.40's dynamic-module ABI (`v0.2.0`) that meshbreaker uses: the exported
+//! hooks, the declared callbacks, and safe wrappers around them. The only module with `unsafe`.
+//!
+//! Why by hand: the ABI is a C header (`source/extensions/dynamic_modules/abi/abi.h` in Envoy)
+//! that changes between Envoy releases, and Envoy checks only symbol *names* when it loads a
+//! module (`dlopen(RTLD_NOW)`: a callback missing from the binary fails the load; a wrong argument
+//! list or enum value is silent undefined behaviour). So the declarations here are few, each one
+//! written against the header and its name checked against the pinned binary (`nm -D` for the
+//! callbacks, `strings` for the hook names Envoy looks up), and the smoke test in
+//! `tests/tests/native_smoke.rs` runs every one of them against the real Envoy.
+//!
+//! ## Conventions of the ABI
+//! - Buffers are `{ptr, len}` structs passed by value ([`EnvoyBuffer`] when Envoy owns the bytes,
+//!   [`ModuleBuffer`] when the module does); a header is `{key_ptr, key_len, value_ptr, value_len}`.
+//! - C enums are `i32`. Hook statuses: Continue = 0, StopIteration = 1.
+//! - Bytes Envoy hands out live until the end of the current hook, or until the module changes the
+//!   map they came from. [`Stream`] encodes that: reads borrow it, writes need it mutably.
+//!
+//! ## Safety of the hooks
+//! Every hook that runs module code runs it under [`guard`] (`catch_unwind`): a panic fails open
+//! (the stream continues, nothing is recorded; a configuration is refused) instead of unwinding
+//! into Envoy's C++ frames, which would abort the process. That needs `panic = "unwind"`, hence
+//! the workspace's `native` profile. (`on_program_init`, `on_http_filter_new` and
+//! `on_http_filter_destroy` only return a constant or their argument: nothing there can panic.)
+
+use std::ffi::{c_char, c_void, CStr};
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::filter::{self, FilterConfig};
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+/// What `envoy_dynamic_module_on_program_init` answers. Envoy 1.40 compares it with its own
+/// `ENVOY_DYNAMIC_MODULES_ABI_VERSION`; a mismatch is only a warning, so the real check is the
+/// pinned Envoy and the smoke test.
+pub const ABI_VERSION: &CStr = c"v0.2.0";
+
+/// Bytes owned by Envoy, valid until the end of the hook (or the next write to their map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EnvoyBuffer {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl EnvoyBuffer {
+    const NULL: EnvoyBuffer = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
+
+    /// The bytes, for as long as the caller's borrow says.
+    ///
+    /// # Safety
+    /// `ptr` is null or points at `len` readable bytes that outlive `'a`.
+    unsafe fn as_slice<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            &[]
+        } else {
+            // SAFETY: non-null, and the caller vouches for `len` bytes living for 'a.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+}
+
+/// Bytes owned by the module, lent to Envoy for one call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ModuleBuffer {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl ModuleBuffer {
+    /// The null buffer: "remove" as a header value, "none" as details.
+    const NULL: ModuleBuffer = ModuleBuffer {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
+
+    fn of(b: &[u8]) -> ModuleBuffer {
+        ModuleBuffer {
+            ptr: b.as_ptr(),
+            len: b.len(),
+        }
+    }
+}
+
+/// A response header lent to Envoy (`envoy_dynamic_module_type_module_http_header`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct ModuleHttpHeader {
+    key_ptr: *const u8,
+    key_len: usize,
+    value_ptr: *const u8,
+    value_len: usize,
+}
+
+impl ModuleHttpHeader {
+    const EMPTY: ModuleHttpHeader = ModuleHttpHeader {
+        key_ptr: std::ptr::null(),
+        key_len: 0,
+        value_ptr: std::ptr::null(),
+        value_len: 0,
+    };
+}
+
+type FilterEnvoyPtr = *mut c_void;
+type FilterConfigEnvoyPtr = *mut c_void;
+type ModulePtr = *const c_void;
+
+/// `envoy_dynamic_module_type_http_header_type`.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderMap {
+    RequestHeaders = 0,
+    RequestTrailers = 1,
+    ResponseHeaders = 2,
+    ResponseTrailers = 3,
+}
+
+/// The attributes meshbreaker reads (`envoy_dynamic_module_type_attribute_id`). Values 0–67 are
+/// the same in the v0.1.0 header and in 1.40; 1.40 appends after 67. Each was read back from the
+/// real 1.40 binary by the feasibility probe; a renumbering upstream reads the wrong attribute
+/// silently, which the smoke test's key label would show.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribute {
+    /// `response.code` (int).
+    ResponseCode = 15,
+    /// `response.flags` (int): Envoy's legacy response-flag bit mask.
+    ResponseFlags = 17,
+    /// `upstream.address` (string), in the form the sidecar reports peers.
+    UpstreamAddress = 41,
+    /// `upstream.request_attempt_count` (int): 0 for a local reply.
+    UpstreamRequestAttemptCount = 53,
+    /// `xds.cluster_name` (string).
+    XdsClusterName = 57,
+    /// `xds.route_name` (string).
+    XdsRouteName = 61,
+}
+
+/// `envoy_dynamic_module_type_log_level`.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
+}
+
+/// What a request or response hook tells Envoy (the `*_status` enums share these two values).
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Continue = 0,
+    /// After [`Stream::send_response`]: the stream goes no further.
+    StopIteration = 1,
+}
+
+/// `envoy_dynamic_module_type_metrics_result` other than Success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsError {
+    NotFound,
+    InvalidLabels,
+    /// Metrics can no longer be defined (only in `on_http_filter_config_new` they can).
+    Frozen,
+    /// A value this module does not know, or more labels than [`MAX_LABELS`].
+    Other(i32),
+}
+
+fn metrics_result(r: i32) -> Result<(), MetricsError> {
+    match r {
+        0 => Ok(()),
+        1 => Err(MetricsError::NotFound),
+        2 => Err(MetricsError::InvalidLabels),
+        3 => Err(MetricsError::Frozen),
+        other => Err(MetricsError::Other(other)),
+    }
+}
+
+/// Most labels a metric has; label values are lent to Envoy from a stack array of this size, so
+/// updating a metric allocates nothing. SPEC's metrics have at most two (`key` and `decision`/`to`).
+pub const MAX_LABELS: usize = 4;
+
+/// Most headers of a local reply lent from the stack; more go through one allocation.
+const STACK_HEADERS: usize = 8;
+
+/// A counter defined by [`ConfigEnvoy::define_counter`]. Counters, gauges and histograms have
+/// separate id spaces in Envoy (all three start at 1), so each kind has its own type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterId(usize);
+
+/// A gauge defined by [`ConfigEnvoy::define_gauge`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GaugeId(usize);
+
+// Callback names checked with `nm -D` against Envoy 1.40.0
+// (9e5580933739775e8bce696a57a2e1bc99368f23); every one is exported by the binary.
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
+
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter: FilterEnvoyPtr,
+        header_type: i32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_count: *mut usize,
+    ) -> bool;
+
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        header_type: i32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterEnvoyPtr,
+        header_type: i32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: FilterEnvoyPtr,
+        status_code: u32,
+        headers: *mut ModuleHttpHeader,
+        headers_len: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+        filter: FilterEnvoyPtr,
+        attribute_id: i32,
+        result: *mut u64,
+    ) -> bool;
+
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: FilterEnvoyPtr,
+        attribute_id: i32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: FilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_len: usize,
+        id: *mut usize,
+    ) -> i32;
+
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: FilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_len: usize,
+        id: *mut usize,
+    ) -> i32;
+
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> i32;
+
+    fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> i32;
+}
+
+/// Logs one line under Envoy's `dynamic_modules` logger.
+pub fn log(level: LogLevel, message: &str) {
+    // SAFETY: the buffer points at `message`, which outlives the call; Envoy copies it.
+    unsafe { envoy_dynamic_module_callback_log(level as i32, ModuleBuffer::of(message.as_bytes())) }
+}
+
+/// Label values as the ABI takes them, on the stack; `None` when there are more than [`MAX_LABELS`].
+fn label_buffers(values: &[&[u8]]) -> Option<[ModuleBuffer; MAX_LABELS]> {
+    if values.len() > MAX_LABELS {
+        return None;
+    }
+    let mut out = [ModuleBuffer::NULL; MAX_LABELS];
+    for (slot, v) in out.iter_mut().zip(values) {
+        *slot = ModuleBuffer::of(v);
+    }
+    Some(out)
+}
+
+/// The filter configuration's Envoy side, during `on_http_filter_config_new` (the only time
+/// metrics may be defined).
+pub struct ConfigEnvoy<'h> {
+    ptr: FilterConfigEnvoyPtr,
+    _hook: PhantomData<&'h mut ()>,
+}
+
+impl ConfigEnvoy<'_> {
+    fn new(ptr: FilterConfigEnvoyPtr) -> Self {
+        ConfigEnvoy {
+            ptr,
+            _hook: PhantomData,
+        }
+    }
+
+    fn define(
+        &mut self,
+        f: unsafe extern "C" fn(
+            FilterConfigEnvoyPtr,
+            ModuleBuffer,
+            *mut ModuleBuffer,
+            usize,
+            *mut usize,
+        ) -> i32,
+        name: &str,
+        labels: &[&str],
+    ) -> Result<usize, MetricsError> {
+        let names: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
+        let mut buffers = label_buffers(&names).ok_or(MetricsError::Other(-1))?;
+        let mut id = 0usize;
+        // SAFETY: `self.ptr` is the config pointer of the running hook; the name and label buffers
+        // point at live `&str`s for the duration of the call (Envoy copies them); `id` is a valid
+        // out-pointer.
+        let r = unsafe {
+            f(
+                self.ptr,
+                ModuleBuffer::of(name.as_bytes()),
+                buffers.as_mut_ptr(),
+                names.len(),
+                &mut id,
+            )
+        };
+        metrics_result(r).map(|()| id)
+    }
+
+    /// Defines a counter `name` with these label names (values are given per update).
+    pub fn define_counter(
+        &mut self,
+        name: &str,
+        labels: &[&str],
+    ) -> Result<CounterId, MetricsError> {
+        self.define(
+            envoy_dynamic_module_callback_http_filter_config_define_counter,
+            name,
+            labels,
+        )
+        .map(CounterId)
+    }
+
+    /// Defines a gauge `name` with these label names.
+    pub fn define_gauge(&mut self, name: &str, labels: &[&str]) -> Result<GaugeId, MetricsError> {
+        self.define(
+            envoy_dynamic_module_callback_http_filter_config_define_gauge,
+            name,
+            labels,
+        )
+        .map(GaugeId)
+    }
+}
+
+/// One HTTP stream's Envoy side, during one hook. Bytes read from it borrow it; every write takes
+/// it mutably, so no read can outlive a write that may have moved Envoy's bytes.
+pub struct Stream<'h> {
+    ptr: FilterEnvoyPtr,
+    _hook: PhantomData<&'h mut ()>,
+}
+
+impl Stream<'_> {
+    fn new(ptr: FilterEnvoyPtr) -> Self {
+        Stream {
+            ptr,
+            _hook: PhantomData,
+        }
+    }
+
+    /// The first value of header `name` in `map`, as bytes (header values need not be UTF-8).
+    pub fn header(&self, map: HeaderMap, name: &str) -> Option<&[u8]> {
+        let mut out = EnvoyBuffer::NULL;
+        let mut count = 0usize;
+        // SAFETY: the stream pointer is the running hook's; the key buffer lives across the call;
+        // `out` and `count` are valid out-pointers.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.ptr,
+                map as i32,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut out,
+                0,
+                &mut count,
+            )
+        };
+        if !ok || count == 0 || out.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: Envoy keeps the value alive until the hook ends or the map is written; the
+        // result borrows `self`, and every write takes `&mut self`.
+        Some(unsafe { out.as_slice() })
+    }
+
+    /// Replaces every value of `name` in `map` with `value`.
+    pub fn set_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) -> bool {
+        // SAFETY: the stream pointer is the running hook's; both buffers live across the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                map as i32,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Removes every value of `name` from `map` (the ABI has no remove: a null value removes).
+    pub fn remove_header(&mut self, map: HeaderMap, name: &str) -> bool {
+        // SAFETY: as in `set_header`; a null value buffer is the documented "remove".
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                map as i32,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::NULL,
+            )
+        }
+    }
+
+    /// Adds a value of `name` to `map`, keeping the values already there.
+    pub fn add_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) -> bool {
+        // SAFETY: the stream pointer is the running hook's; both buffers live across the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.ptr,
+                map as i32,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Answers the request locally; the hook must then return [`Status::StopIteration`]. `details`
+    /// becomes the response code details (`%RESPONSE_CODE_DETAILS%`), e.g. `breaker_open`.
+    pub fn send_response(
+        &mut self,
+        status: u32,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        details: &str,
+    ) {
+        let mut stack = [ModuleHttpHeader::EMPTY; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let lent: &mut [ModuleHttpHeader] = if headers.len() <= STACK_HEADERS {
+            &mut stack[..headers.len()]
+        } else {
+            heap.resize(headers.len(), ModuleHttpHeader::EMPTY);
+            &mut heap
+        };
+        for (slot, (k, v)) in lent.iter_mut().zip(headers) {
+            *slot = ModuleHttpHeader {
+                key_ptr: k.as_ptr(),
+                key_len: k.len(),
+                value_ptr: v.as_ptr(),
+                value_len: v.len(),
+            };
+        }
+        let details = if details.is_empty() {
+            ModuleBuffer::NULL
+        } else {
+            ModuleBuffer::of(details.as_bytes())
+        };
+        // SAFETY: the stream pointer is the running hook's; the header array, its keys and values,
+        // the body and the details all outlive the call (Envoy copies them).
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.ptr,
+                status,
+                lent.as_mut_ptr(),
+                lent.len(),
+                ModuleBuffer::of(body),
+                details,
+            )
+        }
+    }
+
+    /// An integer attribute, `None` when Envoy has none (yet) for this stream.
+    pub fn attribute_int(&self, id: Attribute) -> Option<u64> {
+        let mut out = 0u64;
+        // SAFETY: the stream pointer is the running hook's; `out` is a valid out-pointer.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                self.ptr, id as i32, &mut out,
+            )
+        };
+        ok.then_some(out)
+    }
+
+    /// A string attribute as bytes, `None` when Envoy has none (yet) for this stream.
+    pub fn attribute_bytes(&self, id: Attribute) -> Option<&[u8]> {
+        let mut out = EnvoyBuffer::NULL;
+        // SAFETY: the stream pointer is the running hook's; `out` is a valid out-pointer.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.ptr, id as i32, &mut out,
+            )
+        };
+        if !ok || out.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: Envoy's stream info outlives the hook; the result borrows `self`.
+        Some(unsafe { out.as_slice() })
+    }
+
+    /// Adds `by` to a counter, with one value per label name it was defined with.
+    pub fn increment_counter(
+        &mut self,
+        id: CounterId,
+        labels: &[&[u8]],
+        by: u64,
+    ) -> Result<(), MetricsError> {
+        let mut buffers = label_buffers(labels).ok_or(MetricsError::Other(-1))?;
+        // SAFETY: the stream pointer is the running hook's; the label buffers point at slices that
+        // outlive the call.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.ptr,
+                id.0,
+                buffers.as_mut_ptr(),
+                labels.len(),
+                by,
+            )
+        };
+        metrics_result(r)
+    }
+
+    /// Sets a gauge, with one value per label name it was defined with.
+    pub fn set_gauge(
+        &mut self,
+        id: GaugeId,
+        labels: &[&[u8]],
+        value: u64,
+    ) -> Result<(), MetricsError> {
+        let mut buffers = label_buffers(labels).ok_or(MetricsError::Other(-1))?;
+        // SAFETY: as in `increment_counter`.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_set_gauge(
+                self.ptr,
+                id.0,
+                buffers.as_mut_ptr(),
+                labels.len(),
+                value,
+            )
+        };
+        metrics_result(r)
+    }
+}
+
+/// Runs a hook body; a panic becomes `None` (the caller fails open) instead of unwinding into
+/// Envoy. The default panic hook has already printed the message to stderr.
+fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+/// The filter configuration behind a module pointer Envoy hands back.
+///
+/// # Safety
+/// `ptr` is null or came from [`envoy_dynamic_module_on_http_filter_config_new`] and has not been
+/// destroyed (Envoy destroys a configuration only after every stream that uses it).
+unsafe fn config_ref<'a>(ptr: ModulePtr) -> Option<&'a FilterConfig> {
+    // SAFETY: per the contract above, a non-null `ptr` is a live `Box<FilterConfig>`.
+    unsafe { ptr.cast::<FilterConfig>().as_ref() }
+}
+
+// ---- Exported hooks. Names checked with `strings` against the 1.40 binary: Envoy 1.40 resolves
+// ---- all of the `on_http_filter_*` ones below when it creates the filter configuration, and
+// ---- refuses the configuration when one is missing.
+
+/// Called once when Envoy loads the module.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    ABI_VERSION.as_ptr()
+}
+
+/// A filter configuration (`filter_name`, `filter_config`) is created, on the main thread. Null
+/// rejects it; the reason has been logged.
+///
+/// # Safety
+/// Envoy's contract: `name` and `config` point at live bytes for the call, and `config_envoy` is
+/// its configuration object.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: FilterConfigEnvoyPtr,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ModulePtr {
+    // SAFETY: Envoy passes its name and configuration bytes, alive for this call.
+    let (name, config) = unsafe { (name.as_slice(), config.as_slice()) };
+    let mut envoy = ConfigEnvoy::new(config_envoy);
+    match guard(|| filter::config_new(&mut envoy, name, config)) {
+        Some(Some(cfg)) => Box::into_raw(Box::new(cfg)).cast_const().cast(),
+        Some(None) => std::ptr::null(),
+        None => {
+            log(
+                LogLevel::Error,
+                "meshbreaker: the configuration could not be loaded (panic)",
+            );
+            std::ptr::null()
+        }
+    }
+}
+
+/// The configuration is gone from Envoy (after all its streams).
+///
+/// # Safety
+/// `config` is null or a pointer `config_new` returned, destroyed once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ModulePtr) {
+    if config.is_null() {
+        return;
+    }
+    // SAFETY: a non-null pointer here is one `config_new` made with `Box::into_raw`, destroyed once.
+    let cfg = unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) };
+    let _ = guard(move || drop(cfg));
+}
+
+/// A stream starts. There is no per-stream state yet, so the stream's module pointer is the
+/// configuration itself: starting a stream allocates nothing. When streams get state, this is
+/// where it is boxed and `on_http_filter_destroy` frees it.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ModulePtr,
+    _filter_envoy: FilterEnvoyPtr,
+) -> ModulePtr {
+    config
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter: ModulePtr) {}
+
+/// Request headers: the decision-free request path ([`filter::on_request_headers`]).
+///
+/// # Safety
+/// `filter` is what `on_http_filter_new` returned for this stream (the live configuration), and
+/// `filter_envoy` is Envoy's stream object, valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+    _end_of_stream: bool,
+) -> i32 {
+    // SAFETY: `filter` is what `on_http_filter_new` returned: the live configuration.
+    let Some(cfg) = (unsafe { config_ref(filter) }) else {
+        return Status::Continue as i32;
+    };
+    let mut stream = Stream::new(filter_envoy);
+    guard(|| filter::on_request_headers(cfg, &mut stream)).unwrap_or(Status::Continue) as i32
+}
+
+/// Response headers: nothing to do in the module yet ([`filter::on_response_headers`]).
+///
+/// # Safety
+/// As for `on_http_filter_request_headers`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+    _end_of_stream: bool,
+) -> i32 {
+    // SAFETY: `filter` is what `on_http_filter_new` returned: the live configuration.
+    let Some(cfg) = (unsafe { config_ref(filter) }) else {
+        return Status::Continue as i32;
+    };
+    let mut stream = Stream::new(filter_envoy);
+    guard(|| filter::on_response_headers(cfg, &mut stream)).unwrap_or(Status::Continue) as i32
+}
+
+/// Stubs: Envoy 1.40 requires these hooks; meshbreaker has nothing to do in them (yet).
+macro_rules! continue_hooks {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> i32 {
+            guard(|| Status::Continue).unwrap_or(Status::Continue) as i32
+        }
+    )*};
+}
+
+macro_rules! void_hooks {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) {
+            let _ = guard(|| ());
+        }
+    )*};
+}
+
+continue_hooks! {
+    envoy_dynamic_module_on_http_filter_request_body(_f: FilterEnvoyPtr, _m: ModulePtr, _eos: bool);
+    envoy_dynamic_module_on_http_filter_request_trailers(_f: FilterEnvoyPtr, _m: ModulePtr);
+    envoy_dynamic_module_on_http_filter_response_body(_f: FilterEnvoyPtr, _m: ModulePtr, _eos: bool);
+    envoy_dynamic_module_on_http_filter_response_trailers(_f: FilterEnvoyPtr, _m: ModulePtr);
+}
+
+void_hooks! {
+    envoy_dynamic_module_on_http_filter_stream_complete(_f: FilterEnvoyPtr, _m: ModulePtr);
+    envoy_dynamic_module_on_http_filter_http_callout_done(
+        _f: FilterEnvoyPtr, _m: ModulePtr, _callout_id: u64, _result: i32,
+        _headers: *const c_void, _headers_len: usize, _body: *const EnvoyBuffer, _body_len: usize);
+    envoy_dynamic_module_on_http_filter_http_stream_headers(
+        _f: FilterEnvoyPtr, _m: ModulePtr, _stream_id: u64,
+        _headers: *const c_void, _headers_len: usize, _end_stream: bool);
+    envoy_dynamic_module_on_http_filter_http_stream_data(
+        _f: FilterEnvoyPtr, _m: ModulePtr, _stream_id: u64,
+        _data: *const EnvoyBuffer, _data_len: usize, _end_stream: bool);
+    envoy_dynamic_module_on_http_filter_http_stream_trailers(
+        _f: FilterEnvoyPtr, _m: ModulePtr, _stream_id: u64, _trailers: *const c_void, _trailers_len: usize);
+    envoy_dynamic_module_on_http_filter_http_stream_complete(_f: FilterEnvoyPtr, _m: ModulePtr, _stream_id: u64);
+    envoy_dynamic_module_on_http_filter_http_stream_reset(_f: FilterEnvoyPtr, _m: ModulePtr, _stream_id: u64, _reason: i32);
+    envoy_dynamic_module_on_http_filter_scheduled(_f: FilterEnvoyPtr, _m: ModulePtr, _event_id: u64);
+    envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(_f: FilterEnvoyPtr, _m: ModulePtr);
+    envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(_f: FilterEnvoyPtr, _m: ModulePtr);
+}
