@@ -3,34 +3,13 @@
 //! gives the transitions the filter made live; `meshbreaker status` reads the live metrics.
 //! (The full demo reproduction is checked by `cargo xtask demo --ci`.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use meshbreaker_tests::*;
 use policy_core::breaker::TransitionLine;
 use serde_json::{json, Value};
-
-/// The CLI binary, built from this checkout (see config_validation.rs).
-fn meshbreaker_cli() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "meshbreaker-cli",
-            "--bin",
-            "meshbreaker",
-        ])
-        .current_dir(repo_root())
-        .status()
-        .expect("run cargo build -p meshbreaker-cli");
-    assert!(status.success());
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("debug/meshbreaker")
-}
 
 /// The shipped access log entry of envoy-config/envoy.yaml, written to `path` instead of stdout.
 fn shipped_access_log(path: &Path) -> Value {
