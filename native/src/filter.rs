@@ -24,9 +24,9 @@ use crate::request::{Needs, RawParts, Scratch, StripLists};
 /// The module's one filter, as `filter_name` names it in Envoy's configuration.
 pub const FILTER_NAME: &str = "meshbreaker";
 
-/// SPEC's request counter. Its labels are [`REQUESTS_LABELS`].
-pub const REQUESTS_TOTAL: &str = "meshbreaker_requests_total";
-pub const REQUESTS_LABELS: [&str; 2] = ["key", "decision"];
+/// SPEC's request counter (one name for both shells: `policy_core::metrics`), with its labels.
+pub use policy_core::metrics::REQUESTS_TOTAL;
+pub const REQUESTS_LABELS: [&str; 2] = [policy_core::metrics::KEY, policy_core::metrics::DECISION];
 
 /// The `decision` of a request the breaker let through.
 pub const ALLOWED: &[u8] = b"allowed";
