@@ -847,29 +847,34 @@ mod tests {
     }
 
     #[test]
-    fn proc_cpu_time_and_rss_read_this_process() {
-        let pid = std::process::id();
-        let start = proc_cpu_time(pid).unwrap();
-        // Burn 100 ms of CPU (not of wall time: the machine may be busy), with a deadline.
+    fn proc_cpu_time_and_rss_read_a_busy_process() {
+        // A single-threaded child that spins: this test binary's own threads come and go (other
+        // tests run beside it), and an exited thread leaves the per-thread sum, so this process's
+        // own time is not monotonic.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let busy = child.id();
+        // 100 ms of its CPU (not of wall time: the machine may be busy), with a deadline.
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut x = 0u64;
-        while proc_cpu_time(pid).unwrap() - start < Duration::from_millis(100) {
+        while proc_cpu_time(busy).unwrap() < Duration::from_millis(100) {
             assert!(
                 Instant::now() < deadline,
                 "100 ms of CPU not seen within 20 s"
             );
-            for _ in 0..100_000 {
-                x = x.wrapping_add(std::hint::black_box(1));
-            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(x > 0);
-        let precise = proc_cpu_time(pid).unwrap();
-        let ticks = proc_cpu_time_stat(pid).unwrap();
+        let precise = proc_cpu_time(busy).unwrap();
+        let ticks = proc_cpu_time_stat(busy).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
         // Both sources see the same process: they agree to within a few 10 ms ticks.
         assert!(
             precise.abs_diff(ticks) < Duration::from_millis(50) + precise / 5,
             "{precise:?} vs {ticks:?}"
         );
+        let pid = std::process::id();
         assert!(proc_rss_bytes(pid).unwrap() > 1024 * 1024);
     }
 
