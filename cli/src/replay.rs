@@ -756,16 +756,7 @@ fn push_transition(ks: &mut KeyState, at_ms: u64, t: Transition, figures: String
 /// The filter's flush ([`flow::flush`]): merge the samples into the window, evaluate the trip.
 fn flush(ks: &mut KeyState, bcfg: &BreakerConfig, now: u64, rng: &mut JitterSource) {
     let mut jitter = rng.for_key(&ks.report.key, now, State::Closed);
-    let input = FlushInput {
-        key: &ks.report.key,
-        cfg: bcfg,
-        geometry: ks.geometry,
-        new_hosts: &[],
-        resets: None,
-        max_resets_per_second: None,
-        activity: None,
-        now_ms: now,
-    };
+    let input = FlushInput::without_resets(&ks.report.key, bcfg, ks.geometry, now);
     let flushed = flow::flush(
         &mut ks.store,
         &mut ks.local,

@@ -423,6 +423,28 @@ pub struct FlushInput<'a> {
     pub now_ms: u64,
 }
 
+impl<'a> FlushInput<'a> {
+    /// A flush of a key without kernel reset signals and no activity mark due: what a host with
+    /// no sidecar (the replay, the property tests) passes.
+    pub fn without_resets(
+        key: &'a str,
+        cfg: &'a BreakerConfig,
+        geometry: Geometry,
+        now_ms: u64,
+    ) -> FlushInput<'a> {
+        FlushInput {
+            key,
+            cfg,
+            geometry,
+            new_hosts: &[],
+            resets: None,
+            max_resets_per_second: None,
+            activity: None,
+            now_ms,
+        }
+    }
+}
+
 /// What a flush did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Flushed {
@@ -764,16 +786,7 @@ mod tests {
     }
 
     fn input<'a>(cfg: &'a BreakerConfig, now_ms: u64) -> FlushInput<'a> {
-        FlushInput {
-            key: "k",
-            cfg,
-            geometry: Geometry::of(cfg),
-            new_hosts: &[],
-            resets: None,
-            max_resets_per_second: None,
-            activity: None,
-            now_ms,
-        }
+        FlushInput::without_resets("k", cfg, Geometry::of(cfg), now_ms)
     }
 
     #[test]

@@ -446,16 +446,7 @@ impl<'c> World<'c> {
 
     fn flush(&self, worker: &mut Worker, cfg: &BreakerConfig, view: &mut View<'_>, now: u64) {
         let samples = worker.local.recorder.counts().samples;
-        let input = FlushInput {
-            key: "k",
-            cfg,
-            geometry: Geometry::of(cfg),
-            new_hosts: &[],
-            resets: None,
-            max_resets_per_second: None,
-            activity: None,
-            now_ms: now,
-        };
+        let input = FlushInput::without_resets("k", cfg, Geometry::of(cfg), now);
         let mut jitter = self.jitter.borrow().clone();
         let flushed = flow::flush(
             view,
