@@ -89,76 +89,64 @@ const dynamicModule = {
 
 const metadata = { type: "object", required: ["name"], properties: { name: dns, namespace: str } };
 
+// A resource document: apiVersion, kind, metadata and the given spec, nothing else.
+const resource = (spec) => ({
+  type: "object",
+  additionalProperties: false,
+  required: ["apiVersion", "kind", "metadata", "spec"],
+  properties: { apiVersion: str, kind: str, metadata, spec },
+});
+
 export const ENVOY_GATEWAY = {
-  "gateway.envoyproxy.io/v1alpha1/EnvoyExtensionPolicy": {
+  "gateway.envoyproxy.io/v1alpha1/EnvoyExtensionPolicy": resource({
     type: "object",
     additionalProperties: false,
-    required: ["apiVersion", "kind", "metadata", "spec"],
     properties: {
-      apiVersion: str,
-      kind: str,
-      metadata,
-      spec: {
-        type: "object",
-        additionalProperties: false,
-        properties: {
-          targetRef: targetRef,
-          targetRefs: { type: "array", items: targetRef },
-          targetSelectors: { type: "array" },
-          mergeType: { enum: ["StrategicMerge", "JSONMerge"] },
-          wasm: { type: "array", maxItems: 16, items: wasm },
-          extProc: { type: "array", maxItems: 16 },
-          lua: { type: "array", maxItems: 16 },
-          dynamicModule: { type: "array", maxItems: 16, items: dynamicModule },
-        },
-      },
+      targetRef: targetRef,
+      targetRefs: { type: "array", items: targetRef },
+      targetSelectors: { type: "array" },
+      mergeType: { enum: ["StrategicMerge", "JSONMerge"] },
+      wasm: { type: "array", maxItems: 16, items: wasm },
+      extProc: { type: "array", maxItems: 16 },
+      lua: { type: "array", maxItems: 16 },
+      dynamicModule: { type: "array", maxItems: 16, items: dynamicModule },
     },
-  },
-  "gateway.envoyproxy.io/v1alpha1/EnvoyProxy": {
+  }),
+  "gateway.envoyproxy.io/v1alpha1/EnvoyProxy": resource({
     type: "object",
-    additionalProperties: false,
-    required: ["apiVersion", "kind", "metadata", "spec"],
     properties: {
-      apiVersion: str,
-      kind: str,
-      metadata,
-      spec: {
-        type: "object",
-        properties: {
-          dynamicModules: {
-            type: "array",
-            items: {
+      dynamicModules: {
+        type: "array",
+        items: {
+          type: "object",
+          additionalProperties: false,
+          required: ["name", "source"],
+          properties: {
+            name: dns,
+            source: {
               type: "object",
               additionalProperties: false,
-              required: ["name", "source"],
               properties: {
-                name: dns,
-                source: {
+                type: { enum: ["Local", "Remote"] },
+                local: {
                   type: "object",
                   additionalProperties: false,
-                  properties: {
-                    type: { enum: ["Local", "Remote"] },
-                    local: {
-                      type: "object",
-                      additionalProperties: false,
-                      required: ["path"],
-                      properties: { path: { type: "string", minLength: 1, maxLength: 4096, pattern: "^/" } },
-                    },
-                    remote: {
-                      type: "object",
-                      additionalProperties: false,
-                      required: ["url", "sha256"],
-                      properties: { url: { type: "string", pattern: "^https?://[^/?#]+(?:[/?#].*)?$" }, sha256: sha },
-                    },
-                  },
+                  required: ["path"],
+                  properties: { path: { type: "string", minLength: 1, maxLength: 4096, pattern: "^/" } },
                 },
-                doNotClose: bool,
-                loadGlobally: bool,
+                remote: {
+                  type: "object",
+                  additionalProperties: false,
+                  required: ["url", "sha256"],
+                  properties: { url: { type: "string", pattern: "^https?://[^/?#]+(?:[/?#].*)?$" }, sha256: sha },
+                },
               },
             },
+            doNotClose: bool,
+            loadGlobally: bool,
           },
         },
       },
     },
-  },
+  }),
 };
