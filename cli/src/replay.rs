@@ -1008,9 +1008,8 @@ mod tests {
     #[test]
     fn probe_samples_not_merged_at_the_close_count_in_the_new_window() {
         // The replay once dropped a worker's unmerged samples when a probe closed the circuit;
-        // the filter merges them into the new window. On a slow upstream that recovers just
-        // after a close, the filter then trips again on the closing probes' latency and the
-        // replay did not (a missed live trip in `demo --ci`).
+        // the filter merges them into the new window (a missed live trip in `demo --ci`). Here
+        // the two probes still unmerged at the close bring the new window to `min_requests`.
         let cfg = r#"{"breaker": {"window": "3s", "buckets": 10, "min_requests": 20,
             "latency_p95_threshold": "200ms", "sleep_window": "1s", "max_sleep_window": "4s",
             "half_open_max_probes": 3, "half_open_successes_to_close": 3}}"#;
@@ -1020,9 +1019,10 @@ mod tests {
         };
         // Slow: trips at the 20th completion, open 1 s to 1.2 s.
         let mut lines: Vec<String> = (0..30).map(|i| timed(t0 + i * 10, 300)).collect();
-        // Three slow probes close it at t0 + 2302 (two of them unmerged then); then fast traffic.
-        lines.extend((0..3).map(|i| timed(t0 + 2_000 + i, 300)));
-        lines.extend((0..30).map(|i| timed(t0 + 2_400 + i * 10, 5)));
+        // Three fast probes close it (two of them unmerged then); then 18 slow requests: with the
+        // two probes' samples the new window holds 20 and trips again, without them it could not.
+        lines.extend((0..3).map(|i| timed(t0 + 2_000 + i, 5)));
+        lines.extend((0..18).map(|i| timed(t0 + 2_400 + i * 10, 300)));
         let (_, reports) = run(cfg, &lines);
         let seen: Vec<(State, State, Option<TripReason>)> = reports[0]
             .transitions
