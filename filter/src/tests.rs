@@ -1415,7 +1415,12 @@ fn timed(
     finish(e, x, body_end + upstream_ms, &resp);
 }
 
-fn window_totals(host: &FakeHost, cfg: &str, key: &str, now_ms: u64) -> policy_core::window::Counts {
+fn window_totals(
+    host: &FakeHost,
+    cfg: &str,
+    key: &str,
+    now_ms: u64,
+) -> policy_core::window::Counts {
     let (slot, _) = slot_of(host, key).unwrap();
     let w = window_of(host, cfg, slot);
     let bucket_ms = policy_core::window::bucket_ms(&Config::parse(cfg.as_bytes()).unwrap().breaker);
@@ -1471,7 +1476,10 @@ fn a_slow_upstream_is_still_slow() {
     let c = window_totals(&host, SLOW_AT_100MS, "c", 5_100);
     assert_eq!(c.slow, 4, "{c:?}");
     let seen = exchange(&mut e, 5_200, &get("c"), &ok());
-    assert_eq!(seen.local("x-meshbreaker-reason").as_deref(), Some("latency_p95"));
+    assert_eq!(
+        seen.local("x-meshbreaker-reason").as_deref(),
+        Some("latency_p95")
+    );
 }
 
 #[test]
@@ -1503,11 +1511,58 @@ fn a_probe_whose_client_goes_away_frees_its_quota_slot_at_once() {
     // After the sleep window: one probe, whose client hangs up after 50 ms with no response.
     let (x, seen) = start(&mut e, 1_500, &get("c"));
     assert!(seen.admitted);
-    assert!(start(&mut e, 1_501, &get("c")).1.rejected(), "the quota is one");
+    assert!(
+        start(&mut e, 1_501, &get("c")).1.rejected(),
+        "the quota is one"
+    );
     let mut gone = ok();
     gone.headers.clear();
     gone.duration_ms = Some(50);
     finish(&mut e, x, 1_550, &gone);
     // Its slot is free: the next request is a probe, not a rejection.
     assert!(start(&mut e, 1_551, &get("c")).1.admitted);
+}
+
+// ---------------------------------------------------------------- adaptive shedding
+
+#[test]
+fn requests_an_adaptive_circuit_admits_keep_their_retries() {
+    let host = FakeHost::default();
+    let cfg =
+        r#"{"breaker":{"window":"10s","buckets":10,"min_requests":20,"shedding":"adaptive"}}"#;
+    let mut e = engine(&host, cfg, 3);
+    // One client request in four succeeds: below the 50% target, so a share is shed.
+    let mut t = 0;
+    for i in 0..200u64 {
+        let resp = if i % 4 == 0 { ok() } else { fail() };
+        exchange(&mut e, t, &get("c"), &resp);
+        t += 5;
+        if i % 20 == 0 {
+            e.on_tick(t);
+        }
+    }
+    e.on_tick(t + 100);
+    let (_, st) = slot_of(&host, "c").unwrap();
+    assert_eq!(
+        st.breaker.reason,
+        Some(policy_core::window::TripReason::Adaptive)
+    );
+    assert!(st.breaker.shed > 0 && st.breaker.shed < policy_core::breaker::SHED_ALL);
+    let (mut rejected, mut admitted_with_retries) = (0, 0);
+    for i in 0..200 {
+        let (_, seen) = start(&mut e, t + 200 + i, &get("c"));
+        if seen.rejected() {
+            assert_eq!(
+                seen.local("x-meshbreaker-reason").as_deref(),
+                Some("adaptive")
+            );
+            rejected += 1;
+        } else if seen.upstream_header("x-envoy-max-retries").as_deref() == Some("2") {
+            admitted_with_retries += 1;
+        }
+    }
+    assert!(
+        rejected > 20 && admitted_with_retries > 20,
+        "{rejected} rejected, {admitted_with_retries} admitted with retries"
+    );
 }
