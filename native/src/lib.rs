@@ -32,3 +32,4 @@ pub mod labels;
 #[cfg(feature = "abi-probe")]
 pub mod probe;
 pub mod request;
+pub mod store;
