@@ -81,6 +81,9 @@ pub enum Metric {
     Transitions(State),
     /// `meshbreaker_retry_budget_denied_total{key}`.
     BudgetDenied,
+    /// `meshbreaker_kernel_resets_total{key}` (kernel reset signals are not read by the module
+    /// yet: only ever 0).
+    KernelResets,
     /// `meshbreaker_state{key}`.
     State,
     /// `meshbreaker_error_rate_ppm{key}`.
@@ -248,6 +251,7 @@ impl Engine {
                 retry,
             };
         }
+        let fresh = !keys.contains_key(key);
         let l = match keys.get_mut(key) {
             Some(l) => l,
             None => {
@@ -261,7 +265,17 @@ impl Engine {
                         retry,
                     };
                 };
-                let label = self.labels.label(key, self.cfg.max_keys).into();
+                let label: Box<str> = self.labels.label(key, self.cfg.max_keys).into();
+                // Every counter series of the key exists from its first request, at 0, as the
+                // wasm filter defines them: "no transition yet" reads 0, not absent.
+                for d in policy_core::metrics::DECISIONS {
+                    pending.push(Metric::Requests(d), &label, 0);
+                }
+                for to in [State::Open, State::HalfOpen, State::Closed] {
+                    pending.push(Metric::Transitions(to), &label, 0);
+                }
+                pending.push(Metric::BudgetDenied, &label, 0);
+                pending.push(Metric::KernelResets, &label, 0);
                 keys.entry(key.into()).or_insert(KeyLocal {
                     entries: None,
                     retry_entries_ms: 0,
@@ -278,6 +292,17 @@ impl Engine {
                 self.table
                     .get_or_insert(key, &p.geometry, self.cfg.max_keys, self.idle_ms, now_ms);
             l.retry_entries_ms = now_ms.saturating_add(RETRY_ENTRIES_MS);
+        }
+        if fresh {
+            // The state gauge exists from the key's first request too, with the shared state's
+            // value (another worker may have opened the circuit already).
+            let state = l
+                .entries
+                .as_ref()
+                .and_then(|e| e.slot_state())
+                .filter(|st| st.key == key)
+                .map_or(State::Closed, |st| st.breaker.state);
+            pending.push(Metric::State, &l.label, state.gauge() as u64);
         }
         let decision = match p.mode {
             Mode::Disabled => Decision::PassThrough,
@@ -697,6 +722,17 @@ mod tests {
         let e = engine(FAST);
         let mut p = Pending::default();
         e.decide(0, "k", 0, &view("GET", &()), 10_000, &mut p);
+        p.ops.clear();
+        e.decide(0, "k", 0, &view("GET", &()), 10_001, &mut p);
         assert_eq!(p.ops, [(Metric::Requests("allowed"), "k".into(), 1)]);
+    }
+
+    #[test]
+    fn a_new_key_starts_every_counter_series_at_zero() {
+        let e = engine(FAST);
+        let mut p = Pending::default();
+        e.decide(0, "k", 0, &view("GET", &()), 10_000, &mut p);
+        let zeros = p.ops.iter().filter(|(_, _, v)| *v == 0).count();
+        assert_eq!(zeros, 4 + 3 + 2 + 1, "{:?}", p.ops);
     }
 }

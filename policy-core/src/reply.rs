@@ -15,9 +15,14 @@ pub struct LocalReply {
 /// that they are told apart from upstream answers.
 pub const DETAILS: &str = "meshbreaker_circuit_open";
 
-/// Renders the rejection of `key`. A gRPC request gets `content-type: application/grpc` and the
-/// message as body: Envoy turns a local reply to a gRPC request into HTTP 200 with grpc-status 14
-/// and the body as grpc-message.
+/// gRPC's UNAVAILABLE, the status of a rejected gRPC call.
+pub const GRPC_UNAVAILABLE: &[u8] = b"14";
+
+/// Renders the rejection of `key`. A gRPC request gets `content-type: application/grpc`,
+/// `grpc-status: 14` (UNAVAILABLE) and the message as body: Envoy turns a local reply to a gRPC
+/// request into HTTP 200 with the body as grpc-message, and keeps a grpc-status the reply sets.
+/// The status is set here because not every shell's local reply lets Envoy derive it from the
+/// 503: a dynamic module's reply asks for grpc-status 0 (OK) unless the reply names one.
 pub fn local_reply(key: &str, r: &Rejection, grpc: bool) -> LocalReply {
     let reason = r.reason.as_str();
     let mut headers = vec![
@@ -27,6 +32,7 @@ pub fn local_reply(key: &str, r: &Rejection, grpc: bool) -> LocalReply {
     ];
     let body = if grpc {
         headers.push(("content-type", b"application/grpc".to_vec()));
+        headers.push(("grpc-status", GRPC_UNAVAILABLE.to_vec()));
         format!("circuit open: {reason}")
     } else {
         headers.push(("content-type", b"application/json".to_vec()));
@@ -69,5 +75,6 @@ mod tests {
         assert!(grpc
             .headers
             .contains(&("content-type", b"application/grpc".to_vec())));
+        assert!(grpc.headers.contains(&("grpc-status", b"14".to_vec())));
     }
 }
