@@ -13,7 +13,8 @@ static STACKS: [OnceCell<Stack>; 2] = [OnceCell::const_new(), OnceCell::const_ne
 async fn stack(shell: Shell) -> &'static Stack {
     STACKS[shell.index()]
         .get_or_init(|| async {
-            Stack::start_shell(shell, 
+            Stack::start_shell(
+                shell,
                 &fast_config(),
                 &[],
                 &["grpc_once", "grpc_max", "grpc_open", "grpc_ok"],
