@@ -22,6 +22,7 @@ pub mod envoy;
 pub mod grpc;
 pub mod poll;
 pub mod prom;
+pub mod shell;
 pub mod stack;
 pub mod upstream;
 
@@ -31,6 +32,7 @@ pub use envoy::{envoy_binary, envoy_validate, Envoy};
 pub use grpc::{grpc_check, GrpcUpstream};
 pub use poll::{eventually, wait_until};
 pub use prom::{parse_prometheus, Sample};
+pub use shell::Shell;
 pub use stack::{
     assert_spec_rejection, fast_config, is_rejection, sanitize_key, Stack, SPEC_METRICS,
 };
