@@ -4,7 +4,10 @@
 //! | field | Envoy command | used for |
 //! | --- | --- | --- |
 //! | `start_time` | `%START_TIME(%s%3f)%` (epoch ms; RFC 3339 and `s.fff` also read) | the replay clock |
-//! | `duration_ms` | `%DURATION%` | completion time and latency |
+//! | `duration_ms` | `%DURATION%` | completion time (and the latency, in logs without the next two) |
+//! | `request_duration_ms` | `%REQUEST_DURATION%` | the upstream latency: from the request complete… |
+//! | `response_duration_ms` | `%RESPONSE_DURATION%` | …to the upstream's response headers |
+//! | `method`, `upgrade` | `%REQ(:METHOD)%`, `%REQ(UPGRADE)%` | no latency sample for `CONNECT` and upgrades |
 //! | `cluster`, `route` | `%UPSTREAM_CLUSTER%`, `%ROUTE_NAME%` | the key |
 //! | `authority` | `%REQ(:AUTHORITY)%` | the key (`key_by: authority`) |
 //! | `status` | `%RESPONSE_CODE%` | failure (`http_statuses`) |
@@ -66,6 +69,14 @@ pub struct Line<'a> {
     pub start_time: Option<Cow<'a, str>>,
     #[serde(default)]
     pub duration_ms: Num,
+    #[serde(default)]
+    pub request_duration_ms: Num,
+    #[serde(default)]
+    pub response_duration_ms: Num,
+    #[serde(borrow, default)]
+    pub method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub upgrade: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub cluster: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -107,6 +118,26 @@ impl Line<'_> {
     /// locally (by the live breaker, or another filter), so its upstream outcome is unknown.
     pub fn answered_locally(&self) -> bool {
         present(&self.upstream_host).is_none() && present(&self.response_flags).is_none()
+    }
+
+    /// The upstream's latency in ms as the filter measures it: from the request being complete
+    /// (`%REQUEST_DURATION%`) to the upstream's response headers (`%RESPONSE_DURATION%`), 0 when
+    /// the upstream answered before the request was complete. `None` for an upgraded or
+    /// `CONNECT` request (no latency sample). A log without those fields falls back to the
+    /// whole exchange (`%DURATION%`), as the filter measured before it timed the upstream.
+    pub fn latency_ms(&self) -> Option<u64> {
+        if present(&self.upgrade).is_some()
+            || present(&self.method).is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"))
+        {
+            return None;
+        }
+        let ms = |n: Num| n.0.map(|v| v.max(0.0) as u64);
+        match (ms(self.request_duration_ms), ms(self.response_duration_ms)) {
+            (Some(req), Some(resp)) => Some(resp.saturating_sub(req)),
+            // The upstream answered before the request was complete.
+            (None, Some(_)) => Some(0),
+            _ => Some(ms(self.duration_ms).unwrap_or(0)),
+        }
     }
 
     /// Start time in epoch milliseconds.

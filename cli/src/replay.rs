@@ -308,7 +308,7 @@ impl Replay {
                 .0
                 .and_then(|s| u32::try_from(s as u64).ok()),
             upstream_reset: line.upstream_reset(),
-            latency_us: duration_ms.saturating_mul(1000),
+            latency_us: line.latency_ms().map(|ms| ms.saturating_mul(1000)),
             // Bounded as the filter bounds it: at most max_retries (≤ 10) + 1 attempts.
             attempts: line.attempts.0.map_or(1, |a| (a as u32).clamp(1, 11)),
         };
@@ -352,23 +352,30 @@ impl Replay {
         let failed = outcome.failure(&bcfg.failure).is_some() || outcome.retried_attempts() > 0;
         ks.report.requests += 1;
         ks.report.failed += u64::from(failed);
-        let decision =
-            match flow::admit(&mut ks.store, &ks.report.key, mode, bcfg, now, &mut ks.enc) {
-                Admitted::Decided {
-                    decision,
-                    transition,
-                    state,
-                } => {
-                    ks.state = state;
-                    if let Some(t) = transition {
-                        push_transition(ks, now, t, String::new());
-                    }
-                    decision
+        let decision = match flow::admit(
+            &mut ks.store,
+            &ks.report.key,
+            mode,
+            bcfg,
+            now,
+            self.rng.shedding(),
+            &mut ks.enc,
+        ) {
+            Admitted::Decided {
+                decision,
+                transition,
+                state,
+            } => {
+                ks.state = state;
+                if let Some(t) = transition {
+                    push_transition(ks, now, t, String::new());
                 }
-                // The memory store holds only this key and never refuses a write.
-                Admitted::Lost => Decision::Allow,
-                Admitted::Failed(d) => d,
-            };
+                decision
+            }
+            // The memory store holds only this key and never refuses a write.
+            Admitted::Lost => Decision::Allow,
+            Admitted::Failed(d) => d,
+        };
         let probe = match decision {
             Decision::Allow => None,
             Decision::Probe(id) => Some(id),
@@ -531,7 +538,7 @@ impl Replay {
         let (bcfg, _) = breaker_of(&self.cfg, ks.override_index);
         let failure = p.outcome.failure(&bcfg.failure);
         if let Some(id) = p.probe {
-            let ok = flow::probe_succeeded(&p.outcome, failure);
+            let ok = flow::probe_succeeded(&p.outcome, failure, bcfg);
             let mut jitter = self.rng.for_key(&ks.report.key, now, State::HalfOpen);
             let done = flow::complete_probe(
                 &mut ks.store,
@@ -562,7 +569,9 @@ impl Replay {
         let raises = ks.state == State::Closed
             && (failure.is_some()
                 || p.outcome.retried_attempts() > 0
-                || threshold_us(bcfg).is_some_and(|t| p.outcome.latency_us >= t));
+                || threshold_us(bcfg)
+                    .zip(p.outcome.latency_us)
+                    .is_some_and(|(t, l)| l >= t));
         if recorded.due || raises {
             flush(ks, bcfg, now, &mut self.rng);
             ks.local
@@ -635,6 +644,12 @@ struct JitterSource {
 }
 
 impl JitterSource {
+    /// The draws of adaptive shedding (which request of a shedding key is rejected): seeded, so
+    /// a replay is repeatable, though a live run drew its own.
+    fn shedding(&mut self) -> &mut SplitMix64 {
+        &mut self.seeded
+    }
+
     fn for_key<'a>(&'a mut self, key: &'a str, now: u64, from: State) -> KeyJitter<'a> {
         KeyJitter {
             key,
@@ -993,9 +1008,8 @@ mod tests {
     #[test]
     fn probe_samples_not_merged_at_the_close_count_in_the_new_window() {
         // The replay once dropped a worker's unmerged samples when a probe closed the circuit;
-        // the filter merges them into the new window. On a slow upstream that recovers just
-        // after a close, the filter then trips again on the closing probes' latency and the
-        // replay did not (a missed live trip in `demo --ci`).
+        // the filter merges them into the new window (a missed live trip in `demo --ci`). Here
+        // the two probes still unmerged at the close bring the new window to `min_requests`.
         let cfg = r#"{"breaker": {"window": "3s", "buckets": 10, "min_requests": 20,
             "latency_p95_threshold": "200ms", "sleep_window": "1s", "max_sleep_window": "4s",
             "half_open_max_probes": 3, "half_open_successes_to_close": 3}}"#;
@@ -1005,9 +1019,10 @@ mod tests {
         };
         // Slow: trips at the 20th completion, open 1 s to 1.2 s.
         let mut lines: Vec<String> = (0..30).map(|i| timed(t0 + i * 10, 300)).collect();
-        // Three slow probes close it at t0 + 2302 (two of them unmerged then); then fast traffic.
-        lines.extend((0..3).map(|i| timed(t0 + 2_000 + i, 300)));
-        lines.extend((0..30).map(|i| timed(t0 + 2_400 + i * 10, 5)));
+        // Three fast probes close it (two of them unmerged then); then 18 slow requests: with the
+        // two probes' samples the new window holds 20 and trips again, without them it could not.
+        lines.extend((0..3).map(|i| timed(t0 + 2_000 + i, 5)));
+        lines.extend((0..18).map(|i| timed(t0 + 2_400 + i * 10, 300)));
         let (_, reports) = run(cfg, &lines);
         let seen: Vec<(State, State, Option<TripReason>)> = reports[0]
             .transitions

@@ -558,6 +558,7 @@ impl<H: Host> Engine<H> {
             p.mode,
             &p.breaker,
             now_ms,
+            &mut self.rng,
             &mut self.scratch.enc,
         );
         self.scratch.name = name;
@@ -665,9 +666,9 @@ impl<H: Host> Engine<H> {
         let p = self.profile(profile);
         let (failure, geometry) = (outcome.failure(&p.breaker.failure), p.geometry);
         if let (Some(id), Some(slot)) = (probe, slot) {
-            let success = flow::probe_succeeded(outcome, failure);
+            let success = flow::probe_succeeded(outcome, failure, &p.breaker);
             if let Some(key) = self.keys.at_mut(at).map(|(k, _)| k.to_string()) {
-                self.complete_probe(&key, slot, id, success, profile, now_ms);
+                self.complete_probe(&key, slot, id, ProbeEnd::Done(success), profile, now_ms);
             }
         }
         let Some((_, l)) = self.keys.at_mut(at) else {
@@ -691,7 +692,7 @@ impl<H: Host> Engine<H> {
         key: &str,
         slot: u32,
         id: u32,
-        success: bool,
+        end: ProbeEnd,
         profile: usize,
         now_ms: u64,
     ) {
@@ -712,22 +713,21 @@ impl<H: Host> Engine<H> {
             state: &name,
             window: &name,
         };
-        let t = flow::complete_probe(
-            &mut store,
-            key,
-            id,
-            success,
-            bcfg,
-            now_ms,
-            &mut self.rng,
-            &mut self.scratch.enc,
-        );
+        let (rng, enc) = (&mut self.rng, &mut self.scratch.enc);
+        let t = match end {
+            ProbeEnd::Done(success) => {
+                flow::complete_probe(&mut store, key, id, success, bcfg, now_ms, rng, enc)
+            }
+            ProbeEnd::Abandoned { ran_us } => {
+                flow::abandon_probe(&mut store, key, id, ran_us, bcfg, now_ms, rng, enc)
+            }
+        };
         self.scratch.name = name;
         if let Some((t, state)) = t {
-            let figures = if success {
-                "probe_success=true"
-            } else {
-                "probe_success=false"
+            let figures = match end {
+                ProbeEnd::Done(true) => "probe_success=true",
+                ProbeEnd::Done(false) => "probe_success=false",
+                ProbeEnd::Abandoned { .. } => "probe_abandoned=true",
             };
             self.on_transition(key, &t, label, Some(figures));
             self.metrics
@@ -755,13 +755,28 @@ impl<H: Host> Engine<H> {
     }
 
     /// A request that ended without a response and without an upstream failure (the client went
-    /// away): no sample, but it is no longer in flight. A probe among them frees its slot when
-    /// `sleep_window` reclaims it.
-    pub fn on_abandoned(&mut self, at: usize) {
-        if let Some((_, l)) = self.keys.at_mut(at) {
-            l.in_flight = l.in_flight.saturating_sub(1);
+    /// away): no sample, but it is no longer in flight. A probe among them frees its quota slot
+    /// at once, and fails if it had already waited `ran_us` ≥ the latency threshold upstream.
+    pub fn on_abandoned(&mut self, at: usize, probe: Option<u32>, ran_us: u64, now_ms: u64) {
+        let Some((key, l)) = self.keys.at_mut(at) else {
+            return;
+        };
+        l.in_flight = l.in_flight.saturating_sub(1);
+        if let (Some(id), Some(slot)) = (probe, l.slot) {
+            let (key, profile) = (key.to_string(), l.profile);
+            let end = ProbeEnd::Abandoned { ran_us };
+            self.complete_probe(&key, slot, id, end, profile, now_ms);
         }
     }
+}
+
+/// How a HALF_OPEN probe ended.
+#[derive(Debug, Clone, Copy)]
+enum ProbeEnd {
+    /// Its outcome came: success or not.
+    Done(bool),
+    /// Its client went away before any response, after `ran_us` upstream.
+    Abandoned { ran_us: u64 },
 }
 
 /// Envoy's `upstream.address` in the sidecar's `peer` form: `10.0.0.5:8080`, `[::1]:8080`, an

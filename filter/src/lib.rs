@@ -168,16 +168,32 @@ struct Http {
 impl Context for Http {}
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+    fn on_http_request_headers(&mut self, _n: usize, eos: bool) -> Action {
         let mut guard = self.engine.borrow_mut();
         let Some(e) = guard.as_mut() else {
             return Action::Continue;
         };
-        if self.x.on_request_headers(e) {
+        if self.x.on_request_headers(e, eos) {
             Action::Continue
         } else {
             Action::Pause
         }
+    }
+
+    fn on_http_request_body(&mut self, _size: usize, eos: bool) -> Action {
+        if eos {
+            if let Some(e) = self.engine.borrow().as_ref() {
+                self.x.on_request_end(e);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        if let Some(e) = self.engine.borrow().as_ref() {
+            self.x.on_request_end(e);
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {

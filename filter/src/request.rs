@@ -13,8 +13,20 @@
 //! fallback, and either value is clamped to what the request's policy allowed (SPEC "Failure"), so
 //! an upstream forging `x-envoy-attempt-count` cannot trip a healthy key or spend the budget.
 //!
-//! Latency comes from the `request.duration` property (Envoy's monotonic stream timer), so a wall
-//! clock step cannot turn in-flight requests into slow ones; the wall clock is only the fallback.
+//! ## Latency is the upstream's
+//!
+//! A sample's latency runs from the request being complete at this filter (its headers when it
+//! has no body, else its last body byte or its trailers) to the upstream's response headers: time
+//! to first byte. So a client that uploads slowly, a long download, a long-lived stream or what the
+//! filters before this one spent cannot trip the latency rule; a websocket or other upgrade and a
+//! `CONNECT` record no latency sample at all (their "response" is a tunnel).
+//!
+//! Envoy 1.40 offers no property for that span: `request.duration` is the whole exchange and
+//! `response.backend_latency` runs from the first byte sent upstream to the last one received
+//! (both include uploads and downloads). So the filter takes the two instants itself from the
+//! host clock, which in proxy-wasm is the wall clock; the difference is clamped to
+//! `request.duration`, Envoy's monotonic timer of the whole stream, so a forward clock step cannot
+//! inflate it (a backward one shortens it to 0).
 
 use policy_core::breaker::{Decision, Rejection};
 use policy_core::retry::{HeaderLookup, RequestView};
@@ -69,6 +81,11 @@ pub fn le_u64(b: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes)
 }
 
+/// Whether a `:method` is `CONNECT`.
+fn is_connect(method: Option<&[u8]>) -> bool {
+    method.is_some_and(|m| m.eq_ignore_ascii_case(b"CONNECT"))
+}
+
 /// Header lookups over the header values read up front (only the names policies match on).
 struct ReadHeaders<'a>(&'a [(&'a str, Option<&'a [u8]>)]);
 
@@ -92,6 +109,8 @@ struct RequestHeaders<'a> {
     /// Bit `i`: the client sent `ROUTER_RETRY_HEADERS[i]` (all ones when not known: single
     /// reads do not look).
     retry_headers_present: u8,
+    /// The request asks for an upgrade (websocket) or is a `CONNECT`: no latency sample.
+    upgrade: bool,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -129,6 +148,7 @@ impl<'a> RequestHeaders<'a> {
                 .enumerate()
                 .filter(|(_, h)| find(h).is_some())
                 .fold(0u8, |m, (i, _)| m | (1 << i)),
+            upgrade: find("upgrade").is_some() || is_connect(find(":method")),
         }
     }
 
@@ -146,6 +166,9 @@ impl<'a> RequestHeaders<'a> {
                 .map(|(h, v)| (h.as_str(), v.as_deref()))
                 .collect(),
             retry_headers_present: u8::MAX,
+            // Without the header map only a `CONNECT` read for the policies is seen here; a
+            // websocket is still recognised by its `101` response.
+            upgrade: is_connect(s.method.as_deref()),
         }
     }
 }
@@ -227,6 +250,12 @@ pub struct Exchange {
     dry_run_mark: bool,
     grpc: bool,
     started_ms: u64,
+    /// When the request was complete at this filter (wall clock, ms); `None` until it is.
+    request_done_ms: Option<u64>,
+    /// When the response headers came (wall clock, ms).
+    response_ms: Option<u64>,
+    /// An upgrade or `CONNECT`: no latency sample.
+    upgrade: bool,
     status: Option<u16>,
     grpc_status: Option<u32>,
     max_attempts: u32,
@@ -234,9 +263,13 @@ pub struct Exchange {
 
 impl Exchange {
     /// Decides the request. Returns false when it was answered locally (pause the stream).
-    pub fn on_request_headers<H: Host>(&mut self, e: &mut Engine<H>) -> bool {
+    /// `end_of_stream`: the request has no body.
+    pub fn on_request_headers<H: Host>(&mut self, e: &mut Engine<H>, end_of_stream: bool) -> bool {
         let now_ms = e.host.now_ns() / 1_000_000;
         self.started_ms = now_ms;
+        if end_of_stream {
+            self.request_done_ms = Some(now_ms);
+        }
         let prop = |need: bool, path: PropertyPath| {
             if need {
                 e.host.property(path)
@@ -273,6 +306,7 @@ impl Exchange {
             headers: &lookup,
         };
         self.grpc = view.is_grpc();
+        self.upgrade = headers.upgrade;
         let parts = KeyParts {
             cluster: text(cluster.as_deref().unwrap_or_default()),
             route: text(route.as_deref().unwrap_or_default()),
@@ -302,6 +336,14 @@ impl Exchange {
         true
     }
 
+    /// The last byte of the request body (or its trailers) went by: the request is complete, and
+    /// the upstream's time starts.
+    pub fn on_request_end<H: Host>(&mut self, e: &Engine<H>) {
+        if self.record && self.request_done_ms.is_none() {
+            self.request_done_ms = Some(e.host.now_ns() / 1_000_000);
+        }
+    }
+
     pub fn on_response_headers<H: Host>(&mut self, e: &Engine<H>) {
         if self.dry_run_mark {
             e.host.add_header(
@@ -313,11 +355,16 @@ impl Exchange {
         if !self.record {
             return;
         }
+        if !self.upgrade {
+            self.response_ms = Some(e.host.now_ns() / 1_000_000);
+        }
         self.status = e
             .host
             .header(Map::ResponseHeaders, ":status")
             .and_then(|v| parse_u32(&v))
             .and_then(|s| u16::try_from(s).ok());
+        // A websocket upgraded: what follows is a tunnel, not a response.
+        self.upgrade |= self.status == Some(101);
         if self.grpc {
             // Trailers-only responses carry grpc-status in the headers. Only for gRPC requests:
             // an HTTP upstream's `grpc-status` header means nothing.
@@ -379,7 +426,7 @@ impl Exchange {
             .and_then(|b| le_u64(&b))
             .filter(|ns| (*ns as i64) >= 0)
             .map(|ns| ns / 1_000);
-        let (latency_us, now_ms) = match duration_us {
+        let (whole_us, now_ms) = match duration_us {
             Some(us) => (us, self.started_ms.saturating_add(us / 1_000)),
             None => {
                 let now_ms = e.host.now_ns() / 1_000_000;
@@ -389,10 +436,21 @@ impl Exchange {
                 )
             }
         };
+        // The upstream's part: request complete → response headers (or, with none, the end),
+        // never more than the whole exchange on Envoy's monotonic timer.
+        let upstream_us = self.request_done_ms.map_or(0, |done| {
+            let until = self.response_ms.unwrap_or(now_ms);
+            until
+                .saturating_sub(done)
+                .saturating_mul(1_000)
+                .min(whole_us)
+        });
+        let latency_us = (!self.upgrade).then_some(upstream_us);
         if self.status.is_none() && !upstream_reset {
             // No response and no upstream failure: the client went away (or a filter before us
-            // answered). That says nothing about the upstream, so it is not a sample.
-            e.on_abandoned(at);
+            // answered). That says nothing about the upstream, so it is not a sample; a probe
+            // frees its slot at once (and fails if it had already been slow).
+            e.on_abandoned(at, self.probe, upstream_us, now_ms);
             return;
         }
         let host = if e.needs.upstream_address {

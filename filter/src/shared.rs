@@ -7,7 +7,7 @@
 //! empty slot over an empty slot is harmless), and why [`cas_update`] refuses to write an entry it
 //! found absent: after configure, every runtime write is a real compare-and-swap.
 //!
-//! Names are versioned (`meshbreaker/<plugin>/v2/…`) so that a rollout mixing filter versions never
+//! Names are versioned (`meshbreaker/<plugin>/v3/…`) so that a rollout mixing filter versions never
 //! has one version misread or overwrite the other's entries. A window entry also carries its
 //! geometry in the name (`w/<bucket_ms>x<buckets>t<threshold_us>/<slot>`): VMs of an old and a new
 //! configuration draining side by side each merge into their own window and never reset each
@@ -22,7 +22,7 @@ use crate::host::{Host, SetError};
 pub use policy_core::flow::{newer, Exhausted, Geometry, Update, CAS_ATTEMPTS};
 
 /// The encoding generation in entry names; bump with `policy_core::encoding::VERSION`.
-const NAME_VERSION: &str = "v2";
+const NAME_VERSION: &str = "v3";
 
 /// Shared-data entry names, prefixed per plugin so two plugins in one Envoy never collide.
 #[derive(Debug, Clone)]

@@ -129,7 +129,7 @@ fn start(e: &mut Engine<FakeHost>, now_ms: u64, req: &Req) -> (Exchange, Seen) {
         .collect();
     host.new_stream(&headers, &[(CLUSTER_NAME, &req.cluster)]);
     let mut x = Exchange::default();
-    let admitted = x.on_request_headers(e);
+    let admitted = x.on_request_headers(e, true);
     let stream = host.stream();
     let (status, local_headers) = match stream.local_response {
         Some((s, h, _)) => (Some(s), h),
@@ -220,7 +220,7 @@ fn trip_req(e: &mut Engine<FakeHost>, req: &Req, now_ms: u64) {
 fn slot_of(host: &FakeHost, key: &str) -> Option<(u32, SlotState)> {
     let s = host.inner.borrow();
     s.shared.iter().find_map(|(name, (v, _))| {
-        let slot: u32 = name.strip_prefix("meshbreaker/mb/v2/s/")?.parse().ok()?;
+        let slot: u32 = name.strip_prefix("meshbreaker/mb/v3/s/")?.parse().ok()?;
         let st = SlotState::decode(v).ok()?;
         (st.key == key).then_some((slot, st))
     })
@@ -777,9 +777,9 @@ fn a_full_registry_spends_no_label_and_no_slot() {
     let (_x, seen) = start(&mut e, 0, &auth("busy"));
     assert!(seen.admitted);
     exchange(&mut e, 1, &auth("other"), &ok());
-    assert!(host.get_shared("meshbreaker/mb/v2/label/other").0.is_none());
+    assert!(host.get_shared("meshbreaker/mb/v3/label/other").0.is_none());
     assert_eq!(
-        host.get_shared("meshbreaker/mb/v2/labels").0.as_deref(),
+        host.get_shared("meshbreaker/mb/v3/labels").0.as_deref(),
         Some(&b"1"[..])
     );
 }
@@ -790,12 +790,12 @@ fn undecodable_state_entry_is_never_treated_as_free() {
     let host = FakeHost::default();
     let cfg = r#"{"max_keys":1}"#;
     let mut e = engine(&host, cfg, 1);
-    host.set_shared("meshbreaker/mb/v2/s/0", b"Mx\x09garbage", None)
+    host.set_shared("meshbreaker/mb/v3/s/0", b"Mx\x09garbage", None)
         .unwrap();
     let seen = exchange(&mut e, 0, &get("c"), &ok());
     assert!(seen.admitted, "fails open for the request");
     assert_eq!(
-        host.get_shared("meshbreaker/mb/v2/s/0").0.as_deref(),
+        host.get_shared("meshbreaker/mb/v3/s/0").0.as_deref(),
         Some(&b"Mx\x09garbage"[..]),
         "never overwritten"
     );
@@ -879,11 +879,11 @@ fn a_circuit_closed_between_a_merge_and_its_trip_is_not_reopened() {
     let h = host.clone();
     // Between a's merge and a's trip, another worker trips, probes and closes (generation + 1).
     host.before_set(&format!("/s/{slot}"), 0, move || {
-        let (_, cas) = h.get_shared(&format!("meshbreaker/mb/v2/s/{slot}"));
+        let (_, cas) = h.get_shared(&format!("meshbreaker/mb/v3/s/{slot}"));
         let mut closed = st.clone();
         closed.breaker.generation += 1;
         h.set_shared(
-            &format!("meshbreaker/mb/v2/s/{slot}"),
+            &format!("meshbreaker/mb/v3/s/{slot}"),
             &closed.encode(),
             cas,
         )
@@ -917,7 +917,7 @@ fn a_stale_state_read_does_not_wipe_a_newer_window() {
     // Right after a's flush reads the state (generation g; read 0 is a's request), the circuit
     // closes (g + 1) and b flushes into a window of g + 1.
     host.after_get(&format!("/s/{slot}"), 1, move || {
-        let name = format!("meshbreaker/mb/v2/s/{slot}");
+        let name = format!("meshbreaker/mb/v3/s/{slot}");
         let (_, cas) = h.get_shared(&name);
         let mut closed = st.clone();
         closed.breaker.generation += 1;
@@ -1139,8 +1139,9 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
     assert_eq!(host.calls("set_shared"), 0, "{closed:?}");
     assert_eq!(host.calls("increment_metric"), 0, "{closed:?}");
     // Round 1: 23. Now: clock, cluster, all request headers in one call, state, 2 retry headers
-    // (no strip: the client sent none); :status; flags, attempt count, duration.
-    assert_eq!(total, 10, "{closed:?}");
+    // (no strip: the client sent none); clock (the upstream's latency ends here), :status;
+    // flags, attempt count, duration.
+    assert_eq!(total, 11, "{closed:?}");
     assert_eq!(host.calls("remove_header"), 0, "{closed:?}");
 
     // OPEN: the state read and the local reply; nothing written, no metric call.
@@ -1193,7 +1194,8 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
         2,
         "flags and duration only: {probe_end:?}"
     );
-    assert_eq!(host.total_calls(), 6, "{probe_end:?}");
+    // The clock at the response headers, :status, flags, duration, the state's read and write.
+    assert_eq!(host.total_calls(), 7, "{probe_end:?}");
 }
 
 #[test]
@@ -1204,7 +1206,7 @@ fn workers_that_raced_to_seed_the_slot_hash_settle_on_the_open_slot() {
         "error_rate_threshold":0.5,"sleep_window":"30s"}}"#;
     let mut a = engine(&host, cfg, 1);
     // b's blind first write lands after a's: b never sees a's seed at configure time.
-    host.set_shared("meshbreaker/mb/v2/meta", b"999|64", None)
+    host.set_shared("meshbreaker/mb/v3/meta", b"999|64", None)
         .unwrap();
     let mut b = engine(&host, cfg, 2);
     trip_req(&mut a, &auth("victim"), 0);
@@ -1361,4 +1363,206 @@ fn a_host_learned_before_the_first_tick_takes_the_published_totals_as_baseline()
     );
     e.on_tick(400);
     assert_eq!(metric(&host, "c", "meshbreaker_kernel_resets_total"), 0);
+}
+
+// ---------------------------------------------------------------- upstream latency
+
+#[test]
+fn shared_names_carry_the_encoding_version() {
+    // A new encoding under old names would have two filter versions misread each other.
+    let mut name = String::new();
+    Names::new("mb").state(0, &mut name);
+    assert!(
+        name.starts_with(&format!(
+            "meshbreaker/mb/v{}/",
+            policy_core::encoding::VERSION
+        )),
+        "{name}"
+    );
+}
+
+const SLOW_AT_100MS: &str = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":4,
+    "latency_p95_threshold":"100ms","sleep_window":"30s"}}"#;
+
+/// A request whose body ends `upload_ms` after its headers, answered `upstream_ms` later; Envoy's
+/// whole-stream timer says `whole_ms`.
+fn timed(
+    e: &mut Engine<FakeHost>,
+    t: u64,
+    req: &Req,
+    upload_ms: Option<u64>,
+    upstream_ms: u64,
+    whole_ms: u64,
+    status_code: u16,
+) {
+    let host = e.host.clone();
+    host.set_now_ms(t);
+    let headers: Vec<(&str, &[u8])> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    host.new_stream(&headers, &[(CLUSTER_NAME, &req.cluster)]);
+    let mut x = Exchange::default();
+    assert!(x.on_request_headers(e, upload_ms.is_none()));
+    let body_end = t + upload_ms.unwrap_or(0);
+    if upload_ms.is_some() {
+        host.set_now_ms(body_end);
+        x.on_request_end(e);
+    }
+    let mut resp = status(status_code);
+    resp.duration_ms = Some(whole_ms);
+    finish(e, x, body_end + upstream_ms, &resp);
+}
+
+fn window_totals(
+    host: &FakeHost,
+    cfg: &str,
+    key: &str,
+    now_ms: u64,
+) -> policy_core::window::Counts {
+    let (slot, _) = slot_of(host, key).unwrap();
+    let w = window_of(host, cfg, slot);
+    let bucket_ms = policy_core::window::bucket_ms(&Config::parse(cfg.as_bytes()).unwrap().breaker);
+    w.totals(now_ms / bucket_ms)
+}
+
+#[test]
+fn a_slow_upload_is_not_upstream_latency() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, SLOW_AT_100MS, 1);
+    let post = get("c").with(":method", b"POST");
+    // The client trickles its body for 5 s; the upstream answers 10 ms after the last byte.
+    for i in 0..10 {
+        timed(&mut e, i * 6_000, &post, Some(5_000), 10, 5_010, 200);
+    }
+    e.on_tick(60_100);
+    let c = window_totals(&host, SLOW_AT_100MS, "c", 60_100);
+    assert!(c.latency_samples > 0 && c.slow == 0, "{c:?}");
+    assert!(!exchange(&mut e, 60_200, &get("c"), &ok()).rejected());
+}
+
+#[test]
+fn an_upgraded_request_records_no_latency_sample() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, SLOW_AT_100MS, 1);
+    let ws = get("c")
+        .with("upgrade", b"websocket")
+        .with("connection", b"upgrade");
+    // The upstream upgrades at once, or only after 5 s: neither is a latency sample.
+    for i in 0..5 {
+        timed(&mut e, i * 100, &ws, None, 5_000, 5_000, 101);
+    }
+    // A CONNECT tunnel neither.
+    let connect = get("c").with(":method", b"CONNECT");
+    for i in 0..5 {
+        timed(&mut e, 1_000 + i * 100, &connect, None, 5_000, 5_000, 200);
+    }
+    e.on_tick(7_000);
+    let c = window_totals(&host, SLOW_AT_100MS, "c", 7_000);
+    assert_eq!((c.requests, c.latency_samples), (10, 0), "{c:?}");
+    assert!(!exchange(&mut e, 7_100, &get("c"), &ok()).rejected());
+}
+
+#[test]
+fn a_slow_upstream_is_still_slow() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, SLOW_AT_100MS, 1);
+    let post = get("c").with(":method", b"POST");
+    for i in 0..4 {
+        timed(&mut e, i * 1_000, &post, Some(10), 300, 310, 200);
+    }
+    e.on_tick(5_100);
+    let c = window_totals(&host, SLOW_AT_100MS, "c", 5_100);
+    assert_eq!(c.slow, 4, "{c:?}");
+    let seen = exchange(&mut e, 5_200, &get("c"), &ok());
+    assert_eq!(
+        seen.local("x-meshbreaker-reason").as_deref(),
+        Some("latency_p95")
+    );
+}
+
+#[test]
+fn a_forward_clock_step_cannot_inflate_upstream_latency() {
+    let host = FakeHost::default();
+    let mut e = engine(&host, SLOW_AT_100MS, 1);
+    // The wall clock jumps an hour between the request and its response; Envoy's monotonic timer
+    // says the whole exchange took 5 ms.
+    for i in 0..5 {
+        timed(&mut e, i * 100, &get("c"), None, 3_600_000, 5, 200);
+    }
+    let now = 4 * 100 + 3_600_000;
+    e.on_tick(now + 200);
+    let c = window_totals(&host, SLOW_AT_100MS, "c", now + 200);
+    assert_eq!(c.slow, 0, "{c:?}");
+}
+
+#[test]
+fn a_probe_whose_client_goes_away_frees_its_quota_slot_at_once() {
+    let host = FakeHost::default();
+    let cfg = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":5,"latency_p95_threshold":"1s",
+        "sleep_window":"1s","half_open_max_probes":1}}"#;
+    let mut e = engine(&host, cfg, 1);
+    for i in 0..5 {
+        exchange(&mut e, i, &get("c"), &fail());
+    }
+    e.on_tick(100);
+    assert!(exchange(&mut e, 200, &get("c"), &ok()).rejected());
+    // After the sleep window: one probe, whose client hangs up after 50 ms with no response.
+    let (x, seen) = start(&mut e, 1_500, &get("c"));
+    assert!(seen.admitted);
+    assert!(
+        start(&mut e, 1_501, &get("c")).1.rejected(),
+        "the quota is one"
+    );
+    let mut gone = ok();
+    gone.headers.clear();
+    gone.duration_ms = Some(50);
+    finish(&mut e, x, 1_550, &gone);
+    // Its slot is free: the next request is a probe, not a rejection.
+    assert!(start(&mut e, 1_551, &get("c")).1.admitted);
+}
+
+// ---------------------------------------------------------------- adaptive shedding
+
+#[test]
+fn requests_an_adaptive_circuit_admits_keep_their_retries() {
+    let host = FakeHost::default();
+    let cfg =
+        r#"{"breaker":{"window":"10s","buckets":10,"min_requests":20,"shedding":"adaptive"}}"#;
+    let mut e = engine(&host, cfg, 3);
+    // One client request in four succeeds: below the 50% target, so a share is shed.
+    let mut t = 0;
+    for i in 0..200u64 {
+        let resp = if i % 4 == 0 { ok() } else { fail() };
+        exchange(&mut e, t, &get("c"), &resp);
+        t += 5;
+        if i % 20 == 0 {
+            e.on_tick(t);
+        }
+    }
+    e.on_tick(t + 100);
+    let (_, st) = slot_of(&host, "c").unwrap();
+    assert_eq!(
+        st.breaker.reason,
+        Some(policy_core::window::TripReason::Adaptive)
+    );
+    assert!(st.breaker.shed > 0 && st.breaker.shed < policy_core::breaker::SHED_ALL);
+    let (mut rejected, mut admitted_with_retries) = (0, 0);
+    for i in 0..200 {
+        let (_, seen) = start(&mut e, t + 200 + i, &get("c"));
+        if seen.rejected() {
+            assert_eq!(
+                seen.local("x-meshbreaker-reason").as_deref(),
+                Some("adaptive")
+            );
+            rejected += 1;
+        } else if seen.upstream_header("x-envoy-max-retries").as_deref() == Some("2") {
+            admitted_with_retries += 1;
+        }
+    }
+    assert!(
+        rejected > 20 && admitted_with_retries > 20,
+        "{rejected} rejected, {admitted_with_retries} admitted with retries"
+    );
 }

@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use criterion::{BatchSize, Criterion};
-use policy_core::breaker::{BreakerState, SplitMix64};
+use policy_core::breaker::{BreakerState, FixedJitter, SplitMix64};
 use policy_core::config::{Config, Mode};
 use policy_core::encoding::SlotState;
 use policy_core::keys::KeyRegistry;
@@ -86,7 +86,7 @@ fn latencies(n: usize, seed: u64) -> Vec<u64> {
 fn outcome(latency_us: u64, i: u64) -> Outcome {
     Outcome {
         http_status: Some(if i.is_multiple_of(50) { 503 } else { 200 }),
-        latency_us,
+        latency_us: Some(latency_us),
         attempts: if i.is_multiple_of(20) { 2 } else { 1 },
         ..Default::default()
     }
@@ -228,7 +228,12 @@ fn benches(c: &mut Criterion, cfg: &Config) {
         let mut now = 1_700_000_000_000u64;
         b.iter(|| {
             now += 1;
-            black_box(s.decide(Mode::Enforce, breaker, black_box(now)));
+            black_box(s.decide(
+                Mode::Enforce,
+                breaker,
+                black_box(now),
+                &mut FixedJitter(0.0),
+            ));
         })
     });
 
@@ -240,7 +245,12 @@ fn benches(c: &mut Criterion, cfg: &Config) {
         let mut i = 0usize;
         b.iter(|| {
             now += 1;
-            let step = s.decide(Mode::Enforce, breaker, black_box(now));
+            let step = s.decide(
+                Mode::Enforce,
+                breaker,
+                black_box(now),
+                &mut FixedJitter(0.0),
+            );
             black_box(step);
             let o = &outcomes[i & 1023];
             i = i.wrapping_add(1);

@@ -7,14 +7,27 @@
 //!
 //! Randomness (the sleep-window jitter of SPEC) comes in through [`Jitter`]; time comes in as `now_ms`.
 //!
+//! ## Adaptive shedding
+//!
+//! With `shedding: adaptive`, an error-rate trip does not reject everything: the circuit reads
+//! OPEN with reason `adaptive` and rejects each request with the probability in [`BreakerState::shed`]
+//! ([`crate::shedding`] computes it from the window at every merge), so an upstream that fails
+//! part of its requests for reasons other than load still serves what it can. Only when nothing
+//! succeeds ([`SHED_ALL`]) does the circuit behave like `all`: a sleep window, then HALF_OPEN
+//! probes. Latency, kernel-reset and consecutive-failure trips are always binary, and may take over
+//! a circuit that is shedding a share.
+//!
 //! Time is the wall clock of whoever calls, and wall clocks step. Stored instants are therefore
 //! read with a sanity bound rather than trusted: an `open_until_ms` further ahead than the longest
 //! possible open period ([`max_open_ms`]) is over, and a probe that "started" in the future (the
 //! clock stepped back) is reclaimed. A step in either direction thus never holds a circuit open
 //! longer than `max_sleep_window` × 1.2 and never blocks HALF_OPEN.
 
-use crate::config::{BreakerConfig, Mode};
+use crate::config::{BreakerConfig, Mode, Shedding};
 use crate::window::{trip_reason, Counts, TripReason};
+
+/// [`BreakerState::shed`] of a circuit that rejects every request (probabilities are in 1/10000).
+pub const SHED_ALL: u16 = 10_000;
 
 /// OPEN lasts the current sleep window times a uniform factor in `[1.0, 1.0 + JITTER_SPREAD]`.
 pub const JITTER_SPREAD: f64 = 0.2;
@@ -158,6 +171,9 @@ pub struct BreakerState {
     pub successes: u32,
     /// Window generation: bumped on closing, which clears the window (see `window::Window`).
     pub generation: u32,
+    /// With reason `adaptive`: the share of requests rejected, in 1/10000; [`SHED_ALL`] is a
+    /// binary OPEN with its sleep window and probes. 0 otherwise.
+    pub shed: u16,
 }
 
 fn ms(d: std::time::Duration) -> u64 {
@@ -197,7 +213,13 @@ pub fn max_open_ms(cfg: &BreakerConfig) -> u64 {
 impl BreakerState {
     /// Decides one arriving request. OPEN turns into HALF_OPEN here once its time is up (SPEC:
     /// evaluated when a request arrives); HALF_OPEN admits probes up to the quota.
-    pub fn decide(&mut self, mode: Mode, cfg: &BreakerConfig, now_ms: u64) -> Step {
+    pub fn decide(
+        &mut self,
+        mode: Mode,
+        cfg: &BreakerConfig,
+        now_ms: u64,
+        rng: &mut dyn Jitter,
+    ) -> Step {
         let enforce = match mode {
             Mode::Disabled => {
                 return Step {
@@ -222,6 +244,28 @@ impl BreakerState {
         };
         let mut transition = None;
         let mut changed = false;
+        if self.sheds_a_share() {
+            // Adaptive shedding: no sleep window, no probes; the admitted share is the probe.
+            let rejected = rng.unit() * f64::from(SHED_ALL) < f64::from(self.shed);
+            let decision = if rejected {
+                let r = Rejection {
+                    reason: TripReason::Adaptive,
+                    retry_after_s: 1,
+                };
+                if enforce {
+                    Decision::Reject(r)
+                } else {
+                    Decision::DryRunReject(r)
+                }
+            } else {
+                Decision::Allow
+            };
+            return Step {
+                decision,
+                transition: None,
+                changed: false,
+            };
+        }
         if self.state == State::Open && self.open_is_over(cfg, now_ms) {
             transition = Some(Transition {
                 from: State::Open,
@@ -276,6 +320,14 @@ impl BreakerState {
             transition,
             changed,
         }
+    }
+
+    /// True while the circuit rejects only a share of requests (adaptive shedding, not
+    /// everything).
+    pub fn sheds_a_share(&self) -> bool {
+        self.state == State::Open
+            && self.reason == Some(TripReason::Adaptive)
+            && self.shed < SHED_ALL
     }
 
     /// True once an OPEN period is over: its end has passed, or it lies further ahead than any open
@@ -333,7 +385,34 @@ impl BreakerState {
         ))
     }
 
-    /// Trips a CLOSED circuit with `reason`; `None` if it is not CLOSED.
+    /// A probe whose client went away before any response: its quota slot is freed at once. If
+    /// it had already run for the latency threshold (with the latency trip on) it says the
+    /// upstream is still slow, and counts as a failed probe. `None` for a probe the state no
+    /// longer knows.
+    pub fn abandon_probe(
+        &mut self,
+        id: u32,
+        ran_us: u64,
+        cfg: &BreakerConfig,
+        now_ms: u64,
+        jitter: &mut dyn Jitter,
+    ) -> Option<Transition> {
+        if self.state != State::HalfOpen || !self.probes.iter().any(|p| p.id == id) {
+            return None;
+        }
+        if crate::window::threshold_us(cfg).is_some_and(|t| ran_us >= t) {
+            return self.complete_probe(id, false, cfg, now_ms, jitter);
+        }
+        self.probes.retain(|p| p.id != id);
+        Some(Transition {
+            from: State::HalfOpen,
+            to: State::HalfOpen,
+            reason: self.reason,
+            open_for_ms: 0,
+        })
+    }
+
+    /// Trips a CLOSED circuit (or one shedding a share) with `reason`; `None` otherwise.
     pub fn trip(
         &mut self,
         reason: TripReason,
@@ -341,14 +420,17 @@ impl BreakerState {
         now_ms: u64,
         jitter: &mut dyn Jitter,
     ) -> Option<Transition> {
-        if self.state != State::Closed {
+        if self.state != State::Closed && !self.sheds_a_share() {
             return None;
         }
+        let from = self.state;
         self.sleep_ms = ms(cfg.sleep_window).min(ms(cfg.max_sleep_window));
-        Some(self.open(reason, State::Closed, now_ms, jitter))
+        Some(self.open(reason, from, now_ms, jitter))
     }
 
-    /// Applies SPEC's trip rule to a window's totals (only a CLOSED circuit trips).
+    /// Applies SPEC's trip rule to a window's totals: a CLOSED circuit trips; one shedding a
+    /// share follows the window (its share changes, a latency trip takes over, or it closes).
+    /// `Some` whenever the state changed and must be written, transition or not.
     pub fn evaluate(
         &mut self,
         totals: &Counts,
@@ -356,11 +438,67 @@ impl BreakerState {
         now_ms: u64,
         jitter: &mut dyn Jitter,
     ) -> Option<Transition> {
-        if self.state != State::Closed {
+        let share = self.sheds_a_share();
+        if self.state != State::Closed && !share {
             return None;
         }
-        let reason = trip_reason(totals, cfg)?;
-        self.trip(reason, cfg, now_ms, jitter)
+        let reason = match cfg.shedding {
+            Shedding::All => trip_reason(totals, cfg),
+            // The latency trip keeps its binary meaning, so it is looked at first.
+            Shedding::Adaptive => crate::window::latency_trips(totals, cfg)
+                .then_some(TripReason::LatencyP95)
+                .or_else(|| trip_reason(totals, cfg)),
+        };
+        match reason {
+            Some(TripReason::ErrorRate) if cfg.shedding == Shedding::Adaptive => {
+                let p = crate::shedding::probability(totals, cfg.shedding_success_rate);
+                self.shed_share(p, cfg, now_ms, jitter)
+            }
+            Some(r) => self.trip(r, cfg, now_ms, jitter),
+            None if share => Some(self.close(cfg)),
+            None => None,
+        }
+    }
+
+    /// Adaptive shedding at probability `p` (1/10000): a CLOSED circuit starts shedding once `p`
+    /// reaches [`crate::shedding::ENTER`]; one shedding a share follows `p` in steps of
+    /// [`crate::shedding::STEP`], closes at 0, and at [`SHED_ALL`] turns into a binary OPEN with
+    /// its sleep window and probes.
+    fn shed_share(
+        &mut self,
+        p: u16,
+        cfg: &BreakerConfig,
+        now_ms: u64,
+        jitter: &mut dyn Jitter,
+    ) -> Option<Transition> {
+        let from = self.state;
+        if p >= SHED_ALL {
+            self.sleep_ms = ms(cfg.sleep_window).min(ms(cfg.max_sleep_window));
+            let t = self.open(TripReason::Adaptive, from, now_ms, jitter);
+            self.shed = SHED_ALL;
+            return Some(t);
+        }
+        let changed = match from {
+            State::Closed if p >= crate::shedding::ENTER => true,
+            State::Closed => return None,
+            _ if p == 0 => return Some(self.close(cfg)),
+            _ => self.shed.abs_diff(p) >= crate::shedding::STEP,
+        };
+        if !changed {
+            return None;
+        }
+        self.state = State::Open;
+        self.reason = Some(TripReason::Adaptive);
+        self.open_until_ms = 0;
+        self.shed = p;
+        self.probes.clear();
+        self.successes = 0;
+        Some(Transition {
+            from,
+            to: State::Open,
+            reason: Some(TripReason::Adaptive),
+            open_for_ms: 0,
+        })
     }
 
     fn open(
@@ -377,6 +515,12 @@ impl BreakerState {
         self.open_until_ms = now_ms.saturating_add(open_for_ms);
         self.probes.clear();
         self.successes = 0;
+        // A binary OPEN: an adaptive one sheds everything until its probes succeed.
+        self.shed = if reason == TripReason::Adaptive {
+            SHED_ALL
+        } else {
+            0
+        };
         Transition {
             from,
             to: State::Open,
@@ -386,8 +530,9 @@ impl BreakerState {
     }
 
     fn close(&mut self, cfg: &BreakerConfig) -> Transition {
-        let reason = self.reason;
+        let (from, reason) = (self.state, self.reason);
         self.state = State::Closed;
+        self.shed = 0;
         self.reason = None;
         self.open_until_ms = 0;
         self.sleep_ms = ms(cfg.sleep_window);
@@ -395,7 +540,7 @@ impl BreakerState {
         self.successes = 0;
         self.generation = self.generation.wrapping_add(1);
         Transition {
-            from: State::HalfOpen,
+            from,
             to: State::Closed,
             reason,
             open_for_ms: 0,
@@ -571,7 +716,7 @@ mod tests {
     #[test]
     fn closed_allows_without_writing_state() {
         let mut s = BreakerState::default();
-        let step = s.decide(Mode::Enforce, &cfg(), 5);
+        let step = s.decide(Mode::Enforce, &cfg(), 5, &mut FixedJitter(0.0));
         assert_eq!(step.decision, Decision::Allow);
         assert!(!step.changed);
     }
@@ -588,7 +733,7 @@ mod tests {
             (State::Closed, State::Open, Some(TripReason::LatencyP95))
         );
         assert_eq!(s.open_until_ms, 11_000);
-        let step = s.decide(Mode::Enforce, &c, 1_500);
+        let step = s.decide(Mode::Enforce, &c, 1_500, &mut FixedJitter(0.0));
         assert_eq!(
             step.decision,
             Decision::Reject(Rejection {
@@ -627,7 +772,10 @@ mod tests {
     fn retry_after_rounds_up_the_seconds_until_half_open() {
         let c = cfg();
         let mut s = tripped(&c, 0);
-        match s.decide(Mode::Enforce, &c, 8_999).decision {
+        match s
+            .decide(Mode::Enforce, &c, 8_999, &mut FixedJitter(0.0))
+            .decision
+        {
             Decision::Reject(r) => assert_eq!(r.retry_after_s, 2),
             d => panic!("{d:?}"),
         }
@@ -637,7 +785,7 @@ mod tests {
     fn open_turns_half_open_when_a_request_arrives_after_the_sleep() {
         let c = cfg();
         let mut s = tripped(&c, 0);
-        let step = s.decide(Mode::Enforce, &c, 10_000);
+        let step = s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
         assert_eq!(
             step.transition.map(|t| (t.from, t.to)),
             Some((State::Open, State::HalfOpen))
@@ -651,7 +799,10 @@ mod tests {
         let c = cfg();
         let mut s = tripped(&c, 0);
         let ds: Vec<Decision> = (0..5)
-            .map(|i| s.decide(Mode::Enforce, &c, 10_000 + i).decision)
+            .map(|i| {
+                s.decide(Mode::Enforce, &c, 10_000 + i, &mut FixedJitter(0.0))
+                    .decision
+            })
             .collect();
         assert_eq!(ds[0], Decision::Probe(0));
         assert_eq!(ds[1], Decision::Probe(1));
@@ -671,11 +822,12 @@ mod tests {
     fn a_completed_probe_frees_its_slot() {
         let c = cfg();
         let mut s = tripped(&c, 0);
-        s.decide(Mode::Enforce, &c, 10_000);
-        s.decide(Mode::Enforce, &c, 10_000);
+        s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
+        s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
         s.complete_probe(0, true, &c, 10_010, &mut FixedJitter(0.0));
         assert_eq!(
-            s.decide(Mode::Enforce, &c, 10_020).decision,
+            s.decide(Mode::Enforce, &c, 10_020, &mut FixedJitter(0.0))
+                .decision,
             Decision::Probe(2)
         );
     }
@@ -684,14 +836,16 @@ mod tests {
     fn stuck_probe_frees_its_slot_after_sleep_window() {
         let c = cfg();
         let mut s = tripped(&c, 0);
-        s.decide(Mode::Enforce, &c, 10_000);
-        s.decide(Mode::Enforce, &c, 10_000);
+        s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
+        s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
         assert!(matches!(
-            s.decide(Mode::Enforce, &c, 19_999).decision,
+            s.decide(Mode::Enforce, &c, 19_999, &mut FixedJitter(0.0))
+                .decision,
             Decision::Reject(_)
         ));
         assert_eq!(
-            s.decide(Mode::Enforce, &c, 20_000).decision,
+            s.decide(Mode::Enforce, &c, 20_000, &mut FixedJitter(0.0))
+                .decision,
             Decision::Probe(2)
         );
         // The reclaimed probe's late completion is ignored.
@@ -707,8 +861,8 @@ mod tests {
         let c = cfg();
         let mut s = tripped(&c, 0);
         let g = s.generation;
-        s.decide(Mode::Enforce, &c, 10_000);
-        s.decide(Mode::Enforce, &c, 10_000);
+        s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
+        s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
         let t1 = s
             .complete_probe(0, true, &c, 10_100, &mut FixedJitter(0.0))
             .unwrap();
@@ -729,7 +883,7 @@ mod tests {
         let mut sleeps = vec![];
         for _ in 0..4 {
             let now = s.open_until_ms;
-            let step = s.decide(Mode::Enforce, &c, now);
+            let step = s.decide(Mode::Enforce, &c, now, &mut FixedJitter(0.0));
             let Decision::Probe(id) = step.decision else {
                 panic!("{step:?}")
             };
@@ -743,7 +897,10 @@ mod tests {
         // Closing resets the sleep window.
         let now = s.open_until_ms;
         for _ in 0..2 {
-            let Decision::Probe(id) = s.decide(Mode::Enforce, &c, now).decision else {
+            let Decision::Probe(id) = s
+                .decide(Mode::Enforce, &c, now, &mut FixedJitter(0.0))
+                .decision
+            else {
                 panic!()
             };
             s.complete_probe(id, true, &c, now, &mut FixedJitter(0.0));
@@ -776,19 +933,22 @@ mod tests {
         let c = cfg();
         let mut s = tripped(&c, 0);
         assert!(
-            matches!(s.decide(Mode::DryRun, &c, 5).decision, Decision::DryRunReject(r) if r.reason == TripReason::ErrorRate)
+            matches!(s.decide(Mode::DryRun, &c, 5, &mut FixedJitter(0.0)).decision, Decision::DryRunReject(r) if r.reason == TripReason::ErrorRate)
         );
         // The state machine still runs: HALF_OPEN after the sleep, probes counted.
         assert_eq!(
-            s.decide(Mode::DryRun, &c, 10_000).decision,
+            s.decide(Mode::DryRun, &c, 10_000, &mut FixedJitter(0.0))
+                .decision,
             Decision::Probe(0)
         );
         assert_eq!(
-            s.decide(Mode::DryRun, &c, 10_000).decision,
+            s.decide(Mode::DryRun, &c, 10_000, &mut FixedJitter(0.0))
+                .decision,
             Decision::Probe(1)
         );
         assert!(matches!(
-            s.decide(Mode::DryRun, &c, 10_000).decision,
+            s.decide(Mode::DryRun, &c, 10_000, &mut FixedJitter(0.0))
+                .decision,
             Decision::DryRunReject(_)
         ));
     }
@@ -797,7 +957,7 @@ mod tests {
     fn forced_open_rejects_everything_with_sleep_window_retry_after() {
         let c = cfg();
         let mut s = BreakerState::default();
-        let step = s.decide(Mode::ForcedOpen, &c, 5);
+        let step = s.decide(Mode::ForcedOpen, &c, 5, &mut FixedJitter(0.0));
         assert_eq!(
             step.decision,
             Decision::Reject(Rejection {
@@ -813,7 +973,8 @@ mod tests {
         let c = cfg();
         let mut s = tripped(&c, 0);
         assert_eq!(
-            s.decide(Mode::Disabled, &c, 5).decision,
+            s.decide(Mode::Disabled, &c, 5, &mut FixedJitter(0.0))
+                .decision,
             Decision::PassThrough
         );
     }
@@ -824,13 +985,19 @@ mod tests {
         // Tripped at t = 10 h, then the clock steps back by one hour.
         let mut s = tripped(&c, 36_000_000);
         let now = 36_000_000 - 3_600_000;
-        match s.decide(Mode::Enforce, &c, now).decision {
+        match s
+            .decide(Mode::Enforce, &c, now, &mut FixedJitter(0.0))
+            .decision
+        {
             Decision::Probe(_) => {}
             d => panic!("an open_until 1 h ahead is stale, expected a probe: {d:?}"),
         }
         // A step back smaller than the bound keeps it open, with a bounded retry-after.
         let mut s = tripped(&c, 100_000);
-        match s.decide(Mode::Enforce, &c, 100_000 - 20_000).decision {
+        match s
+            .decide(Mode::Enforce, &c, 100_000 - 20_000, &mut FixedJitter(0.0))
+            .decision
+        {
             Decision::Reject(r) => assert!(r.retry_after_s <= 42, "{r:?}"),
             d => panic!("{d:?}"),
         }
@@ -840,15 +1007,17 @@ mod tests {
     fn probes_started_in_the_future_are_reclaimed_after_a_clock_step_back() {
         let c = cfg();
         let mut s = tripped(&c, 0);
-        s.decide(Mode::Enforce, &c, 3_600_000);
-        s.decide(Mode::Enforce, &c, 3_600_000);
+        s.decide(Mode::Enforce, &c, 3_600_000, &mut FixedJitter(0.0));
+        s.decide(Mode::Enforce, &c, 3_600_000, &mut FixedJitter(0.0));
         assert!(matches!(
-            s.decide(Mode::Enforce, &c, 3_600_001).decision,
+            s.decide(Mode::Enforce, &c, 3_600_001, &mut FixedJitter(0.0))
+                .decision,
             Decision::Reject(_)
         ));
         // The clock steps back one hour: the two probes "started in the future".
         assert!(matches!(
-            s.decide(Mode::Enforce, &c, 60_000).decision,
+            s.decide(Mode::Enforce, &c, 60_000, &mut FixedJitter(0.0))
+                .decision,
             Decision::Probe(_)
         ));
     }

@@ -21,7 +21,7 @@ use crate::window::{
 };
 
 pub const MAGIC: u8 = b'M';
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 const KIND_STATE: u8 = b'S';
 const KIND_WINDOW: u8 = b'W';
 const KIND_RESETS: u8 = b'R';
@@ -184,6 +184,8 @@ fn reason_code(r: Option<TripReason>) -> u8 {
         Some(TripReason::LatencyP95) => 2,
         Some(TripReason::KernelResets) => 3,
         Some(TripReason::ForcedOpen) => 4,
+        Some(TripReason::ConsecutiveFailures) => 5,
+        Some(TripReason::Adaptive) => 6,
     }
 }
 
@@ -194,6 +196,8 @@ fn reason_from(c: u8) -> Result<Option<TripReason>, DecodeError> {
         2 => Some(TripReason::LatencyP95),
         3 => Some(TripReason::KernelResets),
         4 => Some(TripReason::ForcedOpen),
+        5 => Some(TripReason::ConsecutiveFailures),
+        6 => Some(TripReason::Adaptive),
         _ => return Err(DecodeError::BadValue("reason")),
     })
 }
@@ -213,6 +217,7 @@ impl SlotState {
         put_varint(out, u64::from(b.successes));
         put_varint(out, u64::from(b.generation));
         put_varint(out, self.last_active_ms);
+        put_varint(out, u64::from(b.shed));
         let probes = b
             .probes
             .get(..b.probes.len().min(MAX_ENCODED_PROBES))
@@ -241,6 +246,10 @@ impl SlotState {
         let successes = r.u32("successes")?;
         let generation = r.u32("generation")?;
         let last_active_ms = r.varint()?;
+        let shed = u16::try_from(r.varint()?)
+            .ok()
+            .filter(|s| *s <= crate::breaker::SHED_ALL)
+            .ok_or(DecodeError::BadValue("shed"))?;
         let n = r.len(MAX_ENCODED_PROBES, "probes")?;
         let mut probes = Vec::with_capacity(n.min(16));
         for _ in 0..n {
@@ -262,6 +271,7 @@ impl SlotState {
                 next_probe_id,
                 successes,
                 generation,
+                shed,
             },
             last_active_ms,
         })
@@ -514,6 +524,7 @@ mod tests {
                 next_probe_id: 9,
                 successes: 1,
                 generation: 3,
+                shed: 2_500,
             },
             last_active_ms: 1_700_000_100_500,
         }
@@ -525,7 +536,7 @@ mod tests {
         for i in 0..200u64 {
             let o = Outcome {
                 http_status: Some(200),
-                latency_us: 1000 + i * 997,
+                latency_us: Some(1000 + i * 997),
                 attempts: 1 + (i % 3) as u32,
                 ..Default::default()
             };

@@ -26,6 +26,9 @@
 //!   rather than wiping a freshly closed window.
 //! - A trip is written only while the state is CLOSED and of the window's generation, so a
 //!   circuit that closed meanwhile is never re-opened by the samples that opened it.
+//! - `consecutive_failures` is counted per worker ([`Local`]): N failed attempts in a row on one
+//!   worker make a merge due at once, and that merge trips the key (reason
+//!   `consecutive_failures`) without waiting for the window.
 //! - When the state cannot be updated (contention, a host refusal), a request fails open only if
 //!   the last state read was CLOSED; from OPEN or HALF_OPEN it is rejected with `retry-after: 1`.
 
@@ -210,9 +213,18 @@ impl Geometry {
     }
 }
 
-/// A probe succeeds when its request failed nothing and retried nothing.
-pub fn probe_succeeded(outcome: &Outcome, failure: Option<FailureClass>) -> bool {
-    failure.is_none() && outcome.retried_attempts() == 0
+/// A probe succeeds when its request failed nothing and retried nothing, and, with the latency
+/// trip on, answered under the latency threshold: a circuit opened by a slow upstream does not
+/// close while the upstream is still slow.
+pub fn probe_succeeded(
+    outcome: &Outcome,
+    failure: Option<FailureClass>,
+    cfg: &BreakerConfig,
+) -> bool {
+    let slow = threshold_us(cfg)
+        .zip(outcome.latency_us)
+        .is_some_and(|(t, l)| l >= t);
+    failure.is_none() && outcome.retried_attempts() == 0 && !slow
 }
 
 /// A slot may be taken over by another key only from a CLOSED key with no probe in flight that
@@ -243,12 +255,14 @@ pub enum Admitted {
 /// Decides a request of `key`: one read of the state; a CLOSED state allows with no decode and
 /// no write; otherwise the breaker decides and the state is written back (compare-and-swap) only
 /// if the decision changed it (OPEN→HALF_OPEN, probe admission).
+#[allow(clippy::too_many_arguments)]
 pub fn admit<S: Store + ?Sized>(
     store: &mut S,
     key: &str,
     mode: Mode,
     cfg: &BreakerConfig,
     now_ms: u64,
+    rng: &mut dyn Jitter,
     enc: &mut Vec<u8>,
 ) -> Admitted {
     // The CLOSED fast path: the key name and the state byte, no decode, no allocation. A CLOSED
@@ -272,7 +286,7 @@ pub fn admit<S: Store + ?Sized>(
         enc,
         || Admitted::Lost,
         |st| {
-            let step = st.breaker.decide(mode, cfg, now_ms);
+            let step = st.breaker.decide(mode, cfg, now_ms, &mut *rng);
             let r = Admitted::Decided {
                 decision: step.decision,
                 transition: step.transition,
@@ -335,12 +349,43 @@ pub fn complete_probe<S: Store + ?Sized>(
     )
 }
 
+/// A probe whose client went away before any response: frees its quota slot at once, or fails it
+/// if it had run for the latency threshold ([`crate::breaker::BreakerState::abandon_probe`]).
+#[allow(clippy::too_many_arguments)]
+pub fn abandon_probe<S: Store + ?Sized>(
+    store: &mut S,
+    key: &str,
+    id: u32,
+    ran_us: u64,
+    cfg: &BreakerConfig,
+    now_ms: u64,
+    jitter: &mut dyn Jitter,
+    enc: &mut Vec<u8>,
+) -> Option<(Transition, State)> {
+    update_state(
+        store,
+        key,
+        None,
+        enc,
+        || None,
+        |st| match st.breaker.abandon_probe(id, ran_us, cfg, now_ms, jitter) {
+            Some(t) => Update::Write(Some((t, st.breaker.state))),
+            None => Update::Keep(None),
+        },
+        |_, _| None,
+    )
+}
+
 /// One worker's unmerged samples of one key.
 #[derive(Debug, Clone)]
 pub struct Local {
     pub recorder: Recorder,
     /// When this worker last merged the key's samples (or tried to).
     pub last_flush_ms: u64,
+    /// Failed attempts in a row this worker saw (`consecutive_failures`).
+    pub consecutive: u32,
+    /// `consecutive_failures` of the key's configuration (0: off).
+    pub consecutive_limit: u32,
 }
 
 impl Local {
@@ -349,7 +394,14 @@ impl Local {
         Some(Local {
             recorder: Recorder::new(threshold_us(cfg))?,
             last_flush_ms: now_ms,
+            consecutive: 0,
+            consecutive_limit: cfg.consecutive_failures,
         })
+    }
+
+    /// Whether this worker has seen `consecutive_failures` failed attempts in a row.
+    pub fn consecutive_trip(&self) -> bool {
+        self.consecutive_limit > 0 && self.consecutive >= self.consecutive_limit
     }
 
     /// Whether the samples are due for a merge at a tick: older than [`FLUSH_MS`].
@@ -371,9 +423,19 @@ impl Local {
             .recorder
             .record(geometry.epoch(now_ms), outcome, failure)
             .is_ok();
+        // Retried attempts failed; a success after them breaks the run.
+        self.consecutive = match failure {
+            Some(_) => self
+                .consecutive
+                .saturating_add(outcome.retried_attempts().saturating_add(1)),
+            None => 0,
+        };
         Recorded {
             recorded,
-            due: !recorded || self.recorder.is_full() || self.stale(now_ms),
+            due: !recorded
+                || self.recorder.is_full()
+                || self.stale(now_ms)
+                || self.consecutive_trip(),
         }
     }
 
@@ -499,7 +561,7 @@ pub fn flush<S: Store + ?Sized>(
     enum Merge {
         Lost,
         Kept,
-        Merged(Counts, Option<u64>, u32, u64, State),
+        Merged(Counts, Option<u64>, u32, u64, State, bool),
     }
     let merge = cas_update(
         store,
@@ -560,17 +622,18 @@ pub fn flush<S: Store + ?Sized>(
                 w.generation,
                 attributed,
                 st.breaker.state,
+                st.breaker.sheds_a_share(),
             ))
         },
         |_, _| Merge::Kept,
     );
-    let (totals, p95_us, generation, attributed, state) = match merge {
+    let (totals, p95_us, generation, attributed, state, share) = match merge {
         Merge::Kept => return Flushed::Kept,
         Merge::Lost => {
             local.recorder.clear();
             return Flushed::Lost;
         }
-        Merge::Merged(t, p, g, a, s) => (t, p, g, a, s),
+        Merge::Merged(t, p, g, a, s, share) => (t, p, g, a, s, share),
     };
     local.recorder.clear();
     let mut merged = Merged {
@@ -584,9 +647,19 @@ pub fn flush<S: Store + ?Sized>(
     let kernel = input
         .max_resets_per_second
         .is_some_and(|max| kernel_resets_exceed(&merged.totals, cfg.window, max));
-    let may_trip = state == State::Closed && (kernel || trip_reason(&merged.totals, cfg).is_some());
+    let consecutive = local.consecutive_trip();
+    // A circuit shedding a share follows its window at every merge (its share, or closing).
+    let may_trip = share
+        || (state == State::Closed
+            && (kernel || consecutive || trip_reason(&merged.totals, cfg).is_some()));
     if may_trip || input.activity.is_some() {
-        trip_after_merge(store, input, &mut merged, kernel, jitter, enc);
+        trip_after_merge(store, input, &mut merged, kernel, consecutive, jitter, enc);
+    }
+    // A run of failures counts towards a trip only while the circuit is closed: once it tripped
+    // (here or elsewhere), the next trip needs a new run.
+    let closed_now = merged.written.map_or(state, |(_, s)| s) == State::Closed;
+    if !closed_now || merged.written.is_some_and(|(t, _)| t.is_some()) {
+        local.consecutive = 0;
     }
     Flushed::Merged(merged)
 }
@@ -599,6 +672,7 @@ fn trip_after_merge<S: Store + ?Sized>(
     input: &FlushInput<'_>,
     merged: &mut Merged,
     kernel: bool,
+    consecutive: bool,
     jitter: &mut dyn Jitter,
     enc: &mut Vec<u8>,
 ) {
@@ -617,10 +691,14 @@ fn trip_after_merge<S: Store + ?Sized>(
                 write = true;
             }
             let mut t = None;
-            if st.breaker.generation == window_gen && st.breaker.state == State::Closed {
+            let open_to_trips = st.breaker.state == State::Closed || st.breaker.sheds_a_share();
+            if st.breaker.generation == window_gen && open_to_trips {
                 t = if kernel {
                     st.breaker
                         .trip(TripReason::KernelResets, cfg, now_ms, &mut *jitter)
+                } else if consecutive {
+                    st.breaker
+                        .trip(TripReason::ConsecutiveFailures, cfg, now_ms, &mut *jitter)
                 } else {
                     st.breaker.evaluate(totals, cfg, now_ms, &mut *jitter)
                 };
@@ -877,7 +955,15 @@ mod tests {
             }
         }
         let c = cfg();
-        let got = admit(&mut Empty, "k", Mode::Enforce, &c, 0, &mut Vec::new());
+        let got = admit(
+            &mut Empty,
+            "k",
+            Mode::Enforce,
+            &c,
+            0,
+            &mut FixedJitter(0.0),
+            &mut Vec::new(),
+        );
         assert_eq!(got, Admitted::Failed(Decision::Allow));
     }
 }

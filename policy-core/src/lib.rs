@@ -29,4 +29,5 @@ pub mod keys;
 pub mod metrics;
 pub mod resets;
 pub mod retry;
+pub mod shedding;
 pub mod window;

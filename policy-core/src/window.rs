@@ -61,8 +61,9 @@ pub struct Outcome {
     pub grpc_status: Option<u32>,
     /// Envoy reported an upstream connect failure or reset (response flags `UF`, `UR`, `UC`, `UPE`).
     pub upstream_reset: bool,
-    /// From request headers to the end of the response.
-    pub latency_us: u64,
+    /// The upstream's latency: from the request being complete at the filter to the response
+    /// headers. `None` when there is none to take (an upgraded or `CONNECT` request).
+    pub latency_us: Option<u64>,
     /// Upstream attempts made (`x-envoy-attempt-count`); 0 or 1 mean one.
     pub attempts: u32,
 }
@@ -275,12 +276,15 @@ impl Recorder {
         }
         c.requests = c.requests.saturating_add(1);
         c.retries = c.retries.saturating_add(retried);
+        let Some(latency_us) = outcome.latency_us else {
+            return Ok(());
+        };
         c.latency_samples = c.latency_samples.saturating_add(1);
-        if self.threshold_us.is_some_and(|t| outcome.latency_us >= t) {
+        if self.threshold_us.is_some_and(|t| latency_us >= t) {
             c.slow = c.slow.saturating_add(1);
         }
         // HIST_HIGHEST_US (6e8) fits a u32.
-        let v = outcome.latency_us.clamp(HIST_LOWEST_US, HIST_HIGHEST_US);
+        let v = latency_us.clamp(HIST_LOWEST_US, HIST_HIGHEST_US);
         self.latencies.push(u32::try_from(v).unwrap_or(u32::MAX));
         Ok(())
     }
@@ -588,6 +592,10 @@ pub enum TripReason {
     LatencyP95,
     KernelResets,
     ForcedOpen,
+    /// `consecutive_failures` failed attempts in a row.
+    ConsecutiveFailures,
+    /// Adaptive shedding (`shedding: adaptive`) after an error-rate trip.
+    Adaptive,
 }
 
 impl TripReason {
@@ -598,6 +606,8 @@ impl TripReason {
             TripReason::LatencyP95 => "latency_p95",
             TripReason::KernelResets => "kernel_resets",
             TripReason::ForcedOpen => "forced_open",
+            TripReason::ConsecutiveFailures => "consecutive_failures",
+            TripReason::Adaptive => "adaptive",
         }
     }
 }
@@ -611,10 +621,18 @@ pub fn trip_reason(totals: &Counts, cfg: &BreakerConfig) -> Option<TripReason> {
     if totals.error_rate() >= cfg.error_rate_threshold {
         return Some(TripReason::ErrorRate);
     }
-    if cfg.latency_p95_threshold.is_some() && totals.p95_at_or_over_threshold() {
+    if latency_trips(totals, cfg) {
         return Some(TripReason::LatencyP95);
     }
     None
+}
+
+/// The latency half of [`trip_reason`]: at least `min_requests` samples, the latency trip on, and
+/// the window's P95 at or over its threshold.
+pub fn latency_trips(totals: &Counts, cfg: &BreakerConfig) -> bool {
+    totals.samples >= u64::from(cfg.min_requests)
+        && cfg.latency_p95_threshold.is_some()
+        && totals.p95_at_or_over_threshold()
 }
 
 /// SPEC's kernel reset rule: resets summed over the window ÷ the window's seconds exceed
@@ -642,7 +660,7 @@ mod tests {
     fn ok(latency_ms: u64) -> Outcome {
         Outcome {
             http_status: Some(200),
-            latency_us: latency_ms * 1000,
+            latency_us: Some(latency_ms * 1000),
             attempts: 1,
             ..Default::default()
         }
@@ -886,7 +904,7 @@ mod tests {
         let mut w = Window::new(c.buckets, 0);
         let lat: Vec<Outcome> = (1..=1000)
             .map(|i| Outcome {
-                latency_us: i * 1_237,
+                latency_us: Some(i * 1_237),
                 ..ok(0)
             })
             .collect();

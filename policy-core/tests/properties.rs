@@ -15,7 +15,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use policy_core::breaker::{BreakerState, Decision, Probe, SplitMix64, State, Transition};
+use policy_core::breaker::{
+    BreakerState, Decision, FixedJitter, Probe, SplitMix64, State, Transition,
+};
 use policy_core::config::{BreakerConfig, Config, Mode};
 use policy_core::encoding::{DecodeError, SlotState};
 use policy_core::flow::{
@@ -372,8 +374,15 @@ impl<'c> World<'c> {
                 if let Admitted::Decided {
                     decision: Decision::Probe(id),
                     ..
-                } = flow::admit(&mut view, "k", Mode::Enforce, cfg, now, &mut enc)
-                {
+                } = flow::admit(
+                    &mut view,
+                    "k",
+                    Mode::Enforce,
+                    cfg,
+                    now,
+                    &mut FixedJitter(0.0),
+                    &mut enc,
+                ) {
                     worker.held.push(id);
                 }
             }
@@ -678,7 +687,7 @@ proptest! {
         for success in outcomes {
             now = now.max(s.open_until_ms);
             let before = s.state;
-            let step = s.decide(Mode::Enforce, &cfg, now);
+            let step = s.decide(Mode::Enforce, &cfg, now, &mut FixedJitter(0.0));
             check_transition(&step.transition, before, s.state)?;
             let Decision::Probe(id) = step.decision else {
                 return Err(TestCaseError::fail(format!("HALF_OPEN with free quota must probe: {step:?}")));
@@ -729,7 +738,7 @@ enum Sample {
 fn ok_outcome(latency_us: u64, attempts: u32) -> Outcome {
     Outcome {
         http_status: Some(200),
-        latency_us,
+        latency_us: Some(latency_us),
         attempts,
         ..Default::default()
     }
@@ -765,7 +774,7 @@ fn outcome_strategy() -> impl Strategy<Value = Outcome> {
                 http_status,
                 grpc_status,
                 upstream_reset,
-                latency_us,
+                latency_us: Some(latency_us),
                 attempts,
             },
         )
@@ -1042,6 +1051,8 @@ fn reason_strategy() -> impl Strategy<Value = Option<TripReason>> {
         Just(TripReason::LatencyP95),
         Just(TripReason::KernelResets),
         Just(TripReason::ForcedOpen),
+        Just(TripReason::ConsecutiveFailures),
+        Just(TripReason::Adaptive),
     ])
 }
 
@@ -1058,6 +1069,7 @@ fn slot_state_strategy() -> impl Strategy<Value = SlotState> {
         any::<u64>(),
         prop::collection::vec((any::<u32>(), any::<u64>()), 0..8),
         (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()),
+        0u16..=policy_core::breaker::SHED_ALL,
     )
         .prop_map(
             |(
@@ -1068,6 +1080,7 @@ fn slot_state_strategy() -> impl Strategy<Value = SlotState> {
                 sleep_ms,
                 probes,
                 (next_probe_id, successes, generation, last_active_ms),
+                shed,
             )| SlotState {
                 key,
                 breaker: BreakerState {
@@ -1082,6 +1095,7 @@ fn slot_state_strategy() -> impl Strategy<Value = SlotState> {
                     next_probe_id,
                     successes,
                     generation,
+                    shed,
                 },
                 last_active_ms,
             },

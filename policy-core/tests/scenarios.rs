@@ -29,7 +29,7 @@ use policy_core::window::{
 fn outcome(status: u16, latency_ms: u64) -> Outcome {
     Outcome {
         http_status: Some(status),
-        latency_us: latency_ms * 1000,
+        latency_us: Some(latency_ms * 1000),
         attempts: 1,
         ..Default::default()
     }
@@ -171,23 +171,28 @@ fn open_half_open_closed_with_probe_quota() {
     s.trip(TripReason::ErrorRate, &cfg, 0, &mut FixedJitter(0.0))
         .unwrap();
     assert_eq!(
-        s.decide(Mode::Enforce, &cfg, 4_001).decision,
+        s.decide(Mode::Enforce, &cfg, 4_001, &mut FixedJitter(0.0))
+            .decision,
         Decision::Reject(Rejection {
             reason: TripReason::ErrorRate,
             retry_after_s: 1
         })
     );
     // The first request after the sleep turns the circuit HALF_OPEN and is a probe.
-    let step = s.decide(Mode::Enforce, &cfg, 5_000);
+    let step = s.decide(Mode::Enforce, &cfg, 5_000, &mut FixedJitter(0.0));
     assert_eq!(
         step.transition.map(|t| (t.from, t.to)),
         Some((State::Open, State::HalfOpen))
     );
     let p0 = probe_id(step.decision);
-    let p1 = probe_id(s.decide(Mode::Enforce, &cfg, 5_001).decision);
+    let p1 = probe_id(
+        s.decide(Mode::Enforce, &cfg, 5_001, &mut FixedJitter(0.0))
+            .decision,
+    );
     // Quota 2: the third concurrent request is rejected.
     assert!(matches!(
-        s.decide(Mode::Enforce, &cfg, 5_002).decision,
+        s.decide(Mode::Enforce, &cfg, 5_002, &mut FixedJitter(0.0))
+            .decision,
         Decision::Reject(_)
     ));
     assert_eq!(s.probes_in_flight(), 2);
@@ -202,7 +207,8 @@ fn open_half_open_closed_with_probe_quota() {
     assert_eq!(s.state, State::Closed);
     assert_eq!(s.generation, 1, "closing clears the window");
     assert_eq!(
-        s.decide(Mode::Enforce, &cfg, 5_300).decision,
+        s.decide(Mode::Enforce, &cfg, 5_300, &mut FixedJitter(0.0))
+            .decision,
         Decision::Allow
     );
 }
@@ -219,7 +225,10 @@ fn failed_probe_reopens_with_doubled_sleep() {
     let mut sleeps = Vec::new();
     for _ in 0..4 {
         let now = s.open_until_ms;
-        let id = probe_id(s.decide(Mode::Enforce, &cfg, now).decision);
+        let id = probe_id(
+            s.decide(Mode::Enforce, &cfg, now, &mut FixedJitter(0.0))
+                .decision,
+        );
         let t = s
             .complete_probe(id, false, &cfg, now, &mut FixedJitter(0.0))
             .unwrap();
@@ -245,7 +254,8 @@ fn modes_dry_run_forced_open_disabled() {
     // dry_run: the decision is computed, never enforced.
     let mut s = open.clone();
     assert_eq!(
-        s.decide(Mode::DryRun, &cfg, 1_000).decision,
+        s.decide(Mode::DryRun, &cfg, 1_000, &mut FixedJitter(0.0))
+            .decision,
         Decision::DryRunReject(Rejection {
             reason: TripReason::LatencyP95,
             retry_after_s: 4
@@ -253,7 +263,7 @@ fn modes_dry_run_forced_open_disabled() {
     );
     // forced_open: reject everything, even a CLOSED circuit, retry-after = sleep_window.
     let mut closed = BreakerState::default();
-    let step = closed.decide(Mode::ForcedOpen, &cfg, 1_000);
+    let step = closed.decide(Mode::ForcedOpen, &cfg, 1_000, &mut FixedJitter(0.0));
     assert_eq!(
         step.decision,
         Decision::Reject(Rejection {
@@ -265,7 +275,8 @@ fn modes_dry_run_forced_open_disabled() {
     // disabled: pass through, even an OPEN circuit, and set no retry headers.
     let mut s = open.clone();
     assert_eq!(
-        s.decide(Mode::Disabled, &cfg, 1_000).decision,
+        s.decide(Mode::Disabled, &cfg, 1_000, &mut FixedJitter(0.0))
+            .decision,
         Decision::PassThrough
     );
     let retry = CompiledRetry::new(&Config::default().retry);

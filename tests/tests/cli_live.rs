@@ -166,6 +166,9 @@ fn replay_of_envoys_own_access_log_reproduces_the_live_transitions() {
         for field in [
             "start_time",
             "duration_ms",
+            "request_duration_ms",
+            "response_duration_ms",
+            "method",
             "cluster",
             "route",
             "authority",

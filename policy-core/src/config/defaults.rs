@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{
     BreakerConfig, BudgetConfig, Config, FailureConfig, HttpStatusMatch, KeyBy, Mode, PolicyMatch,
-    ResetSignals, RetryConfig, RetryPolicy, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL,
+    ResetSignals, RetryConfig, RetryPolicy, Shedding, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL,
     GRPC_UNAVAILABLE,
 };
 
@@ -33,6 +33,9 @@ impl Default for BreakerConfig {
             max_sleep_window: Duration::from_secs(300),
             half_open_max_probes: 3,
             half_open_successes_to_close: 3,
+            consecutive_failures: 0,
+            shedding: Shedding::All,
+            shedding_success_rate: 0.5,
             failure: FailureConfig::default(),
         }
     }

@@ -71,6 +71,11 @@ pub(crate) fn breaker(b: &mut BreakerConfig, raw: &RawBreaker) {
         &mut b.half_open_successes_to_close,
         &raw.half_open_successes_to_close,
     );
+    set_u32(&mut b.consecutive_failures, &raw.consecutive_failures);
+    set(&mut b.shedding, &raw.shedding);
+    if let Some(x) = raw.shedding_success_rate.get() {
+        b.shedding_success_rate = x.0;
+    }
     if let Some(f) = raw.failure.get() {
         failure(&mut b.failure, f);
     }

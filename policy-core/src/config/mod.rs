@@ -67,6 +67,30 @@ impl<'de> serde::Deserialize<'de> for KeyBy {
     }
 }
 
+/// What an open circuit does with new requests (SPEC `shedding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename_all = "snake_case"))]
+pub enum Shedding {
+    /// Reject every request until the HALF_OPEN probes succeed.
+    #[default]
+    All,
+    /// On an error-rate trip, reject a share of requests that grows as the success rate clients
+    /// see falls (`crate::shedding`).
+    Adaptive,
+}
+
+impl Shedding {
+    pub const NAMES: [&'static str; 2] = ["all", "adaptive"];
+    pub const ALL: [Shedding; 2] = [Shedding::All, Shedding::Adaptive];
+}
+
+impl<'de> serde::Deserialize<'de> for Shedding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        raw::one_of(d, &Shedding::NAMES, &Shedding::ALL)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Mode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         raw::one_of(d, &Mode::NAMES, &Mode::ALL)
@@ -113,6 +137,12 @@ pub struct BreakerConfig {
     pub max_sleep_window: Duration,
     pub half_open_max_probes: u32,
     pub half_open_successes_to_close: u32,
+    /// Failed attempts in a row that trip at once; 0 turns the rule off.
+    pub consecutive_failures: u32,
+    pub shedding: Shedding,
+    /// Adaptive shedding's target: the success rate clients see (after retries) at or above
+    /// which nothing is shed (`K = 1 / shedding_success_rate` in Google SRE's formula).
+    pub shedding_success_rate: f64,
     pub failure: FailureConfig,
 }
 

@@ -23,7 +23,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::duration::Dur;
 use super::schema_macros::{delegate_schema, inline_schema};
-use super::{HttpStatusMatch, KeyBy, Mode, GRPC_STATUS_NAMES};
+use super::{HttpStatusMatch, KeyBy, Mode, Shedding, GRPC_STATUS_NAMES};
 
 /// A field that may be absent; `null` goes to `T` (a type error unless `T` is an `Option`).
 #[derive(Debug, Clone, PartialEq)]
@@ -483,6 +483,14 @@ pub struct RawBreaker {
     /// 1-1000 (default 3).
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
     pub half_open_successes_to_close: Field<Int>,
+    /// Failed attempts in a row that trip at once: 0 (off, the default) or 1-1000.
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 1000)))]
+    pub consecutive_failures: Field<Int>,
+    /// What an open circuit does with new requests: `all` (default) or `adaptive`.
+    pub shedding: Field<Shedding>,
+    /// Adaptive shedding's target success rate as clients see it, in (0, 1] (default 0.5).
+    #[cfg_attr(feature = "schema", schemars(extend("exclusiveMinimum" = 0, "maximum" = 1)))]
+    pub shedding_success_rate: Field<Number>,
     pub failure: Field<RawFailure>,
 }
 

@@ -202,6 +202,18 @@ fn breaker(b: &RawBreaker, path: &str, e: &mut Errors) {
         1,
         Some(MAX_PROBES),
     ));
+    e.add(int(
+        &b.consecutive_failures,
+        &child(path, "consecutive_failures"),
+        0,
+        Some(MAX_PROBES),
+    ));
+    e.add(number(
+        &b.shedding_success_rate,
+        &child(path, "shedding_success_rate"),
+        |x| x > 0.0 && x <= 1.0,
+        "must be in (0, 1]",
+    ));
 }
 
 fn retry(r: &RawRetry, path: &str, e: &mut Errors) {
