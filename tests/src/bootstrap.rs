@@ -94,6 +94,14 @@ impl Bootstrap {
         self
     }
 
+    /// Adds meshbreaker as `shell`: the wasm filter or the dynamic module, with this JSON.
+    pub fn with_shell(self, shell: crate::Shell, json: impl Into<String>) -> Self {
+        match shell {
+            crate::Shell::Wasm => self.with_filter(json),
+            crate::Shell::Native => self.with_native_filter(json),
+        }
+    }
+
     /// Adds the meshbreaker filter from an explicit wasm path.
     pub fn with_filter_at(mut self, wasm: PathBuf, plugin_json: impl Into<String>) -> Self {
         self.filter = Some((wasm, plugin_json.into()));

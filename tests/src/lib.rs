@@ -23,6 +23,7 @@ pub mod exchanges;
 pub mod grpc;
 pub mod poll;
 pub mod prom;
+pub mod shell;
 pub mod stack;
 pub mod upstream;
 
@@ -33,6 +34,7 @@ pub use exchanges::{slow_upload, websocket_hold, Held};
 pub use grpc::{grpc_check, GrpcUpstream};
 pub use poll::{eventually, wait_until};
 pub use prom::{parse_prometheus, Sample};
+pub use shell::Shell;
 pub use stack::{
     assert_spec_rejection, fast_config, is_rejection, sanitize_key, Stack, SPEC_METRICS,
 };
