@@ -98,12 +98,15 @@ struct Seen {
     error_rate_ppm: Option<f64>,
 }
 
+/// What each key's client saw, and a summary for messages.
+type Outcome = (HashMap<&'static str, Seen>, String);
+
 /// Runs the scenario once for every key, at the same time (the tests share the outcome).
-async fn outcome() -> &'static (HashMap<&'static str, Seen>, String) {
-    static OUTCOME: OnceCell<(HashMap<&'static str, Seen>, String)> = OnceCell::const_new();
-    OUTCOME
+async fn outcome(shell: Shell) -> &'static Outcome {
+    static OUTCOMES: [OnceCell<Outcome>; 2] = [OnceCell::const_new(), OnceCell::const_new()];
+    OUTCOMES[shell.index()]
         .get_or_init(|| async {
-            let s = Stack::start(&config(), &KEYS, &[], false).await;
+            let s = Stack::start_shell(shell, &config(), &KEYS, &[], false).await;
             for k in KEYS {
                 s.up(k).set(Behavior {
                     status: Some(503),
@@ -123,10 +126,7 @@ async fn outcome() -> &'static (HashMap<&'static str, Seen>, String) {
             for (k, t) in KEYS.iter().zip(tasks) {
                 let (errors, rejections) = t.await.unwrap_or_else(|e| panic!("{k}: {e}"));
                 let attempts = s.up(k).count();
-                let error_rate_ppm = s
-                    .envoy
-                    .metric_opt("meshbreaker_error_rate_ppm", &[("key", k)])
-                    .await;
+                let error_rate_ppm = s.metric_opt("meshbreaker_error_rate_ppm", k, &[]).await;
                 seen.insert(
                     *k,
                     Seen {
@@ -160,16 +160,16 @@ async fn outcome() -> &'static (HashMap<&'static str, Seen>, String) {
                 }
             }
             let summary = summary.join("\n");
-            eprintln!("{summary}");
+            eprintln!("{}:\n{summary}", shell.name());
             (seen, summary)
         })
         .await
 }
 
-#[test]
-fn adaptive_shedding_gives_clients_no_more_errors_than_no_breaker() {
+per_shell! {
+fn adaptive_shedding_gives_clients_no_more_errors_than_no_breaker(shell) {
     run(async {
-        let (seen, summary) = outcome().await;
+        let (seen, summary) = outcome(shell).await;
         let e = |k: &str| seen[k].errors;
         // The key was in trip territory all along: half its attempts failed, over the 30%
         // error_rate_threshold on which the binary key tripped. It chose not to shed.
@@ -188,10 +188,9 @@ fn adaptive_shedding_gives_clients_no_more_errors_than_no_breaker() {
     })
 }
 
-#[test]
-fn the_recommended_configuration_gives_clients_no_more_errors_than_no_breaker() {
+fn the_recommended_configuration_gives_clients_no_more_errors_than_no_breaker(shell) {
     run(async {
-        let (seen, summary) = outcome().await;
+        let (seen, summary) = outcome(shell).await;
         let e = |k: &str| seen[k].errors;
         assert!(
             e("recommended") <= e("disabled"),
@@ -205,13 +204,13 @@ fn the_recommended_configuration_gives_clients_no_more_errors_than_no_breaker() 
     })
 }
 
-#[test]
-fn control_a_binary_breaker_costs_clients_errors_here() {
+fn control_a_binary_breaker_costs_clients_errors_here(shell) {
     run(async {
-        let (seen, summary) = outcome().await;
+        let (seen, summary) = outcome(shell).await;
         assert!(
             seen["binary"].errors > seen["retries_only"].errors,
             "a binary breaker should cost clients more than retries alone here:\n{summary}"
         );
     })
+}
 }

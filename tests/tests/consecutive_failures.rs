@@ -12,10 +12,10 @@ use tokio::sync::OnceCell;
 
 const LIMIT: u32 = 5;
 
-static STACK: OnceCell<Stack> = OnceCell::const_new();
+static STACKS: [OnceCell<Stack>; 2] = [OnceCell::const_new(), OnceCell::const_new()];
 
-async fn stack() -> &'static Stack {
-    STACK
+async fn stack(shell: Shell) -> &'static Stack {
+    STACKS[shell.index()]
         .get_or_init(|| async {
             let mut cfg = fast_config();
             cfg["breaker"]["window"] = json!("10s");
@@ -33,7 +33,7 @@ async fn stack() -> &'static Stack {
                 ]}
             }]);
             let (a, b) = (closed_port().await, closed_port().await);
-            Stack::start_with(&cfg, &[], &[], &[], |bs| {
+            Stack::start_with_shell(shell, &cfg, &[], &[], &[], |bs| {
                 bs.cluster("down_once", RouteKind::Http, a).cluster(
                     "down_retried",
                     RouteKind::Http,
@@ -90,18 +90,15 @@ async fn assert_one_consecutive_trip(s: &Stack, key: &str) {
     assert_eq!((trips[0].from, trips[0].to), (State::Closed, State::Open));
     assert_eq!(trips[0].reason, "consecutive_failures", "{trips:#?}");
     wait_until(Duration::from_secs(5), "state gauge 1 (open)", || async {
-        s.envoy
-            .metric_opt("meshbreaker_state", &[("key", key)])
-            .await
-            == Some(1.0)
+        s.metric_opt("meshbreaker_state", key, &[]).await == Some(1.0)
     })
     .await;
 }
 
-#[test]
-fn hard_down_without_retries_trips_after_consecutive_failures_attempts() {
+per_shell! {
+fn hard_down_without_retries_trips_after_consecutive_failures_attempts(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let key = "down_once";
         let failed = until_rejected(s, key, LIMIT as usize).await;
         // One attempt per request: the LIMIT-th failed request trips, the next one is rejected.
@@ -120,10 +117,9 @@ fn hard_down_without_retries_trips_after_consecutive_failures_attempts() {
     })
 }
 
-#[test]
-fn hard_down_with_retries_trips_on_the_request_whose_attempts_reach_the_limit() {
+fn hard_down_with_retries_trips_on_the_request_whose_attempts_reach_the_limit(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let key = "down_retried";
         // GET: two retries (the `idempotent` policy), three attempts per request; the filter sees
         // them when the request ends, so five attempts take two requests (six attempts).
@@ -148,4 +144,5 @@ fn hard_down_with_retries_trips_on_the_request_whose_attempts_reach_the_limit() 
             u64::from(attempts) * requests as u64
         );
     })
+}
 }

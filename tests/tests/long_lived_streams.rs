@@ -10,8 +10,8 @@ use std::time::Duration;
 /// How long each long exchange lasts: five times the latency threshold.
 const HOLD: Duration = Duration::from_secs(5);
 
-#[test]
-fn websockets_and_slow_uploads_do_not_trip_the_latency_rule() {
+per_shell! {
+fn websockets_and_slow_uploads_do_not_trip_the_latency_rule(shell) {
     run(async {
         let cfg = json!({
             "key_by": "cluster",
@@ -27,7 +27,7 @@ fn websockets_and_slow_uploads_do_not_trip_the_latency_rule() {
                 "max_sleep_window": "4s"
             }
         });
-        let s = Stack::start_with(&cfg, &["streams"], &[], &[], |b| b.websocket(true)).await;
+        let s = Stack::start_with_shell(shell, &cfg, &["streams"], &[], &[], |b| b.websocket(true)).await;
         let key = "streams";
         let port = s.envoy.port;
         let route = [("x-route", key)];
@@ -88,10 +88,7 @@ fn websockets_and_slow_uploads_do_not_trip_the_latency_rule() {
             Duration::from_secs(10),
             "all 11 completions merged (error rate 1/11)",
             || async {
-                s.envoy
-                    .metric_opt("meshbreaker_error_rate_ppm", &[("key", key)])
-                    .await
-                    == Some(expected_ppm)
+                s.metric_opt("meshbreaker_error_rate_ppm", key, &[]).await == Some(expected_ppm)
             },
         )
         .await;
@@ -111,4 +108,5 @@ fn websockets_and_slow_uploads_do_not_trip_the_latency_rule() {
         let after = s.send(key, "GET", &[]).await;
         assert_eq!(after.status, 200, "{after:?}");
     })
+}
 }

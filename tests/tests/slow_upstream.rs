@@ -76,8 +76,7 @@ async fn stop_and_settle(
             ] {
                 let logged = lines.iter().filter(|t| t.to == state).count() as f64;
                 let counted = s
-                    .envoy
-                    .metric_opt("meshbreaker_transitions_total", &[("key", key), ("to", to)])
+                    .metric_opt("meshbreaker_transitions_total", key, &[("to", to)])
                     .await;
                 // A series the filter never incremented may be absent: that agrees only with
                 // nothing logged.
@@ -91,10 +90,13 @@ async fn stop_and_settle(
     .await
 }
 
-static STACK: tokio::sync::OnceCell<Stack> = tokio::sync::OnceCell::const_new();
+static STACKS: [tokio::sync::OnceCell<Stack>; 2] = [
+    tokio::sync::OnceCell::const_new(),
+    tokio::sync::OnceCell::const_new(),
+];
 
-async fn stack() -> &'static Stack {
-    STACK
+async fn stack(shell: Shell) -> &'static Stack {
+    STACKS[shell.index()]
         .get_or_init(|| async {
             let cfg = json!({
                 "key_by": "cluster",
@@ -113,25 +115,25 @@ async fn stack() -> &'static Stack {
                     "half_open_successes_to_close": 1
                 }
             });
-            Stack::start(&cfg, &["slow_300ms", "slow_1s"], &[], false).await
+            Stack::start_shell(shell, &cfg, &["slow_300ms", "slow_1s"], &[], false).await
         })
         .await
 }
 
-#[test]
-fn an_upstream_slow_within_the_sleep_window_trips_once_and_closes_once_after_it_heals() {
-    run(slow_spell("slow_300ms", Duration::from_millis(300)))
+per_shell! {
+fn an_upstream_slow_within_the_sleep_window_trips_once_and_closes_once_after_it_heals(shell) {
+    run(slow_spell(shell, "slow_300ms", Duration::from_millis(300)))
 }
 
-#[test]
-fn an_upstream_slower_than_the_sleep_window_trips_once_and_closes_once_after_it_heals() {
-    run(slow_spell("slow_1s", Duration::from_secs(1)))
+fn an_upstream_slower_than_the_sleep_window_trips_once_and_closes_once_after_it_heals(shell) {
+    run(slow_spell(shell, "slow_1s", Duration::from_secs(1)))
+}
 }
 
 /// Makes `key`'s upstream answer after `delay` for [`SLOW_FOR`] under steady traffic, then heals
 /// it; checks the transitions of both periods.
-async fn slow_spell(key: &'static str, delay: Duration) {
-    let s = stack().await;
+async fn slow_spell(shell: Shell, key: &'static str, delay: Duration) {
+    let s = stack(shell).await;
     let up = s.up(key);
     up.set(Behavior {
         delay,
@@ -231,7 +233,8 @@ async fn slow_spell(key: &'static str, delay: Duration) {
     let r = s.send(key, "GET", &[]).await;
     assert_eq!(r.status, 200, "{r:?}");
     eprintln!(
-        "{key}: {} openings, periods {periods:?} ms; closed {closed_after:?} after the heal",
+        "{key} ({}): {} openings, periods {periods:?} ms; closed {closed_after:?} after the heal",
+        shell.name(),
         opens.len()
     );
 }
