@@ -175,6 +175,16 @@ impl Stack {
             .unwrap_or_else(|| panic!("no series {name}{labels:?} in /stats/prometheus"))
     }
 
+    /// Value of a SPEC metric for `key` (plus extra labels), summed, or `None` when this shell
+    /// serves no such series (so "absent" and "zero" can be told apart).
+    pub async fn metric_opt(&self, name: &str, key: &str, extra: &[(&str, &str)]) -> Option<f64> {
+        let mut labels = vec![("key", key)];
+        labels.extend_from_slice(extra);
+        self.envoy
+            .metric_opt(&self.shell.metric_name(name), &labels)
+            .await
+    }
+
     /// A client to the listener, for concurrent use.
     pub fn client(&self) -> HttpClient {
         self.envoy.http1()
