@@ -549,7 +549,7 @@ impl<H: Host> Engine<H> {
                     l.state = state;
                 }
                 if let Some(t) = transition {
-                    self.on_transition(key, &t, label, None);
+                    self.on_transition(key, &t, label, Some(t.arrival_figures()));
                     self.metrics
                         .gauge(&self.host, label, Gauge::State, state.gauge() as u64);
                 }

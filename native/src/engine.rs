@@ -391,7 +391,7 @@ impl Engine {
                     state,
                 } => {
                     if let Some(t) = transition {
-                        on_transition(key, &l.label, &t, "", pending);
+                        on_transition(key, &l.label, &t, t.arrival_figures(), pending);
                         pending.push(Metric::State, &l.label, state.gauge() as u64);
                     }
                     return decision;

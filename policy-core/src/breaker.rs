@@ -582,6 +582,16 @@ impl Transition {
     pub fn is_change(&self) -> bool {
         self.from != self.to
     }
+
+    /// The figures of the log line of a transition a request's arrival made: a re-open there is
+    /// a probe found still in flight after the latency threshold, a failed probe.
+    pub fn arrival_figures(&self) -> &'static str {
+        if self.from == State::HalfOpen && self.to == State::Open {
+            "probe_success=false probe_slow=true"
+        } else {
+            ""
+        }
+    }
 }
 
 /// The info line the filter logs at every transition, and what the replay's live comparison and
