@@ -380,10 +380,18 @@ impl<H: Host> Engine<H> {
             return untracked(self, Decision::PassThrough, 0);
         }
         if !self.ensure_key(key, parts, now_ms) {
-            // Every local entry is busy: the request passes unguarded, counted under `_other`.
+            // Every local entry is busy: the request is not tracked here (no samples, no probe),
+            // but the key's shared state still guards it, counted under `_other`.
+            let profile = self.profile_for(parts);
+            let decision = self.decide_untracked(key, profile, now_ms);
             let other = self.metrics.other(&self.host);
-            self.metrics.inc(other, Counter::Allowed, 1);
-            return untracked(self, Decision::Allow, 0);
+            let counter = match decision {
+                Decision::Reject(_) => Counter::Rejected,
+                Decision::DryRunReject(_) => Counter::DryRunReject,
+                _ => Counter::Allowed,
+            };
+            self.metrics.inc(other, counter, 1);
+            return untracked(self, decision, profile);
         }
         let Some(local) = self.keys.peek_mut(key) else {
             return untracked(self, Decision::Allow, 0);
@@ -461,6 +469,62 @@ impl<H: Host> Engine<H> {
             max_attempts,
             profile,
             retry,
+        }
+    }
+
+    /// The decision for a key this worker cannot track (its registry is full of keys with requests
+    /// in flight): the slot the key already holds is looked up (reads, no claim) and its state read
+    /// without writing it. CLOSED (or no slot) allows; OPEN and HALF_OPEN reject as they would for
+    /// a tracked key, except that a request that would have been a probe is rejected with
+    /// `retry-after: 1` (an untracked request cannot report a probe's outcome; workers that track
+    /// the key probe for it).
+    fn decide_untracked(&mut self, key: &str, profile: usize, now_ms: u64) -> Decision {
+        let p = self.profile(profile);
+        let (mode, cfg) = (p.mode, p.breaker.clone());
+        match mode {
+            Mode::Disabled => return Decision::PassThrough,
+            Mode::ForcedOpen => {
+                return Decision::Reject(Rejection {
+                    reason: TripReason::ForcedOpen,
+                    retry_after_s: ms(cfg.sleep_window).div_ceil(1000).max(1),
+                })
+            }
+            Mode::Enforce | Mode::DryRun => {}
+        }
+        let mut at = Shared {
+            host: &self.host,
+            names: &self.names,
+            scratch: &mut self.scratch,
+            max_keys: self.cfg.max_keys,
+        };
+        let Some(slot) = self.slots.lookup(&mut at, key, now_ms) else {
+            return Decision::Allow;
+        };
+        let mut name = std::mem::take(&mut self.scratch.name);
+        self.names.state(slot, &mut name);
+        let st = self
+            .host
+            .get_shared(&name)
+            .0
+            .and_then(|b| SlotState::decode(&b).ok());
+        self.scratch.name = name;
+        let Some(mut st) = st.filter(|st| st.key == key) else {
+            return Decision::Allow;
+        };
+        let step = st.breaker.decide(mode, &cfg, now_ms, &mut self.rng);
+        match step.decision {
+            Decision::Probe(_) => {
+                let r = Rejection {
+                    reason: st.breaker.reason.unwrap_or(TripReason::ErrorRate),
+                    retry_after_s: 1,
+                };
+                if mode == Mode::DryRun {
+                    Decision::DryRunReject(r)
+                } else {
+                    Decision::Reject(r)
+                }
+            }
+            d => d,
         }
     }
 

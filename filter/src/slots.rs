@@ -59,6 +59,11 @@ impl SlotTable {
         self.locate(at, key, now_ms, true)
     }
 
+    /// The slot `key` already holds in the current table, if any: reads only, never a claim.
+    pub fn lookup<H: Host>(&self, at: &mut Shared<'_, H>, key: &str, now_ms: u64) -> Option<u32> {
+        self.locate(at, key, now_ms, false)
+    }
+
     /// [`SlotTable::find`] within this tick's search budget. Once it is spent, only the slot the
     /// key already holds in the current table is looked up (reads, no claim): a flood of new keys
     /// can never let an OPEN or HALF_OPEN key through unguarded.

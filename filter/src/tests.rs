@@ -769,6 +769,41 @@ fn key_that_lost_its_slot_gets_one_back() {
 }
 
 #[test]
+fn an_open_key_is_rejected_on_a_worker_whose_registry_is_full_of_busy_keys() {
+    // A worker whose registry held only keys with requests in flight let every key new to it
+    // through without reading its state, an OPEN one included, with its full retry policy.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":4,"breaker":{"window":"10s","buckets":10,"min_requests":5,
+        "error_rate_threshold":0.5,"sleep_window":"30s","max_sleep_window":"60s"}}"#;
+    let mut a = engine(&host, cfg, 1);
+    let mut b = engine(&host, cfg, 2);
+    trip_req(&mut a, &auth("victim"), 0);
+    // Worker b: four long requests on other authorities fill its registry; none completes.
+    let mut long = Vec::new();
+    for i in 0..4 {
+        let (x, seen) = start(&mut b, 300 + i, &auth(&format!("long{i}")));
+        assert!(seen.admitted);
+        long.push(x);
+    }
+    for t in [400, 1_000] {
+        let seen = exchange(&mut b, t, &auth("victim"), &ok());
+        assert!(
+            seen.rejected(),
+            "the OPEN victim passed on worker b at {t} ms"
+        );
+        assert_eq!(seen.status, Some(503));
+    }
+    // Still no probe on the untracked worker once the open period is over: the tracking worker
+    // probes, and the victim closes there.
+    let later = 40_000;
+    assert!(exchange(&mut b, later, &auth("victim"), &ok()).rejected());
+    assert!(exchange(&mut a, later, &auth("victim"), &ok()).admitted);
+    // A CLOSED key new to b passes, untracked.
+    assert!(exchange(&mut b, later, &auth("fresh"), &ok()).admitted);
+    drop(long);
+}
+
+#[test]
 fn a_full_registry_spends_no_label_and_no_slot() {
     // Smaller item: the label and the slot were taken before the local insert could fail.
     let host = FakeHost::default();

@@ -5,7 +5,8 @@
 //!   the client and from the upstream: no worker VM dies (a dead VM fails closed in the shipped
 //!   config and silently disappears in Istio's FAIL_OPEN), traffic keeps its verdicts;
 //! - 100,000 distinct `:authority` values at `max_keys` 1,000: Envoy memory stays bounded and a key
-//!   that is OPEN is never forgotten whatever the churn (SPEC: OPEN keys are never evicted);
+//!   that is OPEN is never forgotten whatever the churn (SPEC: OPEN keys are never evicted), nor
+//!   when long requests on other authorities fill every worker's registry;
 //! - a client sending every retry header on a listener that trusts it (`internal_address_config`
 //!   covers loopback, so Envoy's router would honour them): the upstream sees one attempt in every
 //!   mode;
@@ -486,6 +487,73 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
         // the warm-up used up the 1,000 labels first).
         let r = c.get("/", &[("host", "victim.example")]).await;
         assert_spec_rejection(&r, "victim.example", "error_rate");
+    })
+}
+
+/// An OPEN key is rejected on every worker even when the workers' registries are full of keys
+/// with requests in flight: a worker that could not track the victim used to let it through
+/// without reading its state (SPEC: OPEN keys are never forgotten, whatever the churn).
+#[test]
+fn an_open_victim_stays_rejected_on_every_worker_while_long_requests_fill_the_registries() {
+    run(async {
+        let cfg = json!({
+            "key_by": "authority",
+            "max_keys": 64,
+            "breaker": {
+                "window": "2s", "buckets": 4, "min_requests": 5, "error_rate_threshold": 0.5,
+                "latency_p95_threshold": null, "sleep_window": "3m", "max_sleep_window": "5m"
+            }
+        });
+        let s = Stack::start(&cfg, &[], &[], false).await;
+        let c = s.client();
+        let r = eventually(Duration::from_secs(20), "the victim key OPEN", || async {
+            let r = c
+                .get("/", &[("host", "victim.example"), ("x-test-status", "503")])
+                .await;
+            is_rejection(&r).then_some(r)
+        })
+        .await;
+        assert_spec_rejection(&r, "victim.example", "error_rate");
+        // 256 long requests on distinct authorities, each on its own connection: both workers'
+        // registries (64 entries each) fill with keys that have a request in flight.
+        let port = s.envoy.port;
+        let long: Vec<_> = (0..256)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let host = format!("long{i}.example");
+                    raw_request(
+                        port,
+                        &raw_get("x", host.as_bytes(), &[b"x-test-delay-ms: 7000"]),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        wait_until(
+            Duration::from_secs(5),
+            "256 long requests upstream",
+            || async { s.up("backend").in_flight() >= 256 },
+        )
+        .await;
+        // And a flood of quick ones on top.
+        s.flood_authorities("flood", 0, 300).await;
+        for i in 0..24 {
+            let r = raw_request(port, &raw_get("x", b"victim.example", &[]))
+                .await
+                .unwrap_or_else(|e| panic!("victim check {i}: {e}"));
+            assert_eq!(
+                (r.status, r.header("x-meshbreaker").as_deref()),
+                (503, Some("open")),
+                "check {i}: the OPEN victim passed while the registries were full: {r:?}"
+            );
+        }
+        for t in long {
+            let r = t
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("long request: {e}"));
+            assert_eq!(r.status, 200, "{r:?}");
+        }
     })
 }
 
