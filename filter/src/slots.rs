@@ -3,10 +3,12 @@
 //! A key hashes (keyed by the process's seed, so a client cannot aim collisions at a victim) into
 //! the table of `max_keys` slots and probes [`PROBE_SLOTS`] of them. It uses the first slot holding
 //! its name; otherwise it claims a free one, or else takes over the least recently active slot
-//! among those probed that is CLOSED, has no probe in flight and has been idle for longer than
-//! any window (and at least [`MIN_TAKEOVER_IDLE_MS`]). A key whose breaker is OPEN or HALF_OPEN is
-//! therefore never taken over, whatever the key churn (SPEC "key_by"). A slot that does not decode
-//! is someone else's (another filter version): it is neither free nor taken over.
+//! among those probed whose key has been idle for longer than any window (and at least
+//! [`MIN_TAKEOVER_IDLE_MS`]): CLOSED with no probe in flight, or OPEN/HALF_OPEN with its open
+//! period over and its probes gone ([`takeover_allowed`]). A key whose open period or probes are
+//! live is therefore never taken over, whatever the key churn, and one that stopped getting
+//! traffic cannot pin its slot forever (SPEC "key_by"). A slot that does not decode is someone
+//! else's (another filter version): it is neither free nor taken over.
 //!
 //! Every claim is a compare-and-swap that re-checks, on the value it replaces, that the slot is
 //! still free or still a legal takeover. After a reload that changed `max_keys`, a key also looks

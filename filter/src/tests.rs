@@ -676,7 +676,7 @@ fn auth(a: &str) -> Req {
 }
 
 #[test]
-fn open_key_is_never_taken_over() {
+fn an_open_key_is_never_taken_over_while_its_open_period_lasts() {
     let host = FakeHost::default();
     let mut a = engine(&host, CHURN, 1);
     let mut b = engine(&host, CHURN, 2);
@@ -703,23 +703,93 @@ fn open_key_is_never_taken_over() {
 }
 
 #[test]
-fn half_open_key_is_never_taken_over() {
+fn a_half_open_key_keeps_its_slot_while_its_probe_is_in_flight() {
+    let host = FakeHost::default();
+    let cfg = CHURN.replace("\"30s\"", "\"1s\"");
+    let mut a = engine(&host, &cfg, 1);
+    let mut b = engine(&host, &cfg, 2);
+    trip_req(&mut a, &auth("victim"), 0);
+    // One probe in flight that outlives every idle bound (a long request): its worker's activity
+    // marks keep the key live while the other worker floods the table.
+    let (_x, seen) = start(&mut a, 1_500, &auth("victim"));
+    assert!(seen.admitted);
+    let mut now = 1_500;
+    for i in 0..400u64 {
+        now += 50;
+        exchange(&mut b, now, &auth(&format!("flood{i}")), &ok());
+        a.on_tick(now);
+        b.on_tick(now);
+    }
+    assert!(now > 1_500 + MIN_TAKEOVER_IDLE_MS * 3);
+    assert_eq!(
+        slot_of(&host, "victim").unwrap().1.breaker.state,
+        policy_core::breaker::State::HalfOpen
+    );
+}
+
+#[test]
+fn an_open_key_left_alone_after_its_open_period_releases_its_slot_and_its_gauge() {
+    // An OPEN key that got no further request held its slot and showed state 1 forever.
     let host = FakeHost::default();
     let cfg = CHURN.replace("\"30s\"", "\"1s\"");
     let mut a = engine(&host, &cfg, 1);
     trip_req(&mut a, &auth("victim"), 0);
-    // One probe in flight that never completes (a long request).
-    let (_x, seen) = start(&mut a, 1_500, &auth("victim"));
-    assert!(seen.admitted);
-    let mut now = 1_500;
-    for i in 0..200u64 {
-        now += 50;
-        exchange(&mut a, now, &auth(&format!("flood{i}")), &ok());
+    assert_eq!(metric(&host, "victim", "meshbreaker_state"), 1);
+    // Open for at most 1.2 s, then idle for the takeover bound (5 s) and a tick.
+    let mut now = 200;
+    while now < 1_200 + MIN_TAKEOVER_IDLE_MS + 2_000 {
+        now += 100;
         a.on_tick(now);
     }
+    assert!(slot_of(&host, "victim").is_none(), "the slot was released");
+    assert_eq!(metric(&host, "victim", "meshbreaker_state"), 0);
+    // Seen again, the key starts afresh from CLOSED.
+    assert!(exchange(&mut a, now, &auth("victim"), &ok()).admitted);
     assert_eq!(
         slot_of(&host, "victim").unwrap().1.breaker.state,
-        policy_core::breaker::State::HalfOpen
+        policy_core::breaker::State::Closed
+    );
+}
+
+#[test]
+fn a_table_full_of_tripped_junk_authorities_cannot_be_pinned() {
+    // Tripping max_keys junk authorities once pinned every slot for good: later keys ran
+    // unguarded. Once their open periods end and they stay idle, their slots are reclaimed.
+    let host = FakeHost::default();
+    let cfg = CHURN.replace("\"30s\"", "\"1s\"");
+    let mut a = engine(&host, &cfg, 1);
+    let mut b = engine(&host, &cfg, 2);
+    let mut now = 0;
+    for i in 0..32 {
+        for _ in 0..5 {
+            now += 1;
+            exchange(&mut a, now, &auth(&format!("junk{i}")), &fail());
+        }
+        now += 200;
+        a.on_tick(now);
+    }
+    let open = (0..8u32)
+        .filter(|s| {
+            let (v, _) = host.get_shared(&format!("meshbreaker/mb/v3/s/{s}"));
+            SlotState::decode(&v.unwrap()).unwrap().breaker.state
+                == policy_core::breaker::State::Open
+        })
+        .count();
+    assert_eq!(open, 8, "every slot holds a tripped junk authority");
+    // Worker b sees none of the junk: its claims must take over the abandoned slots.
+    now += 1_200 + MIN_TAKEOVER_IDLE_MS + 100;
+    b.on_tick(now);
+    for i in 0..10 {
+        exchange(&mut b, now + i, &auth("guarded"), &fail());
+    }
+    b.on_tick(now + 200);
+    assert!(
+        slot_of(&host, "guarded").is_some(),
+        "a slot for the new key"
+    );
+    assert!(
+        exchange(&mut b, now + 201, &auth("guarded"), &ok()).rejected(),
+        "the new key is guarded: it tripped"
     );
 }
 

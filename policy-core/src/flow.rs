@@ -227,14 +227,31 @@ pub fn probe_succeeded(
     failure.is_none() && outcome.retried_attempts() == 0 && !slow
 }
 
-/// A slot may be taken over by another key only from a CLOSED key with no probe in flight that
-/// has been idle for longer than `idle_ms`. A `last_active_ms` in the future (the clock stepped
-/// back) is not idle. So an OPEN or HALF_OPEN key never loses its slot.
+/// A slot may be taken over by another key (or released) only from a key that has seen no
+/// request, and whose worker wrote no activity mark, for longer than `idle_ms`, and then only:
+/// - CLOSED with no probe in flight;
+/// - OPEN whose open period ended longer than `idle_ms` ago (its next request would have been a
+///   probe, and none came);
+/// - HALF_OPEN whose probes all started longer than `idle_ms` and its sleep window ago (their
+///   requests are gone: a probe in flight keeps its worker's activity mark fresh).
+///
+/// So an OPEN or HALF_OPEN key never loses its slot while its open period or its probes are live,
+/// and one that stopped getting traffic does not hold it forever. A time in the future (the clock
+/// stepped back) is not idle.
 pub fn takeover_allowed(st: &SlotState, now_ms: u64, idle_ms: u64) -> bool {
-    st.breaker.state == State::Closed
-        && st.breaker.probes.is_empty()
-        && now_ms >= st.last_active_ms
-        && now_ms - st.last_active_ms > idle_ms
+    let idle_since = |t: u64, bound: u64| now_ms >= t && now_ms - t > bound;
+    let b = &st.breaker;
+    if !idle_since(st.last_active_ms, idle_ms) {
+        return false;
+    }
+    match b.state {
+        State::Closed => b.probes.is_empty(),
+        State::Open => idle_since(b.open_until_ms, idle_ms),
+        State::HalfOpen => b
+            .probes
+            .iter()
+            .all(|p| idle_since(p.started_ms, idle_ms.max(b.sleep_ms))),
+    }
 }
 
 /// What [`admit`] found.
@@ -941,6 +958,49 @@ mod tests {
         let f = flush_at(&mut mem, &mut local, &c, 10);
         assert_eq!(f, Flushed::Lost);
         assert!(local.recorder.is_empty());
+    }
+
+    #[test]
+    fn an_open_or_half_open_key_may_lose_its_slot_only_once_idle_after_its_open_period() {
+        use crate::breaker::{BreakerState, Probe};
+        let idle = 5_000;
+        let at = |state: State, open_until_ms: u64, probes: Vec<Probe>| SlotState {
+            key: "k".into(),
+            last_active_ms: 1_000,
+            breaker: BreakerState {
+                state,
+                open_until_ms,
+                sleep_ms: 30_000,
+                probes,
+                ..BreakerState::default()
+            },
+        };
+        let open = at(State::Open, 30_000, vec![]);
+        assert!(
+            !takeover_allowed(&open, 30_000 + idle, idle),
+            "open period just over"
+        );
+        assert!(takeover_allowed(&open, 30_001 + idle, idle));
+        let probe = |started_ms| Probe { id: 1, started_ms };
+        let half = at(State::HalfOpen, 0, vec![probe(2_000)]);
+        assert!(
+            !takeover_allowed(&half, 31_000, idle),
+            "a probe younger than its sleep"
+        );
+        assert!(takeover_allowed(&half, 32_001, idle), "an abandoned probe");
+        assert!(takeover_allowed(
+            &at(State::HalfOpen, 0, vec![]),
+            6_001,
+            idle
+        ));
+        let future = SlotState {
+            last_active_ms: 90_000,
+            ..at(State::Closed, 0, vec![])
+        };
+        assert!(
+            !takeover_allowed(&future, 50_000, idle),
+            "an activity mark in the future"
+        );
     }
 
     #[test]

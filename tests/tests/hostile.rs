@@ -6,7 +6,8 @@
 //!   config and silently disappears in Istio's FAIL_OPEN), traffic keeps its verdicts;
 //! - 100,000 distinct `:authority` values at `max_keys` 1,000: Envoy memory stays bounded and a key
 //!   that is OPEN is never forgotten whatever the churn (SPEC: OPEN keys are never evicted), nor
-//!   when long requests on other authorities fill every worker's registry;
+//!   when long requests on other authorities fill every worker's registry; tripped junk authorities
+//!   left alone release their slots and gauges, so they cannot pin the table;
 //! - a client sending every retry header on a listener that trusts it (`internal_address_config`
 //!   covers loopback, so Envoy's router would honour them): the upstream sees one attempt in every
 //!   mode;
@@ -554,6 +555,67 @@ fn an_open_victim_stays_rejected_on_every_worker_while_long_requests_fill_the_re
                 .unwrap_or_else(|e| panic!("long request: {e}"));
             assert_eq!(r.status, 200, "{r:?}");
         }
+    })
+}
+
+/// Tripping `max_keys` junk authorities once pinned every slot for good (OPEN keys were never
+/// taken over), with `meshbreaker_state` 1 on each forever; later keys ran unguarded. An OPEN key
+/// left alone after its open period releases its slot, and its gauge goes back to 0.
+#[test]
+fn tripped_junk_authorities_release_their_slots_and_gauges_and_cannot_pin_the_table() {
+    run(async {
+        let cfg = json!({
+            "key_by": "authority",
+            "max_keys": 8,
+            "breaker": {
+                "window": "1s", "buckets": 2, "min_requests": 5, "error_rate_threshold": 0.5,
+                "latency_p95_threshold": null, "sleep_window": "1s", "max_sleep_window": "2s"
+            }
+        });
+        let s = Stack::start(&cfg, &[], &[], false).await;
+        let c = s.client();
+        let trip = |host: String| {
+            let c = c.clone();
+            async move {
+                eventually(Duration::from_secs(10), &format!("{host} OPEN"), || async {
+                    let r = c
+                        .get("/", &[("host", &host), ("x-test-status", "503")])
+                        .await;
+                    is_rejection(&r).then_some(())
+                })
+                .await
+            }
+        };
+        for i in 0..8 {
+            trip(format!("junk{i}.example")).await;
+        }
+        let state = |key: String| {
+            let envoy = &s.envoy;
+            async move {
+                envoy
+                    .metric_opt("meshbreaker_state", &[("key", key.as_str())])
+                    .await
+            }
+        };
+        assert_eq!(state("junk0.example".into()).await, Some(1.0));
+        // Open for at most 1.2 s, then idle for the takeover bound (5 s): released.
+        wait_until(
+            Duration::from_secs(15),
+            "every junk key's state gauge back to 0",
+            || async {
+                let mut all = true;
+                for i in 0..8 {
+                    all &= state(format!("junk{i}.example")).await == Some(0.0);
+                }
+                all
+            },
+        )
+        .await;
+        // A new key gets a slot and is guarded: it trips (its gauge is under `_other`: the junk
+        // spent every label).
+        trip("guarded.example".to_string()).await;
+        let r = c.get("/", &[("host", "guarded.example")]).await;
+        assert_spec_rejection(&r, "guarded.example", "error_rate");
     })
 }
 
