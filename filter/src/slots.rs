@@ -13,7 +13,9 @@
 //! Every claim is a compare-and-swap that re-checks, on the value it replaces, that the slot is
 //! still free or still a legal takeover. After a reload that changed `max_keys`, a key also looks
 //! in the probe ranges of the table sizes used before (kept in `…/meta`), so it finds its state
-//! again; if that slot is outside the new table, the state is carried into a new slot.
+//! again; if that slot is outside the new table, the state is carried into a new slot and the old
+//! slot is emptied. A slot in the current table always wins over one found under an older size,
+//! so a stale copy can never bring an old OPEN state back after the key recovered.
 //!
 //! [`MIN_TAKEOVER_IDLE_MS`]: crate::engine::MIN_TAKEOVER_IDLE_MS
 
@@ -101,10 +103,15 @@ impl SlotTable {
         }
         let idle_ms = self.takeover_idle_ms;
         let seeds = self.meta.seeds.clone();
-        // Where the key is now, if anywhere (an OPEN/HALF_OPEN slot wins over a CLOSED one, so
-        // workers that found it in two places settle on the one that matters); and the
-        // candidates to claim: in the current table, under the seed new claims use.
-        let mut found: Option<(u32, SlotState)> = None;
+        // Where the key is now, if anywhere, and the candidates to claim: in the current table,
+        // under the seed new claims use. A slot found in the current table's probe range beats
+        // one found only under an older table size, whatever its state: the older one is a copy
+        // left behind by a reload that changed `max_keys`, and its state is stale. Between two
+        // slots of the same rank (workers that raced to seed the hash), an OPEN/HALF_OPEN one
+        // wins over a CLOSED one, so workers that found the key in two places settle on the one
+        // that matters.
+        let rank = |round: usize, st: &SlotState| (round > 0, st.breaker.state == State::Closed);
+        let mut found: Option<(u32, SlotState, (bool, bool))> = None;
         let mut free: Vec<u32> = Vec::new();
         let mut victims: Vec<(u64, u32)> = Vec::new();
         for (si, &seed) in seeds.iter().enumerate() {
@@ -117,15 +124,9 @@ impl SlotTable {
                         continue;
                     };
                     if st.key == key {
-                        let better = match &found {
-                            None => true,
-                            Some((_, f)) => {
-                                f.breaker.state == State::Closed
-                                    && st.breaker.state != State::Closed
-                            }
-                        };
-                        if better {
-                            found = Some((slot, st));
+                        let r = rank(round, &st);
+                        if found.as_ref().is_none_or(|f| r < f.2) {
+                            found = Some((slot, st, r));
                         }
                         continue;
                     }
@@ -140,8 +141,8 @@ impl SlotTable {
                 }
             }
         }
-        let mut inherit: Option<BreakerState> = None;
-        if let Some((slot, st)) = found {
+        let mut inherit: Option<(u32, BreakerState)> = None;
+        if let Some((slot, st, _)) = found {
             if slot < current {
                 return Some(slot);
             }
@@ -149,7 +150,7 @@ impl SlotTable {
                 return None;
             }
             // Only in an old, larger table: carry the state into the current one.
-            inherit = Some(st.breaker);
+            inherit = Some((slot, st.breaker));
         }
         if !claim {
             return None;
@@ -159,7 +160,7 @@ impl SlotTable {
         for slot in candidates {
             let mut name = std::mem::take(&mut at.scratch.name);
             at.names.state(slot, &mut name);
-            let inherited = inherit.clone();
+            let inherited = inherit.as_ref().map(|(_, b)| b.clone());
             let got = cas_update(
                 at.host,
                 &name,
@@ -190,11 +191,40 @@ impl SlotTable {
             );
             at.scratch.name = name;
             if got {
+                if let Some((old, _)) = inherit {
+                    tombstone(at, old, key);
+                }
                 return Some(slot);
             }
         }
         None
     }
+}
+
+/// Empties `slot` if it still holds `key` (whose state was just carried into the current table):
+/// a stale copy is then never found again, and VMs of the old configuration still draining lose
+/// it and find the key's one live slot instead of running a second breaker for it.
+fn tombstone<H: Host>(at: &mut Shared<'_, H>, slot: u32, key: &str) {
+    let mut name = std::mem::take(&mut at.scratch.name);
+    at.names.state(slot, &mut name);
+    cas_update(
+        at.host,
+        &name,
+        &mut at.scratch.enc,
+        |b| SlotState::decode(b).ok(),
+        SlotState::encode_into,
+        |st| {
+            if st.key != key {
+                return Update::Keep(());
+            }
+            let generation = st.breaker.generation.wrapping_add(1);
+            *st = SlotState::default();
+            st.breaker.generation = generation;
+            Update::Write(())
+        },
+        |_, _| (),
+    );
+    at.scratch.name = name;
 }
 
 /// This VM's view of the slot table: the table description it last read, and the budget and

@@ -1076,6 +1076,21 @@ fn reload_keeps_an_open_key_open() {
     assert!(exchange(&mut b, 1_000, &get("c"), &ok()).rejected());
 }
 
+fn slots_of(host: &FakeHost, key: &str) -> Vec<(u32, SlotState)> {
+    let s = host.inner.borrow();
+    let mut v: Vec<(u32, SlotState)> = s
+        .shared
+        .iter()
+        .filter_map(|(name, (v, _))| {
+            let slot: u32 = name.strip_prefix("meshbreaker/mb/v3/s/")?.parse().ok()?;
+            let st = SlotState::decode(v).ok()?;
+            (st.key == key).then_some((slot, st))
+        })
+        .collect();
+    v.sort_by_key(|x| x.0);
+    v
+}
+
 #[test]
 fn max_keys_change_on_reload_keeps_an_open_key_open() {
     let host = FakeHost::default();
@@ -1098,6 +1113,60 @@ fn max_keys_change_on_reload_keeps_an_open_key_open() {
                 exchange(&mut b, 1_000, &auth(k), &ok()).rejected(),
                 "{k} with max_keys {n}"
             );
+        }
+    }
+}
+
+#[test]
+fn a_key_that_recovered_after_max_keys_shrank_is_not_reopened_by_its_old_slot() {
+    // After a reload that shrank max_keys, the OPEN copy left in the old, larger table won over
+    // the live slot: once the key recovered, every later reload carried the stale OPEN state
+    // into a new slot again, and the key went HALF_OPEN and rejected traffic.
+    let host = FakeHost::default();
+    let cfg = |n: u32, rate: f64| {
+        format!(
+            r#"{{"key_by":"authority","max_keys":{n},"breaker":{{"window":"10s","buckets":10,"min_requests":5,
+            "error_rate_threshold":{rate},"sleep_window":"1s","max_sleep_window":"4s","half_open_max_probes":2,
+            "half_open_successes_to_close":2}}}}"#
+        )
+    };
+    let keys = ["k1", "k2", "k3", "k4"];
+    let mut a = engine(&host, &cfg(1000, 0.5), 1);
+    for k in keys {
+        for i in 0..5 {
+            exchange(&mut a, i, &auth(k), &fail());
+        }
+    }
+    a.on_tick(200);
+    assert!(
+        keys.iter().any(|k| slot_of(&host, k).unwrap().0 >= 10),
+        "some key sits outside the smaller table"
+    );
+    // Shrink: the new VM carries the open state into its table; the upstream recovers there.
+    let mut b = engine(&host, &cfg(10, 0.5), 2);
+    for k in keys {
+        assert!(exchange(&mut b, 1_000, &auth(k), &ok()).rejected(), "{k}");
+        for t in [3_000, 3_001] {
+            assert!(exchange(&mut b, t, &auth(k), &ok()).admitted, "{k} probe");
+        }
+        assert!(exchange(&mut b, 3_002, &auth(k), &ok()).admitted, "{k} closed");
+    }
+    // The old VM, still draining, uses the same breaker.
+    a.on_tick(3_100);
+    for k in keys {
+        assert!(exchange(&mut a, 3_200, &auth(k), &ok()).admitted, "{k} on the old VM");
+        let held = slots_of(&host, k);
+        assert_eq!(held.len(), 1, "{k} in one slot: {held:?}");
+        assert!(held[0].0 < 10);
+    }
+    // Another reload (a threshold tweak): nothing reopens.
+    let mut c = engine(&host, &cfg(10, 0.6), 3);
+    for k in keys {
+        let mut open = Vec::new();
+        for i in 0..5 {
+            let (x, seen) = start(&mut c, 10_000 + i, &auth(k));
+            assert!(seen.admitted, "{k}: request {i} rejected after the second reload");
+            open.push(x);
         }
     }
 }
