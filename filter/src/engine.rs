@@ -447,11 +447,9 @@ impl<H: Host> Engine<H> {
             Decision::DryRunReject(_) => (Counter::DryRunReject, true),
         };
         self.metrics.inc(label, counter, 1);
-        let (retry, max_attempts) = self.retry_plan(profile, &decision, req, budget_ok);
-        if matches!(retry, RetryPlan::Off)
-            && !matches!(decision, Decision::Probe(_))
-            && mode != Mode::Disabled
-        {
+        let (retry, max_attempts, budget_denied) =
+            self.retry_plan(profile, &decision, req, budget_ok);
+        if budget_denied {
             self.metrics.inc(label, Counter::BudgetDenied, 1);
         }
         let mut local = None;
@@ -528,17 +526,18 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// The retry plan of a request and the most attempts it allows.
+    /// The retry plan of a request, the most attempts it allows, and whether the budget denied
+    /// (or, in `dry_run`, would have denied) its retries.
     fn retry_plan(
         &self,
         profile: usize,
         decision: &Decision,
         req: &RequestView<'_>,
         budget_ok: bool,
-    ) -> (RetryPlan, u32) {
+    ) -> (RetryPlan, u32, bool) {
         let p = self.profile(profile);
         let (probe, mode) = match decision {
-            Decision::Reject(_) => return (RetryPlan::None, 1),
+            Decision::Reject(_) => return (RetryPlan::None, 1, false),
             Decision::Probe(_) => (true, p.mode),
             _ => (false, p.mode),
         };
@@ -546,7 +545,7 @@ impl<H: Host> Engine<H> {
         let plan = match rd {
             RetryDecision::NoHeaders => RetryPlan::None,
             RetryDecision::Probe | RetryDecision::BudgetDenied(_) => RetryPlan::Off,
-            RetryDecision::Policy(pol) => p
+            RetryDecision::Policy(pol) | RetryDecision::WouldDenyBudget(pol) => p
                 .retry
                 .policies()
                 .iter()
@@ -555,7 +554,11 @@ impl<H: Host> Engine<H> {
         };
         // No header of ours: the route's own retry policy (or, without stripping, the client's)
         // is in force, so only the global bound applies.
-        (plan, rd.max_attempts().unwrap_or(MAX_ATTEMPTS))
+        (
+            plan,
+            rd.max_attempts().unwrap_or(MAX_ATTEMPTS),
+            rd.budget_denied(),
+        )
     }
 
     /// Whether any configuration of this filter strips client retry headers.

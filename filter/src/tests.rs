@@ -666,6 +666,45 @@ fn probes_and_budget_denied_requests_count_one_attempt() {
     assert_eq!(st.breaker.successes, 1);
 }
 
+#[test]
+fn dry_run_sends_probes_and_over_budget_requests_with_their_policys_retries() {
+    // dry_run switched retries off (x-envoy-max-retries: 0) for (virtual) probes and requests
+    // over the budget: it changed traffic it was only meant to observe.
+    let host = FakeHost::default();
+    let cfg = r#"{"mode":"dry_run","retry":{"budget":{"ratio":0.0,"min_retries_per_second":0}},
+        "breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5,
+        "sleep_window":"1s","max_sleep_window":"4s","half_open_max_probes":2,"half_open_successes_to_close":2}}"#;
+    let mut e = engine(&host, cfg, 1);
+    for i in 0..5 {
+        exchange(&mut e, i, &get("c"), &fail());
+    }
+    e.on_tick(200);
+    let over_budget = exchange(&mut e, 201, &get("c"), &fail());
+    assert!(over_budget.admitted);
+    assert_eq!(
+        over_budget
+            .upstream_header("x-envoy-max-retries")
+            .as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        over_budget.upstream_header("x-envoy-retry-on").as_deref(),
+        Some("5xx,reset")
+    );
+    let (_, probe) = start(&mut e, 2_000, &get("c"));
+    assert!(probe.admitted);
+    assert_eq!(
+        probe.upstream_header("x-envoy-max-retries").as_deref(),
+        Some("2")
+    );
+    e.on_tick(2_100);
+    assert_eq!(decision(&host, "c", "probe"), 1, "it was the probe");
+    assert!(
+        metric(&host, "c", "meshbreaker_retry_budget_denied_total") >= 1,
+        "what the budget would have denied is counted"
+    );
+}
+
 // ---------------------------------------------------------------- slots under churn
 
 const CHURN: &str = r#"{"key_by":"authority","max_keys":8,"breaker":{"window":"2s","buckets":4,"min_requests":5,
@@ -1149,12 +1188,18 @@ fn a_key_that_recovered_after_max_keys_shrank_is_not_reopened_by_its_old_slot() 
         for t in [3_000, 3_001] {
             assert!(exchange(&mut b, t, &auth(k), &ok()).admitted, "{k} probe");
         }
-        assert!(exchange(&mut b, 3_002, &auth(k), &ok()).admitted, "{k} closed");
+        assert!(
+            exchange(&mut b, 3_002, &auth(k), &ok()).admitted,
+            "{k} closed"
+        );
     }
     // The old VM, still draining, uses the same breaker.
     a.on_tick(3_100);
     for k in keys {
-        assert!(exchange(&mut a, 3_200, &auth(k), &ok()).admitted, "{k} on the old VM");
+        assert!(
+            exchange(&mut a, 3_200, &auth(k), &ok()).admitted,
+            "{k} on the old VM"
+        );
         let held = slots_of(&host, k);
         assert_eq!(held.len(), 1, "{k} in one slot: {held:?}");
         assert!(held[0].0 < 10);
@@ -1165,7 +1210,10 @@ fn a_key_that_recovered_after_max_keys_shrank_is_not_reopened_by_its_old_slot() 
         let mut open = Vec::new();
         for i in 0..5 {
             let (x, seen) = start(&mut c, 10_000 + i, &auth(k));
-            assert!(seen.admitted, "{k}: request {i} rejected after the second reload");
+            assert!(
+                seen.admitted,
+                "{k}: request {i} rejected after the second reload"
+            );
             open.push(x);
         }
     }

@@ -252,6 +252,10 @@ pub enum RetryDecision<'p> {
     /// The policy would retry but the budget is spent: write `x-envoy-max-retries: 0` and count
     /// `meshbreaker_retry_budget_denied_total`.
     BudgetDenied(&'p CompiledPolicy),
+    /// `dry_run`: the budget is spent, so enforce would switch retries off; the policy's headers
+    /// are written unchanged (dry_run never changes traffic) and the request is counted in
+    /// `meshbreaker_retry_budget_denied_total`.
+    WouldDenyBudget(&'p CompiledPolicy),
 }
 
 impl<'p> RetryDecision<'p> {
@@ -259,7 +263,7 @@ impl<'p> RetryDecision<'p> {
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'p str)> {
         let (policy, off): (&'p [(&'static str, String)], &'static [StaticHeader]) = match *self {
             RetryDecision::NoHeaders => (&[], &[]),
-            RetryDecision::Policy(p) => (p.headers(), &[]),
+            RetryDecision::Policy(p) | RetryDecision::WouldDenyBudget(p) => (p.headers(), &[]),
             RetryDecision::Probe | RetryDecision::BudgetDenied(_) => (&[], &[NO_RETRIES]),
         };
         policy
@@ -269,7 +273,10 @@ impl<'p> RetryDecision<'p> {
     }
 
     pub fn budget_denied(&self) -> bool {
-        matches!(self, RetryDecision::BudgetDenied(_))
+        matches!(
+            self,
+            RetryDecision::BudgetDenied(_) | RetryDecision::WouldDenyBudget(_)
+        )
     }
 
     /// The most upstream attempts Envoy can make for this request under this decision:
@@ -277,7 +284,9 @@ impl<'p> RetryDecision<'p> {
     /// header is written (no policy matched, or `disabled`), so the route's own policy decides.
     pub fn max_attempts(&self) -> Option<u32> {
         match *self {
-            RetryDecision::Policy(p) => Some(p.max_retries.saturating_add(1)),
+            RetryDecision::Policy(p) | RetryDecision::WouldDenyBudget(p) => {
+                Some(p.max_retries.saturating_add(1))
+            }
             RetryDecision::Probe | RetryDecision::BudgetDenied(_) => Some(1),
             RetryDecision::NoHeaders => None,
         }
@@ -315,7 +324,9 @@ impl CompiledRetry {
     ///
     /// `probe`: the request is a HALF_OPEN probe. `budget_allows`: [`budget_allows_retry`] for the
     /// key's window right now. Only a request whose policy would retry (`max_retries > 0`) can be
-    /// [`RetryDecision::BudgetDenied`].
+    /// [`RetryDecision::BudgetDenied`]. In `dry_run` nothing changes the request's retries: a
+    /// (virtual) probe keeps its policy, and a spent budget is only counted
+    /// ([`RetryDecision::WouldDenyBudget`]).
     pub fn decide(
         &self,
         req: &RequestView<'_>,
@@ -326,11 +337,15 @@ impl CompiledRetry {
         if mode == Mode::Disabled {
             return RetryDecision::NoHeaders;
         }
-        if probe {
+        let dry = mode == Mode::DryRun;
+        if probe && !dry {
             return RetryDecision::Probe;
         }
         match self.select(req) {
             None => RetryDecision::NoHeaders,
+            Some(p) if p.max_retries > 0 && !budget_allows && dry => {
+                RetryDecision::WouldDenyBudget(p)
+            }
             Some(p) if p.max_retries > 0 && !budget_allows => RetryDecision::BudgetDenied(p),
             Some(p) => RetryDecision::Policy(p),
         }
@@ -691,6 +706,29 @@ mod tests {
         );
         let dry = r.decide(&req("GET", "/", None, &()), Mode::DryRun, false, true);
         assert_eq!(dry, d, "dry_run retries like enforce");
+    }
+
+    #[test]
+    fn dry_run_keeps_the_policy_for_probes_and_over_budget_requests() {
+        // dry_run set x-envoy-max-retries: 0 on (virtual) probes and budget-denied requests:
+        // clients saw failures the filter was only meant to count.
+        let r = compiled("{}");
+        let get = req("GET", "/", None, &());
+        let policy = r.decide(&get, Mode::Enforce, false, true);
+        for (probe, budget) in [(true, true), (false, false), (true, false)] {
+            let d = r.decide(&get, Mode::DryRun, probe, budget);
+            assert_eq!(
+                decision_headers(&d),
+                decision_headers(&policy),
+                "{probe} {budget}"
+            );
+            assert_eq!(d.max_attempts(), Some(3));
+            assert_eq!(
+                d.budget_denied(),
+                !budget,
+                "counted as the budget would deny"
+            );
+        }
     }
 
     #[test]
