@@ -45,6 +45,10 @@ pub const SLOT_RETRY_MS: u64 = 1_000;
 /// already hold (the probe reads, no write), so an OPEN key new to this worker is rejected, and
 /// pass unguarded only if they hold none, until the next tick.
 pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
+/// Upstream hosts a worker reports per key and flush (only with `reset_signals`): new ones are
+/// learned, known ones move up in the key's least-recently-seen order. As many as a key remembers,
+/// so that with round-robin balancing no endpoint is always past the cut.
+pub const HOSTS_PER_FLUSH: usize = policy_core::window::MAX_HOSTS_PER_KEY;
 /// The most upstream attempts any request can make (`max_retries` ≤ 10, plus the first).
 pub const MAX_ATTEMPTS: u32 = 11;
 
@@ -726,7 +730,7 @@ impl<H: Host> Engine<H> {
         local.last_activity_ms = now_ms;
         let (profile, slot) = (local.profile, local.slot);
         if let (true, Some(h)) = (learn, upstream_host.and_then(normalize_upstream)) {
-            if !local.new_hosts.contains(&h) && local.new_hosts.len() < 4 {
+            if !local.new_hosts.contains(&h) && local.new_hosts.len() < HOSTS_PER_FLUSH {
                 local.new_hosts.push(h);
             }
         }

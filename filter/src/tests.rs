@@ -485,6 +485,46 @@ fn kernel_resets_published_for_a_learned_host_trip_the_key() {
     assert_eq!(metric(&host, "c", "meshbreaker_kernel_resets_total"), 11);
 }
 
+#[test]
+fn kernel_resets_towards_one_of_40_upstream_hosts_are_all_attributed() {
+    // A key remembered 16 hosts in a FIFO, learned at most 4 per flush: behind round-robin over
+    // 40 endpoints, the resetting one was mostly not in the list and its events were lost.
+    use policy_core::encoding::ResetTotals;
+    let host = FakeHost::default();
+    let cfg = r#"{"reset_signals":{"max_resets_per_second":100000},"breaker":{"window":"10s","buckets":10}}"#;
+    let mut e = engine(&host, cfg, 1);
+    let names = e.names().clone();
+    let publish = |sequence: u64, total: u64| {
+        let mut peers: Vec<(String, u64)> =
+            (0..40).map(|i| (format!("10.0.0.{i}:8080"), 0)).collect();
+        peers[27].1 = total;
+        let t = ResetTotals { sequence, peers };
+        host.set_shared(&names.resets(), &t.encode(), None).unwrap();
+    };
+    publish(1, 0);
+    let mut now = 0;
+    let mut total = 0;
+    for step in 0..200u64 {
+        for j in 0..40u64 {
+            let mut r = ok();
+            r.upstream = Some(format!("10.0.0.{}:8080", (step * 7 + j) % 40).into_bytes());
+            exchange(&mut e, now, &get("c"), &r);
+        }
+        now += 100;
+        if step % 10 == 9 {
+            total += 20;
+            publish(2 + step, total);
+        }
+        e.on_tick(now);
+    }
+    e.on_tick(now + 100);
+    let attributed = metric(&host, "c", "meshbreaker_kernel_resets_total") as u64;
+    assert!(
+        attributed * 10 >= total * 9 && attributed <= total,
+        "{attributed} of the sidecar's {total} resets attributed"
+    );
+}
+
 // ---------------------------------------------------------------- header bytes, never a panic
 
 #[test]

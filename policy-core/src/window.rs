@@ -407,8 +407,11 @@ pub struct HostCursor {
     pub seen: u64,
 }
 
-/// Most upstream hosts a key remembers for kernel reset attribution.
-pub const MAX_HOSTS_PER_KEY: usize = 16;
+/// Most upstream hosts a key remembers for kernel reset attribution: the most recently seen ones.
+/// A key with more upstream endpoints than this attributes only part of their resets (compare
+/// `meshbreaker_kernel_resets_total` with the sidecar's own counters). At about 25 bytes a host,
+/// 64 cost a window at most 1.6 KB more, and only with `reset_signals`.
+pub const MAX_HOSTS_PER_KEY: usize = 64;
 /// Longest host a window holds (`[ipv6]:port` is at most 47 bytes); longer ones are not learned,
 /// so an entry can always be decoded again.
 pub const MAX_HOST_LEN: usize = 64;
@@ -568,10 +571,18 @@ impl Window {
     }
 
     /// Remembers `host` for kernel reset attribution; `cumulative` is the sidecar's current total
-    /// for it, taken as already seen so that only later events count. Bounded by [`MAX_HOSTS_PER_KEY`].
+    /// for it, taken as already seen so that only later events count. The list is kept in order of
+    /// the last sighting: a host seen again moves to the back with its cursor, and when the list
+    /// holds [`MAX_HOSTS_PER_KEY`] hosts the one seen least recently makes room (a FIFO used to
+    /// evict hosts in use and re-learn them at the current total, losing their events). True when
+    /// the host is new.
     pub fn learn_host(&mut self, host: &str, cumulative: u64) -> bool {
-        if host.is_empty() || host.len() > MAX_HOST_LEN || self.hosts.iter().any(|h| h.host == host)
-        {
+        if host.is_empty() || host.len() > MAX_HOST_LEN {
+            return false;
+        }
+        if let Some(i) = self.hosts.iter().position(|h| h.host == host) {
+            let h = self.hosts.remove(i);
+            self.hosts.push(h);
             return false;
         }
         if self.hosts.len() >= MAX_HOSTS_PER_KEY {
@@ -976,10 +987,26 @@ mod tests {
         let mut w = Window::new(4, 0);
         assert!(w.learn_host("127.0.0.1:80", 5));
         assert!(!w.learn_host("127.0.0.1:80", 9));
-        for i in 0..40 {
-            w.learn_host(&format!("10.0.0.{i}:80"), 0);
+        for i in 0..100 {
+            w.learn_host(&format!("10.0.{i}.1:80"), 0);
         }
         assert_eq!(w.hosts.len(), MAX_HOSTS_PER_KEY);
         assert!(!w.learn_host(&"x".repeat(MAX_HOST_LEN + 1), 0));
+    }
+
+    #[test]
+    fn a_host_seen_again_keeps_its_cursor_and_is_evicted_last() {
+        // A FIFO evicted the oldest-learned host even while it was in use, and re-learned it at
+        // the current total: its events in between were never attributed.
+        let mut w = Window::new(4, 0);
+        assert!(w.learn_host("10.9.9.9:80", 5));
+        w.hosts[0].seen = 7;
+        for i in 0..(MAX_HOSTS_PER_KEY * 3) {
+            w.learn_host(&format!("10.0.{i}.1:80"), 0);
+            assert!(!w.learn_host("10.9.9.9:80", 1_000), "known, not re-learned");
+        }
+        let h = w.hosts.iter().find(|h| h.host == "10.9.9.9:80").unwrap();
+        assert_eq!(h.seen, 7, "its cursor, not a new baseline");
+        assert_eq!(w.hosts.last().unwrap().host, "10.9.9.9:80");
     }
 }
