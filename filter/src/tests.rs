@@ -1118,6 +1118,51 @@ fn a_stale_state_read_does_not_wipe_a_newer_window() {
     assert_eq!(w.totals(0).samples, 5, "and a's sample joined them");
 }
 
+#[test]
+fn a_tick_with_a_stale_now_keeps_another_workers_samples_past_a_boundary() {
+    // Worker b's tick took its `now` just before a bucket boundary; worker a merged after the
+    // boundary, into the next bucket; b's flush of the same key then wiped that bucket as
+    // "future".
+    let host = FakeHost::default();
+    let cfg = r#"{"breaker":{"window":"4s","buckets":4,"min_requests":100}}"#;
+    let mut a = engine(&host, cfg, 1);
+    let mut b = engine(&host, cfg, 2);
+    for i in 0..3 {
+        exchange(&mut b, 10_900 + i, &get("c"), &fail());
+    }
+    for i in 0..5 {
+        exchange(&mut a, 11_000 + i, &get("c"), &fail());
+    }
+    a.on_tick(11_010);
+    let (slot, _) = slot_of(&host, "c").unwrap();
+    assert_eq!(window_of(&host, cfg, slot).totals(11).samples, 5);
+    b.on_tick(10_990);
+    let w = window_of(&host, cfg, slot);
+    assert_eq!(
+        w.totals(11).samples,
+        8,
+        "a's 5 samples survive b's stale tick"
+    );
+}
+
+#[test]
+fn with_one_bucket_samples_recorded_before_a_boundary_still_count() {
+    // `buckets: 1`: a recorder of epoch E merged at E + 1 was dropped, every boundary.
+    let host = FakeHost::default();
+    let cfg =
+        r#"{"breaker":{"window":"1s","buckets":1,"min_requests":5,"error_rate_threshold":0.5}}"#;
+    let mut e = engine(&host, cfg, 1);
+    e.on_tick(10_000);
+    for i in 0..5 {
+        exchange(&mut e, 10_950 + i, &get("c"), &fail());
+    }
+    e.on_tick(11_050);
+    assert!(
+        exchange(&mut e, 11_060, &get("c"), &ok()).rejected(),
+        "the 5 failures merged after the boundary trip the key"
+    );
+}
+
 // ---------------------------------------------------------------- reloads
 
 #[test]

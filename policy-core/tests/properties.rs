@@ -863,8 +863,9 @@ proptest! {
         sorted.sort_by_key(|(e, _)| *e);
         for (epoch, o) in &sorted {
             if r.record(*epoch, o, o.failure(&cfg.failure)).is_err() {
-                // Flushed late, at the new epoch: kept only while its bucket is in the window.
-                let live = epoch - r.epoch() < u64::from(cfg.buckets);
+                // Flushed late, at the new epoch: kept while its bucket is in the window, or
+                // (into the oldest bucket) when it left the window just now.
+                let live = epoch - r.epoch() <= u64::from(cfg.buckets);
                 prop_assert_eq!(w.merge_recorder(&r, *epoch, &mut scratch), live);
                 r.clear();
                 r.record(*epoch, o, o.failure(&cfg.failure)).unwrap();
