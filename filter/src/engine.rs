@@ -96,6 +96,9 @@ impl KeyLocal {
         match self.activity_written {
             None => Some(activity),
             Some(w) if activity > w && activity - w >= ACTIVE_WRITE_MS => Some(activity),
+            // The clock stepped back past the last mark: write the present one, or the key's
+            // marks would stop for the size of the step and it would look idle meanwhile.
+            Some(w) if w > activity.saturating_add(ACTIVE_WRITE_MS) => Some(activity),
             Some(_) => None,
         }
     }

@@ -21,7 +21,7 @@
 
 use policy_core::breaker::{BreakerState, State};
 use policy_core::encoding::SlotState;
-use policy_core::flow::takeover_allowed;
+use policy_core::flow::{takeover_allowed, FUTURE_MARK_MS};
 
 use crate::engine::Scratch;
 use crate::host::Host;
@@ -114,6 +114,7 @@ impl SlotTable {
         let mut found: Option<(u32, SlotState, (bool, bool))> = None;
         let mut free: Vec<u32> = Vec::new();
         let mut victims: Vec<(u64, u32)> = Vec::new();
+        let mut future_marks: Vec<u32> = Vec::new();
         for (si, &seed) in seeds.iter().enumerate() {
             let h = slot_hash(seed, key);
             for (round, &n) in sizes.iter().rev().enumerate() {
@@ -137,6 +138,8 @@ impl SlotTable {
                         free.push(slot);
                     } else if takeover_allowed(&st, now_ms, idle_ms) {
                         victims.push((st.last_active_ms, slot));
+                    } else if st.last_active_ms > now_ms.saturating_add(FUTURE_MARK_MS) {
+                        future_marks.push(slot);
                     }
                 }
             }
@@ -154,6 +157,9 @@ impl SlotTable {
         }
         if !claim {
             return None;
+        }
+        for slot in future_marks {
+            bring_back_mark(at, slot, now_ms);
         }
         victims.sort_unstable();
         let candidates = free.into_iter().chain(victims.into_iter().map(|v| v.1));
@@ -199,6 +205,31 @@ impl SlotTable {
         }
         None
     }
+}
+
+/// Sets the activity mark of `slot` to `now_ms` if it still lies in the future (written before the
+/// wall clock stepped back): its key then counts as active now, and may be taken over once idle for
+/// the usual time instead of after the size of the step. Its own workers replace the mark with
+/// theirs while it is busy.
+fn bring_back_mark<H: Host>(at: &mut Shared<'_, H>, slot: u32, now_ms: u64) {
+    let mut name = std::mem::take(&mut at.scratch.name);
+    at.names.state(slot, &mut name);
+    cas_update(
+        at.host,
+        &name,
+        &mut at.scratch.enc,
+        |b| SlotState::decode(b).ok(),
+        SlotState::encode_into,
+        |st| {
+            if st.key.is_empty() || st.last_active_ms <= now_ms.saturating_add(FUTURE_MARK_MS) {
+                return Update::Keep(());
+            }
+            st.last_active_ms = now_ms;
+            Update::Write(())
+        },
+        |_, _| (),
+    );
+    at.scratch.name = name;
 }
 
 /// Empties `slot` if it still holds `key` (whose state was just carried into the current table):

@@ -1383,6 +1383,58 @@ fn latency_comes_from_the_stream_timer_not_the_wall_clock() {
     assert!(exchange(&mut e, 1_201, &get("c"), &ok()).admitted);
 }
 
+#[test]
+fn after_a_clock_step_back_an_idle_key_can_be_taken_over_and_a_busy_one_cannot() {
+    // Activity marks written before a step back lay in the future: no slot could be taken over,
+    // and no mark was written, for the size of the step.
+    let cfg = r#"{"key_by":"authority","max_keys":1,"breaker":{"window":"1s","buckets":2}}"#;
+    // An idle key: a new key gets its slot once idle for the usual bound after the step.
+    let host = FakeHost::default();
+    let mut e = engine(&host, cfg, 1);
+    exchange(&mut e, 600_000, &auth("old"), &ok());
+    e.on_tick(600_100);
+    assert!(slot_of(&host, "old").unwrap().1.last_active_ms >= 600_000);
+    exchange(&mut e, 60_000, &auth("new"), &ok());
+    e.on_tick(60_100);
+    exchange(
+        &mut e,
+        60_000 + MIN_TAKEOVER_IDLE_MS + 1_500,
+        &auth("new"),
+        &ok(),
+    );
+    assert!(
+        slot_of(&host, "new").is_some(),
+        "the idle key's slot, 6.5 s after the step"
+    );
+    // A busy key keeps its slot across the step: its marks go on being written.
+    let host = FakeHost::default();
+    let mut busy = engine(&host, cfg, 1);
+    let mut other = engine(&host, cfg, 2);
+    for i in 0..10 {
+        exchange(&mut busy, 600_000 + i * 100, &auth("busy"), &ok());
+        busy.on_tick(600_050 + i * 100);
+    }
+    let mut now = 60_000;
+    while now < 60_000 + 3 * MIN_TAKEOVER_IDLE_MS {
+        exchange(&mut busy, now, &auth("busy"), &ok());
+        busy.on_tick(now + 50);
+        if now % 500 == 0 {
+            exchange(&mut other, now + 60, &auth("other"), &ok());
+            other.on_tick(now + 70);
+        }
+        now += 100;
+    }
+    assert!(
+        slot_of(&host, "busy").is_some(),
+        "the busy key kept its slot"
+    );
+    let mark = slot_of(&host, "busy").unwrap().1.last_active_ms;
+    assert!(
+        mark <= now && now - mark < 2_000,
+        "its mark is the present: {mark}"
+    );
+}
+
 // ---------------------------------------------------------------- upstream hosts
 
 #[test]

@@ -227,6 +227,11 @@ pub fn probe_succeeded(
     failure.is_none() && outcome.retried_attempts() == 0 && !slow
 }
 
+/// An activity mark more than this far ahead of a worker's clock was written before the wall
+/// clock stepped back: it is replaced by the present one (by the key's workers, and by a key
+/// looking for a slot), so it never keeps a slot from being taken over for the size of the step.
+pub const FUTURE_MARK_MS: u64 = 1_000;
+
 /// A slot may be taken over by another key (or released) only from a key that has seen no
 /// request, and whose worker wrote no activity mark, for longer than `idle_ms`, and then only:
 /// - CLOSED with no probe in flight;
@@ -703,7 +708,9 @@ fn trip_after_merge<S: Store + ?Sized>(
         || None,
         |st| {
             let mut write = false;
-            if let Some(a) = activity.filter(|a| *a > st.last_active_ms) {
+            // A newer mark, or one replacing a mark from before a backward clock step.
+            let stale = |a: u64| a > st.last_active_ms || st.last_active_ms > a + FUTURE_MARK_MS;
+            if let Some(a) = activity.filter(|a| stale(*a)) {
                 st.last_active_ms = a;
                 write = true;
             }
