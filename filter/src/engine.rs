@@ -386,6 +386,32 @@ impl<H: Host> Engine<H> {
         if self.cfg.mode == Mode::Disabled && self.cfg.overrides.is_empty() {
             return untracked(self, Decision::PassThrough, 0);
         }
+        if !self.keys.contains(key) {
+            // A key whose mode never reads its state (`disabled`, `forced_open`) is decided here
+            // and never tracked: it spends no registry entry and no slot, which the keys that are
+            // guarded need, and a `disabled` key no label either (its requests count under
+            // `_other`); a `forced_open` key keeps its label, so its rejections show under it.
+            let profile = self.profile_for(parts);
+            let p = self.profile(profile);
+            let decision = match p.mode {
+                Mode::Disabled => Some(Decision::PassThrough),
+                Mode::ForcedOpen => Some(Decision::Reject(Rejection {
+                    reason: TripReason::ForcedOpen,
+                    retry_after_s: ms(p.breaker.sleep_window).div_ceil(1000).max(1),
+                })),
+                Mode::Enforce | Mode::DryRun => None,
+            };
+            if let Some(d) = decision {
+                let (label, counter) = if matches!(d, Decision::Reject(_)) {
+                    let label = self.metrics.label_for(&self.host, &self.names, key);
+                    (label, Counter::Rejected)
+                } else {
+                    (self.metrics.other(&self.host), Counter::Allowed)
+                };
+                self.metrics.inc(label, counter, 1);
+                return untracked(self, d, profile);
+            }
+        }
         if !self.ensure_key(key, parts, now_ms) {
             // Every local entry is busy: the request is not tracked here (no samples, no probe),
             // but the key's shared state still guards it, counted under `_other`.

@@ -354,6 +354,50 @@ fn forced_open_rejects_and_disabled_passes_without_headers() {
 }
 
 #[test]
+fn disabled_and_forced_open_keys_spend_no_label_entry_or_slot() {
+    // Keys whose mode never reads state took registry entries, labels and slots: with a disabled
+    // default, a few thousand hostnames pushed the one enforced authority into `_other` and
+    // competed with it for a slot.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":4,"mode":"disabled","breaker":{"window":"10s","buckets":10,
+        "min_requests":5,"error_rate_threshold":0.5},"overrides":[
+        {"match":{"authority":"pay.example.com"},"mode":"enforce"},
+        {"match":{"authority":"closed.example.com"},"mode":"forced_open"}]}"#;
+    let mut e = engine(&host, cfg, 1);
+    for i in 0..50 {
+        let seen = exchange(&mut e, i, &auth(&format!("h{i}.example")), &fail());
+        assert!(seen.admitted);
+        assert_eq!(seen.upstream_header("x-envoy-max-retries"), None);
+        assert!(exchange(&mut e, i, &auth("closed.example.com"), &ok()).rejected());
+    }
+    e.on_tick(100);
+    assert_eq!(e.keys.len(), 0, "nothing tracked");
+    assert!(host
+        .get_shared("meshbreaker/mb/v3/label/h0.example")
+        .0
+        .is_none());
+    for i in 0..5 {
+        exchange(&mut e, 200 + i, &auth("pay.example.com"), &fail());
+    }
+    e.on_tick(400);
+    assert!(exchange(&mut e, 401, &auth("pay.example.com"), &ok()).rejected());
+    e.on_tick(500);
+    assert_eq!(
+        metric(&host, "pay.example.com", "meshbreaker_state"),
+        1,
+        "its own label"
+    );
+    let held: Vec<String> = (0..4)
+        .filter_map(|s| {
+            let (v, _) = host.get_shared(&format!("meshbreaker/mb/v3/s/{s}"));
+            let k = SlotState::decode(&v?).ok()?.key;
+            (!k.is_empty()).then_some(k)
+        })
+        .collect();
+    assert_eq!(held, vec!["pay.example.com".to_string()]);
+}
+
+#[test]
 fn override_applies_to_its_cluster_only() {
     let host = FakeHost::default();
     let mut e = engine(
