@@ -256,13 +256,33 @@ impl<H: Host> Engine<H> {
         for g in &geometries {
             empty_windows.push((*g, g.empty_window(0).encode()));
         }
+        // Each table (states, and windows per geometry) is walked only until one VM has created
+        // all of it: a marker written afterwards lets every later VM (the other workers, reloads
+        // that keep the size and geometry) skip the `max_keys` lookups.
         let mut name = String::new();
-        for slot in 0..self.cfg.max_keys {
-            self.names.state(slot, &mut name);
-            shared::create_if_absent(&self.host, &name, &empty_state);
-            for (g, bytes) in &empty_windows {
+        let marker = self.names.made(None, self.cfg.max_keys);
+        if self.host.get_shared(&marker).0.is_none() {
+            let mut all = true;
+            for slot in 0..self.cfg.max_keys {
+                self.names.state(slot, &mut name);
+                all &= shared::ensure_exists(&self.host, &name, &empty_state);
+            }
+            if all {
+                shared::create_if_absent(&self.host, &marker, b"1");
+            }
+        }
+        for (g, bytes) in &empty_windows {
+            let marker = self.names.made(Some(g), self.cfg.max_keys);
+            if self.host.get_shared(&marker).0.is_some() {
+                continue;
+            }
+            let mut all = true;
+            for slot in 0..self.cfg.max_keys {
                 self.names.window(g, slot, &mut name);
-                shared::create_if_absent(&self.host, &name, bytes);
+                all &= shared::ensure_exists(&self.host, &name, bytes);
+            }
+            if all {
+                shared::create_if_absent(&self.host, &marker, b"1");
             }
         }
     }

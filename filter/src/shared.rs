@@ -51,6 +51,18 @@ impl Names {
         );
     }
 
+    /// The marker saying every state entry (`None`) or every window entry of geometry `g` of a
+    /// table of `size` slots exists.
+    pub fn made(&self, g: Option<&Geometry>, size: u32) -> String {
+        match g {
+            None => format!("{}made/s/{size}", self.prefix),
+            Some(g) => format!(
+                "{}made/w/{}x{}t{}/{size}",
+                self.prefix, g.bucket_ms, g.buckets, g.threshold_us
+            ),
+        }
+    }
+
     /// The process-wide table description: slot hash seed and the table sizes in use.
     pub fn meta(&self) -> String {
         format!("{}meta", self.prefix)
@@ -145,6 +157,14 @@ impl<H: Host> flow::Store for Entries<'_, H> {
 pub fn create_if_absent<H: Host>(host: &H, name: &str, value: &[u8]) -> bool {
     match host.get_shared(name) {
         (Some(_), _) => false,
+        (None, _) => host.set_shared(name, value, None).is_ok(),
+    }
+}
+
+/// [`create_if_absent`], true when the entry exists afterwards (it did, or the write went through).
+pub fn ensure_exists<H: Host>(host: &H, name: &str, value: &[u8]) -> bool {
+    match host.get_shared(name) {
+        (Some(_), _) => true,
         (None, _) => host.set_shared(name, value, None).is_ok(),
     }
 }

@@ -1641,6 +1641,39 @@ fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
 }
 
 #[test]
+fn only_the_first_vm_walks_a_100k_slot_table_at_configure() {
+    // Every VM (each worker, the main thread's canary, on every reload) looked up every slot's
+    // state and every window of every geometry: 300,000 shared-data calls per VM at max_keys
+    // 100,000 with two geometries.
+    let host = FakeHost::default();
+    let cfg = r#"{"key_by":"authority","max_keys":100000,"breaker":{"window":"10s","buckets":10},
+        "overrides":[{"match":{"authority":"slow"},"breaker":{"window":"30s","buckets":10}}]}"#;
+    let first = std::time::Instant::now();
+    let _a = engine(&host, cfg, 1);
+    let first = first.elapsed();
+    assert!(
+        host.calls("get_shared") >= 300_000,
+        "the first VM creates the table"
+    );
+    host.reset_calls();
+    let second = std::time::Instant::now();
+    let mut b = engine(&host, cfg, 2);
+    let second = second.elapsed();
+    eprintln!("configure at max_keys 100000: first VM {first:?}, second {second:?}");
+    assert!(
+        host.total_calls() < 50,
+        "{} host calls for a second VM",
+        host.total_calls()
+    );
+    // And the table works: a slot is claimed, a window merged.
+    for i in 0..25 {
+        exchange(&mut b, i, &auth("k"), &fail());
+    }
+    b.on_tick(300);
+    assert!(exchange(&mut b, 301, &auth("k"), &ok()).rejected());
+}
+
+#[test]
 fn a_plugin_going_away_hands_over_its_unmerged_samples() {
     // Unflushed recorders (up to 100 ms per worker) died with an old root on reload.
     let host = FakeHost::default();
