@@ -569,6 +569,48 @@ fn kernel_resets_towards_one_of_40_upstream_hosts_are_all_attributed() {
     );
 }
 
+#[test]
+fn a_reset_poll_that_changes_nothing_for_a_key_does_not_rewrite_its_window() {
+    // Every change of the published totals made every placed key on every worker rewrite its
+    // whole window under Envoy's shared-data lock, with nothing merged or attributed.
+    use policy_core::encoding::ResetTotals;
+    let host = FakeHost::default();
+    let cfg = r#"{"reset_signals":{},"breaker":{"window":"10s","buckets":10}}"#;
+    let mut e = engine(&host, cfg, 1);
+    let names = e.names().clone();
+    let publish = |sequence: u64, other: u64| {
+        let t = ResetTotals {
+            sequence,
+            peers: vec![("10.0.0.5:8080".into(), 0), ("10.9.9.9:80".into(), other)],
+        };
+        host.set_shared(&names.resets(), &t.encode(), None).unwrap();
+    };
+    publish(1, 0);
+    exchange(&mut e, 0, &get("c"), &ok());
+    e.on_tick(200);
+    let writes = std::rc::Rc::new(std::cell::Cell::new(0));
+    for n in 0..3 {
+        let w = writes.clone();
+        host.before_set("/w/", n, move || w.set(w.get() + 1));
+    }
+    // Another host resets: the key's host saw nothing.
+    for (i, t) in [1_400u64, 2_600, 3_800].iter().enumerate() {
+        publish(2 + i as u64, 10 * (i as u64 + 1));
+        e.on_tick(*t);
+    }
+    assert_eq!(writes.get(), 0, "window rewritten with nothing new");
+    // Its own host resets: attributed, written.
+    let t = ResetTotals {
+        sequence: 9,
+        peers: vec![("10.0.0.5:8080".into(), 4)],
+    };
+    host.set_shared(&names.resets(), &t.encode(), None).unwrap();
+    e.on_tick(5_000);
+    assert_eq!(writes.get(), 1);
+    e.on_tick(5_100);
+    assert_eq!(metric(&host, "c", "meshbreaker_kernel_resets_total"), 4);
+}
+
 // ---------------------------------------------------------------- header bytes, never a panic
 
 #[test]

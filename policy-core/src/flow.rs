@@ -606,16 +606,22 @@ pub fn flush<S: Store + ?Sized>(
                 // Our state read is older than the window: read both again.
                 return Update::Again;
             }
+            // Whether anything is written: a flush with nothing to merge, learn or attribute (a
+            // reset poll that moved other hosts, an activity refresh) leaves the window as it is.
+            let mut changed = false;
             if newer(gen, w.generation) || !g.matches(w) {
                 w.reset(g.buckets, gen);
                 w.bucket_ms = g.bucket_ms;
                 w.threshold_us = g.threshold_us;
+                changed = true;
             }
-            w.clear_future(now_epoch);
+            changed |= w.clear_future(now_epoch);
+            changed |= !recorder.is_empty();
             w.merge_recorder(recorder, now_epoch, bins);
             for h in new_hosts {
                 let total = resets.and_then(|r| r.get(h.as_str()).copied()).unwrap_or(0);
-                w.learn_host(h, total);
+                let last = w.hosts.last().is_some_and(|l| l.host == *h);
+                changed |= w.learn_host(h, total) || !last;
             }
             if !recorder.is_empty() {
                 w.last_used_ms = now_ms;
@@ -626,6 +632,7 @@ pub fn flush<S: Store + ?Sized>(
                     let total = r.get(h.host.as_str()).copied().unwrap_or(0);
                     if total > h.seen {
                         attributed = attributed.saturating_add(total - h.seen);
+                        changed = true;
                     }
                     // Totals never go backwards; if they seem to, keep the cursor where it
                     // was so the next rise is not counted twice.
@@ -638,14 +645,19 @@ pub fn flush<S: Store + ?Sized>(
                     w.merge_recorder(&kr, now_epoch, bins);
                 }
             }
-            Update::Write(Merge::Merged(
+            let merged = Merge::Merged(
                 w.totals(now_epoch),
                 w.p95_us(now_epoch, bins),
                 w.generation,
                 attributed,
                 st.breaker.state,
                 st.breaker.sheds_a_share(),
-            ))
+            );
+            if changed {
+                Update::Write(merged)
+            } else {
+                Update::Keep(merged)
+            }
         },
         |_, _| Merge::Kept,
     );

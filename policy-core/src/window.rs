@@ -516,13 +516,17 @@ impl Window {
     /// Empties buckets whose epoch lies more than [`FUTURE_SLACK`] after `now_epoch` (written
     /// before a clock step back). A bucket just ahead is a newer bucket another worker wrote after
     /// a boundary this worker's (slightly stale) `now` has not reached: it is kept.
-    pub fn clear_future(&mut self, now_epoch: u64) {
+    /// True when it emptied any.
+    pub fn clear_future(&mut self, now_epoch: u64) -> bool {
+        let mut cleared = false;
         for b in &mut self.buckets {
             if b.epoch > now_epoch.saturating_add(FUTURE_SLACK) && !b.is_empty() {
                 b.clear();
                 b.epoch = 0;
+                cleared = true;
             }
         }
+        cleared
     }
 
     /// Merges a worker's recorder into the window; `scratch` is reused to avoid allocation.
