@@ -1249,6 +1249,35 @@ fn with_one_bucket_samples_recorded_before_a_boundary_still_count() {
     );
 }
 
+#[test]
+fn a_full_recorder_whose_merge_keeps_failing_retries_at_most_once_a_millisecond() {
+    // Once full, every completion retried the merge (up to 16 compare-and-swaps each) with no
+    // backoff: under contention on a hot key that multiplied the cost of every request.
+    let host = FakeHost::default();
+    let mut e = engine(
+        &host,
+        r#"{"breaker":{"window":"10s","buckets":10,"min_requests":100000}}"#,
+        1,
+    );
+    exchange(&mut e, 0, &get("c"), &ok());
+    host.inner.borrow_mut().mismatch_sets_containing = Some("/w/".into());
+    host.reset_calls();
+    for _ in 0..400 {
+        exchange(&mut e, 50, &get("c"), &ok());
+    }
+    let sets = host.calls("set_shared");
+    assert!(
+        sets <= 2 * 17,
+        "{sets} shared writes for 400 completions in one millisecond"
+    );
+    // The samples are still there, merged once the contention ends.
+    host.inner.borrow_mut().mismatch_sets_containing = None;
+    e.on_tick(200);
+    let (slot, _) = slot_of(&host, "c").unwrap();
+    let cfg = r#"{"breaker":{"window":"10s","buckets":10,"min_requests":100000}}"#;
+    assert_eq!(window_of(&host, cfg, slot).totals(0).samples, 401);
+}
+
 // ---------------------------------------------------------------- reloads
 
 #[test]

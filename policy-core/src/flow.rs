@@ -44,6 +44,9 @@ use crate::window::{
 /// shortest bucket (`validate::MIN_BUCKET`) is this long: shorter buckets would go by unmerged.
 pub const FLUSH_MS: u64 = 100;
 
+/// A full recorder whose merge failed asks again after this long (see [`Local::record`]).
+pub const FULL_RETRY_MS: u64 = 1;
+
 /// Compare-and-swap attempts before one update gives up (contention across workers).
 pub const CAS_ATTEMPTS: usize = 16;
 
@@ -452,12 +455,13 @@ impl Local {
                 .saturating_add(outcome.retried_attempts().saturating_add(1)),
             None => 0,
         };
+        // A full recorder asks for a merge at most once per millisecond: when merges keep losing
+        // their compare-and-swap (a hot key on every worker) it still takes samples, and each
+        // completion no longer pays up to `CAS_ATTEMPTS` more rounds.
+        let full = self.recorder.is_full() && since(now_ms, self.last_flush_ms) >= FULL_RETRY_MS;
         Recorded {
             recorded,
-            due: !recorded
-                || self.recorder.is_full()
-                || self.stale(now_ms)
-                || self.consecutive_trip(),
+            due: !recorded || full || self.stale(now_ms) || self.consecutive_trip(),
         }
     }
 
