@@ -858,22 +858,6 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// Heap bytes per tracked key in this VM, from the sizes of what it holds (registry entry and
-    /// index, key names, recorder buffers, hosts, label ids and names). For the memory test.
-    #[cfg(test)]
-    pub(crate) fn heap_per_key_estimate(&self) -> usize {
-        let n = self.keys.len().max(1);
-        let mut bytes = 0usize;
-        for (k, l) in self.keys.iter() {
-            // The name twice (slot and index), the slot (value and links), an index entry.
-            bytes += 2 * k.len() + std::mem::size_of::<KeyLocal>() + 48 + 2 * 24;
-            bytes += l.flow.recorder.heap_bytes();
-            bytes += l.new_hosts.iter().map(|h| h.capacity() + 24).sum::<usize>();
-        }
-        bytes += self.metrics.heap_bytes();
-        bytes / n
-    }
-
     /// A request that ended without a response and without an upstream failure (the client went
     /// away): no sample, but it is no longer in flight. A probe among them frees its quota slot
     /// at once, and fails if it had already waited `ran_us` ≥ the latency threshold upstream.

@@ -202,18 +202,6 @@ impl Metrics {
         }
     }
 
-    /// Heap bytes held for labels (ids, pending deltas, names in the index).
-    #[cfg(test)]
-    pub fn heap_bytes(&self) -> usize {
-        self.labels.capacity() * std::mem::size_of::<LabelMetrics>()
-            + self
-                .index
-                .keys()
-                .map(|k| k.capacity() + 24 + 8)
-                .sum::<usize>()
-            + self.dirty.capacity() * std::mem::size_of::<LabelId>()
-    }
-
     /// Hands every counter delta to Envoy (from the tick).
     pub fn flush<H: Host>(&mut self, host: &H) {
         for label in self.dirty.drain(..) {

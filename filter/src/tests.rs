@@ -1692,56 +1692,66 @@ fn workers_that_raced_to_seed_the_slot_hash_settle_on_the_open_slot() {
     assert!(exchange(&mut a, 1_700, &auth("victim"), &ok()).rejected());
 }
 
+/// Counts the heap bytes this thread holds (allocated minus freed), for the memory test: the real
+/// allocations, not an estimate of them.
+struct CountingAlloc;
+
+thread_local! {
+    static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+fn held_bytes() -> isize {
+    HELD.with(|h| h.get())
+}
+
+fn count_held(delta: isize) {
+    let _ = HELD.try_with(|h| h.set(h.get() + delta));
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_held(layout.size() as isize);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        count_held(-(layout.size() as isize));
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        count_held(new as isize - layout.size() as isize);
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
 #[test]
 fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
-    // A dense 12 KiB histogram per key and worker made 10,000 keys cost 160 MiB.
-    // What a key holds in this VM: its registry entry (name twice, the value), its recorder's
-    // latencies (at most RECORDER_MAX_SAMPLES between merges), its label's ids and name.
+    // A dense 12 KiB histogram per key and worker made 10,000 keys cost 160 MiB. Measured: the
+    // heap a worker's engine holds (what dropping it frees; the fake host, standing for Envoy,
+    // stays alive) with 2,000 tracked keys against one with none.
     use policy_core::window::RECORDER_MAX_SAMPLES;
     let host = FakeHost::default();
     let cfg = r#"{"key_by":"authority","max_keys":4000}"#;
-    let mut e = engine(&host, cfg, 1);
-    for i in 0..2000u64 {
-        exchange(&mut e, i, &auth(&format!("host-{i}.example.com")), &ok());
-    }
-    e.on_tick(5_000);
+    let held_by = |keys: u64| {
+        let mut e = engine(&host, cfg, 1);
+        for i in 0..keys {
+            exchange(&mut e, i, &auth(&format!("host-{i}.example.com")), &ok());
+        }
+        e.on_tick(5_000);
+        let before = held_bytes();
+        drop(e);
+        before - held_bytes()
+    };
+    let empty = held_by(0);
+    let full = held_by(2_000);
+    let per_key = usize::try_from((full - empty) / 2_000).unwrap();
+    // A key whose recorder fills between two merges holds its latencies too.
     let worst_recorder = RECORDER_MAX_SAMPLES * std::mem::size_of::<u32>();
-    let per_key = e.heap_per_key_estimate();
     eprintln!("heap per key: {per_key} B (+ at most {worst_recorder} B of unmerged latencies)");
+    assert!(per_key > 100, "{per_key} B per key: not measuring the keys");
     assert!(per_key + worst_recorder <= 2048, "{per_key} B per key");
-}
-
-#[test]
-fn only_the_first_vm_walks_a_100k_slot_table_at_configure() {
-    // Every VM (each worker, the main thread's canary, on every reload) looked up every slot's
-    // state and every window of every geometry: 300,000 shared-data calls per VM at max_keys
-    // 100,000 with two geometries.
-    let host = FakeHost::default();
-    let cfg = r#"{"key_by":"authority","max_keys":100000,"breaker":{"window":"10s","buckets":10},
-        "overrides":[{"match":{"authority":"slow"},"breaker":{"window":"30s","buckets":10}}]}"#;
-    let first = std::time::Instant::now();
-    let _a = engine(&host, cfg, 1);
-    let first = first.elapsed();
-    assert!(
-        host.calls("get_shared") >= 300_000,
-        "the first VM creates the table"
-    );
-    host.reset_calls();
-    let second = std::time::Instant::now();
-    let mut b = engine(&host, cfg, 2);
-    let second = second.elapsed();
-    eprintln!("configure at max_keys 100000: first VM {first:?}, second {second:?}");
-    assert!(
-        host.total_calls() < 50,
-        "{} host calls for a second VM",
-        host.total_calls()
-    );
-    // And the table works: a slot is claimed, a window merged.
-    for i in 0..25 {
-        exchange(&mut b, i, &auth("k"), &fail());
-    }
-    b.on_tick(300);
-    assert!(exchange(&mut b, 301, &auth("k"), &ok()).rejected());
 }
 
 #[test]
