@@ -300,25 +300,46 @@ fn half_open_probe_quota_is_exact_across_workers_and_successes_close() {
     let host = FakeHost::default();
     let mut w: Vec<_> = (0..3).map(|i| engine(&host, FAST, i)).collect();
     trip(&mut w[0], "backend", 0);
-    let t = 2_000; // past the jittered sleep window (1 s × ≤ 1.2)
+    // Past the jittered sleep window (1 s × ≤ 1.2).
+    let t = 2_000;
+    // Each worker asks for one probe in turn, then once more: the quota of 2 is taken by the
+    // first two workers, and every later request on any worker is rejected.
     let mut probes = vec![];
-    for (n, e) in w.iter_mut().enumerate() {
-        for _ in 0..2 {
-            let (x, seen) = start(e, t, &get("backend"));
+    for round in 0..2 {
+        for (n, e) in w.iter_mut().enumerate() {
+            let (x, seen) = start(e, t + round, &get("backend"));
             if seen.admitted {
                 assert_eq!(
                     seen.upstream_header("x-envoy-max-retries").as_deref(),
                     Some("0")
                 );
                 probes.push((n, x));
+            } else {
+                assert_eq!(seen.local("retry-after").as_deref(), Some("1"));
             }
         }
     }
-    assert_eq!(probes.len(), 2);
-    for (n, x) in probes {
-        finish(&mut w[n], x, t + 10, &ok());
-    }
-    assert!(exchange(&mut w[2], t + 20, &get("backend"), &ok()).admitted);
+    let holders: Vec<usize> = probes.iter().map(|(n, _)| *n).collect();
+    assert_eq!(holders, vec![0, 1], "one probe each on workers 0 and 1");
+    // The first success (worker 1) does not close; the second, on another worker, does.
+    let mut probes = probes.into_iter();
+    let (n0, x0) = probes.next().unwrap();
+    let (n1, x1) = probes.next().unwrap();
+    finish(&mut w[n1], x1, t + 10, &ok());
+    let (x2, seen) = start(&mut w[2], t + 11, &get("backend"));
+    assert!(seen.admitted, "a probe slot freed: worker 2 probes");
+    assert!(start(&mut w[1], t + 12, &get("backend")).1.rejected());
+    assert_eq!(
+        slot_of(&host, "backend").unwrap().1.breaker.state,
+        policy_core::breaker::State::HalfOpen
+    );
+    finish(&mut w[n0], x0, t + 20, &ok());
+    finish(&mut w[2], x2, t + 21, &ok());
+    assert_eq!(
+        slot_of(&host, "backend").unwrap().1.breaker.state,
+        policy_core::breaker::State::Closed
+    );
+    assert!(exchange(&mut w[1], t + 30, &get("backend"), &ok()).admitted);
     w[0].on_tick(t + 300);
     assert_eq!(
         host.metric("key=.=backend;.;to=.=closed;.;meshbreaker_transitions_total"),
@@ -790,6 +811,30 @@ fn probes_and_budget_denied_requests_count_one_attempt() {
     finish(&mut e, x, 2_001, &ok().attempts(Some(3)));
     let (_, st) = slot_of(&host, "c").unwrap();
     assert_eq!(st.breaker.successes, 1);
+
+    // Budget-denied: no budget at all, so after the first merge every GET goes out with
+    // x-envoy-max-retries: 0; a claimed 3 attempts is one sample, not two retried failures.
+    let host = FakeHost::default();
+    let cfg = r#"{"retry":{"budget":{"ratio":0.0,"min_retries_per_second":0}},
+        "breaker":{"window":"10s","buckets":10,"min_requests":1000}}"#;
+    let mut e = engine(&host, cfg, 1);
+    exchange(&mut e, 0, &get("d"), &ok());
+    e.on_tick(200);
+    let (x, seen) = start(&mut e, 300, &get("d"));
+    assert_eq!(
+        seen.upstream_header("x-envoy-max-retries").as_deref(),
+        Some("0"),
+        "budget-denied"
+    );
+    finish(&mut e, x, 301, &status(503).attempts(Some(3)));
+    e.on_tick(500);
+    let (slot, _) = slot_of(&host, "d").unwrap();
+    let t = window_of(&host, cfg, slot).totals(0);
+    assert_eq!((t.samples, t.failed(), t.retries), (2, 1, 0));
+    assert_eq!(
+        metric(&host, "d", "meshbreaker_retry_budget_denied_total"),
+        1
+    );
 }
 
 #[test]
