@@ -876,6 +876,22 @@ fn dry_run_sends_probes_and_over_budget_requests_with_their_policys_retries() {
     );
 }
 
+#[test]
+fn the_p95_gauge_is_the_nearest_millisecond() {
+    // Rounded up, a P95 of 30 ms (its histogram bin ends a little above 30,000 µs) read 31.
+    let host = FakeHost::default();
+    let mut e = engine(&host, r#"{"breaker":{"window":"10s","buckets":10}}"#, 1);
+    for i in 0..20 {
+        let (x, seen) = start(&mut e, 1_000 + i, &get("c"));
+        assert!(seen.admitted);
+        let mut r = ok();
+        r.duration_ms = Some(30);
+        finish(&mut e, x, 1_030 + i, &r);
+    }
+    e.on_tick(1_200);
+    assert_eq!(metric(&host, "c", "meshbreaker_latency_p95_ms"), 30);
+}
+
 // ---------------------------------------------------------------- slots under churn
 
 const CHURN: &str = r#"{"key_by":"authority","max_keys":8,"breaker":{"window":"2s","buckets":4,"min_requests":5,
