@@ -487,6 +487,31 @@ fn labels_are_bounded_by_max_keys_across_workers() {
 }
 
 #[test]
+fn keys_without_a_label_do_not_write_the_other_gauges() {
+    // Every unlabelled key wrote the `_other` gauges (last writer wins): a state of 1 there said
+    // nothing about which key, or whether any key, was open.
+    let host = FakeHost::default();
+    let cfg = r#"{"max_keys":2,"breaker":{"window":"10s","buckets":10,"min_requests":5,"error_rate_threshold":0.5}}"#;
+    let mut e = engine(&host, cfg, 1);
+    exchange(&mut e, 0, &get("a"), &ok());
+    exchange(&mut e, 0, &get("b"), &ok());
+    e.on_tick(100);
+    // Both labels are spent for good; the slots free up once a and b have idled.
+    for i in 0..5 {
+        exchange(&mut e, 20_000 + i, &get("unlabelled"), &fail());
+    }
+    e.on_tick(20_200);
+    assert!(exchange(&mut e, 20_201, &get("unlabelled"), &ok()).rejected());
+    e.on_tick(20_300);
+    assert_eq!(metric(&host, "_other", "meshbreaker_state"), 0);
+    assert_eq!(metric(&host, "_other", "meshbreaker_error_rate_ppm"), 0);
+    assert!(
+        decision(&host, "_other", "allowed") >= 5,
+        "its counters still add up"
+    );
+}
+
+#[test]
 fn budget_denies_retries_after_sustained_retrying() {
     let host = FakeHost::default();
     let cfg = r#"{"retry":{"budget":{"ratio":0.1,"min_retries_per_second":0}},"breaker":{"min_requests":1000}}"#;
