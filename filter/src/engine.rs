@@ -4,7 +4,7 @@
 //! proxy-wasm shared data ([`crate::shared`]), in a fixed table of `max_keys` slots (entries can
 //! never be deleted), each slot two entries: the key's name and breaker state (`s/<i>`, read once
 //! per request; written only on transitions and probe admission, with compare-and-swap), and its
-//! merged window (`w/<geometry>/<i>`, written by the workers' flushes). The other jobs live in
+//! merged window (`w/g<table>/<i>`, one table per window geometry, written by the workers' flushes). The other jobs live in
 //! their own files: slots ([`crate::slots`]), flushing and trips ([`crate::flush`]), labels and
 //! batched counters ([`crate::metrics`]), the request glue ([`crate::request`]).
 //!
@@ -60,6 +60,8 @@ pub(crate) struct Profile {
     pub retry: CompiledRetry,
     pub budget: BudgetConfig,
     pub geometry: Geometry,
+    /// The window table of that geometry (its position in `…/meta`).
+    pub table: usize,
 }
 
 /// What this worker keeps per key.
@@ -186,6 +188,7 @@ impl<H: Host> Engine<H> {
                 retry: CompiledRetry::new(r),
                 budget: r.budget.clone(),
                 geometry: Geometry::of(b),
+                table: 0,
             };
         let mut profiles = vec![profile(cfg.mode, &cfg.breaker, &cfg.retry)];
         profiles.extend(
@@ -219,11 +222,19 @@ impl<H: Host> Engine<H> {
     /// Creates the table description, the label counter and every slot and window entry this
     /// configuration uses, where absent.
     fn configure_shared(&mut self, seed: u64) {
+        let mut geometries: Vec<Geometry> = Vec::new();
+        for p in &self.profiles {
+            if !geometries.contains(&p.geometry) {
+                geometries.push(p.geometry);
+            }
+        }
         let meta_name = self.names.meta();
-        let first = Meta {
+        let (first, _) = Meta {
             seeds: vec![SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64()],
             sizes: vec![self.cfg.max_keys],
-        };
+            geoms: Vec::new(),
+        }
+        .with_geometries(&geometries);
         first.encode(&mut self.scratch.enc);
         shared::create_if_absent(&self.host, &meta_name, &self.scratch.enc);
         let max_keys = self.cfg.max_keys;
@@ -234,27 +245,26 @@ impl<H: Host> Engine<H> {
             Meta::decode,
             Meta::encode,
             |m| {
-                if m.sizes.last() == Some(&max_keys) {
-                    Update::Keep(m.clone())
-                } else {
+                if m.sizes.last() != Some(&max_keys) {
                     *m = m.with_size(max_keys);
-                    Update::Write(m.clone())
                 }
+                *m = m.with_geometries(&geometries).0;
+                Update::Write(m.clone())
             },
             |_, last| last.unwrap_or_else(|| first.clone()),
         );
+        // Where each geometry's windows are (on a failed update, where they would have gone).
+        let (_, tables) = meta.with_geometries(&geometries);
+        for p in &mut self.profiles {
+            let i = geometries.iter().position(|g| *g == p.geometry);
+            p.table = i.and_then(|i| tables.get(i).copied()).unwrap_or(0);
+        }
         self.slots.meta = meta;
         shared::create_if_absent(&self.host, &self.names.label_count(), b"0");
         let empty_state = SlotState::default().encode();
-        let mut geometries: Vec<Geometry> = Vec::new();
-        for p in &self.profiles {
-            if !geometries.contains(&p.geometry) {
-                geometries.push(p.geometry);
-            }
-        }
         let mut empty_windows = Vec::new();
-        for g in &geometries {
-            empty_windows.push((*g, g.empty_window(0).encode()));
+        for (g, t) in geometries.iter().zip(&tables) {
+            empty_windows.push((*t, g.empty_window(0).encode()));
         }
         // Each table (states, and windows per geometry) is walked only until one VM has created
         // all of it: a marker written afterwards lets every later VM (the other workers, reloads
@@ -271,14 +281,14 @@ impl<H: Host> Engine<H> {
                 shared::create_if_absent(&self.host, &marker, b"1");
             }
         }
-        for (g, bytes) in &empty_windows {
-            let marker = self.names.made(Some(g), self.cfg.max_keys);
+        for (t, bytes) in &empty_windows {
+            let marker = self.names.made(Some(*t), self.cfg.max_keys);
             if self.host.get_shared(&marker).0.is_some() {
                 continue;
             }
             let mut all = true;
             for slot in 0..self.cfg.max_keys {
-                self.names.window(g, slot, &mut name);
+                self.names.window(*t, slot, &mut name);
                 all &= shared::ensure_exists(&self.host, &name, bytes);
             }
             if all {

@@ -188,7 +188,7 @@ impl<H: Host> Engine<H> {
         let mut state_name = std::mem::take(&mut self.scratch.name);
         self.names.state(slot, &mut state_name);
         let mut window_name = String::new();
-        self.names.window(&g, slot, &mut window_name);
+        self.names.window(p.table, slot, &mut window_name);
         let Some(local) = self.keys.peek_mut(key) else {
             return;
         };

@@ -278,6 +278,7 @@ impl SlotTable {
             meta: Meta {
                 seeds: Vec::new(),
                 sizes: Vec::new(),
+                geoms: Vec::new(),
             },
             meta_checked_ms: 0,
             takeover_idle_ms,

@@ -806,8 +806,16 @@ fn window_of(host: &FakeHost, cfg: &str, slot: u32) -> Window {
         buckets: cfg.breaker.buckets,
         threshold_us: policy_core::window::threshold_us(&cfg.breaker).unwrap_or(0),
     };
+    // The window table of that geometry, from the process's table description.
+    let meta = host.get_shared(&Names::new("mb").meta()).0.unwrap();
+    let meta = crate::shared::Meta::decode(&meta).unwrap();
+    let table = meta
+        .geoms
+        .iter()
+        .position(|x| x.is_some_and(|(h, _)| h == g))
+        .unwrap();
     let mut name = String::new();
-    Names::new("mb").window(&g, slot, &mut name);
+    Names::new("mb").window(table, slot, &mut name);
     Window::decode(&host.get_shared(&name).0.unwrap()).unwrap()
 }
 
@@ -1838,6 +1846,43 @@ fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
     eprintln!("heap per key: {per_key} B (+ at most {worst_recorder} B of unmerged latencies)");
     assert!(per_key > 100, "{per_key} B per key: not measuring the keys");
     assert!(per_key + worst_recorder <= 2048, "{per_key} B per key");
+}
+
+#[test]
+fn reloads_through_many_windows_reuse_a_bounded_set_of_window_tables() {
+    // Every reload that changed the window's geometry added max_keys window entries for good.
+    let host = FakeHost::default();
+    for i in 0..12u64 {
+        let cfg = format!(
+            r#"{{"max_keys":16,"breaker":{{"window":"{}s","buckets":10,"min_requests":5,"error_rate_threshold":0.5}}}}"#,
+            10 + i
+        );
+        let mut e = engine(&host, &cfg, i);
+        let key = format!("c{i}");
+        for j in 0..5 {
+            exchange(&mut e, 1_000 * i + j, &get(&key), &fail());
+        }
+        e.on_tick(1_000 * i + 200);
+        assert!(
+            exchange(&mut e, 1_000 * i + 201, &get(&key), &ok()).rejected(),
+            "reload {i}: the new window trips"
+        );
+    }
+    let tables: std::collections::BTreeSet<String> = host
+        .inner
+        .borrow()
+        .shared
+        .keys()
+        .filter_map(|k| {
+            let rest = k.strip_prefix("meshbreaker/mb/v3/w/")?;
+            Some(rest.split('/').next()?.to_string())
+        })
+        .collect();
+    assert!(
+        tables.len() <= 1 + crate::shared::SPARE_GEOMETRIES,
+        "{} window tables after 12 geometries: {tables:?}",
+        tables.len()
+    );
 }
 
 #[test]
