@@ -4,7 +4,7 @@
 //! proxy-wasm shared data ([`crate::shared`]), in a fixed table of `max_keys` slots (entries can
 //! never be deleted), each slot two entries: the key's name and breaker state (`s/<i>`, read once
 //! per request; written only on transitions and probe admission, with compare-and-swap), and its
-//! merged window (`w/<geometry>/<i>`, written by the workers' flushes). The other jobs live in
+//! merged window (`w/g<table>/<i>`, one table per window geometry, written by the workers' flushes). The other jobs live in
 //! their own files: slots ([`crate::slots`]), flushing and trips ([`crate::flush`]), labels and
 //! batched counters ([`crate::metrics`]), the request glue ([`crate::request`]).
 //!
@@ -46,6 +46,10 @@ pub const SLOT_RETRY_MS: u64 = 1_000;
 /// already hold (the probe reads, no write), so an OPEN key new to this worker is rejected, and
 /// pass unguarded only if they hold none, until the next tick.
 pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
+/// Upstream hosts a worker reports per key and flush (only with `reset_signals`): new ones are
+/// learned, known ones move up in the key's least-recently-seen order. As many as a key remembers,
+/// so that with round-robin balancing no endpoint is always past the cut.
+pub const HOSTS_PER_FLUSH: usize = policy_core::window::MAX_HOSTS_PER_KEY;
 
 /// The configuration in force for a group of keys, compiled once: `[0]` the top level, `[i + 1]`
 /// override `i`.
@@ -55,6 +59,8 @@ pub(crate) struct Profile {
     pub retry: CompiledRetry,
     pub budget: BudgetConfig,
     pub geometry: Geometry,
+    /// The window table of that geometry (its position in `…/meta`).
+    pub table: usize,
 }
 
 /// What this worker keeps per key.
@@ -91,6 +97,9 @@ impl KeyLocal {
         match self.activity_written {
             None => Some(activity),
             Some(w) if activity > w && activity - w >= ACTIVE_WRITE_MS => Some(activity),
+            // The clock stepped back past the last mark: write the present one, or the key's
+            // marks would stop for the size of the step and it would look idle meanwhile.
+            Some(w) if w > activity.saturating_add(ACTIVE_WRITE_MS) => Some(activity),
             Some(_) => None,
         }
     }
@@ -168,6 +177,7 @@ impl<H: Host> Engine<H> {
                 retry: CompiledRetry::new(r),
                 budget: r.budget.clone(),
                 geometry: Geometry::of(b),
+                table: 0,
             };
         let mut profiles = vec![profile(cfg.mode, &cfg.breaker, &cfg.retry)];
         profiles.extend(
@@ -201,11 +211,19 @@ impl<H: Host> Engine<H> {
     /// Creates the table description, the label counter and every slot and window entry this
     /// configuration uses, where absent.
     fn configure_shared(&mut self, seed: u64) {
+        let mut geometries: Vec<Geometry> = Vec::new();
+        for p in &self.profiles {
+            if !geometries.contains(&p.geometry) {
+                geometries.push(p.geometry);
+            }
+        }
         let meta_name = self.names.meta();
-        let first = Meta {
+        let (first, _) = Meta {
             seeds: vec![SplitMix64(seed ^ 0x6d62_7368_6173_6821).next_u64()],
             sizes: vec![self.cfg.max_keys],
-        };
+            geoms: Vec::new(),
+        }
+        .with_geometries(&geometries);
         first.encode(&mut self.scratch.enc);
         shared::create_if_absent(&self.host, &meta_name, &self.scratch.enc);
         let max_keys = self.cfg.max_keys;
@@ -216,35 +234,54 @@ impl<H: Host> Engine<H> {
             Meta::decode,
             Meta::encode,
             |m| {
-                if m.sizes.last() == Some(&max_keys) {
-                    Update::Keep(m.clone())
-                } else {
+                if m.sizes.last() != Some(&max_keys) {
                     *m = m.with_size(max_keys);
-                    Update::Write(m.clone())
                 }
+                *m = m.with_geometries(&geometries).0;
+                Update::Write(m.clone())
             },
             |_, last| last.unwrap_or_else(|| first.clone()),
         );
+        // Where each geometry's windows are (on a failed update, where they would have gone).
+        let (_, tables) = meta.with_geometries(&geometries);
+        for p in &mut self.profiles {
+            let i = geometries.iter().position(|g| *g == p.geometry);
+            p.table = i.and_then(|i| tables.get(i).copied()).unwrap_or(0);
+        }
         self.slots.meta = meta;
         shared::create_if_absent(&self.host, &self.names.label_count(), b"0");
         let empty_state = SlotState::default().encode();
-        let mut geometries: Vec<Geometry> = Vec::new();
-        for p in &self.profiles {
-            if !geometries.contains(&p.geometry) {
-                geometries.push(p.geometry);
+        let mut empty_windows = Vec::new();
+        for (g, t) in geometries.iter().zip(&tables) {
+            empty_windows.push((*t, g.empty_window(0).encode()));
+        }
+        // Each table (states, and windows per geometry) is walked only until one VM has created
+        // all of it: a marker written afterwards lets every later VM (the other workers, reloads
+        // that keep the size and geometry) skip the `max_keys` lookups.
+        let mut name = String::new();
+        let marker = self.names.made(None, self.cfg.max_keys);
+        if self.host.get_shared(&marker).0.is_none() {
+            let mut all = true;
+            for slot in 0..self.cfg.max_keys {
+                self.names.state(slot, &mut name);
+                all &= shared::ensure_exists(&self.host, &name, &empty_state);
+            }
+            if all {
+                shared::create_if_absent(&self.host, &marker, b"1");
             }
         }
-        let mut empty_windows = Vec::new();
-        for g in &geometries {
-            empty_windows.push((*g, g.empty_window(0).encode()));
-        }
-        let mut name = String::new();
-        for slot in 0..self.cfg.max_keys {
-            self.names.state(slot, &mut name);
-            shared::create_if_absent(&self.host, &name, &empty_state);
-            for (g, bytes) in &empty_windows {
-                self.names.window(g, slot, &mut name);
-                shared::create_if_absent(&self.host, &name, bytes);
+        for (t, bytes) in &empty_windows {
+            let marker = self.names.made(Some(*t), self.cfg.max_keys);
+            if self.host.get_shared(&marker).0.is_some() {
+                continue;
+            }
+            let mut all = true;
+            for slot in 0..self.cfg.max_keys {
+                self.names.window(*t, slot, &mut name);
+                all &= shared::ensure_exists(&self.host, &name, bytes);
+            }
+            if all {
+                shared::create_if_absent(&self.host, &marker, b"1");
             }
         }
     }
@@ -368,11 +405,45 @@ impl<H: Host> Engine<H> {
         if self.cfg.mode == Mode::Disabled && self.cfg.overrides.is_empty() {
             return untracked(self, Decision::PassThrough, 0);
         }
+        if !self.keys.contains(key) {
+            // A key whose mode never reads its state (`disabled`, `forced_open`) is decided here
+            // and never tracked: it spends no registry entry and no slot, which the keys that are
+            // guarded need, and a `disabled` key no label either (its requests count under
+            // `_other`); a `forced_open` key keeps its label, so its rejections show under it.
+            let profile = self.profile_for(parts);
+            let p = self.profile(profile);
+            let decision = match p.mode {
+                Mode::Disabled => Some(Decision::PassThrough),
+                Mode::ForcedOpen => Some(Decision::Reject(Rejection {
+                    reason: TripReason::ForcedOpen,
+                    retry_after_s: ms(p.breaker.sleep_window).div_ceil(1000).max(1),
+                })),
+                Mode::Enforce | Mode::DryRun => None,
+            };
+            if let Some(d) = decision {
+                let (label, counter) = if matches!(d, Decision::Reject(_)) {
+                    let label = self.metrics.label_for(&self.host, &self.names, key);
+                    (label, Counter::Rejected)
+                } else {
+                    (self.metrics.other(&self.host), Counter::Allowed)
+                };
+                self.metrics.inc(label, counter, 1);
+                return untracked(self, d, profile);
+            }
+        }
         if !self.ensure_key(key, parts, now_ms) {
-            // Every local entry is busy: the request passes unguarded, counted under `_other`.
+            // Every local entry is busy: the request is not tracked here (no samples, no probe),
+            // but the key's shared state still guards it, counted under `_other`.
+            let profile = self.profile_for(parts);
+            let decision = self.decide_untracked(key, profile, now_ms);
             let other = self.metrics.other(&self.host);
-            self.metrics.inc(other, Counter::Allowed, 1);
-            return untracked(self, Decision::Allow, 0);
+            let counter = match decision {
+                Decision::Reject(_) => Counter::Rejected,
+                Decision::DryRunReject(_) => Counter::DryRunReject,
+                _ => Counter::Allowed,
+            };
+            self.metrics.inc(other, counter, 1);
+            return untracked(self, decision, profile);
         }
         let Some(local) = self.keys.peek_mut(key) else {
             return untracked(self, Decision::Allow, 0);
@@ -428,11 +499,9 @@ impl<H: Host> Engine<H> {
             Decision::DryRunReject(_) => (Counter::DryRunReject, true),
         };
         self.metrics.inc(label, counter, 1);
-        let (retry, max_attempts) = self.retry_plan(profile, &decision, req, budget_ok);
-        if matches!(retry, RetryPlan::Off)
-            && !matches!(decision, Decision::Probe(_))
-            && mode != Mode::Disabled
-        {
+        let (retry, max_attempts, budget_denied) =
+            self.retry_plan(profile, &decision, req, budget_ok);
+        if budget_denied {
             self.metrics.inc(label, Counter::BudgetDenied, 1);
         }
         let mut local = None;
@@ -453,14 +522,71 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// The retry plan of a request and the most attempts it allows.
+    /// The decision for a key this worker cannot track (its registry is full of keys with requests
+    /// in flight): the slot the key already holds is looked up (reads, no claim) and its state read
+    /// without writing it. CLOSED (or no slot) allows; OPEN and HALF_OPEN reject as they would for
+    /// a tracked key, except that a request that would have been a probe is rejected with
+    /// `retry-after: 1` (an untracked request cannot report a probe's outcome; workers that track
+    /// the key probe for it).
+    fn decide_untracked(&mut self, key: &str, profile: usize, now_ms: u64) -> Decision {
+        let p = self.profile(profile);
+        let (mode, cfg) = (p.mode, p.breaker.clone());
+        match mode {
+            Mode::Disabled => return Decision::PassThrough,
+            Mode::ForcedOpen => {
+                return Decision::Reject(Rejection {
+                    reason: TripReason::ForcedOpen,
+                    retry_after_s: ms(cfg.sleep_window).div_ceil(1000).max(1),
+                })
+            }
+            Mode::Enforce | Mode::DryRun => {}
+        }
+        let mut at = Shared {
+            host: &self.host,
+            names: &self.names,
+            scratch: &mut self.scratch,
+            max_keys: self.cfg.max_keys,
+        };
+        let Some(slot) = self.slots.lookup(&mut at, key, now_ms) else {
+            return Decision::Allow;
+        };
+        let mut name = std::mem::take(&mut self.scratch.name);
+        self.names.state(slot, &mut name);
+        let st = self
+            .host
+            .get_shared(&name)
+            .0
+            .and_then(|b| SlotState::decode(&b).ok());
+        self.scratch.name = name;
+        let Some(mut st) = st.filter(|st| st.key == key) else {
+            return Decision::Allow;
+        };
+        let step = st.breaker.decide(mode, &cfg, now_ms, &mut self.rng);
+        match step.decision {
+            Decision::Probe(_) => {
+                let r = Rejection {
+                    reason: st.breaker.reason.unwrap_or(TripReason::ErrorRate),
+                    retry_after_s: 1,
+                };
+                if mode == Mode::DryRun {
+                    Decision::DryRunReject(r)
+                } else {
+                    Decision::Reject(r)
+                }
+            }
+            d => d,
+        }
+    }
+
+    /// The retry plan of a request, the most attempts it allows, and whether the budget denied
+    /// (or, in `dry_run`, would have denied) its retries.
     fn retry_plan(
         &self,
         profile: usize,
         decision: &Decision,
         req: &RequestView<'_>,
         budget_ok: bool,
-    ) -> (RetryPlan, u32) {
+    ) -> (RetryPlan, u32, bool) {
         let p = self.profile(profile);
         p.retry.plan(p.mode, decision, req, budget_ok)
     }
@@ -617,7 +743,7 @@ impl<H: Host> Engine<H> {
         local.last_activity_ms = now_ms;
         let (profile, slot) = (local.profile, local.slot);
         if let (true, Some(h)) = (learn, upstream_host.and_then(normalize_upstream)) {
-            if !local.new_hosts.contains(&h) && local.new_hosts.len() < 4 {
+            if !local.new_hosts.contains(&h) && local.new_hosts.len() < HOSTS_PER_FLUSH {
                 local.new_hosts.push(h);
             }
         }
@@ -694,22 +820,6 @@ impl<H: Host> Engine<H> {
                 l.state = state;
             }
         }
-    }
-
-    /// Heap bytes per tracked key in this VM, from the sizes of what it holds (registry entry and
-    /// index, key names, recorder buffers, hosts, label ids and names). For the memory test.
-    #[cfg(test)]
-    pub(crate) fn heap_per_key_estimate(&self) -> usize {
-        let n = self.keys.len().max(1);
-        let mut bytes = 0usize;
-        for (k, l) in self.keys.iter() {
-            // The name twice (slot and index), the slot (value and links), an index entry.
-            bytes += 2 * k.len() + std::mem::size_of::<KeyLocal>() + 48 + 2 * 24;
-            bytes += l.flow.recorder.heap_bytes();
-            bytes += l.new_hosts.iter().map(|h| h.capacity() + 24).sum::<usize>();
-        }
-        bytes += self.metrics.heap_bytes();
-        bytes / n
     }
 
     /// A request that ended without a response and without an upstream failure (the client went

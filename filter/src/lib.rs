@@ -56,11 +56,15 @@ struct Root {
 
 impl Context for Root {
     /// The plugin is going away (a reload replaced it): hand the samples this VM has not merged
-    /// yet and the batched counters to shared data and Envoy, so a reload loses none of them.
+    /// yet and the batched counters to shared data and Envoy, so a reload loses none of them, and
+    /// the sidecar poller's lease to the new configuration's VMs.
     fn on_done(&mut self) -> bool {
         if let Some(e) = self.engine.borrow_mut().as_mut() {
             let now = e.host.now_ns() / 1_000_000;
             e.flush_all(now);
+            if let Some(p) = self.poller.as_mut() {
+                p.release(&e.host, e.names());
+            }
         }
         true
     }

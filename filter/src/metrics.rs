@@ -196,22 +196,16 @@ impl Metrics {
         }
     }
 
+    /// Records a gauge of `label`. Never for `_other`: the keys without a label of their own
+    /// would each overwrite it (last writer wins), so its value would describe no key; its gauges
+    /// stay at 0 and only its counters (which add up) are meaningful.
     pub fn gauge<H: Host>(&self, host: &H, label: LabelId, g: Gauge, v: u64) {
+        if self.index.get(OTHER_LABEL) == Some(&label) {
+            return;
+        }
         if let Some(id) = self.labels.get(label).and_then(|m| m.gauges[g as usize]) {
             host.record_metric(id, v);
         }
-    }
-
-    /// Heap bytes held for labels (ids, pending deltas, names in the index).
-    #[cfg(test)]
-    pub fn heap_bytes(&self) -> usize {
-        self.labels.capacity() * std::mem::size_of::<LabelMetrics>()
-            + self
-                .index
-                .keys()
-                .map(|k| k.capacity() + 24 + 8)
-                .sum::<usize>()
-            + self.dirty.capacity() * std::mem::size_of::<LabelId>()
     }
 
     /// Hands every counter delta to Envoy (from the tick).

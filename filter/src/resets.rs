@@ -76,6 +76,11 @@ impl Poller {
         ms(self.cfg.poll_interval).clamp(ms(MIN_POLL_INTERVAL), ms(MAX_POLL_INTERVAL))
     }
 
+    /// How long a lease lasts from its last renewal.
+    fn lease_ms(&self) -> u64 {
+        (3 * self.poll_ms()).saturating_add(1_000)
+    }
+
     /// The holder and expiry of the lease entry, if it is well-formed.
     fn read_lease<H: Host>(host: &H, names: &Names) -> (Option<(u64, u64)>, Option<u32>) {
         let (v, cas) = host.get_shared(&names.poller_lease());
@@ -92,14 +97,16 @@ impl Poller {
         let name = names.poller_lease();
         let (current, cas) = Self::read_lease(host, names);
         let mine = current.is_some_and(|(t, _)| t == self.token);
-        let free = current.is_none_or(|(_, until)| until < now_ms);
+        // Expired, or further ahead than a renewal ever sets it: written before the wall clock
+        // stepped back, so it would otherwise block every VM for the size of the step.
+        let longest = self.lease_ms();
+        let free = current
+            .is_none_or(|(_, until)| until < now_ms || until > now_ms.saturating_add(longest));
         if !mine && !free {
             self.holds_lease = false;
             return false;
         }
-        let until = now_ms
-            .saturating_add(3 * self.poll_ms())
-            .saturating_add(1_000);
+        let until = now_ms.saturating_add(self.lease_ms());
         let value = format!("{}:{until}", self.token);
         if host
             .set_shared(&name, value.as_bytes(), Some(cas.unwrap_or(0)))
@@ -125,17 +132,33 @@ impl Poller {
         true
     }
 
+    /// Gives the lease up (the plugin is going away: a reload replaced it), so that a VM of the
+    /// new configuration polls at its next tick instead of after the lease runs out.
+    pub fn release<H: Host>(&mut self, host: &H, names: &Names) {
+        if !self.holds_lease {
+            return;
+        }
+        self.holds_lease = false;
+        let (current, cas) = Self::read_lease(host, names);
+        if current.is_some_and(|(t, _)| t == self.token) {
+            let value = format!("{}:0", self.token);
+            let _ = host.set_shared(&names.poller_lease(), value.as_bytes(), cas);
+        }
+    }
+
     /// A request to send now, if a poll is due and this VM holds the lease.
     pub fn due<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> Option<PollRequest> {
         if let Some((_, sent)) = self.in_flight {
             let timeout = self.poll_ms().max(1_000);
-            if now_ms.saturating_sub(sent) < timeout.saturating_add(1_000) {
+            if crate::engine::since(now_ms, sent) < timeout.saturating_add(1_000) {
                 return None;
             }
             self.in_flight = None;
             self.failed("no answer", now_ms);
         }
-        if now_ms < self.next_poll_ms {
+        // A next poll further ahead than one interval was planned before the clock stepped back:
+        // due now, not once the clock has caught up.
+        if now_ms < self.next_poll_ms && self.next_poll_ms - now_ms <= self.poll_ms() {
             return None;
         }
         self.next_poll_ms = now_ms.saturating_add(self.poll_ms());
@@ -484,6 +507,49 @@ mod tests {
             .unwrap();
         assert_eq!(t.total_for("127.0.0.1:80"), 500);
         assert!(t.sequence > 40);
+    }
+
+    #[test]
+    fn a_clock_step_back_neither_silences_the_poller_nor_blocks_the_lease() {
+        // After a step back of D, the poller skipped every poll (and so never renewed its lease)
+        // and the other VMs saw the lease D in the future: no poll for D.
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let mut a = Poller::new(cfg(), 2);
+        assert!(a.due(&host, &names, 600_000).is_some());
+        a.dispatched(1, 600_000);
+        assert!(
+            a.due(&host, &names, 60_000).is_some(),
+            "the holder polls again at once, its answer written off"
+        );
+        a.dispatched(2, 60_000);
+        a.on_response(&host, &names, 2, Some("200"), &body(1, 1), 60_000);
+        assert!(
+            a.due(&host, &names, 61_000).is_some(),
+            "and keeps its interval"
+        );
+        // A lease written far ahead (then the holder went away) is not held for the step.
+        let mut b = Poller::new(cfg(), 4);
+        host.set_shared(&names.poller_lease(), b"99:900000", None)
+            .unwrap();
+        assert!(b.due(&host, &names, 62_000).is_some());
+    }
+
+    #[test]
+    fn a_plugin_going_away_hands_the_lease_over_at_once() {
+        // The lease outlived its holder's plugin: after a reload the new VMs waited up to
+        // 3 polls + 1 s before polling again.
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        let mut old = Poller::new(cfg(), 2);
+        assert!(old.due(&host, &names, 1_000).is_some());
+        old.release(&host, &names);
+        let mut new = Poller::new(cfg(), 4);
+        assert!(new.due(&host, &names, 1_100).is_some());
+        // Releasing a lease someone else holds changes nothing.
+        old.release(&host, &names);
+        let mut third = Poller::new(cfg(), 6);
+        assert!(third.due(&host, &names, 1_200).is_none());
     }
 
     #[test]

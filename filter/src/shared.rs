@@ -8,10 +8,11 @@
 //! found absent: after configure, every runtime write is a real compare-and-swap.
 //!
 //! Names are versioned (`meshbreaker/<plugin>/v3/…`) so that a rollout mixing filter versions never
-//! has one version misread or overwrite the other's entries. A window entry also carries its
-//! geometry in the name (`w/<bucket_ms>x<buckets>t<threshold_us>/<slot>`): VMs of an old and a new
-//! configuration draining side by side each merge into their own window and never reset each
-//! other, while the breaker state (`s/<slot>`) stays shared, so a reload keeps open circuits open.
+//! has one version misread or overwrite the other's entries. A window entry is named by its
+//! geometry's window table (`w/g<i>/<slot>`, the geometry's position in [`Meta`]): VMs of an old
+//! and a new configuration draining side by side each merge into their own window and never reset
+//! each other, while the breaker state (`s/<slot>`) stays shared, so a reload keeps open circuits
+//! open; the tables of geometries no configuration uses any more are reused, not added to.
 
 use std::fmt::Write as _;
 
@@ -42,13 +43,19 @@ impl Names {
         let _ = write!(out, "{}s/{slot}", self.prefix);
     }
 
-    pub fn window(&self, g: &Geometry, slot: u32, out: &mut String) {
+    /// The window of `slot` in window table `table` (a geometry's position in [`Meta::geoms`]).
+    pub fn window(&self, table: usize, slot: u32, out: &mut String) {
         out.clear();
-        let _ = write!(
-            out,
-            "{}w/{}x{}t{}/{slot}",
-            self.prefix, g.bucket_ms, g.buckets, g.threshold_us
-        );
+        let _ = write!(out, "{}w/g{table}/{slot}", self.prefix);
+    }
+
+    /// The marker saying every state entry (`None`) or every entry of window table `t` of a
+    /// table of `size` slots exists.
+    pub fn made(&self, table: Option<usize>, size: u32) -> String {
+        match table {
+            None => format!("{}made/s/{size}", self.prefix),
+            Some(t) => format!("{}made/w/g{t}/{size}", self.prefix),
+        }
     }
 
     /// The process-wide table description: slot hash seed and the table sizes in use.
@@ -149,7 +156,15 @@ pub fn create_if_absent<H: Host>(host: &H, name: &str, value: &[u8]) -> bool {
     }
 }
 
-/// The process-wide slot table description, `…/meta`: `seed,seed…|size,size…` in text.
+/// [`create_if_absent`], true when the entry exists afterwards (it did, or the write went through).
+pub fn ensure_exists<H: Host>(host: &H, name: &str, value: &[u8]) -> bool {
+    match host.get_shared(name) {
+        (Some(_), _) => true,
+        (None, _) => host.set_shared(name, value, None).is_ok(),
+    }
+}
+
+/// The process-wide slot table description, `…/meta`: `seed,seed…|size,size…|geometries` in text.
 ///
 /// The seed keys the slot hash so a client cannot aim collisions at a victim key. Shared data
 /// has no create-if-absent, so worker VMs starting at the same instant can each write their own
@@ -157,10 +172,53 @@ pub fn create_if_absent<H: Host>(host: &H, name: &str, value: &[u8]) -> bool {
 /// the entry lists every seed a VM may have claimed slots under (the first is the one new claims
 /// use), and a lookup probes under each: a key is always found where any worker put it. The sizes
 /// are every `max_keys` a configuration used (newest last), for the same reason across reloads.
+///
+/// The geometries are the window tables: a window entry is named by its geometry's position
+/// here (`w/g<i>/<slot>`), so that a reload changing `window`, `buckets` or the latency threshold
+/// reuses the entries of a geometry no configuration uses any more instead of adding `max_keys`
+/// entries that Envoy can never free. Each position remembers when a configuration last asked for
+/// it; a new geometry takes an empty position, or a new one while there are fewer than the
+/// configuration's geometries plus [`SPARE_GEOMETRIES`] (room for configurations still draining),
+/// or else the position asked for longest ago. The window's bytes carry their geometry, so a
+/// reused entry is started afresh at its first merge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     pub seeds: Vec<u64>,
     pub sizes: Vec<u32>,
+    /// Window tables: a geometry and the sequence number of the configuration that last asked
+    /// for it (`None`: free).
+    pub geoms: Vec<Option<(Geometry, u64)>>,
+}
+
+/// Window tables kept beyond the current configuration's geometries, for configurations still
+/// draining.
+pub const SPARE_GEOMETRIES: usize = 4;
+/// The most window tables `…/meta` may list (it is input: bounded when decoded).
+pub const MAX_GEOMETRIES: usize = 1024;
+
+fn geometry_text(g: &Geometry, seq: u64, out: &mut String) {
+    let _ = write!(
+        out,
+        "{}x{}t{}@{seq}",
+        g.bucket_ms, g.buckets, g.threshold_us
+    );
+}
+
+fn parse_geometry(s: &str) -> Option<Option<(Geometry, u64)>> {
+    if s == "-" {
+        return Some(None);
+    }
+    let (g, seq) = s.split_once('@')?;
+    let (bucket_ms, rest) = g.split_once('x')?;
+    let (buckets, threshold_us) = rest.split_once('t')?;
+    Some(Some((
+        Geometry {
+            bucket_ms: bucket_ms.parse().ok()?,
+            buckets: buckets.parse().ok()?,
+            threshold_us: threshold_us.parse().ok()?,
+        },
+        seq.parse().ok()?,
+    )))
 }
 
 /// Seeds and table sizes remembered in [`Meta`] (each).
@@ -194,22 +252,90 @@ impl Meta {
         list(&mut s, &self.seeds);
         s.push('|');
         list(&mut s, &self.sizes);
+        s.push('|');
+        for (i, g) in self.geoms.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            match g {
+                Some((g, seq)) => geometry_text(g, *seq, &mut s),
+                None => s.push('-'),
+            }
+        }
         out.extend_from_slice(s.as_bytes());
     }
 
     pub fn decode(b: &[u8]) -> Option<Meta> {
         let s = std::str::from_utf8(b).ok()?;
-        let (seeds, sizes) = s.split_once('|')?;
-        let seeds: Vec<u64> = parse_list(seeds)?;
-        let sizes: Vec<u32> = parse_list(sizes)?;
+        let mut parts = s.split('|');
+        let seeds: Vec<u64> = parse_list(parts.next()?)?;
+        let sizes: Vec<u32> = parse_list(parts.next()?)?;
+        let geoms = match parts.next() {
+            None | Some("") => Vec::new(),
+            Some(g) => g
+                .split(',')
+                .take(MAX_GEOMETRIES + 1)
+                .map(parse_geometry)
+                .collect::<Option<Vec<_>>>()?,
+        };
         if seeds.is_empty()
             || seeds.len() > MAX_SIZES
             || sizes.len() > MAX_SIZES
             || sizes.contains(&0)
+            || geoms.len() > MAX_GEOMETRIES
+            || parts.next().is_some()
         {
             return None;
         }
-        Some(Meta { seeds, sizes })
+        Some(Meta {
+            seeds,
+            sizes,
+            geoms,
+        })
+    }
+
+    /// Records that a configuration uses `want` (its distinct geometries, in its order): returns
+    /// the table with every one of them placed, and the position of each.
+    pub fn with_geometries(&self, want: &[Geometry]) -> (Meta, Vec<usize>) {
+        let mut m = self.clone();
+        let seq = m
+            .geoms
+            .iter()
+            .flatten()
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let mut at = Vec::with_capacity(want.len());
+        for g in want {
+            if let Some(i) = m.geoms.iter().position(|x| x.is_some_and(|(h, _)| h == *g)) {
+                m.geoms[i] = Some((*g, seq));
+                at.push(i);
+                continue;
+            }
+            let free = m.geoms.iter().position(Option::is_none);
+            let i = match free {
+                Some(i) => i,
+                None if m.geoms.len() < want.len() + SPARE_GEOMETRIES => {
+                    m.geoms.push(None);
+                    m.geoms.len() - 1
+                }
+                None => m
+                    .geoms
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, x)| x.map(|(_, s)| (s, i)))
+                    .filter(|(s, _)| *s < seq)
+                    .min()
+                    .map_or(m.geoms.len(), |(_, i)| i),
+            };
+            if i == m.geoms.len() {
+                m.geoms.push(None);
+            }
+            m.geoms[i] = Some((*g, seq));
+            at.push(i);
+        }
+        (m, at)
     }
 
     /// Records `size` as the newest table size.
@@ -222,6 +348,7 @@ impl Meta {
         Meta {
             seeds: self.seeds.clone(),
             sizes,
+            geoms: self.geoms.clone(),
         }
     }
 
@@ -237,6 +364,7 @@ impl Meta {
         Meta {
             seeds,
             sizes: self.sizes.clone(),
+            geoms: self.geoms.clone(),
         }
     }
 }
@@ -266,6 +394,7 @@ mod tests {
         let m = Meta {
             seeds: vec![42],
             sizes: vec![1024],
+            geoms: Vec::new(),
         };
         let mut b = Vec::new();
         m.encode(&mut b);
@@ -280,6 +409,56 @@ mod tests {
         assert_eq!(Meta::decode(b"x|1"), None);
         assert_eq!(Meta::decode(b"1|0"), None);
         assert_eq!(Meta::decode(b"|1"), None);
+    }
+
+    fn geometry(bucket_ms: u64) -> Geometry {
+        Geometry {
+            bucket_ms,
+            buckets: 10,
+            threshold_us: 800_000,
+        }
+    }
+
+    #[test]
+    fn window_tables_are_reused_once_no_configuration_asks_for_them() {
+        // Each geometry a reload introduced added max_keys window entries that Envoy can never
+        // free. A configuration's own geometries keep their tables; others are reused.
+        let mut m = Meta {
+            seeds: vec![1],
+            sizes: vec![8],
+            geoms: Vec::new(),
+        };
+        let base = geometry(1_000);
+        for i in 0..20u64 {
+            let (next, at) = m.with_geometries(&[base, geometry(2_000 + i)]);
+            assert_eq!(
+                at[0], 0,
+                "the geometry every configuration uses keeps its table"
+            );
+            m = next;
+            let mut b = Vec::new();
+            m.encode(&mut b);
+            assert_eq!(Meta::decode(&b), Some(m.clone()));
+        }
+        assert_eq!(
+            m.geoms.len(),
+            2 + SPARE_GEOMETRIES,
+            "bounded, whatever the reloads"
+        );
+        // The most recent ones survive (configurations still draining).
+        let (_, at) = m.with_geometries(&[geometry(2_019), geometry(2_018)]);
+        let (again, at2) = m.with_geometries(&[geometry(2_019), geometry(2_018)]);
+        assert_eq!(at, at2);
+        assert_eq!(again.geoms.len(), m.geoms.len(), "found, not added");
+        assert_eq!(
+            Meta::decode(b"1|8"),
+            Some(Meta {
+                seeds: vec![1],
+                sizes: vec![8],
+                geoms: vec![]
+            })
+        );
+        assert_eq!(Meta::decode(b"1|8|garbage"), None);
     }
 
     #[test]

@@ -3,21 +3,25 @@
 //! A key hashes (keyed by the process's seed, so a client cannot aim collisions at a victim) into
 //! the table of `max_keys` slots and probes [`PROBE_SLOTS`] of them. It uses the first slot holding
 //! its name; otherwise it claims a free one, or else takes over the least recently active slot
-//! among those probed that is CLOSED, has no probe in flight and has been idle for longer than
-//! any window (and at least [`MIN_TAKEOVER_IDLE_MS`]). A key whose breaker is OPEN or HALF_OPEN is
-//! therefore never taken over, whatever the key churn (SPEC "key_by"). A slot that does not decode
-//! is someone else's (another filter version): it is neither free nor taken over.
+//! among those probed whose key has been idle for longer than any window (and at least
+//! [`MIN_TAKEOVER_IDLE_MS`]): CLOSED with no probe in flight, or OPEN/HALF_OPEN with its open
+//! period over and its probes gone ([`takeover_allowed`]). A key whose open period or probes are
+//! live is therefore never taken over, whatever the key churn, and one that stopped getting
+//! traffic cannot pin its slot forever (SPEC "key_by"). A slot that does not decode is someone
+//! else's (another filter version): it is neither free nor taken over.
 //!
 //! Every claim is a compare-and-swap that re-checks, on the value it replaces, that the slot is
 //! still free or still a legal takeover. After a reload that changed `max_keys`, a key also looks
 //! in the probe ranges of the table sizes used before (kept in `…/meta`), so it finds its state
-//! again; if that slot is outside the new table, the state is carried into a new slot.
+//! again; if that slot is outside the new table, the state is carried into a new slot and the old
+//! slot is emptied. A slot in the current table always wins over one found under an older size,
+//! so a stale copy can never bring an old OPEN state back after the key recovered.
 //!
 //! [`MIN_TAKEOVER_IDLE_MS`]: crate::engine::MIN_TAKEOVER_IDLE_MS
 
 use policy_core::breaker::{BreakerState, State};
 use policy_core::encoding::SlotState;
-use policy_core::flow::takeover_allowed;
+use policy_core::flow::{takeover_allowed, FUTURE_MARK_MS};
 
 use crate::engine::Scratch;
 use crate::host::Host;
@@ -59,6 +63,11 @@ impl SlotTable {
         self.locate(at, key, now_ms, true)
     }
 
+    /// The slot `key` already holds in the current table, if any: reads only, never a claim.
+    pub fn lookup<H: Host>(&self, at: &mut Shared<'_, H>, key: &str, now_ms: u64) -> Option<u32> {
+        self.locate(at, key, now_ms, false)
+    }
+
     /// [`SlotTable::find`] within this tick's search budget. Once it is spent, only the slot the
     /// key already holds in the current table is looked up (reads, no claim): a flood of new keys
     /// can never let an OPEN or HALF_OPEN key through unguarded.
@@ -94,12 +103,18 @@ impl SlotTable {
         }
         let idle_ms = self.takeover_idle_ms;
         let seeds = self.meta.seeds.clone();
-        // Where the key is now, if anywhere (an OPEN/HALF_OPEN slot wins over a CLOSED one, so
-        // workers that found it in two places settle on the one that matters); and the
-        // candidates to claim: in the current table, under the seed new claims use.
-        let mut found: Option<(u32, SlotState)> = None;
+        // Where the key is now, if anywhere, and the candidates to claim: in the current table,
+        // under the seed new claims use. A slot found in the current table's probe range beats
+        // one found only under an older table size, whatever its state: the older one is a copy
+        // left behind by a reload that changed `max_keys`, and its state is stale. Between two
+        // slots of the same rank (workers that raced to seed the hash), an OPEN/HALF_OPEN one
+        // wins over a CLOSED one, so workers that found the key in two places settle on the one
+        // that matters.
+        let rank = |round: usize, st: &SlotState| (round > 0, st.breaker.state == State::Closed);
+        let mut found: Option<(u32, SlotState, (bool, bool))> = None;
         let mut free: Vec<u32> = Vec::new();
         let mut victims: Vec<(u64, u32)> = Vec::new();
+        let mut future_marks: Vec<u32> = Vec::new();
         for (si, &seed) in seeds.iter().enumerate() {
             let h = slot_hash(seed, key);
             for (round, &n) in sizes.iter().rev().enumerate() {
@@ -110,15 +125,9 @@ impl SlotTable {
                         continue;
                     };
                     if st.key == key {
-                        let better = match &found {
-                            None => true,
-                            Some((_, f)) => {
-                                f.breaker.state == State::Closed
-                                    && st.breaker.state != State::Closed
-                            }
-                        };
-                        if better {
-                            found = Some((slot, st));
+                        let r = rank(round, &st);
+                        if found.as_ref().is_none_or(|f| r < f.2) {
+                            found = Some((slot, st, r));
                         }
                         continue;
                     }
@@ -129,12 +138,14 @@ impl SlotTable {
                         free.push(slot);
                     } else if takeover_allowed(&st, now_ms, idle_ms) {
                         victims.push((st.last_active_ms, slot));
+                    } else if st.last_active_ms > now_ms.saturating_add(FUTURE_MARK_MS) {
+                        future_marks.push(slot);
                     }
                 }
             }
         }
-        let mut inherit: Option<BreakerState> = None;
-        if let Some((slot, st)) = found {
+        let mut inherit: Option<(u32, BreakerState)> = None;
+        if let Some((slot, st, _)) = found {
             if slot < current {
                 return Some(slot);
             }
@@ -142,17 +153,20 @@ impl SlotTable {
                 return None;
             }
             // Only in an old, larger table: carry the state into the current one.
-            inherit = Some(st.breaker);
+            inherit = Some((slot, st.breaker));
         }
         if !claim {
             return None;
+        }
+        for slot in future_marks {
+            bring_back_mark(at, slot, now_ms);
         }
         victims.sort_unstable();
         let candidates = free.into_iter().chain(victims.into_iter().map(|v| v.1));
         for slot in candidates {
             let mut name = std::mem::take(&mut at.scratch.name);
             at.names.state(slot, &mut name);
-            let inherited = inherit.clone();
+            let inherited = inherit.as_ref().map(|(_, b)| b.clone());
             let got = cas_update(
                 at.host,
                 &name,
@@ -183,11 +197,65 @@ impl SlotTable {
             );
             at.scratch.name = name;
             if got {
+                if let Some((old, _)) = inherit {
+                    tombstone(at, old, key);
+                }
                 return Some(slot);
             }
         }
         None
     }
+}
+
+/// Sets the activity mark of `slot` to `now_ms` if it still lies in the future (written before the
+/// wall clock stepped back): its key then counts as active now, and may be taken over once idle for
+/// the usual time instead of after the size of the step. Its own workers replace the mark with
+/// theirs while it is busy.
+fn bring_back_mark<H: Host>(at: &mut Shared<'_, H>, slot: u32, now_ms: u64) {
+    let mut name = std::mem::take(&mut at.scratch.name);
+    at.names.state(slot, &mut name);
+    cas_update(
+        at.host,
+        &name,
+        &mut at.scratch.enc,
+        |b| SlotState::decode(b).ok(),
+        SlotState::encode_into,
+        |st| {
+            if st.key.is_empty() || st.last_active_ms <= now_ms.saturating_add(FUTURE_MARK_MS) {
+                return Update::Keep(());
+            }
+            st.last_active_ms = now_ms;
+            Update::Write(())
+        },
+        |_, _| (),
+    );
+    at.scratch.name = name;
+}
+
+/// Empties `slot` if it still holds `key` (whose state was just carried into the current table):
+/// a stale copy is then never found again, and VMs of the old configuration still draining lose
+/// it and find the key's one live slot instead of running a second breaker for it.
+fn tombstone<H: Host>(at: &mut Shared<'_, H>, slot: u32, key: &str) {
+    let mut name = std::mem::take(&mut at.scratch.name);
+    at.names.state(slot, &mut name);
+    cas_update(
+        at.host,
+        &name,
+        &mut at.scratch.enc,
+        |b| SlotState::decode(b).ok(),
+        SlotState::encode_into,
+        |st| {
+            if st.key != key {
+                return Update::Keep(());
+            }
+            let generation = st.breaker.generation.wrapping_add(1);
+            *st = SlotState::default();
+            st.breaker.generation = generation;
+            Update::Write(())
+        },
+        |_, _| (),
+    );
+    at.scratch.name = name;
 }
 
 /// This VM's view of the slot table: the table description it last read, and the budget and
@@ -210,6 +278,7 @@ impl SlotTable {
             meta: Meta {
                 seeds: Vec::new(),
                 sizes: Vec::new(),
+                geoms: Vec::new(),
             },
             meta_checked_ms: 0,
             takeover_idle_ms,

@@ -242,7 +242,7 @@ impl Engine {
             // Every local entry is busy: the request passes unguarded.
             let label = self.labels.label(key, self.cfg.max_keys);
             pending.push(Metric::Requests("allowed"), label, 1);
-            let (retry, max_attempts) = p.retry.plan(p.mode, &Decision::Allow, req, true);
+            let (retry, max_attempts, _) = p.retry.plan(p.mode, &Decision::Allow, req, true);
             return Admission {
                 decision: Decision::Allow,
                 record: false,
@@ -256,7 +256,8 @@ impl Engine {
             Some(l) => l,
             None => {
                 let Some(flow) = Local::new(&p.breaker, now_ms) else {
-                    let (retry, max_attempts) = p.retry.plan(p.mode, &Decision::Allow, req, true);
+                    let (retry, max_attempts, _) =
+                        p.retry.plan(p.mode, &Decision::Allow, req, true);
                     return Admission {
                         decision: Decision::Allow,
                         record: false,
@@ -319,7 +320,7 @@ impl Engine {
             Decision::DryRunReject(_) => ("dry_run_reject", true),
         };
         pending.push(Metric::Requests(decision_label), &l.label, 1);
-        let (retry, max_attempts) = p.retry.plan(p.mode, &decision, req, l.budget_ok);
+        let (retry, max_attempts, _) = p.retry.plan(p.mode, &decision, req, l.budget_ok);
         if retry == RetryPlan::Off
             && !matches!(decision, Decision::Probe(_))
             && p.mode != Mode::Disabled

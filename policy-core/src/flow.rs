@@ -44,6 +44,9 @@ use crate::window::{
 /// shortest bucket (`validate::MIN_BUCKET`) is this long: shorter buckets would go by unmerged.
 pub const FLUSH_MS: u64 = 100;
 
+/// A full recorder whose merge failed asks again after this long (see [`Local::record`]).
+pub const FULL_RETRY_MS: u64 = 1;
+
 /// Compare-and-swap attempts before one update gives up (contention across workers).
 pub const CAS_ATTEMPTS: usize = 16;
 
@@ -227,14 +230,36 @@ pub fn probe_succeeded(
     failure.is_none() && outcome.retried_attempts() == 0 && !slow
 }
 
-/// A slot may be taken over by another key only from a CLOSED key with no probe in flight that
-/// has been idle for longer than `idle_ms`. A `last_active_ms` in the future (the clock stepped
-/// back) is not idle. So an OPEN or HALF_OPEN key never loses its slot.
+/// An activity mark more than this far ahead of a worker's clock was written before the wall
+/// clock stepped back: it is replaced by the present one (by the key's workers, and by a key
+/// looking for a slot), so it never keeps a slot from being taken over for the size of the step.
+pub const FUTURE_MARK_MS: u64 = 1_000;
+
+/// A slot may be taken over by another key (or released) only from a key that has seen no
+/// request, and whose worker wrote no activity mark, for longer than `idle_ms`, and then only:
+/// - CLOSED with no probe in flight;
+/// - OPEN whose open period ended longer than `idle_ms` ago (its next request would have been a
+///   probe, and none came);
+/// - HALF_OPEN whose probes all started longer than `idle_ms` and its sleep window ago (their
+///   requests are gone: a probe in flight keeps its worker's activity mark fresh).
+///
+/// So an OPEN or HALF_OPEN key never loses its slot while its open period or its probes are live,
+/// and one that stopped getting traffic does not hold it forever. A time in the future (the clock
+/// stepped back) is not idle.
 pub fn takeover_allowed(st: &SlotState, now_ms: u64, idle_ms: u64) -> bool {
-    st.breaker.state == State::Closed
-        && st.breaker.probes.is_empty()
-        && now_ms >= st.last_active_ms
-        && now_ms - st.last_active_ms > idle_ms
+    let idle_since = |t: u64, bound: u64| now_ms >= t && now_ms - t > bound;
+    let b = &st.breaker;
+    if !idle_since(st.last_active_ms, idle_ms) {
+        return false;
+    }
+    match b.state {
+        State::Closed => b.probes.is_empty(),
+        State::Open => idle_since(b.open_until_ms, idle_ms),
+        State::HalfOpen => b
+            .probes
+            .iter()
+            .all(|p| idle_since(p.started_ms, idle_ms.max(b.sleep_ms))),
+    }
 }
 
 /// What [`admit`] found.
@@ -430,12 +455,13 @@ impl Local {
                 .saturating_add(outcome.retried_attempts().saturating_add(1)),
             None => 0,
         };
+        // A full recorder asks for a merge at most once per millisecond: when merges keep losing
+        // their compare-and-swap (a hot key on every worker) it still takes samples, and each
+        // completion no longer pays up to `CAS_ATTEMPTS` more rounds.
+        let full = self.recorder.is_full() && since(now_ms, self.last_flush_ms) >= FULL_RETRY_MS;
         Recorded {
             recorded,
-            due: !recorded
-                || self.recorder.is_full()
-                || self.stale(now_ms)
-                || self.consecutive_trip(),
+            due: !recorded || full || self.stale(now_ms) || self.consecutive_trip(),
         }
     }
 
@@ -584,16 +610,22 @@ pub fn flush<S: Store + ?Sized>(
                 // Our state read is older than the window: read both again.
                 return Update::Again;
             }
+            // Whether anything is written: a flush with nothing to merge, learn or attribute (a
+            // reset poll that moved other hosts, an activity refresh) leaves the window as it is.
+            let mut changed = false;
             if newer(gen, w.generation) || !g.matches(w) {
                 w.reset(g.buckets, gen);
                 w.bucket_ms = g.bucket_ms;
                 w.threshold_us = g.threshold_us;
+                changed = true;
             }
-            w.clear_future(now_epoch);
+            changed |= w.clear_future(now_epoch);
+            changed |= !recorder.is_empty();
             w.merge_recorder(recorder, now_epoch, bins);
             for h in new_hosts {
                 let total = resets.and_then(|r| r.get(h.as_str()).copied()).unwrap_or(0);
-                w.learn_host(h, total);
+                let last = w.hosts.last().is_some_and(|l| l.host == *h);
+                changed |= w.learn_host(h, total) || !last;
             }
             if !recorder.is_empty() {
                 w.last_used_ms = now_ms;
@@ -604,6 +636,7 @@ pub fn flush<S: Store + ?Sized>(
                     let total = r.get(h.host.as_str()).copied().unwrap_or(0);
                     if total > h.seen {
                         attributed = attributed.saturating_add(total - h.seen);
+                        changed = true;
                     }
                     // Totals never go backwards; if they seem to, keep the cursor where it
                     // was so the next rise is not counted twice.
@@ -616,14 +649,19 @@ pub fn flush<S: Store + ?Sized>(
                     w.merge_recorder(&kr, now_epoch, bins);
                 }
             }
-            Update::Write(Merge::Merged(
+            let merged = Merge::Merged(
                 w.totals(now_epoch),
                 w.p95_us(now_epoch, bins),
                 w.generation,
                 attributed,
                 st.breaker.state,
                 st.breaker.sheds_a_share(),
-            ))
+            );
+            if changed {
+                Update::Write(merged)
+            } else {
+                Update::Keep(merged)
+            }
         },
         |_, _| Merge::Kept,
     );
@@ -686,7 +724,9 @@ fn trip_after_merge<S: Store + ?Sized>(
         || None,
         |st| {
             let mut write = false;
-            if let Some(a) = activity.filter(|a| *a > st.last_active_ms) {
+            // A newer mark, or one replacing a mark from before a backward clock step.
+            let stale = |a: u64| a > st.last_active_ms || st.last_active_ms > a + FUTURE_MARK_MS;
+            if let Some(a) = activity.filter(|a| stale(*a)) {
                 st.last_active_ms = a;
                 write = true;
             }
@@ -941,6 +981,49 @@ mod tests {
         let f = flush_at(&mut mem, &mut local, &c, 10);
         assert_eq!(f, Flushed::Lost);
         assert!(local.recorder.is_empty());
+    }
+
+    #[test]
+    fn an_open_or_half_open_key_may_lose_its_slot_only_once_idle_after_its_open_period() {
+        use crate::breaker::{BreakerState, Probe};
+        let idle = 5_000;
+        let at = |state: State, open_until_ms: u64, probes: Vec<Probe>| SlotState {
+            key: "k".into(),
+            last_active_ms: 1_000,
+            breaker: BreakerState {
+                state,
+                open_until_ms,
+                sleep_ms: 30_000,
+                probes,
+                ..BreakerState::default()
+            },
+        };
+        let open = at(State::Open, 30_000, vec![]);
+        assert!(
+            !takeover_allowed(&open, 30_000 + idle, idle),
+            "open period just over"
+        );
+        assert!(takeover_allowed(&open, 30_001 + idle, idle));
+        let probe = |started_ms| Probe { id: 1, started_ms };
+        let half = at(State::HalfOpen, 0, vec![probe(2_000)]);
+        assert!(
+            !takeover_allowed(&half, 31_000, idle),
+            "a probe younger than its sleep"
+        );
+        assert!(takeover_allowed(&half, 32_001, idle), "an abandoned probe");
+        assert!(takeover_allowed(
+            &at(State::HalfOpen, 0, vec![]),
+            6_001,
+            idle
+        ));
+        let future = SlotState {
+            last_active_ms: 90_000,
+            ..at(State::Closed, 0, vec![])
+        };
+        assert!(
+            !takeover_allowed(&future, 50_000, idle),
+            "an activity mark in the future"
+        );
     }
 
     #[test]

@@ -253,6 +253,10 @@ pub enum RetryDecision<'p> {
     /// The policy would retry but the budget is spent: write `x-envoy-max-retries: 0` and count
     /// `meshbreaker_retry_budget_denied_total`.
     BudgetDenied(&'p CompiledPolicy),
+    /// `dry_run`: the budget is spent, so enforce would switch retries off; the policy's headers
+    /// are written unchanged (dry_run never changes traffic) and the request is counted in
+    /// `meshbreaker_retry_budget_denied_total`.
+    WouldDenyBudget(&'p CompiledPolicy),
 }
 
 impl<'p> RetryDecision<'p> {
@@ -260,7 +264,7 @@ impl<'p> RetryDecision<'p> {
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'p str)> {
         let (policy, off): (&'p [(&'static str, String)], &'static [StaticHeader]) = match *self {
             RetryDecision::NoHeaders => (&[], &[]),
-            RetryDecision::Policy(p) => (p.headers(), &[]),
+            RetryDecision::Policy(p) | RetryDecision::WouldDenyBudget(p) => (p.headers(), &[]),
             RetryDecision::Probe | RetryDecision::BudgetDenied(_) => (&[], &[NO_RETRIES]),
         };
         policy
@@ -270,7 +274,10 @@ impl<'p> RetryDecision<'p> {
     }
 
     pub fn budget_denied(&self) -> bool {
-        matches!(self, RetryDecision::BudgetDenied(_))
+        matches!(
+            self,
+            RetryDecision::BudgetDenied(_) | RetryDecision::WouldDenyBudget(_)
+        )
     }
 
     /// The most upstream attempts Envoy can make for this request under this decision:
@@ -278,7 +285,9 @@ impl<'p> RetryDecision<'p> {
     /// header is written (no policy matched, or `disabled`), so the route's own policy decides.
     pub fn max_attempts(&self) -> Option<u32> {
         match *self {
-            RetryDecision::Policy(p) => Some(p.max_retries.saturating_add(1)),
+            RetryDecision::Policy(p) | RetryDecision::WouldDenyBudget(p) => {
+                Some(p.max_retries.saturating_add(1))
+            }
             RetryDecision::Probe | RetryDecision::BudgetDenied(_) => Some(1),
             RetryDecision::NoHeaders => None,
         }
@@ -316,7 +325,9 @@ impl CompiledRetry {
     ///
     /// `probe`: the request is a HALF_OPEN probe. `budget_allows`: [`budget_allows_retry`] for the
     /// key's window right now. Only a request whose policy would retry (`max_retries > 0`) can be
-    /// [`RetryDecision::BudgetDenied`].
+    /// [`RetryDecision::BudgetDenied`]. In `dry_run` nothing changes the request's retries: a
+    /// (virtual) probe keeps its policy, and a spent budget is only counted
+    /// ([`RetryDecision::WouldDenyBudget`]).
     pub fn decide(
         &self,
         req: &RequestView<'_>,
@@ -327,11 +338,15 @@ impl CompiledRetry {
         if mode == Mode::Disabled {
             return RetryDecision::NoHeaders;
         }
-        if probe {
+        let dry = mode == Mode::DryRun;
+        if probe && !dry {
             return RetryDecision::Probe;
         }
         match self.select(req) {
             None => RetryDecision::NoHeaders,
+            Some(p) if p.max_retries > 0 && !budget_allows && dry => {
+                RetryDecision::WouldDenyBudget(p)
+            }
             Some(p) if p.max_retries > 0 && !budget_allows => RetryDecision::BudgetDenied(p),
             Some(p) => RetryDecision::Policy(p),
         }
@@ -353,19 +368,20 @@ pub enum RetryPlan {
 }
 
 impl CompiledRetry {
-    /// The retry plan of a request the breaker decided `decision` on, and the most attempts it
-    /// allows. A rejected request gets no plan (it never reaches the router) and one attempt;
-    /// with no header of ours the route's own retry policy (or, without stripping, the client's)
-    /// is in force, so only the global bound [`MAX_ATTEMPTS`] applies.
+    /// The retry plan of a request the breaker decided `decision` on, the most attempts it
+    /// allows, and whether the budget denied (or, in `dry_run`, would have denied) its retries.
+    /// A rejected request gets no plan (it never reaches the router) and one attempt; with no
+    /// header of ours the route's own retry policy (or, without stripping, the client's) is in
+    /// force, so only the global bound [`MAX_ATTEMPTS`] applies.
     pub fn plan(
         &self,
         mode: Mode,
         decision: &Decision,
         req: &RequestView<'_>,
         budget_allows: bool,
-    ) -> (RetryPlan, u32) {
+    ) -> (RetryPlan, u32, bool) {
         let probe = match decision {
-            Decision::Reject(_) => return (RetryPlan::None, 1),
+            Decision::Reject(_) => return (RetryPlan::None, 1, false),
             Decision::Probe(_) => true,
             _ => false,
         };
@@ -373,13 +389,17 @@ impl CompiledRetry {
         let plan = match rd {
             RetryDecision::NoHeaders => RetryPlan::None,
             RetryDecision::Probe | RetryDecision::BudgetDenied(_) => RetryPlan::Off,
-            RetryDecision::Policy(pol) => self
+            RetryDecision::Policy(pol) | RetryDecision::WouldDenyBudget(pol) => self
                 .policies
                 .iter()
                 .position(|x| std::ptr::eq(x, pol))
                 .map_or(RetryPlan::None, RetryPlan::Policy),
         };
-        (plan, rd.max_attempts().unwrap_or(MAX_ATTEMPTS))
+        (
+            plan,
+            rd.max_attempts().unwrap_or(MAX_ATTEMPTS),
+            rd.budget_denied(),
+        )
     }
 
     /// The request header edits of `plan`: the client's retry headers are stripped (per
@@ -492,16 +512,16 @@ mod tests {
         let v = req("GET", "/", None, &());
         assert_eq!(
             r.plan(Mode::Enforce, &Decision::Allow, &v, true),
-            (RetryPlan::Policy(0), 3)
+            (RetryPlan::Policy(0), 3, false)
         );
         assert_eq!(
             r.plan(Mode::Enforce, &Decision::Allow, &v, false),
-            (RetryPlan::Off, 1),
+            (RetryPlan::Off, 1, true),
             "budget spent"
         );
         assert_eq!(
             r.plan(Mode::Enforce, &Decision::Probe(1), &v, true),
-            (RetryPlan::Off, 1)
+            (RetryPlan::Off, 1, false)
         );
         let rejected = Decision::Reject(Rejection {
             reason: TripReason::ErrorRate,
@@ -509,11 +529,11 @@ mod tests {
         });
         assert_eq!(
             r.plan(Mode::Enforce, &rejected, &v, true),
-            (RetryPlan::None, 1)
+            (RetryPlan::None, 1, false)
         );
         assert_eq!(
             r.plan(Mode::Disabled, &Decision::PassThrough, &v, true),
-            (RetryPlan::None, MAX_ATTEMPTS)
+            (RetryPlan::None, MAX_ATTEMPTS, false)
         );
     }
 
@@ -833,6 +853,29 @@ mod tests {
         );
         let dry = r.decide(&req("GET", "/", None, &()), Mode::DryRun, false, true);
         assert_eq!(dry, d, "dry_run retries like enforce");
+    }
+
+    #[test]
+    fn dry_run_keeps_the_policy_for_probes_and_over_budget_requests() {
+        // dry_run set x-envoy-max-retries: 0 on (virtual) probes and budget-denied requests:
+        // clients saw failures the filter was only meant to count.
+        let r = compiled("{}");
+        let get = req("GET", "/", None, &());
+        let policy = r.decide(&get, Mode::Enforce, false, true);
+        for (probe, budget) in [(true, true), (false, false), (true, false)] {
+            let d = r.decide(&get, Mode::DryRun, probe, budget);
+            assert_eq!(
+                decision_headers(&d),
+                decision_headers(&policy),
+                "{probe} {budget}"
+            );
+            assert_eq!(d.max_attempts(), Some(3));
+            assert_eq!(
+                d.budget_denied(),
+                !budget,
+                "counted as the budget would deny"
+            );
+        }
     }
 
     #[test]

@@ -407,8 +407,17 @@ pub struct HostCursor {
     pub seen: u64,
 }
 
-/// Most upstream hosts a key remembers for kernel reset attribution.
-pub const MAX_HOSTS_PER_KEY: usize = 16;
+/// How many epochs ahead of a worker's `now` a bucket may be and still be another worker's newer
+/// bucket rather than garbage from before a clock step: one tick's `now` is shared by every key it
+/// flushes, so it can trail a boundary another worker already crossed. Real clock steps are far
+/// larger than a bucket (at least 100 ms).
+pub const FUTURE_SLACK: u64 = 1;
+
+/// Most upstream hosts a key remembers for kernel reset attribution: the most recently seen ones.
+/// A key with more upstream endpoints than this attributes only part of their resets (compare
+/// `meshbreaker_kernel_resets_total` with the sidecar's own counters). At about 25 bytes a host,
+/// 64 cost a window at most 1.6 KB more, and only with `reset_signals`.
+pub const MAX_HOSTS_PER_KEY: usize = 64;
 /// Longest host a window holds (`[ipv6]:port` is at most 47 bytes); longer ones are not learned,
 /// so an entry can always be decoded again.
 pub const MAX_HOST_LEN: usize = 64;
@@ -472,15 +481,30 @@ impl Window {
     /// current bucket, and a bucket holding a future epoch is garbage from before such a step: it
     /// is cleared rather than allowed to block the ring position, so a clock step never blinds
     /// the window.
+    ///
+    /// Samples from the epoch just before the window's oldest (recorded before a bucket boundary,
+    /// merged after it: with `buckets: 1`, every worker's last ≤ 100 ms before each boundary) go
+    /// into the oldest live bucket instead of being dropped. A bucket up to [`FUTURE_SLACK`]
+    /// epochs ahead of `now_epoch` is another worker's newer bucket (this worker's `now` is a
+    /// little stale), not garbage: older samples are merged into it rather than wiping it.
     fn bucket_for(&mut self, epoch: u64, now_epoch: u64) -> Option<&mut Bucket> {
         let n = self.buckets.len() as u64;
-        let epoch = epoch.min(now_epoch);
-        if n == 0 || !Self::live(now_epoch, epoch, n) {
+        let mut epoch = epoch.min(now_epoch);
+        if n == 0 {
             return None;
+        }
+        if !Self::live(now_epoch, epoch, n) {
+            if now_epoch - epoch != n {
+                return None;
+            }
+            epoch = now_epoch + 1 - n;
         }
         let idx = (epoch % n) as usize;
         let b = self.buckets.get_mut(idx)?;
         if b.epoch != epoch {
+            if b.epoch > epoch && b.epoch <= now_epoch.saturating_add(FUTURE_SLACK) {
+                return Some(b);
+            }
             // Same ring position, so the epochs differ by a multiple of the ring: the bucket holds
             // either an expired epoch or a future one. Both are garbage now.
             b.clear();
@@ -489,14 +513,20 @@ impl Window {
         Some(b)
     }
 
-    /// Empties buckets whose epoch lies after `now_epoch` (written before a clock step back).
-    pub fn clear_future(&mut self, now_epoch: u64) {
+    /// Empties buckets whose epoch lies more than [`FUTURE_SLACK`] after `now_epoch` (written
+    /// before a clock step back). A bucket just ahead is a newer bucket another worker wrote after
+    /// a boundary this worker's (slightly stale) `now` has not reached: it is kept.
+    /// True when it emptied any.
+    pub fn clear_future(&mut self, now_epoch: u64) -> bool {
+        let mut cleared = false;
         for b in &mut self.buckets {
-            if b.epoch > now_epoch && !b.is_empty() {
+            if b.epoch > now_epoch.saturating_add(FUTURE_SLACK) && !b.is_empty() {
                 b.clear();
                 b.epoch = 0;
+                cleared = true;
             }
         }
+        cleared
     }
 
     /// Merges a worker's recorder into the window; `scratch` is reused to avoid allocation.
@@ -568,10 +598,18 @@ impl Window {
     }
 
     /// Remembers `host` for kernel reset attribution; `cumulative` is the sidecar's current total
-    /// for it, taken as already seen so that only later events count. Bounded by [`MAX_HOSTS_PER_KEY`].
+    /// for it, taken as already seen so that only later events count. The list is kept in order of
+    /// the last sighting: a host seen again moves to the back with its cursor, and when the list
+    /// holds [`MAX_HOSTS_PER_KEY`] hosts the one seen least recently makes room (a FIFO used to
+    /// evict hosts in use and re-learn them at the current total, losing their events). True when
+    /// the host is new.
     pub fn learn_host(&mut self, host: &str, cumulative: u64) -> bool {
-        if host.is_empty() || host.len() > MAX_HOST_LEN || self.hosts.iter().any(|h| h.host == host)
-        {
+        if host.is_empty() || host.len() > MAX_HOST_LEN {
+            return false;
+        }
+        if let Some(i) = self.hosts.iter().position(|h| h.host == host) {
+            let h = self.hosts.remove(i);
+            self.hosts.push(h);
             return false;
         }
         if self.hosts.len() >= MAX_HOSTS_PER_KEY {
@@ -844,8 +882,47 @@ mod tests {
         let mut r = Recorder::new(threshold_us(&c)).unwrap();
         r.record(0, &ok(1), None).unwrap();
         let mut s = Vec::new();
-        assert!(!w.merge_recorder(&r, 10, &mut s));
-        assert_eq!(w.totals(10).samples, 0);
+        assert!(!w.merge_recorder(&r, 11, &mut s));
+        assert_eq!(w.totals(11).samples, 0);
+    }
+
+    #[test]
+    fn samples_of_the_epoch_just_expired_go_into_the_oldest_live_bucket() {
+        // With `buckets: 1` a recorder of epoch E is merged at E + 1, every boundary: it was
+        // dropped. One bucket older than the window is kept, in the bucket that expires first.
+        for n in [1u32, 10] {
+            let mut w = Window::new(n, 0);
+            let mut r = Recorder::new(None).unwrap();
+            r.record(5, &ok(1), None).unwrap();
+            let now = 5 + u64::from(n);
+            assert!(w.merge_recorder(&r, now, &mut Vec::new()), "{n} buckets");
+            assert_eq!(w.totals(now).samples, 1, "{n} buckets");
+            assert_eq!(
+                w.totals(now + 1).samples,
+                0,
+                "{n} buckets: gone a bucket later"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stale_now_keeps_another_workers_bucket_just_ahead() {
+        // One tick's `now` serves every key it flushes; another worker may have merged into the
+        // next epoch meanwhile. That bucket is not garbage from a clock step.
+        for n in [1u32, 4] {
+            let mut w = Window::new(n, 0);
+            let mut ahead = Recorder::new(None).unwrap();
+            ahead.record(8, &ok(1), None).unwrap();
+            w.merge_recorder(&ahead, 8, &mut Vec::new());
+            w.clear_future(7);
+            let mut stale = Recorder::new(None).unwrap();
+            stale.record(7, &ok(1), None).unwrap();
+            assert!(w.merge_recorder(&stale, 7, &mut Vec::new()));
+            assert_eq!(w.totals(8).samples, 2, "{n} buckets");
+            // A bucket further ahead is from before a clock step back: cleared.
+            w.clear_future(3);
+            assert_eq!(w.totals(8).samples, 0, "{n} buckets");
+        }
     }
 
     #[test]
@@ -976,10 +1053,26 @@ mod tests {
         let mut w = Window::new(4, 0);
         assert!(w.learn_host("127.0.0.1:80", 5));
         assert!(!w.learn_host("127.0.0.1:80", 9));
-        for i in 0..40 {
-            w.learn_host(&format!("10.0.0.{i}:80"), 0);
+        for i in 0..100 {
+            w.learn_host(&format!("10.0.{i}.1:80"), 0);
         }
         assert_eq!(w.hosts.len(), MAX_HOSTS_PER_KEY);
         assert!(!w.learn_host(&"x".repeat(MAX_HOST_LEN + 1), 0));
+    }
+
+    #[test]
+    fn a_host_seen_again_keeps_its_cursor_and_is_evicted_last() {
+        // A FIFO evicted the oldest-learned host even while it was in use, and re-learned it at
+        // the current total: its events in between were never attributed.
+        let mut w = Window::new(4, 0);
+        assert!(w.learn_host("10.9.9.9:80", 5));
+        w.hosts[0].seen = 7;
+        for i in 0..(MAX_HOSTS_PER_KEY * 3) {
+            w.learn_host(&format!("10.0.{i}.1:80"), 0);
+            assert!(!w.learn_host("10.9.9.9:80", 1_000), "known, not re-learned");
+        }
+        let h = w.hosts.iter().find(|h| h.host == "10.9.9.9:80").unwrap();
+        assert_eq!(h.seen, 7, "its cursor, not a new baseline");
+        assert_eq!(w.hosts.last().unwrap().host, "10.9.9.9:80");
     }
 }

@@ -5,7 +5,9 @@
 //!   the client and from the upstream: no worker VM dies (a dead VM fails closed in the shipped
 //!   config and silently disappears in Istio's FAIL_OPEN), traffic keeps its verdicts;
 //! - 100,000 distinct `:authority` values at `max_keys` 1,000: Envoy memory stays bounded and a key
-//!   that is OPEN is never forgotten whatever the churn (SPEC: OPEN keys are never evicted);
+//!   that is OPEN is never forgotten whatever the churn (SPEC: OPEN keys are never evicted), nor
+//!   when long requests on other authorities fill every worker's registry; tripped junk authorities
+//!   left alone release their slots and gauges, so they cannot pin the table;
 //! - a client sending every retry header on a listener that trusts it (`internal_address_config`
 //!   covers loopback, so Envoy's router would honour them): the upstream sees one attempt in every
 //!   mode;
@@ -385,10 +387,12 @@ fn hostile_header_bytes_never_kill_a_worker_vm() {
         assert_no_vm_died(&envoy, &before).await;
         assert_both_workers_filter(&envoy, "normal", "normal").await;
         // One `200` claiming 4294967295 attempts must not be 4294967295 failure samples.
+        // `metric_opt`: an absent series (the key under another label, or no gauge at all) is
+        // not "closed".
         let state = envoy
-            .metric_value("meshbreaker_state", &[("key", "hostile")])
+            .metric_opt("meshbreaker_state", &[("key", "hostile")])
             .await;
-        assert_eq!(state, 0.0, "the hostile key is not open");
+        assert_eq!(state, Some(0.0), "the hostile key is not open");
         assert!(envoy.is_running());
     })
 }
@@ -486,6 +490,134 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
         // the warm-up used up the 1,000 labels first).
         let r = c.get("/", &[("host", "victim.example")]).await;
         assert_spec_rejection(&r, "victim.example", "error_rate");
+    })
+}
+
+/// An OPEN key is rejected on every worker even when the workers' registries are full of keys
+/// with requests in flight: a worker that could not track the victim used to let it through
+/// without reading its state (SPEC: OPEN keys are never forgotten, whatever the churn).
+#[test]
+fn an_open_victim_stays_rejected_on_every_worker_while_long_requests_fill_the_registries() {
+    run(async {
+        let cfg = json!({
+            "key_by": "authority",
+            "max_keys": 64,
+            "breaker": {
+                "window": "2s", "buckets": 4, "min_requests": 5, "error_rate_threshold": 0.5,
+                "latency_p95_threshold": null, "sleep_window": "3m", "max_sleep_window": "5m"
+            }
+        });
+        let s = Stack::start(&cfg, &[], &[], false).await;
+        let c = s.client();
+        let r = eventually(Duration::from_secs(20), "the victim key OPEN", || async {
+            let r = c
+                .get("/", &[("host", "victim.example"), ("x-test-status", "503")])
+                .await;
+            is_rejection(&r).then_some(r)
+        })
+        .await;
+        assert_spec_rejection(&r, "victim.example", "error_rate");
+        // 256 long requests on distinct authorities, each on its own connection: both workers'
+        // registries (64 entries each) fill with keys that have a request in flight.
+        let port = s.envoy.port;
+        let long: Vec<_> = (0..256)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let host = format!("long{i}.example");
+                    raw_request(
+                        port,
+                        &raw_get("x", host.as_bytes(), &[b"x-test-delay-ms: 7000"]),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        wait_until(
+            Duration::from_secs(5),
+            "256 long requests upstream",
+            || async { s.up("backend").in_flight() >= 256 },
+        )
+        .await;
+        // And a flood of quick ones on top.
+        s.flood_authorities("flood", 0, 300).await;
+        for i in 0..24 {
+            let r = raw_request(port, &raw_get("x", b"victim.example", &[]))
+                .await
+                .unwrap_or_else(|e| panic!("victim check {i}: {e}"));
+            assert_eq!(
+                (r.status, r.header("x-meshbreaker").as_deref()),
+                (503, Some("open")),
+                "check {i}: the OPEN victim passed while the registries were full: {r:?}"
+            );
+        }
+        for t in long {
+            let r = t
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("long request: {e}"));
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    })
+}
+
+/// Tripping `max_keys` junk authorities once pinned every slot for good (OPEN keys were never
+/// taken over), with `meshbreaker_state` 1 on each forever; later keys ran unguarded. An OPEN key
+/// left alone after its open period releases its slot, and its gauge goes back to 0.
+#[test]
+fn tripped_junk_authorities_release_their_slots_and_gauges_and_cannot_pin_the_table() {
+    run(async {
+        let cfg = json!({
+            "key_by": "authority",
+            "max_keys": 8,
+            "breaker": {
+                "window": "1s", "buckets": 2, "min_requests": 5, "error_rate_threshold": 0.5,
+                "latency_p95_threshold": null, "sleep_window": "1s", "max_sleep_window": "2s"
+            }
+        });
+        let s = Stack::start(&cfg, &[], &[], false).await;
+        let c = s.client();
+        let trip = |host: String| {
+            let c = c.clone();
+            async move {
+                eventually(Duration::from_secs(10), &format!("{host} OPEN"), || async {
+                    let r = c
+                        .get("/", &[("host", &host), ("x-test-status", "503")])
+                        .await;
+                    is_rejection(&r).then_some(())
+                })
+                .await
+            }
+        };
+        for i in 0..8 {
+            trip(format!("junk{i}.example")).await;
+        }
+        let state = |key: String| {
+            let envoy = &s.envoy;
+            async move {
+                envoy
+                    .metric_opt("meshbreaker_state", &[("key", key.as_str())])
+                    .await
+            }
+        };
+        assert_eq!(state("junk0.example".into()).await, Some(1.0));
+        // Open for at most 1.2 s, then idle for the takeover bound (5 s): released.
+        wait_until(
+            Duration::from_secs(15),
+            "every junk key's state gauge back to 0",
+            || async {
+                let mut all = true;
+                for i in 0..8 {
+                    all &= state(format!("junk{i}.example")).await == Some(0.0);
+                }
+                all
+            },
+        )
+        .await;
+        // A new key gets a slot and is guarded: it trips (its gauge is under `_other`: the junk
+        // spent every label).
+        trip("guarded.example".to_string()).await;
+        let r = c.get("/", &[("host", "guarded.example")]).await;
+        assert_spec_rejection(&r, "guarded.example", "error_rate");
     })
 }
 
@@ -805,10 +937,10 @@ fn hostile_sidecar_changes_nothing_and_a_sane_one_is_heard_again() {
             );
             assert_eq!(
                 envoy
-                    .metric_value("meshbreaker_state", &[("key", "guarded")])
+                    .metric_opt("meshbreaker_state", &[("key", "guarded")])
                     .await,
-                0.0,
-                "a {mode:?} sidecar tripped the key"
+                Some(0.0),
+                "a {mode:?} sidecar tripped the key (or it has no gauge)"
             );
         }
         let rss_hostile = envoy.rss_bytes();

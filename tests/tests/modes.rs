@@ -70,6 +70,53 @@ fn dry_run_never_rejects_but_marks_would_be_rejected_responses(shell) {
     })
 }
 
+/// `dry_run` must not change traffic: (virtual) HALF_OPEN probes and requests over the retry
+/// budget used to go out with `x-envoy-max-retries: 0`, so their clients lost retries they would
+/// have had without the filter. Every GET here makes its policy's three attempts.
+fn dry_run_keeps_every_requests_retries_through_probes_and_a_spent_budget(shell) {
+    run(async {
+        let mut cfg = fast_config();
+        cfg["mode"] = "dry_run".into();
+        cfg["breaker"]["latency_p95_threshold"] = serde_json::Value::Null;
+        cfg["retry"] = json!({"budget": {"ratio": 0.1, "min_retries_per_second": 0}});
+        let s = Stack::start_shell(shell, &cfg, &["dryretry"], &[], false).await;
+        let up = s.up("dryretry");
+        up.set(failing());
+        // Requests until the circuit has (virtually) tripped, probed, and the budget is spent.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut i = 0;
+        loop {
+            let before = up.count();
+            let r = s.send("dryretry", "GET", &[]).await;
+            assert_eq!(r.status, 500, "request {i}: {r:?}");
+            assert_eq!(
+                up.count() - before,
+                3,
+                "request {i}: the idempotent policy's 1 + 2 attempts (dry-run mark {:?})",
+                r.header("x-meshbreaker-dry-run")
+            );
+            i += 1;
+            let denied = s
+                .metric("meshbreaker_retry_budget_denied_total", "dryretry", &[])
+                .await;
+            let probes = s
+                .metric(
+                    "meshbreaker_requests_total",
+                    "dryretry",
+                    &[("decision", "probe")],
+                )
+                .await;
+            if i >= 12 && denied > 0.0 && probes > 0.0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "after {i} requests: {denied} budget-denied, {probes} probes counted"
+            );
+        }
+    })
+}
+
 fn forced_open_rejects_everything_with_sleep_window_retry_after(shell) {
     run(async {
         let mut cfg = fast_config();

@@ -3,6 +3,8 @@
 //! listener carries a new `configuration`. SPEC "Reload": the state of keys that remain is kept
 //! (an open circuit stays open), and a window whose geometry changed starts afresh instead of
 //! blinding the key (once, after `window` 10s → 20s, a busy key never tripped again; here 2s → 4s).
+//! Across a `max_keys` shrink, open keys stay open, recover in the new table, and a later reload
+//! does not bring their old OPEN state back.
 
 use meshbreaker_tests::*;
 use serde_json::{json, Value};
@@ -129,4 +131,117 @@ fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key(
         let _ = std::fs::remove_dir_all(&dir);
     })
 }
+}
+
+fn authority_config(max_keys: u32, error_rate_threshold: f64) -> Value {
+    json!({
+        "key_by": "authority",
+        "max_keys": max_keys,
+        "breaker": {
+            "window": "2s",
+            "buckets": 2,
+            "min_requests": 5,
+            "error_rate_threshold": error_rate_threshold,
+            "latency_p95_threshold": null,
+            "sleep_window": "1s",
+            "max_sleep_window": "2s",
+            "half_open_max_probes": 2,
+            "half_open_successes_to_close": 2
+        }
+    })
+}
+
+async fn to_host(port: u16, host: &str, extra: &[(&str, &str)]) -> HttpResponse {
+    let mut h = vec![("host", host)];
+    h.extend_from_slice(extra);
+    HttpClient::http1(port).request("GET", "/", &h, "").await
+}
+
+/// SPEC "Reload" across a `max_keys` shrink: the open keys stay open, recover in the new table,
+/// and a later reload does not bring their old state back. The OPEN copy left in the old, larger
+/// table used to win over the live slot: every later reload put the key back into HALF_OPEN and
+/// rejected all but `half_open_max_probes` of its requests.
+#[test]
+fn after_max_keys_shrinks_and_keys_recover_a_second_reload_reopens_nothing() {
+    run(async {
+        let backend = HttpUpstream::start().await;
+        let dir = std::env::temp_dir().join(format!("meshbreaker-shrink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lds = dir.join("lds.json");
+        let base = Bootstrap::new().backend(backend.addr).lds_from(lds.clone());
+        let mut b = base
+            .clone()
+            .with_filter(authority_config(1024, 0.5).to_string());
+        b.listener_port = free_port();
+        b.write_lds();
+        let envoy = Envoy::start(b.to_yaml()).await;
+        let port = envoy.port;
+        let keys: Vec<String> = (0..4).map(|i| format!("shrink{i}.example")).collect();
+        for k in &keys {
+            wait_until(Duration::from_secs(10), &format!("{k} trips"), || async {
+                is_rejection(&to_host(port, k, &[("x-test-status", "503")]).await)
+            })
+            .await;
+        }
+        let reload = |cfg: Value| {
+            let envoy = &envoy;
+            let base = base.clone();
+            async move {
+                let before = lds_updates(envoy).await;
+                let mut next = base.with_filter(cfg.to_string());
+                next.listener_port = port;
+                next.write_lds();
+                wait_until(Duration::from_secs(10), "LDS applied", || async {
+                    lds_updates(envoy).await > before
+                })
+                .await;
+            }
+        };
+        // Shrink: still open on the new table.
+        reload(authority_config(8, 0.5)).await;
+        for k in &keys {
+            wait_until(
+                Duration::from_secs(5),
+                &format!("{k} rejected after the shrink"),
+                || async { is_rejection(&to_host(port, k, &[]).await) },
+            )
+            .await;
+        }
+        // The upstream recovers: each key probes and closes.
+        for k in &keys {
+            wait_until(Duration::from_secs(10), &format!("{k} closes"), || async {
+                let mut ok = 0;
+                for _ in 0..3 {
+                    ok += usize::from(to_host(port, k, &[]).await.status == 200);
+                }
+                ok == 3
+            })
+            .await;
+        }
+        // Another reload (a threshold tweak): concurrent requests of every key all pass.
+        reload(authority_config(8, 0.6)).await;
+        for k in &keys {
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let k = k.clone();
+                    tokio::spawn(
+                        async move { to_host(port, &k, &[("x-test-delay-ms", "300")]).await },
+                    )
+                })
+                .collect();
+            for t in tasks {
+                let r = t.await.unwrap();
+                assert_eq!(
+                    r.status, 200,
+                    "{k} after the second reload (its old OPEN state came back?): {r:?}"
+                );
+            }
+        }
+        let half_open = envoy.log_lines_with(&["to=half_open"]);
+        assert!(
+            half_open.len() <= keys.len(),
+            "spurious HALF_OPEN transitions (one per key is the recovery): {half_open:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
 }
