@@ -11,20 +11,28 @@
 //!   after the other keeps the full run bounded and gives all of them the same machine noise
 //!   (other builds share these cores).
 //! - The faults are real (`bench/fault-upstream`): a closed port, real 503s, a real delay, a real
-//!   RST with `SO_LINGER 0` in the middle of a response.
+//!   RST with `SO_LINGER 0` in the middle of a response; the long-lived-stream scenario's
+//!   websockets are real upgrades through Envoy and its slow uploads really trickle in.
 //! - Who got each request is counted where it happened: the upstream hosts count what they
 //!   received; a closed port cannot count, so for "hard down" the attempts come from Envoy's own
 //!   per-attempt router `upstream_log` (connect failures to that host). The client
 //!   (`steady-load`) records what every request got back, so local rejections and errors are
-//!   counted per request.
+//!   counted per request; meshbreaker's own transition log lines (Envoy's log, stamped to the
+//!   millisecond) say when each circuit opened and closed, which the flapping check counts.
 //! - All systems get the same retry behaviour for a GET (5xx and resets, 2 retries, 250 ms base
 //!   backoff, `previous_hosts`): meshbreaker writes it per request as headers, the others carry it
-//!   in the route, so only the protection mechanism differs.
+//!   in the route, so only the protection mechanism differs. "No protection" is that route alone.
+//! - meshbreaker's recommended configuration is read from `envoy-config/recommended.json`, the
+//!   file users are told to paste, so the benchmark measures exactly what ships.
 //!
-//! The full run writes `docs/PROTECTION.md` and `docs/img/protection-<fault>.svg`; `--quick`
-//! (inside `cargo xtask test`) runs the 1-host hard-down and 50% 5xx scenarios for a few seconds
-//! each, asserts that meshbreaker keeps at least 90% of the requests sent after its trip away from
-//! the hard-down upstream, and writes its findings under `target/protection-quick/` only.
+//! The full run writes `docs/PROTECTION.md`, `docs/img/protection-<fault>.svg` and
+//! `docs/img/protection-slow-states.svg`; `--quick` (inside `cargo xtask test`) runs the 1-host
+//! hard-down, 50% 5xx and long-lived-stream scenarios for a few seconds each, asserts that
+//! meshbreaker recommended keeps at least 90% of the requests sent after its trip away from the
+//! hard-down upstream, that its clients get no more errors than unprotected ones on the 50%-failing
+//! upstream, and that meshbreaker (defaults and recommended) neither trips nor rejects anything on
+//! the healthy one serving long-lived streams, and writes its findings under
+//! `target/protection-quick/` only.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -2147,17 +2155,22 @@ fn findings(run: &ScenarioRun) -> String {
     s
 }
 
-/// " (reasons: consecutive_failures ×1, error_rate ×2)" from a key's transitions to OPEN.
-fn reasons(changes: &[Change]) -> String {
+/// "consecutive_failures ×1, error_rate ×2" from a key's transitions to OPEN ("" for none).
+fn reason_counts(changes: &[Change]) -> String {
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
     for c in changes.iter().filter(|c| c.to == State::Open) {
         *count.entry(c.reason.as_str()).or_default() += 1;
     }
-    if count.is_empty() {
-        return String::new();
-    }
     let list: Vec<String> = count.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
-    format!(" (reasons: {})", list.join(", "))
+    list.join(", ")
+}
+
+/// " (reasons: consecutive_failures ×1, error_rate ×2)", or "" when the key never opened.
+fn reasons(changes: &[Change]) -> String {
+    match reason_counts(changes) {
+        r if r.is_empty() => r,
+        r => format!(" (reasons: {r})"),
+    }
 }
 
 fn utc_now() -> String {
@@ -2555,7 +2568,13 @@ fn shedding_choice(runs: &[&ScenarioRun]) -> String {
     let target = recommended()["breaker"]["shedding_success_rate"]
         .as_f64()
         .unwrap_or(0.5);
-    let mut rows: Vec<(String, Metrics)> = Vec::new();
+    struct Row {
+        rate: String,
+        m: Metrics,
+        why: String,
+        reference: bool,
+    }
+    let mut rows = Vec::new();
     for (s, d) in &run.data {
         let rate = match s {
             System::NoProtection => "no protection (reference)".to_string(),
@@ -2564,7 +2583,13 @@ fn shedding_choice(runs: &[&ScenarioRun]) -> String {
             System::MbRecommendedSr70 => SHEDDING_CHOICES[1].to_string(),
             _ => continue,
         };
-        rows.push((rate, analyse(run, d)));
+        let why = reason_counts(&d.changes);
+        rows.push(Row {
+            rate,
+            m: analyse(run, d),
+            why: if why.is_empty() { "none".into() } else { why },
+            reference: *s == System::NoProtection,
+        });
     }
     let mut s = String::from(
         "### Choosing `shedding_success_rate`\n\n\
@@ -2573,34 +2598,36 @@ fn shedding_choice(runs: &[&ScenarioRun]) -> String {
          more: fewer requests reach the failing host, but each shed request is a client error; \
          a lower one leaves more to Envoy's retries. The target to ship is the one whose clients \
          get the fewest errors while the failing host gets fewer requests than no protection \
-         sends it.\n\n\
-         | `shedding_success_rate` | client errors (shed locally included) | of them shed locally | reached the bad host | first protection |\n\
-         | --- | ---: | ---: | ---: | ---: |\n"
+         sends it. Only trips for reason `error_rate` shed adaptively (their rejections say \
+         `adaptive`); a `consecutive_failures` or latency trip rejects everything until its \
+         probes succeed, whatever the target, so the last column says which kind of trip the \
+         shed requests came from.\n\n\
+         | `shedding_success_rate` | client errors (shed locally included) | of them shed locally | reached the bad host | first protection | transitions to open, by reason |\n\
+         | --- | ---: | ---: | ---: | ---: | --- |\n",
     );
-    for (rate, m) in &rows {
+    for r in &rows {
         let _ = writeln!(
             s,
-            "| {rate} | {} | {} | {} of {} | {} |",
-            m.errors(),
-            m.shed_fault + m.shed_after,
-            m.reached,
-            m.offered,
-            ms(m.protect_ms)
+            "| {} | {} | {} | {} of {} | {} | {} |",
+            r.rate,
+            r.m.errors(),
+            r.m.shed_fault + r.m.shed_after,
+            r.m.reached,
+            r.m.offered,
+            ms(r.m.protect_ms),
+            if r.reference { "—" } else { &r.why }
         );
     }
-    let none = rows
-        .iter()
-        .find(|(r, _)| r.starts_with("no protection"))
-        .map(|(_, m)| m.reached);
+    let none = rows.iter().find(|r| r.reference).map(|r| r.m.reached);
     let best = rows
         .iter()
-        .filter(|(r, m)| !r.starts_with("no protection") && none.is_none_or(|n| m.reached < n))
-        .min_by_key(|(_, m)| m.errors());
+        .filter(|r| !r.reference && none.is_none_or(|n| r.m.reached < n))
+        .min_by_key(|r| r.m.errors());
     let _ = writeln!(
         s,
         "\n{}\n",
         match best {
-            Some((rate, _)) => format!("In this run that is {rate}."),
+            Some(r) => format!("In this run that is {}.", r.rate),
             None => "In this run no target sent the failing host fewer requests than no \
                      protection did."
                 .to_string(),
@@ -2706,26 +2733,39 @@ fn when_to_use(runs: &[ScenarioRun]) -> String {
         })
         .unwrap_or_else(dash)
     };
+    let or_none = |w: Option<String>| match w {
+        None => dash(),
+        Some(w) if w.is_empty() => "none".to_string(),
+        Some(w) => w,
+    };
     let closes = |hosts: usize, sys: System| {
         get(Fault::Slow, hosts, sys)
             .map(|m| m.closes_fault.to_string())
             .unwrap_or_else(dash)
     };
     let (rec, def) = (System::MbRecommended, System::MbDefault);
+    // Why a meshbreaker system opened in a run ("" when it never did, None without the run).
+    let why = |fault: Fault, hosts: usize, sys: System| -> Option<String> {
+        runs.iter()
+            .find(|r| r.scenario.fault == fault && r.scenario.hosts == hosts)
+            .and_then(|r| r.data.iter().find(|(s, _)| *s == sys))
+            .map(|(_, d)| reason_counts(&d.changes))
+    };
     let mut s = String::from("## When to use which\n\n");
     let _ = writeln!(
         s,
         "- **A lone upstream (or all of a cluster) failing hard: a breaker, not outlier \
          detection at its defaults.** With one host, outlier detection at its defaults {od_why} \
-         (hard down: {} reached the dead host). meshbreaker recommended trips on \
-         `consecutive_failures` after a few failed attempts ({} to the first request kept \
-         away, {} reached the dead host, full traffic {} after the heal), where its defaults \
-         wait for a 60 s window to fill with errors ({}, {} reached it). Tuned outlier \
-         detection (`max_ejection_percent: 100`, `healthy_panic_threshold: 0`) is as fast ({}, \
-         {} reached it) but those settings hold for every incident of that cluster, and an \
-         ejected lone host comes back only by timer, with no probing ({} to full traffic).",
+         (hard down: {} reached the dead host). meshbreaker recommended opened after {} \
+         (transitions to open: {}), {} reached the dead host, and full traffic was back {} \
+         after the heal; its defaults wait for a 60 s window to fill with errors ({}, {} \
+         reached it). Tuned outlier detection (`max_ejection_percent: 100`, \
+         `healthy_panic_threshold: 0`) ejects on the 5th consecutive failure ({}, {} reached \
+         it), but those settings hold for every incident of that cluster, and an ejected lone \
+         host comes back only by timer, with no probing ({} to full traffic).",
         reached(get(Fault::Down, 1, System::OdDefault)),
         first(get(Fault::Down, 1, rec)),
+        or_none(why(Fault::Down, 1, rec)),
         reached(get(Fault::Down, 1, rec)),
         back(get(Fault::Down, 1, rec)),
         first(get(Fault::Down, 1, def)),
@@ -2734,20 +2774,52 @@ fn when_to_use(runs: &[ScenarioRun]) -> String {
         reached(get(Fault::Down, 1, System::OdTuned)),
         back(get(Fault::Down, 1, System::OdTuned)),
     );
+    let partial = (
+        get(Fault::Errors, 1, rec),
+        get(Fault::Errors, 1, System::NoProtection),
+    );
+    let rec_better = matches!(&partial, (Some(r), Some(n)) if r.errors() <= n.errors());
     let _ = writeln!(
         s,
-        "- **A lone upstream failing part of its requests: adaptive shedding, or nothing.** \
-         Envoy's retries turn most of a 50% failure into successes; a breaker that rejects \
-         everything once 30% of attempts fail makes its clients worse off. 50% 5xx, 1 host, \
-         client errors with local rejections counted: no protection {}, meshbreaker defaults \
-         (`shedding: all`) {}, meshbreaker recommended (`shedding: adaptive`) {}, admission \
-         control {}, tuned outlier detection {} (it ejects the lone host, so every request while \
-         it is out is an error).",
-        errors(get(Fault::Errors, 1, System::NoProtection)),
+        "- **A lone upstream failing part of its requests: {}** Envoy's retries turn most of a \
+         50% failure into successes; a breaker that rejects everything once 30% of attempts \
+         fail makes its clients worse off. 50% 5xx, 1 host, client errors with local rejections \
+         counted: no protection {}, meshbreaker defaults (`shedding: all`) {}, meshbreaker \
+         recommended (`shedding: adaptive`) {}, admission control {}, tuned outlier detection \
+         {} (it ejects the lone host, so every request while it is out is an error).{}",
+        if rec_better {
+            "adaptive shedding, or nothing."
+        } else {
+            "Envoy's retries alone are hard to beat."
+        },
+        errors(partial.1.clone()),
         errors(get(Fault::Errors, 1, def)),
-        errors(get(Fault::Errors, 1, rec)),
+        errors(partial.0.clone()),
         errors(get(Fault::Errors, 1, System::AdmissionControl)),
         errors(get(Fault::Errors, 1, System::OdTuned)),
+        match why(Fault::Errors, 1, rec) {
+            Some(w) if !rec_better && w.contains("consecutive_failures") => format!(
+                " meshbreaker recommended's clients got more errors than unprotected ones: its \
+                 transitions to open were {w}. A `consecutive_failures` trip is all-or-nothing \
+                 (adaptive shedding answers only error-rate trips), and at 50% failure a run of \
+                 {n} failed attempts starts at one attempt in {runs}, many times a second at \
+                 this rate.",
+                n = recommended()["breaker"]["consecutive_failures"]
+                    .as_u64()
+                    .unwrap_or(0),
+                runs = 1u64
+                    << recommended()["breaker"]["consecutive_failures"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .min(30),
+            ),
+            w if !rec_better && partial.0.is_some() => format!(
+                " meshbreaker recommended's clients got more errors than unprotected ones \
+                 (transitions to open: {}).",
+                or_none(w)
+            ),
+            _ => String::new(),
+        },
     );
     let _ = writeln!(
         s,
@@ -2764,22 +2836,39 @@ fn when_to_use(runs: &[ScenarioRun]) -> String {
         shed(get(Fault::Down, 3, rec)),
         errors(get(Fault::Down, 3, rec)),
     );
+    let slow_closes =
+        |hosts: usize, sys: System| get(Fault::Slow, hosts, sys).map(|m| m.closes_fault);
     let _ = writeln!(
         s,
         "- **Slow, not failing: only meshbreaker reacts**, because neither outlier detection \
-         nor admission control looks at latency. It trips once and stays open, probing, until \
-         the upstream is fast again (closes while slow, 1 host: recommended {}, defaults {}; \
-         requests reaching the slow host: recommended {}, no protection {}). That is right for \
-         a lone slow upstream and wrong for one slow host among three: a cluster-wide P95 trip \
-         sheds traffic that the healthy hosts could serve (slow, 3 hosts: recommended shed {} \
-         requests). Where hosts are many, turn the latency trip off (`latency_p95_threshold: \
-         null`) or key the breaker finer, and let least-request balancing deal with the slow \
-         host.",
+         nor admission control looks at latency. {} (closes while slow, 1 host: recommended {}, \
+         defaults {}; requests reaching the slow host: recommended {}, no protection {}). That \
+         is right for a lone slow upstream and wrong for one slow host among three: a \
+         cluster-wide P95 trip sheds traffic that the healthy hosts could serve (slow, 3 hosts: \
+         recommended shed {} requests){}. Where hosts are many, turn the latency trip off \
+         (`latency_p95_threshold: null`) or key the breaker finer, and let least-request \
+         balancing deal with the slow host.",
+        if slow_closes(1, rec) == Some(0) {
+            "With one host it trips once and stays open, probing, until the upstream is fast \
+             again"
+        } else {
+            "With one host it should trip once and stay open, probing, until the upstream is \
+             fast again; in this run it did not"
+        },
         closes(1, rec),
         closes(1, def),
         reached(get(Fault::Slow, 1, rec)),
         reached(get(Fault::Slow, 1, System::NoProtection)),
         shed(get(Fault::Slow, 3, rec)),
+        match slow_closes(3, rec) {
+            Some(n) if n > 0 => format!(
+                ", and it flaps: {n} closes while slow, because the half-open probes are \
+                 balanced over all three hosts, the two healthy ones answer most of them fast \
+                 and close the circuit, and the cleared window fills with the slow host's third \
+                 of the answers and trips again"
+            ),
+            _ => String::new(),
+        },
     );
     let streams = runs.iter().find(|r| r.scenario.fault == Fault::Streams);
     if let Some(run) = streams {
