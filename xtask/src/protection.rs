@@ -33,6 +33,12 @@
 //! upstream, and that meshbreaker (defaults and recommended) neither trips nor rejects anything on
 //! the healthy one serving long-lived streams, and writes its findings under
 //! `target/protection-quick/` only.
+//!
+//! Options: `--faults down,5xx,slow,resets,streams` runs only those scenarios (the doc then holds
+//! only them: for trying a change, not for publishing); `--reanalyse` redraws the report from
+//! the raw results kept under `target/bench/protection-*/`; `--wasm FILE` measures that filter
+//! build instead of building one (an older release, to see what a change bought: round 2's
+//! filter trips in the long-lived-stream scenario, on its whole-exchange P95).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
