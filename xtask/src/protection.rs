@@ -2793,10 +2793,9 @@ fn when_to_use(runs: &[ScenarioRun]) -> String {
          counted: no protection {}, meshbreaker defaults (`shedding: all`) {}, meshbreaker \
          recommended (`shedding: adaptive`) {}, admission control {}, tuned outlier detection \
          {} (it ejects the lone host, so every request while it is out is an error).{}",
-        if rec_better {
-            "adaptive shedding, or nothing."
-        } else {
-            "Envoy's retries alone are hard to beat."
+        match &partial {
+            (Some(_), Some(_)) if !rec_better => "Envoy's retries alone are hard to beat.",
+            _ => "adaptive shedding, or nothing.",
         },
         errors(partial.1.clone()),
         errors(get(Fault::Errors, 1, def)),
@@ -2854,12 +2853,19 @@ fn when_to_use(runs: &[ScenarioRun]) -> String {
          recommended shed {} requests){}. Where hosts are many, turn the latency trip off \
          (`latency_p95_threshold: null`) or key the breaker finer, and let least-request \
          balancing deal with the slow host.",
-        if slow_closes(1, rec) == Some(0) {
-            "With one host it trips once and stays open, probing, until the upstream is fast \
-             again"
-        } else {
-            "With one host it should trip once and stay open, probing, until the upstream is \
-             fast again; in this run it did not"
+        match slow_closes(1, rec) {
+            Some(0) => {
+                "With one host it trips once and stays open, probing, until the upstream is \
+                 fast again"
+            }
+            Some(_) => {
+                "With one host it should trip once and stay open, probing, until the upstream \
+                 is fast again; in this run it did not"
+            }
+            None => {
+                "With one host it should trip once and stay open, probing, until the upstream \
+                 is fast again"
+            }
         },
         closes(1, rec),
         closes(1, def),
@@ -2930,9 +2936,11 @@ fn when_to_use(runs: &[ScenarioRun]) -> String {
     let _ = writeln!(
         s,
         "- **The eBPF sidecar** adds a signal HTTP cannot see (resets and refused connects in \
-         the kernel, polled every second, no `min_requests` guard), so it trips sooner: reset \
-         storm, 1 host: {} reached the host with the sidecar against {} without (recommended), \
-         {} against {} (defaults). Like every cluster-wide trip it also fires when only one of \
+         the kernel, polled every 250 ms–1 s, no `min_requests` guard); it matters most where \
+         nothing else trips within a few requests: reset storm, 1 host: {} reached the host with \
+         the sidecar against {} without at the recommended configuration (whose \
+         `consecutive_failures` already counts each reset attempt), {} against {} at the \
+         defaults. Like every cluster-wide trip it also fires when only one of \
          several hosts resets (3 hosts: recommended + sidecar shed {} requests the healthy hosts \
          could have served): set `max_resets_per_second` above what one bad host of the \
          cluster produces, or leave the single host to outlier detection.",
