@@ -20,7 +20,8 @@ use policy_core::config::{BreakerConfig, BudgetConfig, Config, Mode, OverrideMat
 use policy_core::encoding::SlotState;
 use policy_core::flow::{self, Admitted, Local};
 use policy_core::keys::{self, KeyRegistry};
-use policy_core::retry::{CompiledRetry, RequestView, RetryDecision};
+use policy_core::retry::{CompiledRetry, RequestView};
+pub use policy_core::retry::{RetryPlan, MAX_ATTEMPTS};
 use policy_core::window::{Outcome, TripReason};
 
 use crate::host::Host;
@@ -45,8 +46,6 @@ pub const SLOT_RETRY_MS: u64 = 1_000;
 /// already hold (the probe reads, no write), so an OPEN key new to this worker is rejected, and
 /// pass unguarded only if they hold none, until the next tick.
 pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
-/// The most upstream attempts any request can make (`max_retries` ≤ 10, plus the first).
-pub const MAX_ATTEMPTS: u32 = 11;
 
 /// The configuration in force for a group of keys, compiled once: `[0]` the top level, `[i + 1]`
 /// override `i`.
@@ -122,16 +121,6 @@ pub struct Admission {
     /// [`Engine::apply_retry_headers`].
     pub profile: usize,
     pub retry: RetryPlan,
-}
-
-/// Which retry headers a request gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryPlan {
-    None,
-    /// The headers of policy `i` of the profile.
-    Policy(usize),
-    /// `x-envoy-max-retries: 0`.
-    Off,
 }
 
 pub struct Engine<H: Host> {
@@ -473,25 +462,7 @@ impl<H: Host> Engine<H> {
         budget_ok: bool,
     ) -> (RetryPlan, u32) {
         let p = self.profile(profile);
-        let (probe, mode) = match decision {
-            Decision::Reject(_) => return (RetryPlan::None, 1),
-            Decision::Probe(_) => (true, p.mode),
-            _ => (false, p.mode),
-        };
-        let rd = p.retry.decide(req, mode, probe, budget_ok);
-        let plan = match rd {
-            RetryDecision::NoHeaders => RetryPlan::None,
-            RetryDecision::Probe | RetryDecision::BudgetDenied(_) => RetryPlan::Off,
-            RetryDecision::Policy(pol) => p
-                .retry
-                .policies()
-                .iter()
-                .position(|x| std::ptr::eq(x, pol))
-                .map_or(RetryPlan::None, RetryPlan::Policy),
-        };
-        // No header of ours: the route's own retry policy (or, without stripping, the client's)
-        // is in force, so only the global bound applies.
-        (plan, rd.max_attempts().unwrap_or(MAX_ATTEMPTS))
+        p.retry.plan(p.mode, decision, req, budget_ok)
     }
 
     /// Whether any configuration of this filter strips client retry headers.
@@ -507,31 +478,18 @@ impl<H: Host> Engine<H> {
     /// bit `i` for `ROUTER_RETRY_HEADERS[i]`; all ones when unknown).
     pub fn apply_retry_headers(&self, a: &Admission, present: u8) {
         use crate::host::Map;
-        use policy_core::retry::MAX_RETRIES_HEADER;
         if matches!(a.decision, Decision::Reject(_)) {
             return;
         }
-        let p = self.profile(a.profile);
-        let written: &[(&'static str, String)] = match a.retry {
-            RetryPlan::Policy(i) => p.retry.policies().get(i).map_or(&[], |x| x.headers()),
-            _ => &[],
-        };
-        let off = matches!(a.retry, RetryPlan::Off);
-        for (i, &h) in p.retry.headers_to_strip().iter().enumerate() {
-            let overwritten =
-                written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
-            if !overwritten && present & (1 << i) != 0 {
-                self.host.remove_header(Map::RequestHeaders, h);
-            }
-        }
-        for (n, v) in written {
-            self.host
-                .replace_header(Map::RequestHeaders, n, v.as_bytes());
-        }
-        if off {
-            self.host
-                .replace_header(Map::RequestHeaders, MAX_RETRIES_HEADER, b"0");
-        }
+        self.profile(a.profile).retry.edit_headers(
+            a.retry,
+            present,
+            |h| self.host.remove_header(Map::RequestHeaders, h),
+            |n, v| {
+                self.host
+                    .replace_header(Map::RequestHeaders, n, v.as_bytes())
+            },
+        );
     }
 
     /// Reads the key's breaker state (one shared read), decides, and writes back with CAS only if
@@ -591,7 +549,7 @@ impl<H: Host> Engine<H> {
                     l.state = state;
                 }
                 if let Some(t) = transition {
-                    self.on_transition(key, &t, label, None);
+                    self.on_transition(key, &t, label, Some(t.arrival_figures()));
                     self.metrics
                         .gauge(&self.host, label, Gauge::State, state.gauge() as u64);
                 }

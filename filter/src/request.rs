@@ -28,7 +28,8 @@
 //! `request.duration`, Envoy's monotonic timer of the whole stream, so a forward clock step cannot
 //! inflate it (a backward one shortens it to 0).
 
-use policy_core::breaker::{Decision, Rejection};
+use policy_core::breaker::Decision;
+use policy_core::reply::local_reply;
 use policy_core::retry::{HeaderLookup, RequestView};
 use policy_core::window::Outcome;
 
@@ -203,41 +204,6 @@ impl Singles {
                 .map(|h| host.header(Map::RequestHeaders, h))
                 .collect(),
         }
-    }
-}
-
-/// The local answer to a rejected request (SPEC "What a client sees").
-pub struct LocalReply {
-    pub status: u32,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
-
-/// Renders the rejection of `key`. A gRPC request gets `content-type: application/grpc` and the
-/// message as body: Envoy turns a local reply to a gRPC request into HTTP 200 with grpc-status 14
-/// and the body as grpc-message.
-pub fn local_reply(key: &str, r: &Rejection, grpc: bool) -> LocalReply {
-    let reason = r.reason.as_str();
-    let mut headers = vec![
-        ("retry-after", r.retry_after_s.to_string().into_bytes()),
-        ("x-meshbreaker", b"open".to_vec()),
-        ("x-meshbreaker-reason", reason.as_bytes().to_vec()),
-    ];
-    let body = if grpc {
-        headers.push(("content-type", b"application/grpc".to_vec()));
-        format!("circuit open: {reason}")
-    } else {
-        headers.push(("content-type", b"application/json".to_vec()));
-        // `key` is sanitized ([a-z0-9._:|-]), so it needs no JSON escaping.
-        format!(
-            "{{\"error\":\"circuit_open\",\"key\":\"{key}\",\"reason\":\"{reason}\",\"retry_after_s\":{}}}",
-            r.retry_after_s
-        )
-    };
-    LocalReply {
-        status: 503,
-        headers,
-        body: body.into_bytes(),
     }
 }
 
@@ -490,29 +456,5 @@ mod tests {
         assert_eq!(parse_u32(b"1\xff"), None);
         assert_eq!(parse_u32(b"-1"), None);
         assert_eq!(parse_u32(b""), None);
-    }
-
-    #[test]
-    fn local_reply_has_the_spec_shape() {
-        use policy_core::window::TripReason;
-        let r = Rejection {
-            reason: TripReason::LatencyP95,
-            retry_after_s: 7,
-        };
-        let http = local_reply("backend", &r, false);
-        assert_eq!(http.status, 503);
-        assert_eq!(
-            String::from_utf8(http.body).unwrap(),
-            r#"{"error":"circuit_open","key":"backend","reason":"latency_p95","retry_after_s":7}"#
-        );
-        assert!(http.headers.contains(&("retry-after", b"7".to_vec())));
-        assert!(http
-            .headers
-            .contains(&("content-type", b"application/json".to_vec())));
-        let grpc = local_reply("backend", &r, true);
-        assert_eq!(grpc.body, b"circuit open: latency_p95");
-        assert!(grpc
-            .headers
-            .contains(&("content-type", b"application/grpc".to_vec())));
     }
 }

@@ -20,14 +20,19 @@
 //! Every hook that runs module code runs it under [`guard`] (`catch_unwind`): a panic fails open
 //! (the stream continues, nothing is recorded; a configuration is refused) instead of unwinding
 //! into Envoy's C++ frames, which would abort the process. That needs `panic = "unwind"`, hence
-//! the workspace's `native` profile. (`on_program_init`, `on_http_filter_new` and
-//! `on_http_filter_destroy` only return a constant or their argument: nothing there can panic.)
+//! the workspace's `native` profile. (`on_program_init` and `on_http_filter_new` only return a
+//! constant or box a default value: nothing there can panic.)
+//!
+//! ## Threads
+//! Configuration hooks and `on_http_filter_config_scheduled` run on Envoy's main thread, stream
+//! hooks on the stream's worker. The one thread the module starts ([`Ticker`]) only sleeps and
+//! commits events to the configuration's scheduler; the work of the tick runs on the main thread.
 
 use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::filter::{self, FilterConfig};
+use crate::filter::{self, Exchange, FilterConfig};
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -282,6 +287,84 @@ extern "C" {
     ) -> i32;
 }
 
+// Callbacks the breaker added; names checked with `nm -D` against the same binary. The
+// configuration-level metric callbacks take the same arguments as the stream-level ones, with
+// the configuration in place of the stream (checked in the 1.40 binary's machine code: label
+// values in the third argument, their count in the fourth, the value in the fifth).
+extern "C" {
+    fn envoy_dynamic_module_callback_http_filter_get_worker_index(filter: FilterEnvoyPtr) -> u32;
+
+    fn envoy_dynamic_module_callback_is_validation_mode() -> bool;
+
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: FilterConfigEnvoyPtr,
+    ) -> SchedulerPtr;
+
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: SchedulerPtr);
+
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: FilterConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> i32;
+
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: FilterConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> i32;
+}
+
+/// Whether Envoy runs `--mode validate` (no traffic will come: the module starts no thread).
+pub fn is_validation_mode() -> bool {
+    // SAFETY: no arguments; Envoy answers from its server options.
+    unsafe { envoy_dynamic_module_callback_is_validation_mode() }
+}
+
+/// Where metric updates go: a stream during a stream hook, the configuration in the tick.
+pub trait MetricSink {
+    fn increment_counter(
+        &mut self,
+        id: CounterId,
+        labels: &[&[u8]],
+        by: u64,
+    ) -> Result<(), MetricsError>;
+    fn set_gauge(&mut self, id: GaugeId, labels: &[&[u8]], value: u64) -> Result<(), MetricsError>;
+}
+
+/// Envoy's scheduler of a filter configuration: a commit from any thread runs
+/// `on_http_filter_config_scheduled` on the main thread.
+type SchedulerPtr = *mut c_void;
+
+/// The scheduler, owned by the ticker thread alone (its only user after creation).
+struct Scheduler(SchedulerPtr);
+
+// SAFETY: Envoy's configuration scheduler is made to be committed to from any thread (it posts to
+// the main dispatcher through a weak reference to the configuration); the ticker thread is its
+// only user and deletes it once.
+unsafe impl Send for Scheduler {}
+
+/// A module thread that asks for the tick every period, until dropped.
+#[derive(Debug)]
+pub struct Ticker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Logs one line under Envoy's `dynamic_modules` logger.
 pub fn log(level: LogLevel, message: &str) {
     // SAFETY: the buffer points at `message`, which outlives the call; Envoy copies it.
@@ -370,6 +453,106 @@ impl ConfigEnvoy<'_> {
     }
 }
 
+impl ConfigEnvoy<'_> {
+    /// Starts the ticker: a module thread that commits an event to this configuration's
+    /// scheduler every `period`, so `on_http_filter_config_scheduled` runs on the main thread
+    /// (HTTP filters have no timer). `None` when Envoy gives no scheduler or no thread starts.
+    /// The thread stops, and deletes the scheduler, within one period of the [`Ticker`]'s drop;
+    /// a commit racing the configuration's destruction is dropped by Envoy (weak reference).
+    pub fn start_ticker(&mut self, period: std::time::Duration) -> Option<Ticker> {
+        // SAFETY: `self.ptr` is the configuration of the running `config_new` hook.
+        let ptr =
+            unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.ptr) };
+        if ptr.is_null() {
+            return None;
+        }
+        let scheduler = Scheduler(ptr);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("meshbreaker-tick".into())
+            .spawn(move || {
+                let scheduler = scheduler;
+                while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(period);
+                    if flag.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
+                    // SAFETY: the scheduler is alive until this thread deletes it below.
+                    unsafe {
+                        envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                            scheduler.0,
+                            0,
+                        )
+                    };
+                }
+                // SAFETY: created by `scheduler_new`, deleted once, by its only user.
+                unsafe {
+                    envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler.0)
+                };
+            });
+        match spawned {
+            Ok(_) => Some(Ticker { stop }),
+            // The closure (and the scheduler in it) is gone with the error: nothing leaks but
+            // the scheduler object, which Envoy frees with the configuration's dispatcher.
+            Err(_) => None,
+        }
+    }
+}
+
+impl MetricSink for ConfigEnvoy<'_> {
+    fn increment_counter(
+        &mut self,
+        id: CounterId,
+        labels: &[&[u8]],
+        by: u64,
+    ) -> Result<(), MetricsError> {
+        let mut buffers = label_buffers(labels).ok_or(MetricsError::Other(-1))?;
+        // SAFETY: the configuration pointer is the running hook's; the label buffers point at
+        // slices that outlive the call.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.ptr,
+                id.0,
+                buffers.as_mut_ptr(),
+                labels.len(),
+                by,
+            )
+        };
+        metrics_result(r)
+    }
+
+    fn set_gauge(&mut self, id: GaugeId, labels: &[&[u8]], value: u64) -> Result<(), MetricsError> {
+        let mut buffers = label_buffers(labels).ok_or(MetricsError::Other(-1))?;
+        // SAFETY: as in `increment_counter`.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                self.ptr,
+                id.0,
+                buffers.as_mut_ptr(),
+                labels.len(),
+                value,
+            )
+        };
+        metrics_result(r)
+    }
+}
+
+impl MetricSink for Stream<'_> {
+    fn increment_counter(
+        &mut self,
+        id: CounterId,
+        labels: &[&[u8]],
+        by: u64,
+    ) -> Result<(), MetricsError> {
+        Stream::increment_counter(self, id, labels, by)
+    }
+
+    fn set_gauge(&mut self, id: GaugeId, labels: &[&[u8]], value: u64) -> Result<(), MetricsError> {
+        Stream::set_gauge(self, id, labels, value)
+    }
+}
+
 /// One HTTP stream's Envoy side, during one hook. Bytes read from it borrow it; every write takes
 /// it mutably, so no read can outlive a write that may have moved Envoy's bytes.
 pub struct Stream<'h> {
@@ -383,6 +566,12 @@ impl Stream<'_> {
             ptr,
             _hook: PhantomData,
         }
+    }
+
+    /// The index of the worker running this stream (0-based, fewer than Envoy's concurrency).
+    pub fn worker_index(&self) -> u32 {
+        // SAFETY: the stream pointer is the running hook's.
+        unsafe { envoy_dynamic_module_callback_http_filter_get_worker_index(self.ptr) }
     }
 
     /// The first value of header `name` in `map`, as bytes (header values need not be UTF-8).
@@ -580,6 +769,25 @@ unsafe fn config_ref<'a>(ptr: ModulePtr) -> Option<&'a FilterConfig> {
     unsafe { ptr.cast::<FilterConfig>().as_ref() }
 }
 
+/// What the module keeps per stream: its configuration and the exchange's state.
+struct StreamState {
+    config: ModulePtr,
+    exchange: Exchange,
+}
+
+/// The configuration and exchange behind a stream's module pointer.
+///
+/// # Safety
+/// `ptr` is null or came from [`envoy_dynamic_module_on_http_filter_new`] and has not been
+/// destroyed; Envoy calls one hook of a stream at a time, so the exchange is not aliased.
+unsafe fn stream_ref<'a>(ptr: ModulePtr) -> Option<(&'a FilterConfig, &'a mut Exchange)> {
+    // SAFETY: per the contract, a non-null `ptr` is a live `Box<StreamState>` used by one hook.
+    let st = unsafe { ptr.cast::<StreamState>().cast_mut().as_mut() }?;
+    // SAFETY: the configuration outlives its streams.
+    let cfg = unsafe { config_ref(st.config) }?;
+    Some((cfg, &mut st.exchange))
+}
+
 // ---- Exported hooks. Names checked with `strings` against the 1.40 binary: Envoy 1.40 resolves
 // ---- all of the `on_http_filter_*` ones below when it creates the filter configuration, and
 // ---- refuses the configuration when one is missing.
@@ -618,7 +826,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     }
 }
 
-/// The configuration is gone from Envoy (after all its streams).
+/// The configuration is gone from Envoy (after all its streams). Dropping it stops its ticker.
 ///
 /// # Safety
 /// `config` is null or a pointer `config_new` returned, destroyed once.
@@ -632,41 +840,121 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     let _ = guard(move || drop(cfg));
 }
 
-/// A stream starts. There is no per-stream state yet, so the stream's module pointer is the
-/// configuration itself: starting a stream allocates nothing. When streams get state, this is
-/// where it is boxed and `on_http_filter_destroy` frees it.
+/// The ticker's event, on the main thread: merge what the workers hold ([`filter::on_tick`]).
+///
+/// # Safety
+/// `config` is the live configuration whose scheduler was committed to; `config_envoy` is
+/// Envoy's configuration object, valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: FilterConfigEnvoyPtr,
+    config: ModulePtr,
+    _event_id: u64,
+) {
+    // SAFETY: Envoy runs this only for a configuration that is still alive.
+    let Some(cfg) = (unsafe { config_ref(config) }) else {
+        return;
+    };
+    let mut envoy = ConfigEnvoy::new(config_envoy);
+    let _ = guard(|| filter::on_tick(cfg, &mut envoy));
+}
+
+/// A stream starts: its state is boxed here and freed by `on_http_filter_destroy`.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: ModulePtr,
     _filter_envoy: FilterEnvoyPtr,
 ) -> ModulePtr {
-    config
+    if config.is_null() {
+        return std::ptr::null();
+    }
+    let st = StreamState {
+        config,
+        exchange: Exchange::default(),
+    };
+    Box::into_raw(Box::new(st)).cast_const().cast()
 }
 
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter: ModulePtr) {}
-
-/// Request headers: the decision-free request path ([`filter::on_request_headers`]).
+/// The stream is gone (after `stream_complete`).
 ///
 /// # Safety
-/// `filter` is what `on_http_filter_new` returned for this stream (the live configuration), and
-/// `filter_envoy` is Envoy's stream object, valid for the call.
+/// `filter` is null or what `on_http_filter_new` returned, destroyed once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: ModulePtr) {
+    if filter.is_null() {
+        return;
+    }
+    // SAFETY: made by `on_http_filter_new` with `Box::into_raw`, destroyed once.
+    let st = unsafe { Box::from_raw(filter.cast::<StreamState>().cast_mut()) };
+    let _ = guard(move || drop(st));
+}
+
+/// Runs a stream hook's body on its configuration and exchange; `fallback` when the pointer is
+/// null or the body panicked (fail open).
+///
+/// # Safety
+/// As [`stream_ref`]; `filter_envoy` is Envoy's stream object, valid for the call.
+unsafe fn on_stream<T>(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+    fallback: T,
+    f: impl FnOnce(&FilterConfig, &mut Stream<'_>, &mut Exchange) -> T,
+) -> T {
+    // SAFETY: per this function's contract.
+    let Some((cfg, x)) = (unsafe { stream_ref(filter) }) else {
+        return fallback;
+    };
+    let mut stream = Stream::new(filter_envoy);
+    guard(|| f(cfg, &mut stream, x)).unwrap_or(fallback)
+}
+
+/// Request headers: the decision ([`filter::on_request_headers`]).
+///
+/// # Safety
+/// `filter` is what `on_http_filter_new` returned for this stream, and `filter_envoy` is Envoy's
+/// stream object, valid for the call. (The same for every stream hook below.)
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_envoy: FilterEnvoyPtr,
     filter: ModulePtr,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> i32 {
-    // SAFETY: `filter` is what `on_http_filter_new` returned: the live configuration.
-    let Some(cfg) = (unsafe { config_ref(filter) }) else {
-        return Status::Continue as i32;
+    // SAFETY: per the hook's contract.
+    let status = unsafe {
+        on_stream(filter_envoy, filter, Status::Continue, |c, s, x| {
+            filter::on_request_headers(c, s, x, end_of_stream)
+        })
     };
-    let mut stream = Stream::new(filter_envoy);
-    guard(|| filter::on_request_headers(cfg, &mut stream)).unwrap_or(Status::Continue) as i32
+    status as i32
 }
 
-/// Response headers: nothing to do in the module yet ([`filter::on_response_headers`]).
-///
+/// # Safety
+/// As for `on_http_filter_request_headers`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+    end_of_stream: bool,
+) -> i32 {
+    if end_of_stream {
+        // SAFETY: per the hook's contract.
+        unsafe { on_stream(filter_envoy, filter, (), |_, _, x| x.on_request_end()) };
+    }
+    Status::Continue as i32
+}
+
+/// # Safety
+/// As for `on_http_filter_request_headers`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+) -> i32 {
+    // SAFETY: per the hook's contract.
+    unsafe { on_stream(filter_envoy, filter, (), |_, _, x| x.on_request_end()) };
+    Status::Continue as i32
+}
+
 /// # Safety
 /// As for `on_http_filter_request_headers`.
 #[no_mangle]
@@ -675,15 +963,48 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: ModulePtr,
     _end_of_stream: bool,
 ) -> i32 {
-    // SAFETY: `filter` is what `on_http_filter_new` returned: the live configuration.
-    let Some(cfg) = (unsafe { config_ref(filter) }) else {
-        return Status::Continue as i32;
+    // SAFETY: per the hook's contract.
+    let status = unsafe {
+        on_stream(
+            filter_envoy,
+            filter,
+            Status::Continue,
+            filter::on_response_headers,
+        )
     };
-    let mut stream = Stream::new(filter_envoy);
-    guard(|| filter::on_response_headers(cfg, &mut stream)).unwrap_or(Status::Continue) as i32
+    status as i32
 }
 
-/// Stubs: Envoy 1.40 requires these hooks; meshbreaker has nothing to do in them (yet).
+/// # Safety
+/// As for `on_http_filter_request_headers`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+) -> i32 {
+    // SAFETY: per the hook's contract.
+    unsafe {
+        on_stream(filter_envoy, filter, (), |_, s, x| {
+            x.on_response_trailers(s)
+        })
+    };
+    Status::Continue as i32
+}
+
+/// The stream is complete (before access logs; its callbacks still work): the outcome.
+///
+/// # Safety
+/// As for `on_http_filter_request_headers`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    filter_envoy: FilterEnvoyPtr,
+    filter: ModulePtr,
+) {
+    // SAFETY: per the hook's contract.
+    unsafe { on_stream(filter_envoy, filter, (), filter::on_stream_complete) };
+}
+
+/// Stubs: Envoy 1.40 requires these hooks; meshbreaker has nothing to do in them.
 macro_rules! continue_hooks {
     ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
         #[no_mangle]
@@ -703,14 +1024,10 @@ macro_rules! void_hooks {
 }
 
 continue_hooks! {
-    envoy_dynamic_module_on_http_filter_request_body(_f: FilterEnvoyPtr, _m: ModulePtr, _eos: bool);
-    envoy_dynamic_module_on_http_filter_request_trailers(_f: FilterEnvoyPtr, _m: ModulePtr);
     envoy_dynamic_module_on_http_filter_response_body(_f: FilterEnvoyPtr, _m: ModulePtr, _eos: bool);
-    envoy_dynamic_module_on_http_filter_response_trailers(_f: FilterEnvoyPtr, _m: ModulePtr);
 }
 
 void_hooks! {
-    envoy_dynamic_module_on_http_filter_stream_complete(_f: FilterEnvoyPtr, _m: ModulePtr);
     envoy_dynamic_module_on_http_filter_http_callout_done(
         _f: FilterEnvoyPtr, _m: ModulePtr, _callout_id: u64, _result: i32,
         _headers: *const c_void, _headers_len: usize, _body: *const EnvoyBuffer, _body_len: usize);

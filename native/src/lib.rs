@@ -5,18 +5,20 @@
 //! one state without shared-data round trips, and no wasm VM sits on the request path. The
 //! configuration is the same JSON, parsed by the same [`policy_core::config::Config::parse`].
 //!
-//! Today this crate is the ABI layer and the decision-free part of the request path: it loads and
-//! validates the configuration, strips client-sent retry headers, and counts requests. The
-//! breaker's per-key decisions arrive on it next, from policy-core's shared flow.
+//! It makes the wasm filter's decisions: the per-key protocol is policy-core's `flow` (the one
+//! the filter runs), its store is process memory shared by every worker ([`store`]), and the
+//! replies, retry headers, metrics and transition lines are policy-core's too.
 //!
 //! ## Layout
 //! - [`abi`]: the hooks Envoy calls and the callbacks it offers, declared by hand; the only module
-//!   with `unsafe` (the crate denies it elsewhere).
-//! - [`filter`]: what the hooks do, in safe Rust: configuration, the request path.
-//! - [`request`]: pure helpers over the bytes a request carries (key, strip list).
+//!   with `unsafe` (the crate denies it elsewhere). Also the ticker thread.
+//! - [`filter`]: what the hooks do, in safe Rust: configuration, request, outcome, tick.
+//! - [`engine`]: the breaker per worker over the shared store: decide, complete, merge, tick.
+//! - [`store`]: every key's state and window in process memory, with compare-and-swap.
+//! - [`request`]: pure helpers over the bytes a request carries (key, profile, numbers).
 //! - [`labels`]: the process-wide budget of `key` metric labels.
 //! - `probe` (feature `abi-probe`, never in `target/dist/libmeshbreaker.so`): a second filter that
-//!   drives the callbacks the request path does not use yet, for the smoke test.
+//!   drives callbacks the request path does not reach in the smoke test.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -27,8 +29,10 @@
 
 #[allow(unsafe_code)]
 pub mod abi;
+pub mod engine;
 pub mod filter;
 pub mod labels;
 #[cfg(feature = "abi-probe")]
 pub mod probe;
 pub mod request;
+pub mod store;

@@ -1,5 +1,5 @@
 //! Pure helpers over what a request carries: the key's raw parts as Envoy hands them (bytes), the
-//! key, and the client retry headers to strip. No ABI here, so property tests can feed them any
+//! key, the profile in force. No ABI here, so property tests can feed them any
 //! bytes.
 //!
 //! Header values need not be UTF-8 (SPEC "Nothing a client or an upstream sends can crash the
@@ -11,7 +11,6 @@ use std::borrow::Cow;
 
 use policy_core::config::{Config, KeyBy};
 use policy_core::keys::{self, MAX_KEY_LEN};
-use policy_core::retry::CompiledRetry;
 
 /// The raw parts a key can be built from; empty when Envoy has none.
 #[derive(Clone, Copy, Debug, Default)]
@@ -80,50 +79,43 @@ impl Scratch {
     }
 }
 
-/// The client retry headers to remove, per profile: index 0 the top level, `i + 1` override `i`
-/// (policy-core's [`CompiledRetry::headers_to_strip`], computed once per configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StripLists(Vec<&'static [&'static str]>);
-
-impl StripLists {
-    pub fn of(cfg: &Config) -> StripLists {
-        let retries = std::iter::once(&cfg.retry).chain(cfg.overrides.iter().map(|o| &o.retry));
-        StripLists(
-            retries
-                .map(|r| CompiledRetry::new(r).headers_to_strip())
-                .collect(),
-        )
+/// The profile in force for a request with these parts: `0` the top level, `i + 1` override `i`
+/// (policy-core's [`Config::effective`], on the sanitized parts).
+pub fn profile_index(cfg: &Config, parts: &RawParts<'_>, scratch: &mut Scratch) -> usize {
+    if cfg.overrides.is_empty() {
+        return 0;
     }
+    keys::sanitize_key_into(&text(parts.cluster), &mut scratch.cluster);
+    keys::sanitize_key_into(&text(parts.route), &mut scratch.route);
+    keys::sanitize_key_into(&text(parts.authority), &mut scratch.authority);
+    let eff = cfg.effective(&scratch.cluster, &scratch.route, &scratch.authority);
+    // `effective` answers with a reference into `cfg`: its position names the profile.
+    cfg.overrides
+        .iter()
+        .position(|o| std::ptr::eq(eff.retry, &o.retry))
+        .map_or(0, |i| i + 1)
+}
 
-    /// The headers to strip from this request: those of the configuration in force for its key
-    /// (policy-core's [`Config::effective`], on the sanitized parts).
-    pub fn for_request(
-        &self,
-        cfg: &Config,
-        parts: &RawParts<'_>,
-        scratch: &mut Scratch,
-    ) -> &'static [&'static str] {
-        let top = self.0.first().copied().unwrap_or(&[]);
-        if cfg.overrides.is_empty() {
-            return top;
+/// A decimal number of at most 10 digits (optional surrounding whitespace), `None` otherwise:
+/// a status or count an upstream sends is bytes, and a malformed one is "absent".
+pub fn parse_u32(b: &[u8]) -> Option<u32> {
+    let b = b.trim_ascii();
+    if b.is_empty() || b.len() > 10 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
         }
-        keys::sanitize_key_into(&text(parts.cluster), &mut scratch.cluster);
-        keys::sanitize_key_into(&text(parts.route), &mut scratch.route);
-        keys::sanitize_key_into(&text(parts.authority), &mut scratch.authority);
-        let eff = cfg.effective(&scratch.cluster, &scratch.route, &scratch.authority);
-        // `effective` answers with a reference into `cfg`: its position names the profile.
-        cfg.overrides
-            .iter()
-            .position(|o| std::ptr::eq(eff.retry, &o.retry))
-            .and_then(|i| self.0.get(i + 1).copied())
-            .unwrap_or(top)
+        v = v * 10 + u64::from(c - b'0');
     }
+    u32::try_from(v).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_core::retry::ROUTER_RETRY_HEADERS;
     use proptest::prelude::*;
 
     fn cfg(json: &str) -> Config {
@@ -177,34 +169,22 @@ mod tests {
     }
 
     #[test]
-    fn strip_list_is_the_router_headers_by_default() {
-        let c = cfg("{}");
-        let lists = StripLists::of(&c);
-        let got = lists.for_request(&c, &parts(b"backend", b"", b""), &mut Scratch::default());
-        assert_eq!(got, &ROUTER_RETRY_HEADERS[..]);
-    }
-
-    #[test]
-    fn strip_list_is_empty_when_stripping_is_off() {
-        let c = cfg(r#"{"retry":{"strip_downstream_headers":false}}"#);
-        let got = StripLists::of(&c).for_request(&c, &RawParts::default(), &mut Scratch::default());
-        assert!(got.is_empty());
-    }
-
-    #[test]
-    fn strip_list_follows_the_override_of_the_key() {
+    fn profile_is_the_first_matching_override() {
         let c = cfg(
             r#"{"overrides":[{"match":{"cluster":"trusted"},"retry":{"strip_downstream_headers":false}}]}"#,
         );
-        let lists = StripLists::of(&c);
         let mut s = Scratch::default();
-        assert!(lists
-            .for_request(&c, &parts(b"Trusted", b"", b""), &mut s)
-            .is_empty());
-        assert_eq!(
-            lists.for_request(&c, &parts(b"other", b"", b""), &mut s),
-            &ROUTER_RETRY_HEADERS[..]
-        );
+        assert_eq!(profile_index(&c, &parts(b"Trusted", b"", b""), &mut s), 1);
+        assert_eq!(profile_index(&c, &parts(b"other", b"", b""), &mut s), 0);
+        assert_eq!(profile_index(&cfg("{}"), &parts(b"x", b"", b""), &mut s), 0);
+    }
+
+    #[test]
+    fn numbers_from_headers_are_bounded() {
+        assert_eq!(parse_u32(b" 14 "), Some(14));
+        assert_eq!(parse_u32(b"4294967296"), None);
+        assert_eq!(parse_u32(b"1\xff"), None);
+        assert_eq!(parse_u32(b""), None);
     }
 
     fn key_by() -> impl Strategy<Value = KeyBy> {
@@ -243,18 +223,17 @@ mod tests {
             prop_assert_eq!(s.key(kb, &parts(c.as_bytes(), r.as_bytes(), a.as_bytes())), want.as_str());
         }
 
-        /// Whatever the parts, the strip list is one of the configuration's own lists.
+        /// Whatever the parts, the profile is one the configuration has.
         #[test]
-        fn strip_list_of_any_bytes_is_a_profile_list(
+        fn profile_of_any_bytes_is_a_profile(
             cluster in proptest::collection::vec(any::<u8>(), 0..64),
             route in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             let c = cfg(r#"{"key_by":"cluster_route",
                             "overrides":[{"match":{"cluster":"a"},"retry":{"strip_downstream_headers":false}},
                                          {"match":{"route":"b"},"mode":"dry_run"}]}"#);
-            let lists = StripLists::of(&c);
-            let got = lists.for_request(&c, &parts(&cluster, &route, b""), &mut Scratch::default());
-            prop_assert!(got.is_empty() || got == &ROUTER_RETRY_HEADERS[..]);
+            let got = profile_index(&c, &parts(&cluster, &route, b""), &mut Scratch::default());
+            prop_assert!(got <= 2);
         }
     }
 }

@@ -296,6 +296,19 @@ impl BreakerState {
                         .min(max_open_ms(cfg)),
                 ),
             }),
+            State::HalfOpen if self.has_slow_probe(cfg, now_ms) => {
+                // A probe still in flight after the latency threshold is already a slow, failed
+                // probe: re-open now, rather than wait for an answer that may come after the
+                // probe's slot was reclaimed, and then count for nothing.
+                self.sleep_ms = doubled_sleep_ms(self.sleep_ms, cfg);
+                let t = self.open(reason, State::HalfOpen, now_ms, rng);
+                transition = Some(t);
+                changed = true;
+                reject(Rejection {
+                    reason,
+                    retry_after_s: ceil_secs(t.open_for_ms),
+                })
+            }
             State::HalfOpen => {
                 changed |= self.reclaim_stuck_probes(cfg, now_ms);
                 if self.probes.len() < cfg.half_open_max_probes as usize {
@@ -336,11 +349,22 @@ impl BreakerState {
         now_ms >= self.open_until_ms || self.open_until_ms - now_ms > max_open_ms(cfg)
     }
 
-    /// Frees the slots of probes older than `sleep_window` whose requests never completed, and of
-    /// probes that started "in the future" (the clock stepped back since), which would otherwise
-    /// never age.
+    /// Whether a probe in flight has run for the latency threshold (with the latency trip on).
+    fn has_slow_probe(&self, cfg: &BreakerConfig, now_ms: u64) -> bool {
+        let Some(threshold) = cfg.latency_p95_threshold.map(ms) else {
+            return false;
+        };
+        self.probes
+            .iter()
+            .any(|p| p.started_ms <= now_ms && now_ms - p.started_ms >= threshold)
+    }
+
+    /// Frees the slots of probes whose requests never completed, and of probes that started "in
+    /// the future" (the clock stepped back since), which would otherwise never age. A probe is
+    /// given up after `sleep_window`, or with the latency trip on after the latency threshold if
+    /// that is longer (a probe slower than that fails first, [`Self::has_slow_probe`]).
     fn reclaim_stuck_probes(&mut self, cfg: &BreakerConfig, now_ms: u64) -> bool {
-        let limit = ms(cfg.sleep_window);
+        let limit = ms(cfg.sleep_window).max(cfg.latency_p95_threshold.map_or(0, ms));
         let before = self.probes.len();
         self.probes
             .retain(|p| p.started_ms <= now_ms && now_ms - p.started_ms < limit);
@@ -557,6 +581,16 @@ impl Transition {
     /// True for a real change of state (a probe success that keeps HALF_OPEN is not one).
     pub fn is_change(&self) -> bool {
         self.from != self.to
+    }
+
+    /// The figures of the log line of a transition a request's arrival made: a re-open there is
+    /// a probe found still in flight after the latency threshold, a failed probe.
+    pub fn arrival_figures(&self) -> &'static str {
+        if self.from == State::HalfOpen && self.to == State::Open {
+            "probe_success=false probe_slow=true"
+        } else {
+            ""
+        }
     }
 }
 
@@ -833,8 +867,43 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_still_in_flight_after_the_latency_threshold_reopens_the_circuit() {
+        // An upstream slower than the sleep window: its probes' slots would be reclaimed before
+        // they answer, and their late (slow) answers would count for nothing, leaving the circuit
+        // HALF_OPEN for as long as the upstream is slow.
+        let mut c = cfg();
+        c.sleep_window = Duration::from_millis(250);
+        c.latency_p95_threshold = Some(Duration::from_millis(800));
+        let mut s = tripped(&c, 0);
+        let Decision::Probe(_) = s
+            .decide(Mode::Enforce, &c, 300, &mut FixedJitter(0.0))
+            .decision
+        else {
+            panic!("a probe after the sleep window")
+        };
+        s.decide(Mode::Enforce, &c, 300, &mut FixedJitter(0.0));
+        // 799 ms in: not slow yet; the quota is full.
+        assert!(matches!(
+            s.decide(Mode::Enforce, &c, 1_099, &mut FixedJitter(0.0))
+                .decision,
+            Decision::Reject(_)
+        ));
+        assert_eq!(s.state, State::HalfOpen);
+        // 800 ms in: the probe is slow, so it failed: OPEN again with the sleep doubled.
+        let step = s.decide(Mode::Enforce, &c, 1_100, &mut FixedJitter(0.0));
+        assert!(matches!(step.decision, Decision::Reject(_)));
+        assert_eq!(
+            step.transition.map(|t| (t.from, t.to)),
+            Some((State::HalfOpen, State::Open))
+        );
+        assert_eq!((s.state, s.sleep_ms), (State::Open, 500));
+    }
+
+    #[test]
     fn stuck_probe_frees_its_slot_after_sleep_window() {
-        let c = cfg();
+        // With the latency trip off (with it on, a probe that long is a slow, failed probe).
+        let mut c = cfg();
+        c.latency_p95_threshold = None;
         let mut s = tripped(&c, 0);
         s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));
         s.decide(Mode::Enforce, &c, 10_000, &mut FixedJitter(0.0));

@@ -13,6 +13,7 @@
 //! - [`encoding`]: the versioned byte encoding of a key's shared state (proxy-wasm shared data);
 //! - [`flow`]: one key's protocol across workers (admit, complete, merge, trip, probe) over a store;
 //! - [`metrics`]: the names of the metrics an operator sees;
+//! - [`reply`]: the local reply to a rejected request;
 //! - [`resets`]: arithmetic on the sidecar's cumulative kernel reset counters.
 #![cfg_attr(
     not(test),
@@ -27,6 +28,7 @@ pub mod encoding;
 pub mod flow;
 pub mod keys;
 pub mod metrics;
+pub mod reply;
 pub mod resets;
 pub mod retry;
 pub mod shedding;

@@ -26,6 +26,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::breaker::Decision;
 use crate::config::{BudgetConfig, Mode, RetryConfig, RetryPolicy};
 
 pub const RETRY_ON_HEADER: &str = "x-envoy-retry-on";
@@ -337,6 +338,82 @@ impl CompiledRetry {
     }
 }
 
+/// The most upstream attempts any request can make (`max_retries` ≤ 10, plus the first).
+pub const MAX_ATTEMPTS: u32 = 11;
+
+/// Which retry headers a request gets: what a shell remembers between deciding a request and
+/// writing its headers ([`CompiledRetry::plan`], [`CompiledRetry::edit_headers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPlan {
+    None,
+    /// The headers of policy `i` ([`CompiledRetry::policies`]).
+    Policy(usize),
+    /// `x-envoy-max-retries: 0`.
+    Off,
+}
+
+impl CompiledRetry {
+    /// The retry plan of a request the breaker decided `decision` on, and the most attempts it
+    /// allows. A rejected request gets no plan (it never reaches the router) and one attempt;
+    /// with no header of ours the route's own retry policy (or, without stripping, the client's)
+    /// is in force, so only the global bound [`MAX_ATTEMPTS`] applies.
+    pub fn plan(
+        &self,
+        mode: Mode,
+        decision: &Decision,
+        req: &RequestView<'_>,
+        budget_allows: bool,
+    ) -> (RetryPlan, u32) {
+        let probe = match decision {
+            Decision::Reject(_) => return (RetryPlan::None, 1),
+            Decision::Probe(_) => true,
+            _ => false,
+        };
+        let rd = self.decide(req, mode, probe, budget_allows);
+        let plan = match rd {
+            RetryDecision::NoHeaders => RetryPlan::None,
+            RetryDecision::Probe | RetryDecision::BudgetDenied(_) => RetryPlan::Off,
+            RetryDecision::Policy(pol) => self
+                .policies
+                .iter()
+                .position(|x| std::ptr::eq(x, pol))
+                .map_or(RetryPlan::None, RetryPlan::Policy),
+        };
+        (plan, rd.max_attempts().unwrap_or(MAX_ATTEMPTS))
+    }
+
+    /// The request header edits of `plan`: the client's retry headers are stripped (per
+    /// `strip_downstream_headers`) and the plan's written. A header the plan writes is replaced
+    /// (`set`, which removes every client value); the others are removed (`remove`) only when the
+    /// client sent them (`present`: bit `i` for `ROUTER_RETRY_HEADERS[i]`; all ones when unknown).
+    pub fn edit_headers(
+        &self,
+        plan: RetryPlan,
+        present: u8,
+        mut remove: impl FnMut(&'static str),
+        mut set: impl FnMut(&'static str, &str),
+    ) {
+        let written: &[(&'static str, String)] = match plan {
+            RetryPlan::Policy(i) => self.policies.get(i).map_or(&[], |x| x.headers()),
+            _ => &[],
+        };
+        let off = matches!(plan, RetryPlan::Off);
+        for (i, &h) in self.headers_to_strip().iter().enumerate() {
+            let overwritten =
+                written.iter().any(|(n, _)| *n == h) || (off && h == MAX_RETRIES_HEADER);
+            if !overwritten && present & (1 << i) != 0 {
+                remove(h);
+            }
+        }
+        for (n, v) in written {
+            set(n, v);
+        }
+        if off {
+            set(NO_RETRIES.0, NO_RETRIES.1);
+        }
+    }
+}
+
 /// How many retries the budget grants over a window: `ratio × requests + min_retries_per_second ×
 /// window seconds` (SPEC "budget").
 ///
@@ -392,6 +469,71 @@ mod tests {
 
     fn owned<'h>(h: &'h [(&'static str, String)]) -> Vec<(&'static str, &'h str)> {
         h.iter().map(|(n, v)| (*n, v.as_str())).collect()
+    }
+
+    // ---- plans and header edits (what both shells write) ----
+
+    fn edits(r: &CompiledRetry, plan: RetryPlan, present: u8) -> Vec<String> {
+        let out = std::cell::RefCell::new(Vec::new());
+        r.edit_headers(
+            plan,
+            present,
+            |h| out.borrow_mut().push(format!("-{h}")),
+            |h, v| out.borrow_mut().push(format!("{h}={v}")),
+        );
+        out.into_inner()
+    }
+
+    #[test]
+    fn plan_follows_the_decision() {
+        use crate::breaker::Rejection;
+        use crate::window::TripReason;
+        let r = compiled(r#"{"retry":{"policies":[{"name":"all","max_retries":2}]}}"#);
+        let v = req("GET", "/", None, &());
+        assert_eq!(
+            r.plan(Mode::Enforce, &Decision::Allow, &v, true),
+            (RetryPlan::Policy(0), 3)
+        );
+        assert_eq!(
+            r.plan(Mode::Enforce, &Decision::Allow, &v, false),
+            (RetryPlan::Off, 1),
+            "budget spent"
+        );
+        assert_eq!(
+            r.plan(Mode::Enforce, &Decision::Probe(1), &v, true),
+            (RetryPlan::Off, 1)
+        );
+        let rejected = Decision::Reject(Rejection {
+            reason: TripReason::ErrorRate,
+            retry_after_s: 1,
+        });
+        assert_eq!(
+            r.plan(Mode::Enforce, &rejected, &v, true),
+            (RetryPlan::None, 1)
+        );
+        assert_eq!(
+            r.plan(Mode::Disabled, &Decision::PassThrough, &v, true),
+            (RetryPlan::None, MAX_ATTEMPTS)
+        );
+    }
+
+    #[test]
+    fn edits_strip_only_what_the_client_sent_and_write_the_plan() {
+        let r = compiled(r#"{"retry":{"policies":[{"name":"all","max_retries":2}]}}"#);
+        let got = edits(&r, RetryPlan::Policy(0), 1 << 3);
+        assert_eq!(got[0], format!("-{PER_TRY_TIMEOUT_HEADER}"));
+        assert!(got.contains(&format!("{MAX_RETRIES_HEADER}=2")), "{got:?}");
+        assert_eq!(
+            edits(&r, RetryPlan::Off, u8::MAX)
+                .iter()
+                .filter(|e| e.contains(MAX_RETRIES_HEADER))
+                .collect::<Vec<_>>(),
+            [&format!("{MAX_RETRIES_HEADER}=0")],
+            "the written header is set, not also removed"
+        );
+        assert!(edits(&r, RetryPlan::None, 0).is_empty());
+        let keep = compiled(r#"{"retry":{"strip_downstream_headers":false}}"#);
+        assert!(edits(&keep, RetryPlan::None, u8::MAX).is_empty());
     }
 
     // ---- gRPC detection ----

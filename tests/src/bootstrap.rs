@@ -47,6 +47,9 @@ pub struct Bootstrap {
     /// Serve the listener through LDS from this file (`path_config_source`), as Istio's xDS
     /// does, so a test can reload the plugin configuration by replacing the file.
     pub lds_path: Option<PathBuf>,
+    /// `upgrade_configs: [{upgrade_type: websocket}]` on the connection manager, as Istio's
+    /// sidecars have it: Envoy forwards websocket upgrades instead of refusing them.
+    pub websocket: bool,
 }
 
 fn unbound() -> SocketAddr {
@@ -67,6 +70,7 @@ impl Default for Bootstrap {
             extra: Vec::new(),
             attempt_count_in_response: true,
             lds_path: None,
+            websocket: false,
         }
     }
 }
@@ -88,6 +92,14 @@ impl Bootstrap {
     pub fn with_native_filter(mut self, filter_json: impl Into<String>) -> Self {
         self.native = Some((crate::require_native(), filter_json.into()));
         self
+    }
+
+    /// Adds meshbreaker as `shell`: the wasm filter or the dynamic module, with this JSON.
+    pub fn with_shell(self, shell: crate::Shell, json: impl Into<String>) -> Self {
+        match shell {
+            crate::Shell::Wasm => self.with_filter(json),
+            crate::Shell::Native => self.with_native_filter(json),
+        }
     }
 
     /// Adds the meshbreaker filter from an explicit wasm path.
@@ -120,6 +132,12 @@ impl Bootstrap {
     /// Serves the listener by LDS from `path` (written by [`Bootstrap::write_lds`]).
     pub fn lds_from(mut self, path: PathBuf) -> Self {
         self.lds_path = Some(path);
+        self
+    }
+
+    /// Lets websocket upgrades through (`upgrade_configs` on the connection manager).
+    pub fn websocket(mut self, yes: bool) -> Self {
+        self.websocket = yes;
         self
     }
 
@@ -242,6 +260,9 @@ impl Bootstrap {
             },
             "http_filters": http_filters
         });
+        if self.websocket {
+            hcm["upgrade_configs"] = json!([{"upgrade_type": "websocket"}]);
+        }
         if self.trust_loopback {
             hcm["internal_address_config"] =
                 json!({"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]});

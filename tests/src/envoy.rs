@@ -393,6 +393,17 @@ impl Envoy {
             .collect()
     }
 
+    /// The filter's transition lines for `key` in the log so far, in order (a line that has the
+    /// mark but not the fields fails the test).
+    pub fn transitions(&self, key: &str) -> Vec<policy_core::breaker::TransitionLine> {
+        self.log()
+            .lines()
+            .filter_map(policy_core::breaker::TransitionLine::find)
+            .map(|t| t.unwrap_or_else(|e| panic!("unreadable transition line: {e}")))
+            .filter(|t| t.key == key)
+            .collect()
+    }
+
     /// The last `n` log lines.
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log();

@@ -19,22 +19,26 @@
 pub mod bootstrap;
 pub mod client;
 pub mod envoy;
+pub mod exchanges;
 pub mod grpc;
 pub mod poll;
 pub mod prom;
+pub mod shell;
 pub mod stack;
 pub mod upstream;
 
 pub use bootstrap::{Bootstrap, RouteKind};
 pub use client::{HttpClient, HttpResponse};
 pub use envoy::{envoy_binary, envoy_validate, Envoy};
+pub use exchanges::{slow_upload, websocket_hold, Held};
 pub use grpc::{grpc_check, GrpcUpstream};
 pub use poll::{eventually, wait_until};
 pub use prom::{parse_prometheus, Sample};
+pub use shell::Shell;
 pub use stack::{
     assert_spec_rejection, fast_config, is_rejection, sanitize_key, Stack, SPEC_METRICS,
 };
-pub use upstream::{Behavior, HttpUpstream, RecordedRequest};
+pub use upstream::{closed_port, Behavior, FailShare, HttpUpstream, RecordedRequest};
 
 use std::future::Future;
 use std::path::PathBuf;

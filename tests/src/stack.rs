@@ -6,6 +6,7 @@ use crate::bootstrap::{Bootstrap, RouteKind};
 use crate::client::{HttpClient, HttpResponse};
 use crate::envoy::Envoy;
 use crate::grpc::GrpcUpstream;
+use crate::shell::Shell;
 use crate::upstream::HttpUpstream;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ pub const SPEC_METRICS: [&str; 7] = policy_core::metrics::ALL;
 /// Envoy + the filter + named upstreams.
 pub struct Stack {
     pub envoy: Envoy,
+    /// Which meshbreaker this Envoy runs.
+    pub shell: Shell,
     http: HashMap<String, HttpUpstream>,
     grpc: HashMap<String, GrpcUpstream>,
 }
@@ -66,7 +69,18 @@ impl Stack {
         grpc: &[&str],
         trust_loopback: bool,
     ) -> Stack {
-        Self::start_with(plugin, http, grpc, &[], |b| {
+        Self::start_shell(Shell::Wasm, plugin, http, grpc, trust_loopback).await
+    }
+
+    /// [`Stack::start`] with meshbreaker as `shell`.
+    pub async fn start_shell(
+        shell: Shell,
+        plugin: &Value,
+        http: &[&str],
+        grpc: &[&str],
+        trust_loopback: bool,
+    ) -> Stack {
+        Self::start_with_shell(shell, plugin, http, grpc, &[], |b| {
             b.trust_loopback(trust_loopback)
         })
         .await
@@ -82,7 +96,19 @@ impl Stack {
         grpc_http: &[&str],
         configure: impl FnOnce(Bootstrap) -> Bootstrap,
     ) -> Stack {
-        let mut b = Bootstrap::new().with_filter(plugin.to_string());
+        Self::start_with_shell(Shell::Wasm, plugin, http, grpc, grpc_http, configure).await
+    }
+
+    /// [`Stack::start_with`] with meshbreaker as `shell`.
+    pub async fn start_with_shell(
+        shell: Shell,
+        plugin: &Value,
+        http: &[&str],
+        grpc: &[&str],
+        grpc_http: &[&str],
+        configure: impl FnOnce(Bootstrap) -> Bootstrap,
+    ) -> Stack {
+        let mut b = Bootstrap::new().with_shell(shell, plugin.to_string());
         let mut hs = HashMap::new();
         // The default route's `backend` cluster (what requests without `x-route` reach).
         let backend = HttpUpstream::start().await;
@@ -108,6 +134,7 @@ impl Stack {
         let envoy = Envoy::start(b.to_yaml()).await;
         Stack {
             envoy,
+            shell,
             http: hs,
             grpc: gs,
         }
@@ -143,9 +170,19 @@ impl Stack {
         let mut labels = vec![("key", key)];
         labels.extend_from_slice(extra);
         self.envoy
-            .metric_opt(name, &labels)
+            .metric_opt(&self.shell.metric_name(name), &labels)
             .await
             .unwrap_or_else(|| panic!("no series {name}{labels:?} in /stats/prometheus"))
+    }
+
+    /// Value of a SPEC metric for `key` (plus extra labels), summed, or `None` when this shell
+    /// serves no such series (so "absent" and "zero" can be told apart).
+    pub async fn metric_opt(&self, name: &str, key: &str, extra: &[(&str, &str)]) -> Option<f64> {
+        let mut labels = vec![("key", key)];
+        labels.extend_from_slice(extra);
+        self.envoy
+            .metric_opt(&self.shell.metric_name(name), &labels)
+            .await
     }
 
     /// A client to the listener, for concurrent use.
@@ -184,7 +221,23 @@ impl Stack {
     pub async fn metric(&self, name: &str, key: &str, extra: &[(&str, &str)]) -> f64 {
         let mut labels = vec![("key", key)];
         labels.extend_from_slice(extra);
-        self.envoy.metric_value(name, &labels).await
+        self.envoy
+            .metric_value(&self.shell.metric_name(name), &labels)
+            .await
+    }
+
+    /// `/stats/prometheus`, parsed, with this shell's metrics under their SPEC names (a dynamic
+    /// module's lose Envoy's prefix) and nothing else.
+    pub async fn samples(&self) -> Vec<crate::prom::Sample> {
+        let mut out = self.envoy.samples().await;
+        out.retain_mut(|x| match self.shell.spec_name(&x.name) {
+            Some(n) => {
+                x.name = n.to_string();
+                true
+            }
+            None => false,
+        });
+        out
     }
 }
 

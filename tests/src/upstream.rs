@@ -9,6 +9,10 @@
 //! - `x-test-reset: 1` — abort instead of answering (HTTP/1.1: the connection is closed; HTTP/2:
 //!   the stream is reset).
 //!
+//! A request with `upgrade: websocket` is accepted (`101 Switching Protocols`) and the upgraded
+//! connection echoes what it receives until the client closes it: a long-lived stream that is
+//! healthy, for as long as the client holds it.
+//!
 //! It also counts requests in flight and the maximum ever in flight at once, which is how the
 //! half-open probe quota is observed.
 
@@ -24,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -40,11 +45,41 @@ pub struct Behavior {
     pub reset: bool,
     /// Answer with `status` only for every n-th request (1-based count); others get 200.
     pub fail_every_nth: Option<usize>,
+    /// Answer with `status` (503 if `None`) for a seeded pseudo-random share of requests: the n-th
+    /// request (1-based count since start or [`HttpUpstream::clear`]) fails when a hash of
+    /// `(seed, n)` falls under the share, so two upstreams with the same seed fail the same
+    /// positions of their request sequences.
+    pub fail_share: Option<FailShare>,
     /// Extra response headers, as bytes (obs-text, forged `x-envoy-*`, ...).
     pub headers: Vec<(String, Vec<u8>)>,
     /// Answer as a gRPC server that sends a message and then `grpc-status: N` in the trailers
     /// (HTTP 200, a body, trailers: not a trailers-only response).
     pub grpc_trailer_status: Option<u32>,
+}
+
+/// A seeded share of failing requests (see [`Behavior::fail_share`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailShare {
+    /// In [0, 1].
+    pub share: f64,
+    pub seed: u64,
+}
+
+impl FailShare {
+    /// Whether the n-th request fails.
+    pub fn fails(&self, n: usize) -> bool {
+        let h = splitmix64(self.seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let unit = (h >> 11) as f64 / (1u64 << 53) as f64;
+        unit < self.share
+    }
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit hash of `x`.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// One request as the upstream received it.
@@ -80,6 +115,8 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     seen: AtomicUsize,
+    /// Upgraded connections (websockets) open right now.
+    upgraded_open: AtomicUsize,
 }
 
 /// A running upstream on `127.0.0.1:<port>`; stops when dropped.
@@ -122,7 +159,7 @@ impl HttpUpstream {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
                     let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -172,6 +209,11 @@ impl HttpUpstream {
         self.state.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Upgraded (websocket) connections open right now.
+    pub fn upgraded_open(&self) -> usize {
+        self.state.upgraded_open.load(Ordering::SeqCst)
+    }
+
     /// Most requests ever handled at once (since start or [`HttpUpstream::clear`]).
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
@@ -182,6 +224,53 @@ type Body = BoxBody<Bytes, std::io::Error>;
 
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A loopback address nothing listens on (a port bound and released): connecting is refused, as
+/// with a hard-down upstream.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("addr: {e}"))
+}
+
+struct Upgraded<'a>(&'a State);
+impl Drop for Upgraded<'_> {
+    fn drop(&mut self) {
+        self.0.upgraded_open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Accepts a websocket upgrade and echoes the tunnel until the client closes it.
+fn upgrade(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    st.upgraded_open.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let _open = Upgraded(&st);
+        let Ok(up) = on_upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(up);
+        let mut buf = [0u8; 1024];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = io.shutdown().await;
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(full(Bytes::new()))
+        .map_err(std::io::Error::other)
 }
 
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
@@ -219,8 +308,14 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
         b.reset = true;
     }
     let attempt = rec.attempt().unwrap_or(1);
+    let websocket = rec
+        .header("upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if let Ok(mut g) = st.requests.lock() {
         g.push(rec);
+    }
+    if websocket {
+        return upgrade(st.clone(), req);
     }
     // Drain the request body so HTTP/1.1 connections can be reused.
     let _ = req.into_body().collect().await;
@@ -230,10 +325,12 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
     if b.reset {
         return Err(std::io::Error::other("programmed reset"));
     }
-    let status = match (b.fail_first_attempt, b.fail_every_nth) {
-        (Some(s), _) if attempt <= 1 => s,
-        (Some(_), _) => 200,
-        (None, Some(n)) if n > 0 && !nth.is_multiple_of(n) => 200,
+    let status = match (b.fail_first_attempt, b.fail_every_nth, b.fail_share) {
+        (Some(s), _, _) if attempt <= 1 => s,
+        (Some(_), _, _) => 200,
+        (None, Some(n), _) if n > 0 && !nth.is_multiple_of(n) => 200,
+        (None, None, Some(f)) if f.fails(nth) => b.status.unwrap_or(503),
+        (None, None, Some(_)) => 200,
         _ => b.status.unwrap_or(200),
     };
     if let Some(code) = b.grpc_trailer_status {

@@ -5,20 +5,20 @@ use meshbreaker_tests::*;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-static STACK: OnceCell<Stack> = OnceCell::const_new();
+static STACKS: [OnceCell<Stack>; 2] = [OnceCell::const_new(), OnceCell::const_new()];
 
-async fn stack() -> &'static Stack {
-    STACK
+async fn stack(shell: Shell) -> &'static Stack {
+    STACKS[shell.index()]
         .get_or_init(|| async {
-            Stack::start(&fast_config(), &["er_trip", "er_guard"], &[], false).await
+            Stack::start_shell(shell, &fast_config(), &["er_trip", "er_guard"], &[], false).await
         })
         .await
 }
 
-#[test]
-fn error_rate_trip_rejects_locally_with_the_spec_response() {
+per_shell! {
+fn error_rate_trip_rejects_locally_with_the_spec_response(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.up("er_trip");
         up.set(Behavior {
             status: Some(500),
@@ -80,10 +80,9 @@ fn error_rate_trip_rejects_locally_with_the_spec_response() {
     })
 }
 
-#[test]
-fn breaker_waits_for_min_requests_before_tripping() {
+fn breaker_waits_for_min_requests_before_tripping(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.up("er_guard");
         up.set(Behavior {
             status: Some(500),
@@ -109,4 +108,5 @@ fn breaker_waits_for_min_requests_before_tripping() {
         assert!(!is_rejection(&r), "the 5th request must still pass: {r:?}");
         assert_eq!(up.count(), 5);
     })
+}
 }

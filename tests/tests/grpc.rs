@@ -8,12 +8,13 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tonic::Code;
 
-static STACK: OnceCell<Stack> = OnceCell::const_new();
+static STACKS: [OnceCell<Stack>; 2] = [OnceCell::const_new(), OnceCell::const_new()];
 
-async fn stack() -> &'static Stack {
-    STACK
+async fn stack(shell: Shell) -> &'static Stack {
+    STACKS[shell.index()]
         .get_or_init(|| async {
-            Stack::start(
+            Stack::start_shell(
+                shell,
                 &fast_config(),
                 &[],
                 &["grpc_once", "grpc_max", "grpc_open", "grpc_ok"],
@@ -31,10 +32,10 @@ fn unavailable() -> GrpcBehavior {
     }
 }
 
-#[test]
-fn grpc_call_passes_through_a_closed_circuit() {
+per_shell! {
+fn grpc_call_passes_through_a_closed_circuit(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         for _ in 0..3 {
             grpc_check(s.envoy.port, &[("x-route", "grpc_ok")])
                 .await
@@ -44,10 +45,9 @@ fn grpc_call_passes_through_a_closed_circuit() {
     })
 }
 
-#[test]
-fn grpc_unavailable_on_first_attempt_is_retried() {
+fn grpc_unavailable_on_first_attempt_is_retried(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.grpc("grpc_once");
         up.set(GrpcBehavior {
             fail_first_attempt: Some(Code::Unavailable),
@@ -60,10 +60,9 @@ fn grpc_unavailable_on_first_attempt_is_retried() {
     })
 }
 
-#[test]
-fn grpc_unavailable_is_retried_at_most_three_times_and_counts_as_failures() {
+fn grpc_unavailable_is_retried_at_most_three_times_and_counts_as_failures(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.grpc("grpc_max");
         up.set(unavailable());
         let err = grpc_check(s.envoy.port, &[("x-route", "grpc_max")])
@@ -82,10 +81,9 @@ fn grpc_unavailable_is_retried_at_most_three_times_and_counts_as_failures() {
     })
 }
 
-#[test]
-fn open_circuit_answers_a_grpc_client_with_unavailable() {
+fn open_circuit_answers_a_grpc_client_with_unavailable(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.grpc("grpc_open");
         up.set(unavailable());
         // 4 samples per call (1 + 3 retries): the 2nd call completes min_requests.
@@ -149,4 +147,5 @@ fn open_circuit_answers_a_grpc_client_with_unavailable() {
         })
         .await;
     })
+}
 }

@@ -6,12 +6,13 @@ use meshbreaker_tests::*;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-static STACK: OnceCell<Stack> = OnceCell::const_new();
+static STACKS: [OnceCell<Stack>; 2] = [OnceCell::const_new(), OnceCell::const_new()];
 
-async fn stack() -> &'static Stack {
-    STACK
+async fn stack(shell: Shell) -> &'static Stack {
+    STACKS[shell.index()]
         .get_or_init(|| async {
-            Stack::start(
+            Stack::start_shell(
+                shell,
                 &fast_config(),
                 &["ho_quota", "ho_close", "ho_reopen"],
                 &[],
@@ -40,10 +41,36 @@ async fn trip(s: &Stack, route: &str) {
     assert!(is_rejection(&r), "{r:?}");
 }
 
-#[test]
-fn half_open_admits_at_most_max_probes_concurrently_across_workers() {
+/// How long the circuit stays open: polls every 20 ms from `start` until a request is admitted
+/// (a probe, which fails and re-opens). Returns (open duration, retry-after of the first
+/// rejection seen).
+async fn open_period(s: &Stack, start: Instant) -> (Duration, u64) {
+    let mut first_retry_after = None;
+    loop {
+        let r = s.send("ho_reopen", "GET", &[]).await;
+        if !is_rejection(&r) {
+            assert_eq!(r.status, 500);
+            assert_eq!(
+                r.header("x-envoy-attempt-count"),
+                Some("1"),
+                "probes get x-envoy-max-retries: 0"
+            );
+            return (start.elapsed(), first_retry_after.unwrap_or(0));
+        }
+        let ra = assert_spec_rejection(&r, "ho_reopen", "error_rate");
+        first_retry_after.get_or_insert(ra);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never half-opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+per_shell! {
+fn half_open_admits_at_most_max_probes_concurrently_across_workers(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.up("ho_quota");
         trip(s, "ho_quota").await;
         // Recovered but slow, so the probes overlap.
@@ -118,10 +145,9 @@ fn half_open_admits_at_most_max_probes_concurrently_across_workers() {
     })
 }
 
-#[test]
-fn successful_probes_close_the_circuit() {
+fn successful_probes_close_the_circuit(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         trip(s, "ho_close").await;
         s.up("ho_close").set(Behavior::default());
         // half_open_successes_to_close = 2: keep sending until closed.
@@ -158,36 +184,9 @@ fn successful_probes_close_the_circuit() {
     })
 }
 
-/// How long the circuit stays open: polls every 20 ms from `start` until a request is admitted
-/// (a probe, which fails and re-opens). Returns (open duration, retry-after of the first
-/// rejection seen).
-async fn open_period(s: &Stack, start: Instant) -> (Duration, u64) {
-    let mut first_retry_after = None;
-    loop {
-        let r = s.send("ho_reopen", "GET", &[]).await;
-        if !is_rejection(&r) {
-            assert_eq!(r.status, 500);
-            assert_eq!(
-                r.header("x-envoy-attempt-count"),
-                Some("1"),
-                "probes get x-envoy-max-retries: 0"
-            );
-            return (start.elapsed(), first_retry_after.unwrap_or(0));
-        }
-        let ra = assert_spec_rejection(&r, "ho_reopen", "error_rate");
-        first_retry_after.get_or_insert(ra);
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never half-opened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-#[test]
-fn failed_probe_reopens_with_a_doubled_sleep_window() {
+fn failed_probe_reopens_with_a_doubled_sleep_window(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         trip(s, "ho_reopen").await;
         let t0 = Instant::now();
         // sleep_window 500 ms, then 1 s, then 2 s (x jitter 1.0-1.2), the upstream still failing.
@@ -251,4 +250,5 @@ fn failed_probe_reopens_with_a_doubled_sleep_window() {
             0.0
         );
     })
+}
 }

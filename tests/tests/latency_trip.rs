@@ -5,18 +5,20 @@ use meshbreaker_tests::*;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-static STACK: OnceCell<Stack> = OnceCell::const_new();
+static STACKS: [OnceCell<Stack>; 2] = [OnceCell::const_new(), OnceCell::const_new()];
 
-async fn stack() -> &'static Stack {
-    STACK
-        .get_or_init(|| async { Stack::start(&fast_config(), &["slow", "fast"], &[], false).await })
+async fn stack(shell: Shell) -> &'static Stack {
+    STACKS[shell.index()]
+        .get_or_init(|| async {
+            Stack::start_shell(shell, &fast_config(), &["slow", "fast"], &[], false).await
+        })
         .await
 }
 
-#[test]
-fn slow_upstream_trips_on_p95_latency() {
+per_shell! {
+fn slow_upstream_trips_on_p95_latency(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.up("slow");
         // 200 OK, but slower than latency_p95_threshold (300 ms): not failures, only slow.
         up.set(Behavior {
@@ -73,10 +75,9 @@ fn slow_upstream_trips_on_p95_latency() {
     })
 }
 
-#[test]
-fn fast_upstream_does_not_trip_on_latency() {
+fn fast_upstream_does_not_trip_on_latency(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         for _ in 0..20 {
             let r = s.send("fast", "GET", &[]).await;
             assert_eq!(r.status, 200);
@@ -84,7 +85,10 @@ fn fast_upstream_does_not_trip_on_latency() {
         eventually(Duration::from_secs(10), "p95 gauge published", || async {
             let v = s
                 .envoy
-                .metric("meshbreaker_latency_p95_ms", &[("key", "fast")])
+                .metric(
+                    &s.shell.metric_name("meshbreaker_latency_p95_ms"),
+                    &[("key", "fast")],
+                )
                 .await;
             v.first().map(|x| x.value)
         })
@@ -97,4 +101,5 @@ fn fast_upstream_does_not_trip_on_latency() {
         );
         assert_eq!(s.up("fast").count(), 20);
     })
+}
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 const ISTIO_LIKE: &str = "outbound|8080||Reviews.default.svc";
 const ODD: &str = "Odd+Name V2";
 
-#[test]
-fn prometheus_carries_every_spec_metric_with_labels_and_values() {
+per_shell! {
+fn prometheus_carries_every_spec_metric_with_labels_and_values(shell) {
     run(async {
-        let s = Stack::start(&fast_config(), &["m_a"], &[], false).await;
+        let s = Stack::start_shell(shell, &fast_config(), &["m_a"], &[], false).await;
         let up = s.up("m_a");
         // 4 successes, then failing POSTs until rejected.
         for _ in 0..4 {
@@ -44,7 +44,7 @@ fn prometheus_carries_every_spec_metric_with_labels_and_values() {
         );
 
         let samples = eventually(Duration::from_secs(10), "metrics settle", || async {
-            let samples = s.envoy.samples().await;
+            let samples = s.samples().await;
             let get = |name: &str, labels: &[(&str, &str)]| -> f64 {
                 samples
                     .iter()
@@ -135,10 +135,9 @@ fn prometheus_carries_every_spec_metric_with_labels_and_values() {
     })
 }
 
-#[test]
-fn cluster_keys_are_sanitized_cluster_names() {
+fn cluster_keys_are_sanitized_cluster_names(shell) {
     run(async {
-        let s = Stack::start(&fast_config(), &[ISTIO_LIKE, ODD], &[], false).await;
+        let s = Stack::start_shell(shell, &fast_config(), &[ISTIO_LIKE, ODD], &[], false).await;
         for route in [ISTIO_LIKE, ODD] {
             let r = s.envoy.http1().get("/k", &[("x-route", route)]).await;
             assert_eq!(r.status, 200);
@@ -167,4 +166,5 @@ fn cluster_keys_are_sanitized_cluster_names() {
             .await;
         }
     })
+}
 }

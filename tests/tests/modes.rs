@@ -11,12 +11,12 @@ fn failing() -> Behavior {
     }
 }
 
-#[test]
-fn dry_run_never_rejects_but_marks_would_be_rejected_responses() {
+per_shell! {
+fn dry_run_never_rejects_but_marks_would_be_rejected_responses(shell) {
     run(async {
         let mut cfg = fast_config();
         cfg["mode"] = "dry_run".into();
-        let s = Stack::start(&cfg, &["dry"], &[], false).await;
+        let s = Stack::start_shell(shell, &cfg, &["dry"], &[], false).await;
         let up = s.up("dry");
         up.set(failing());
         let mut marked = 0;
@@ -70,13 +70,12 @@ fn dry_run_never_rejects_but_marks_would_be_rejected_responses() {
     })
 }
 
-#[test]
-fn forced_open_rejects_everything_with_sleep_window_retry_after() {
+fn forced_open_rejects_everything_with_sleep_window_retry_after(shell) {
     run(async {
         let mut cfg = fast_config();
         cfg["mode"] = "forced_open".into();
         cfg["breaker"]["sleep_window"] = "3s".into();
-        let s = Stack::start(&cfg, &["forced"], &[], false).await;
+        let s = Stack::start_shell(shell, &cfg, &["forced"], &[], false).await;
         for method in ["GET", "POST", "DELETE", "GET"] {
             let r = s.send("forced", method, &[]).await;
             let retry_after = assert_spec_rejection(&r, "forced", "forced_open");
@@ -97,13 +96,12 @@ fn forced_open_rejects_everything_with_sleep_window_retry_after() {
     })
 }
 
-#[test]
-fn disabled_mode_passes_through_without_retries_or_rejections() {
+fn disabled_mode_passes_through_without_retries_or_rejections(shell) {
     run(async {
         let mut cfg = fast_config();
         cfg["mode"] = "disabled".into();
         // Trusted listener: client retry headers would work in Envoy if the filter kept them.
-        let s = Stack::start(&cfg, &["off"], &[], true).await;
+        let s = Stack::start_shell(shell, &cfg, &["off"], &[], true).await;
         let up = s.up("off");
         let r = s.send("off", "GET", &[("x-test-fail-first", "503")]).await;
         assert_eq!(r.status, 503, "no retry headers: Envoy does not retry");
@@ -135,15 +133,14 @@ fn disabled_mode_passes_through_without_retries_or_rejections() {
     })
 }
 
-#[test]
-fn overrides_apply_per_cluster() {
+fn overrides_apply_per_cluster(shell) {
     run(async {
         let mut cfg = fast_config();
         cfg["overrides"] = json!([
             {"match": {"cluster": "ov_lenient"}, "breaker": {"min_requests": 50}},
             {"match": {"cluster": "ov_forced"}, "mode": "forced_open"}
         ]);
-        let s = Stack::start(&cfg, &["ov_strict", "ov_lenient", "ov_forced"], &[], false).await;
+        let s = Stack::start_shell(shell, &cfg, &["ov_strict", "ov_lenient", "ov_forced"], &[], false).await;
         for route in ["ov_strict", "ov_lenient"] {
             s.up(route).set(failing());
         }
@@ -176,4 +173,5 @@ fn overrides_apply_per_cluster() {
         assert_spec_rejection(&r, "ov_forced", "forced_open");
         assert_eq!(s.up("ov_forced").count(), 0);
     })
+}
 }

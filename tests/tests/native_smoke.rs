@@ -18,10 +18,12 @@ use tokio::sync::OnceCell;
 /// module defines (`meshbreaker_requests_total`).
 const REQUESTS: &str = "envoy_dynamicmodulescustom_meshbreaker_requests_total";
 
-/// The module's filter configuration in these tests: keys by cluster; the `keep` cluster keeps
-/// client retry headers (an override with stripping off), everything else strips them.
+/// The module's filter configuration in these tests: keys by cluster; no retry policy (so the
+/// module writes no retry header of its own); the `keep` cluster keeps client retry headers (an
+/// override with stripping off), everything else strips them.
 const FILTER_CONFIG: &str = r#"{
   "key_by": "cluster",
+  "retry": { "policies": [] },
   "overrides": [
     { "match": { "cluster": "keep" }, "retry": { "strip_downstream_headers": false } }
   ]

@@ -45,13 +45,13 @@ async fn lds_updates(envoy: &Envoy) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key() {
+per_shell! {
+fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key(shell) {
     run(async {
         let open_up = HttpUpstream::start().await;
         let busy_up = HttpUpstream::start().await;
         let backend = HttpUpstream::start().await;
-        let dir = std::env::temp_dir().join(format!("meshbreaker-lds-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("meshbreaker-lds-{}-{}", std::process::id(), shell.name()));
         std::fs::create_dir_all(&dir).unwrap();
         let lds = dir.join("lds.json");
         let base = Bootstrap::new()
@@ -59,7 +59,7 @@ fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key(
             .cluster("lds_open", RouteKind::Http, open_up.addr)
             .cluster("lds_busy", RouteKind::Http, busy_up.addr)
             .lds_from(lds.clone());
-        let mut b = base.clone().with_filter(config("2s").to_string());
+        let mut b = base.clone().with_shell(shell, config("2s").to_string());
         b.listener_port = free_port();
         b.write_lds();
         let envoy = Envoy::start(b.to_yaml()).await;
@@ -86,7 +86,7 @@ fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key(
         }
         wait_until(Duration::from_secs(10), "busy window merged", || async {
             envoy
-                .metric_opt("meshbreaker_error_rate_ppm", &[("key", "lds_busy")])
+                .metric_opt(&shell.metric_name("meshbreaker_error_rate_ppm"), &[("key", "lds_busy")])
                 .await
                 .is_some()
         })
@@ -95,7 +95,7 @@ fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key(
         // The reload: window 2s → 4s (same buckets: every old epoch now looks twice as new as the
         // new ones), by an atomic rename of the LDS file.
         let before = lds_updates(&envoy).await;
-        let mut b2 = base.with_filter(config("4s").to_string());
+        let mut b2 = base.with_shell(shell, config("4s").to_string());
         b2.listener_port = port;
         b2.write_lds();
         wait_until(
@@ -128,4 +128,5 @@ fn lds_reload_keeps_an_open_key_open_and_a_window_change_still_trips_a_busy_key(
             .await;
         let _ = std::fs::remove_dir_all(&dir);
     })
+}
 }

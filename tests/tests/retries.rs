@@ -16,16 +16,16 @@ const ROUTES: [&str; 6] = [
     "closed_pass",
 ];
 
-static STACK: OnceCell<Stack> = OnceCell::const_new();
+static STACKS: [OnceCell<Stack>; 2] = [OnceCell::const_new(), OnceCell::const_new()];
 
 /// One Envoy for the file, on a listener that trusts loopback clients as internal.
-async fn stack() -> &'static Stack {
-    STACK
+async fn stack(shell: Shell) -> &'static Stack {
+    STACKS[shell.index()]
         .get_or_init(|| async {
             let mut cfg = fast_config();
             // Retries alone must not trip these breakers while a test counts attempts.
             cfg["breaker"]["min_requests"] = 1000.into();
-            Stack::start(&cfg, &ROUTES, &[], true).await
+            Stack::start_shell(shell, &cfg, &ROUTES, &[], true).await
         })
         .await
 }
@@ -34,10 +34,10 @@ fn attempts(up: &HttpUpstream) -> Vec<Option<u32>> {
     up.requests().iter().map(|r| r.attempt()).collect()
 }
 
-#[test]
-fn closed_circuit_passes_requests_unchanged() {
+per_shell! {
+fn closed_circuit_passes_requests_unchanged(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         for _ in 0..10 {
             let r = s.send("closed_pass", "GET", &[]).await;
             assert_eq!(r.status, 200);
@@ -65,10 +65,9 @@ fn closed_circuit_passes_requests_unchanged() {
     })
 }
 
-#[test]
-fn get_failing_first_attempt_with_503_is_retried_by_envoy() {
+fn get_failing_first_attempt_with_503_is_retried_by_envoy(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let r = s
             .send("get_retry", "GET", &[("x-test-fail-first", "503")])
             .await;
@@ -78,10 +77,9 @@ fn get_failing_first_attempt_with_503_is_retried_by_envoy() {
     })
 }
 
-#[test]
-fn post_is_not_retried_on_503() {
+fn post_is_not_retried_on_503(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let r = s
             .send("post_no_retry", "POST", &[("x-test-fail-first", "503")])
             .await;
@@ -90,10 +88,9 @@ fn post_is_not_retried_on_503() {
     })
 }
 
-#[test]
-fn idempotent_get_is_retried_at_most_twice() {
+fn idempotent_get_is_retried_at_most_twice(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let up = s.up("strip_get_max");
         let before = up.count();
         let r = s
@@ -117,10 +114,9 @@ fn idempotent_get_is_retried_at_most_twice() {
     })
 }
 
-#[test]
-fn retried_attempt_is_recorded_as_a_failure_sample() {
+fn retried_attempt_is_recorded_as_a_failure_sample(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let r = s
             .send("retry_sample", "GET", &[("x-test-fail-first", "503")])
             .await;
@@ -141,10 +137,9 @@ fn retried_attempt_is_recorded_as_a_failure_sample() {
     })
 }
 
-#[test]
-fn client_retry_headers_are_stripped_on_a_trusted_listener() {
+fn client_retry_headers_are_stripped_on_a_trusted_listener(shell) {
     run(async {
-        let s = stack().await;
+        let s = stack(shell).await;
         let r = s
             .send(
                 "strip_post",
@@ -166,4 +161,5 @@ fn client_retry_headers_are_stripped_on_a_trusted_listener() {
         let seen = s.up("strip_post").requests();
         assert_eq!(seen[0].header("x-envoy-retriable-status-codes"), None);
     })
+}
 }

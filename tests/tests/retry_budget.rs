@@ -14,8 +14,8 @@
 use meshbreaker_tests::*;
 use std::time::Duration;
 
-#[test]
-fn budget_denies_retries_under_sustained_partial_failure() {
+per_shell! {
+fn budget_denies_retries_under_sustained_partial_failure(shell) {
     run(async {
         let mut cfg = fast_config();
         cfg["breaker"]["min_requests"] = 1000.into();
@@ -24,7 +24,7 @@ fn budget_denies_retries_under_sustained_partial_failure() {
         cfg["retry"] = serde_json::json!({
             "budget": {"ratio": 0.25, "min_retries_per_second": 0}
         });
-        let s = Stack::start(&cfg, &["budget"], &[], false).await;
+        let s = Stack::start_shell(shell, &cfg, &["budget"], &[], false).await;
         let up = s.up("budget");
         up.set(Behavior {
             fail_first_attempt: Some(503),
@@ -77,4 +77,5 @@ fn budget_denies_retries_under_sustained_partial_failure() {
         )
         .await;
     })
+}
 }

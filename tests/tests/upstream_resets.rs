@@ -61,8 +61,8 @@ async fn rst_mid_response_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, answered)
 }
 
-#[test]
-fn a_reset_in_the_middle_of_a_response_is_an_upstream_failure() {
+per_shell! {
+fn a_reset_in_the_middle_of_a_response_is_an_upstream_failure(shell) {
     require_wasm();
     run(async {
         let (addr, answered) = rst_mid_response_upstream().await;
@@ -82,7 +82,7 @@ fn a_reset_in_the_middle_of_a_response_is_an_upstream_failure() {
             }]
         });
         let boot = Bootstrap::new()
-            .with_filter(cfg.to_string())
+            .with_shell(shell, cfg.to_string())
             .backend(backend.addr)
             .cluster("rst_counted", RouteKind::Http, addr)
             .cluster("rst_ignored", RouteKind::Http, addr)
@@ -118,7 +118,7 @@ fn a_reset_in_the_middle_of_a_response_is_an_upstream_failure() {
         );
         eventually(Duration::from_secs(10), "rst_counted opens", || async {
             (envoy
-                .metric_value("meshbreaker_state", &[("key", "rst_counted")])
+                .metric_value(&shell.metric_name("meshbreaker_state"), &[("key", "rst_counted")])
                 .await
                 == 1.0)
                 .then_some(())
@@ -138,7 +138,7 @@ fn a_reset_in_the_middle_of_a_response_is_an_upstream_failure() {
         // was seen).
         assert_eq!(
             envoy
-                .metric_opt("meshbreaker_state", &[("key", "rst_ignored")])
+                .metric_opt(&shell.metric_name("meshbreaker_state"), &[("key", "rst_ignored")])
                 .await,
             Some(0.0)
         );
@@ -148,7 +148,7 @@ fn a_reset_in_the_middle_of_a_response_is_an_upstream_failure() {
             || async {
                 (envoy
                     .metric_value(
-                        "meshbreaker_requests_total",
+                        &shell.metric_name("meshbreaker_requests_total"),
                         &[("key", "rst_ignored"), ("decision", "allowed")],
                     )
                     .await
@@ -158,4 +158,5 @@ fn a_reset_in_the_middle_of_a_response_is_an_upstream_failure() {
         )
         .await;
     });
+}
 }

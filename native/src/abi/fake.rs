@@ -29,6 +29,8 @@ pub struct FakeEnvoy {
     pub sent: Option<Sent>,
     /// Answer every metric definition with `Frozen`.
     pub frozen: bool,
+    /// What `get_worker_index` answers.
+    pub worker: u32,
 }
 
 impl FakeEnvoy {
@@ -372,6 +374,82 @@ unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_set_gauge(
         update(
             Kind::Gauge,
             filter,
+            id,
+            label_values,
+            label_values_len,
+            value,
+        )
+    }
+}
+
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_get_worker_index(
+    filter: FilterEnvoyPtr,
+) -> u32 {
+    // SAFETY: the fake's pointer.
+    unsafe { envoy(filter) }.worker
+}
+
+/// The unit tests run as `--mode validate` would: the module starts no ticker thread.
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_is_validation_mode() -> bool {
+    true
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+    _config: FilterConfigEnvoyPtr,
+) -> SchedulerPtr {
+    std::ptr::null_mut()
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+    _scheduler: SchedulerPtr,
+    _event_id: u64,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+    _scheduler: SchedulerPtr,
+) {
+}
+
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+    config: FilterConfigEnvoyPtr,
+    id: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_len: usize,
+    value: u64,
+) -> i32 {
+    // SAFETY: forwarded arguments (the fake serves configurations and streams alike).
+    unsafe {
+        update(
+            Kind::Counter,
+            config,
+            id,
+            label_values,
+            label_values_len,
+            value,
+        )
+    }
+}
+
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+    config: FilterConfigEnvoyPtr,
+    id: usize,
+    label_values: *mut ModuleBuffer,
+    label_values_len: usize,
+    value: u64,
+) -> i32 {
+    // SAFETY: forwarded arguments.
+    unsafe {
+        update(
+            Kind::Gauge,
+            config,
             id,
             label_values,
             label_values_len,
