@@ -30,7 +30,7 @@
 //! hard-down, 50% 5xx and long-lived-stream scenarios for a few seconds each, asserts that
 //! meshbreaker recommended keeps at least 90% of the requests sent after its trip away from the
 //! hard-down upstream, that its clients get no more errors than unprotected ones on the 50%-failing
-//! upstream, and that meshbreaker (defaults and recommended) neither trips nor rejects anything on
+//! upstream (within the noise of the count, [`count_noise`]), and that meshbreaker (defaults and recommended) neither trips nor rejects anything on
 //! the healthy one serving long-lived streams, and writes its findings under
 //! `target/protection-quick/` only.
 //!
@@ -1881,7 +1881,8 @@ fn quick_report_and_assert(runs: &[ScenarioRun], ctx: &ReportCtx) -> Result {
 
 /// The quick run's assertions, each with its sentence: meshbreaker recommended keeps ≥ 90% of
 /// what is sent after its trip away from a hard-down lone upstream; on a 50%-failing one its
-/// clients see no more errors (local rejections included) than with no protection; and
+/// clients see no more errors (local rejections included) than with no protection, give or take
+/// the noise of the count ([`count_noise`]); and
 /// meshbreaker, at its defaults and recommended, never trips nor rejects on a healthy upstream
 /// serving long-lived streams. A scenario left out (`--faults`) checks nothing.
 fn quick_checks(runs: &[ScenarioRun]) -> Vec<(bool, String)> {
@@ -1935,14 +1936,17 @@ fn quick_checks(runs: &[ScenarioRun]) -> Vec<(bool, String)> {
         ) {
             (Some(mb), Some(none)) => {
                 let (mb, none) = (analyse(run, mb), analyse(run, none));
+                let slack = count_noise(none.errors());
                 out.push((
-                    mb.errors() <= none.errors(),
+                    mb.errors() <= none.errors() + slack,
                     format!(
                         "50% 5xx, 1 host: clients of mb-recommended got {} errors ({} of them \
-                         shed locally), no protection {} (at most as many required)",
+                         shed locally), no protection {} (at most {} + {slack} of noise \
+                         allowed)",
                         mb.errors(),
                         mb.shed_fault + mb.shed_after,
-                        none.errors()
+                        none.errors(),
+                        none.errors(),
                     ),
                 ));
             }
@@ -1978,6 +1982,16 @@ fn quick_checks(runs: &[ScenarioRun]) -> Vec<(bool, String)> {
         }
     }
     out
+}
+
+/// How far apart two systems that treat every request alike can land on a count of `n` client
+/// errors: three standard deviations of a Poisson count, 3√n. The upstream answers each request
+/// and attempt alike for every system, but which retries Envoy's retry budget refuses depends
+/// on timing; on the 1-host 50% 5xx runs no protection and outlier detection at its defaults
+/// (which never ejects a lone host) landed 1–25 apart on 400–1800 errors. A breaker that sheds
+/// for nothing costs far more (a binary trip: three times no protection's errors in 6 s).
+fn count_noise(n: usize) -> usize {
+    (3.0 * (n as f64).sqrt()).ceil() as usize
 }
 
 /// The long-lived-stream scenario's table: per system, whether it acted at all.
@@ -2272,7 +2286,8 @@ fn render_doc(
          upstream's per-request count (`counts.json`). `--quick` runs inside `cargo xtask test` \
          and fails it when meshbreaker recommended keeps less than {kept:.0}% of the requests sent \
          after its trip away from a hard-down lone upstream, when its clients get more errors \
-         than with no protection on a 50%-failing one, or when meshbreaker (defaults or \
+         than with no protection on a 50%-failing one (by more than 3√n, the noise of a count of \
+         n: which retries Envoy's retry budget refuses depends on timing), or when meshbreaker (defaults or \
          recommended) trips or rejects anything in the long-lived-stream scenario.\n",
         date = runs
             .iter()
@@ -3310,6 +3325,53 @@ mod tests {
         assert!(checks[0].0, "{checks:?}");
         assert!(!checks[1].0, "{checks:?}");
         assert!(checks[1].1.contains("latency_p95"), "{checks:?}");
+    }
+
+    #[test]
+    fn the_partial_failure_check_allows_the_noise_of_the_count_and_no_more() {
+        // No protection's clients: 400 upstream 503s; meshbreaker's: `extra` more (some shed).
+        let run_of = |extra: u64| {
+            let client = |errors: u64, shed: u64| -> Vec<Req> {
+                (0..2_000u64)
+                    .map(|i| Req {
+                        t: 1_000 + i,
+                        lat_us: 1_000,
+                        class: if i < shed {
+                            class::MB_OPEN
+                        } else if i < errors {
+                            1
+                        } else {
+                            class::OK
+                        },
+                        att: 1,
+                        id: i,
+                        kind: kind::GET,
+                    })
+                    .collect()
+            };
+            let (mut run, _) = run_with(1, Vec::new(), Vec::new());
+            run.scenario.fault = Fault::Errors;
+            run.data = vec![
+                (
+                    System::NoProtection,
+                    SysData {
+                        client: client(400, 0),
+                        ..SysData::default()
+                    },
+                ),
+                (
+                    System::MbRecommended,
+                    SysData {
+                        client: client(400 + extra, 50),
+                        ..SysData::default()
+                    },
+                ),
+            ];
+            quick_checks(&[run])
+        };
+        assert_eq!(count_noise(400), 60);
+        assert!(run_of(60)[0].0, "{:?}", run_of(60));
+        assert!(!run_of(61)[0].0, "{:?}", run_of(61));
     }
 
     #[test]
