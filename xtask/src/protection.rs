@@ -1434,6 +1434,8 @@ fn pick_stats(stats: &str, sys: System) -> BTreeMap<&'static str, f64> {
                 add("mb_rejected", v);
             } else if name.ends_with("meshbreaker_kernel_resets_total") {
                 add("mb_kernel_resets", v);
+            } else if name.ends_with(policy_core::metrics::RETRY_BUDGET_DENIED_TOTAL) {
+                add("mb_budget_denied", v);
             }
         }
     }
@@ -2166,10 +2168,18 @@ fn findings(run: &ScenarioRun) -> String {
         };
         let _ = writeln!(
             s,
-            "- {}: {what}{cross}; retries {} made, {} refused by the retry budget.",
+            "- {}: {what}{cross}; retries {} made, {} refused by the cluster's retry budget{}.",
             label(run, *sys),
             st("retries"),
-            st("retry_overflow")
+            st("retry_overflow"),
+            if sys.is_meshbreaker() {
+                format!(
+                    ", {} denied by meshbreaker's own retry budget before Envoy saw them",
+                    st("mb_budget_denied")
+                )
+            } else {
+                String::new()
+            }
         );
     }
     s
@@ -2352,7 +2362,9 @@ fn render_doc(
          Envoy's default cluster circuit breaker allows only 3 retries in flight, which at this \
          rate refuses nearly every retry; every cluster here has a retry budget instead (20% \
          of active requests, at least 10 in flight, the ratio of meshbreaker's own budget). The \
-         tables count the retries Envoy made and refused.\n\n\
+         tables count the retries Envoy made and refused and, for meshbreaker, those its own \
+         retry budget denied (it then asks Envoy for fewer retries): a difference in client \
+         errors between meshbreaker and no protection with no request shed comes from there.\n\n\
          | system | configuration |\n| --- | --- |\n\
          | no protection | the route and the cluster alone: the same retries and retry budget as every other system, nothing that keeps traffic away |\n\
          | outlier detection, defaults | `outlier_detection: {{}}`: 5 consecutive 5xx, 10 s interval, 30 s base ejection, at most 10% of hosts ejected, panic threshold 50% |\n\
