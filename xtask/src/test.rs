@@ -65,7 +65,7 @@ pub fn test(args: &[String]) -> Result {
              customresourcedefinitions.gen.yaml and WasmPlugin fixtures to run it)"
         ),
     }
-    step("protection, quick: meshbreaker keeps traffic away from a hard-down upstream (docs/PROTECTION.md is the full run)");
+    step("protection, quick: hard down, 50% 5xx against no protection, no trip on long-lived streams (docs/PROTECTION.md is the full run)");
     crate::protection::quick(&envoy, &wasm)?;
     step("policy-core on wasm32-unknown-unknown (wasm-bindgen-test in node)");
     let mut wasm_tests = cargo();

@@ -7,10 +7,17 @@
 //! connection, so the port answers a SYN with RST (connection refused); "reset" writes the status
 //! line, the headers and part of the body, then closes with `SO_LINGER 0`, so the kernel sends an
 //! RST in the middle of the response; "error" answers real 503s for a given fraction of the
-//! requests (at random, from a fixed seed per host: runs of errors occur as with a real flaky
-//! host, and every run gets the same sequence); "delay" holds
-//! every answer back, so latency rises with no error at all. "ok" heals any of them (re-binding
-//! the same port after "down").
+//! requests (at random, but decided by the client's request number and Envoy's attempt number,
+//! `x-req-id` and `x-envoy-attempt-count`: runs of errors occur as with a real flaky host, every
+//! run gets the same sequence, and every system's bad host gives the same answer to the same
+//! request, so systems that treat it alike see the same errors); "delay" holds every answer back,
+//! so latency rises with no error at all. "ok" heals any of them (re-binding the same port after
+//! "down").
+//!
+//! A websocket upgrade (`Upgrade: websocket`) that the fault lets through is answered `101` and
+//! the connection is kept as a tunnel that echoes what the client sends, until the client closes
+//! it or the `x-hold-ms` the client asked for has passed (then the host closes it). Request bodies
+//! are read to their end however slowly they come: the long-lived-stream scenario's slow uploads.
 //!
 //! Each host records, per request, the wall-clock millisecond it arrived, what it answered and
 //! the client's `x-req-id`, so the benchmark knows which upstream got which request from the
@@ -24,7 +31,8 @@
 //!   fraction for `error` (default 1), the milliseconds for `delay` (default 1000). Answers
 //!   `{"at_ms":…}`, the wall-clock millisecond the fault took effect on all the named hosts.
 //! - `GET /counts` — `{"hosts":[{"index":0,"port":…,"t":[ms…],"o":[outcome…],"id":[req id…]}]}`;
-//!   outcome 0 = answered 200, 1 = answered 503, 2 = answered 200 after the delay, 3 = reset.
+//!   outcome 0 = answered 200, 1 = answered 503, 2 = answered 200 after the delay, 3 = reset,
+//!   4 = upgraded (101, held as a websocket).
 //! - `GET /healthz` — 200.
 
 use std::io::Write;
@@ -42,6 +50,11 @@ const RESET_ANNOUNCED: usize = 4096;
 const RESET_SENT: usize = 512;
 /// Largest request head accepted; a larger one closes the connection.
 const MAX_HEAD: usize = 64 * 1024;
+/// The longest a websocket is held when its client asks for no `x-hold-ms` and never closes.
+const MAX_HOLD: Duration = Duration::from_secs(120);
+/// Client request numbers are `x-req-id` modulo this (`steady-load` numbers each target's
+/// requests from `(target + 1) × 10⁸`): the n-th request to every target is the same request.
+const REQ_ID_SPACE: u64 = 100_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -66,14 +79,34 @@ enum Answer {
 }
 
 impl Answer {
-    fn code(self) -> u8 {
+    fn code(self, upgrade: bool) -> u8 {
         match self {
+            Answer::Ok | Answer::Delayed(_) if upgrade => 4,
             Answer::Ok => 0,
             Answer::Error => 1,
             Answer::Delayed(_) => 2,
             Answer::Reset => 3,
         }
     }
+}
+
+/// A uniform number in [0, 1) from `x` (splitmix64's finaliser): the same `x`, the same number.
+fn unit(x: u64) -> f64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What the host knows of a request when it decides its answer.
+#[derive(Clone, Copy, Debug, Default)]
+struct Incoming {
+    /// `x-req-id` (0: none).
+    id: u64,
+    /// `x-envoy-attempt-count` (0: none).
+    attempt: u64,
+    upgrade: bool,
 }
 
 #[derive(Default)]
@@ -111,7 +144,7 @@ fn now_ms() -> u64 {
 
 impl Host {
     /// Decides this request's answer and records its arrival.
-    fn admit(&self, id: u64) -> Answer {
+    fn admit(&self, req: Incoming) -> Answer {
         let answer = {
             let mut st = lock(&self.state);
             match st.0 {
@@ -119,16 +152,20 @@ impl Host {
                 Fault::Delay { ms } => Answer::Delayed(ms),
                 Fault::Reset => Answer::Reset,
                 Fault::Error { ratio } => {
-                    // xorshift64*, seeded per host: random like a real flaky host (runs of
-                    // errors happen, so consecutive-error detectors get a fair chance), yet the
-                    // same sequence on every run.
-                    let mut x = st.1;
-                    x ^= x >> 12;
-                    x ^= x << 25;
-                    x ^= x >> 27;
-                    st.1 = x;
-                    let u =
-                        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+                    // Random like a real flaky host (runs of errors happen, so consecutive-error
+                    // detectors get a fair chance), yet a function of the request and attempt
+                    // numbers: the same answers on every run and on every system's host.
+                    let u = if req.id != 0 {
+                        unit(((req.id % REQ_ID_SPACE) << 4) | req.attempt.min(15))
+                    } else {
+                        // No request number: xorshift64*, seeded per host.
+                        let mut x = st.1;
+                        x ^= x >> 12;
+                        x ^= x << 25;
+                        x ^= x >> 27;
+                        st.1 = x;
+                        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+                    };
                     if u < ratio {
                         Answer::Error
                     } else {
@@ -139,8 +176,8 @@ impl Host {
         };
         let mut log = lock(&self.log);
         log.t.push(now_ms());
-        log.outcome.push(answer.code());
-        log.id.push(id);
+        log.outcome.push(answer.code(req.upgrade));
+        log.id.push(req.id);
         answer
     }
 
@@ -249,15 +286,65 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String>
     Some(head)
 }
 
+/// Holds an upgraded connection as a websocket would stay open: echoes what arrives (`early`
+/// first: bytes that came with the request head) until the client closes or `hold` has passed.
+async fn hold_upgraded(sock: &mut TcpStream, early: &[u8], hold: Duration) {
+    if !early.is_empty() && sock.write_all(early).await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + hold;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                if sock.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
+            // The client closed, an error, or the hold is over: close our side.
+            _ => {
+                let _ = sock.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
 async fn serve_conn(host: Arc<Host>, mut sock: TcpStream) {
     let mut buf = Vec::with_capacity(4096);
     while let Some(head) = read_request(&mut sock, &mut buf).await {
-        let id = header(&head, "x-req-id")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let number = |name: &str| {
+            header(&head, name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let req = Incoming {
+            id: number("x-req-id"),
+            attempt: number("x-envoy-attempt-count"),
+            upgrade: header(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+        };
         let close = header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let answer = host.admit(id);
+        let answer = host.admit(req);
         let i = host.index;
+        if req.upgrade {
+            if let Answer::Ok | Answer::Delayed(_) = answer {
+                if let Answer::Delayed(ms) = answer {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nx-fault-host: {i}\r\n\r\n"
+                );
+                if sock.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                let hold = match number("x-hold-ms") {
+                    0 => MAX_HOLD,
+                    ms => Duration::from_millis(ms).min(MAX_HOLD),
+                };
+                hold_upgraded(&mut sock, &std::mem::take(&mut buf), hold).await;
+                return;
+            }
+        }
         let reply = match answer {
             Answer::Ok => format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-fault-host: {i}\r\n\r\nok"
@@ -433,4 +520,61 @@ async fn main() -> Result<(), String> {
     let mut sink = [0u8; 256];
     while matches!(stdin.read(&mut sink).await, Ok(n) if n > 0) {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(index: usize, fault: Fault) -> Host {
+        Host {
+            index,
+            port: 0,
+            state: Mutex::new((fault, 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1))),
+            log: Mutex::default(),
+            running: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn every_systems_bad_host_answers_the_same_request_and_attempt_alike() {
+        let fault = Fault::Error { ratio: 0.5 };
+        let (a, b) = (host(0, fault), host(7, fault));
+        let mut errors = 0;
+        for n in 0..2_000u64 {
+            for attempt in 1..=3 {
+                // The n-th request of two different targets (steady-load's numbering).
+                let ra = Incoming {
+                    id: 100_000_000 + n,
+                    attempt,
+                    upgrade: false,
+                };
+                let rb = Incoming {
+                    id: 800_000_000 + n,
+                    ..ra
+                };
+                let (x, y) = (a.admit(ra), b.admit(rb));
+                assert_eq!(
+                    x.code(false),
+                    y.code(false),
+                    "request {n} attempt {attempt}"
+                );
+                errors += matches!(x, Answer::Error) as usize;
+            }
+        }
+        // Half of 6000 answers, give or take a few standard deviations (±39).
+        assert!((2_850..=3_150).contains(&errors), "{errors} errors of 6000");
+    }
+
+    #[test]
+    fn an_upgrade_that_the_fault_lets_through_is_logged_as_upgraded() {
+        let h = host(0, Fault::Ok);
+        let up = Incoming {
+            id: 1,
+            attempt: 1,
+            upgrade: true,
+        };
+        assert!(matches!(h.admit(up), Answer::Ok));
+        assert_eq!(lock(&h.log).outcome, vec![4]);
+    }
 }
