@@ -223,8 +223,7 @@ fn the_documented_full_configuration_is_the_defaults_and_every_field_of_it_has_a
 #[test]
 fn the_doc_says_what_the_parser_does_with_a_repeated_key() {
     let err = Config::parse(br#"{"mode": "enforce", "mode": "disabled"}"#)
-        .err()
-        .expect("a repeated key is rejected");
+        .expect_err("a repeated key is rejected");
     assert!(err.to_string().contains("duplicate field `mode`"), "{err}");
     let text = doc().split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
@@ -254,6 +253,34 @@ fn docs_examples_are_accepted() {
             panic!("docs/configuration.md example rejected: {e}\n{b}");
         }
     }
+}
+
+#[test]
+fn the_recommended_configuration_is_one_document() {
+    // docs/configuration.md shows it, envoy-config/recommended.json ships it, and the protection
+    // benchmark measures it (it reads the same file): they must be the same configuration.
+    let text = doc();
+    let section = text
+        .split("## The recommended configuration")
+        .nth(1)
+        .expect("docs/configuration.md has a recommended configuration section");
+    let block = section
+        .split("```json")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the section shows the configuration");
+    let shown: Value = serde_json::from_str(block).unwrap();
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("envoy-config/recommended.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shown, shipped);
+    parse(&shipped).unwrap();
+    let bench = std::fs::read_to_string(repo().join("xtask/src/protection.rs")).unwrap();
+    assert!(
+        bench.contains("envoy-config/recommended.json"),
+        "the protection benchmark's recommended system reads envoy-config/recommended.json"
+    );
 }
 
 #[test]
