@@ -265,8 +265,7 @@ impl Engine {
     ) -> Admission {
         let p = self.profile(profile);
         let mut guard = self.worker(worker);
-        let Worker { keys, rng, enc, .. } = &mut *guard;
-        if !keys.contains_key(key) && !self.make_room(keys, now_ms) {
+        if !guard.keys.contains_key(key) && !self.make_room(&mut guard, now_ms, pending) {
             // Every local entry is busy: the request passes unguarded.
             let label = self.labels.label(key, self.cfg.max_keys);
             pending.push(Metric::Requests("allowed"), label, 1);
@@ -279,6 +278,7 @@ impl Engine {
                 retry,
             };
         }
+        let Worker { keys, rng, enc, .. } = &mut *guard;
         let fresh = !keys.contains_key(key);
         let l = match keys.get_mut(key) {
             Some(l) => l,
@@ -367,22 +367,45 @@ impl Engine {
         }
     }
 
-    /// Makes room for one more key in a full worker: drops a key with nothing in flight and no
-    /// unmerged samples (looking at up to [`EVICTION_SCAN`]). False when every key is busy.
-    fn make_room(&self, keys: &mut HashMap<Box<str>, KeyLocal>, _now_ms: u64) -> bool {
+    /// Makes room for one more key in a full worker: drops a key with nothing in flight (looking
+    /// at up to [`EVICTION_SCAN`]), preferring one with no unmerged samples; one that has some
+    /// merges them first, so they are not lost with it. (Under a flood of new keys every key was
+    /// used within the last merge period: were only keys with no samples dropped, a full worker
+    /// would let every new key, an OPEN one among them, through unguarded.) False when every key
+    /// looked at has a request in flight, whose completion needs its entry.
+    fn make_room(&self, w: &mut Worker, now_ms: u64, pending: &mut Pending) -> bool {
         let max = usize::try_from(self.cfg.max_keys).unwrap_or(usize::MAX);
-        if keys.len() < max {
+        if w.keys.len() < max {
             return true;
         }
-        let idle = keys
-            .iter()
-            .take(EVICTION_SCAN)
-            .find(|(_, l)| l.in_flight == 0 && l.flow.recorder.is_empty())
-            .map(|(k, _)| k.clone());
-        match idle {
-            Some(k) => keys.remove(&k).is_some(),
-            None => false,
+        let Worker {
+            keys,
+            rng,
+            enc,
+            bins,
+        } = w;
+        let quiet = |l: &KeyLocal| l.flow.recorder.is_empty() && l.new_hosts.is_empty();
+        let mut candidate = None;
+        for (k, l) in keys.iter().take(EVICTION_SCAN) {
+            if l.in_flight > 0 {
+                continue;
+            }
+            if quiet(l) {
+                candidate = Some(k.clone());
+                break;
+            }
+            candidate.get_or_insert_with(|| k.clone());
         }
+        let Some(k) = candidate else {
+            return false;
+        };
+        let Some(l) = keys.get_mut(&k) else {
+            return false;
+        };
+        if !quiet(l) {
+            self.flush_key(l, &k, now_ms, rng, enc, bins, pending);
+        }
+        keys.remove(&k).is_some()
     }
 
     /// The shared decision on the key's state ([`flow::admit`]); a key whose entries were lost
@@ -778,6 +801,31 @@ mod tests {
         let b = e.decide(0, "k", 0, &view("GET", &()), 10_201, &mut p);
         assert_eq!((b.retry, b.max_attempts), (RetryPlan::Off, 1));
         assert!(p.ops.iter().any(|(m, ..)| *m == Metric::BudgetDenied));
+    }
+
+    #[test]
+    fn a_full_worker_never_lets_an_open_key_through_unguarded() {
+        // max_keys 2: the worker holds two keys' samples at most.
+        let e = engine(
+            r#"{"max_keys":2,"breaker":{"window":"2s","buckets":4,"min_requests":5,
+                "error_rate_threshold":0.5,"sleep_window":"30s","max_sleep_window":"60s"}}"#,
+        );
+        let mut p = Pending::default();
+        let t0 = 10_000;
+        for i in 0..5 {
+            e.decide(0, "v", 0, &view("POST", &()), t0 + i, &mut p);
+            e.complete(0, "v", None, End::Outcome(&fail()), None, t0 + i, &mut p);
+        }
+        e.tick(t0 + 150, &mut p);
+        assert_eq!(e.state_of("v"), Some(State::Open));
+        // Two other keys, each with a sample not merged yet: the worker is full of busy keys.
+        for (i, k) in ["a", "b"].into_iter().enumerate() {
+            let t = t0 + 200 + i as u64;
+            e.decide(0, k, 0, &view("POST", &()), t, &mut p);
+            e.complete(0, k, None, End::Outcome(&ok()), None, t, &mut p);
+        }
+        let a = e.decide(0, "v", 0, &view("GET", &()), t0 + 210, &mut p);
+        assert!(matches!(a.decision, Decision::Reject(_)), "{a:?}");
     }
 
     #[test]
