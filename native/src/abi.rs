@@ -34,8 +34,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::filter::{self, Exchange, FilterConfig};
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fake-abi"))]
+pub mod fake;
 
 /// What `envoy_dynamic_module_on_program_init` answers. Envoy 1.40 compares it with its own
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION`; a mismatch is only a warning, so the real check is the
