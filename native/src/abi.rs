@@ -34,8 +34,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::filter::{self, Exchange, FilterConfig};
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fake-abi"))]
+pub mod fake;
 
 /// What `envoy_dynamic_module_on_program_init` answers. Envoy 1.40 compares it with its own
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION`; a mismatch is only a warning, so the real check is the
@@ -324,6 +324,154 @@ extern "C" {
     ) -> i32;
 }
 
+// The configuration's HTTP callout (kernel reset signals: the sidecar is polled through an Envoy
+// cluster). Name checked with `nm -D` against the 1.40 binary; the argument list is the one
+// Envoy's own SDKs (C++, Go, Rust) for the same ABI pass: the id is written through the second
+// argument, the timeout is a `u64` of milliseconds, the result an `i32` enum. It must be called
+// on the main thread (Envoy looks the cluster up in the main thread's cluster view): the module
+// calls it only from `on_http_filter_config_scheduled`.
+extern "C" {
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: FilterConfigEnvoyPtr,
+        callout_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_len: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> i32;
+}
+
+/// Why Envoy did not start a callout (`envoy_dynamic_module_type_http_callout_init_result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalloutError {
+    /// `:method`, `:path` or `:authority` missing.
+    MissingRequiredHeaders,
+    /// No cluster of that name.
+    ClusterNotFound,
+    DuplicateCalloutId,
+    /// Envoy could not create the request (e.g. it failed at once).
+    CannotCreateRequest,
+    Other(i32),
+}
+
+impl std::fmt::Display for CalloutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CalloutError::MissingRequiredHeaders => f.write_str("missing required headers"),
+            CalloutError::ClusterNotFound => f.write_str("no such cluster"),
+            CalloutError::DuplicateCalloutId => f.write_str("duplicate callout id"),
+            CalloutError::CannotCreateRequest => f.write_str("Envoy could not create the request"),
+            CalloutError::Other(n) => write!(f, "callout refused ({n})"),
+        }
+    }
+}
+
+fn callout_result(r: i32) -> Result<(), CalloutError> {
+    match r {
+        0 => Ok(()),
+        1 => Err(CalloutError::MissingRequiredHeaders),
+        2 => Err(CalloutError::ClusterNotFound),
+        3 => Err(CalloutError::DuplicateCalloutId),
+        4 => Err(CalloutError::CannotCreateRequest),
+        other => Err(CalloutError::Other(other)),
+    }
+}
+
+/// How a callout ended (`envoy_dynamic_module_type_http_callout_result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalloutEnd {
+    /// A response came (any status).
+    Response,
+    /// The request was reset (Envoy's `AsyncClient::FailureReason::Reset`).
+    Reset,
+    /// The response was larger than Envoy's buffer limit.
+    TooLarge,
+    Other(i32),
+}
+
+impl CalloutEnd {
+    fn of(r: i32) -> CalloutEnd {
+        match r {
+            0 => CalloutEnd::Response,
+            1 => CalloutEnd::Reset,
+            2 => CalloutEnd::TooLarge,
+            other => CalloutEnd::Other(other),
+        }
+    }
+}
+
+/// A header of a callout's response, owned by Envoy (`envoy_dynamic_module_type_envoy_http_header`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EnvoyHttpHeader {
+    key_ptr: *const u8,
+    key_len: usize,
+    value_ptr: *const u8,
+    value_len: usize,
+}
+
+/// A callout's answer, borrowed from Envoy for the duration of the done hook.
+pub struct CalloutResponse<'h> {
+    pub end: CalloutEnd,
+    headers: &'h [EnvoyHttpHeader],
+    body: &'h [EnvoyBuffer],
+}
+
+impl<'h> CalloutResponse<'h> {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&'h [u8]> {
+        self.headers.iter().find_map(|h| {
+            // SAFETY: Envoy's header bytes live until the done hook returns, which `'h` spans.
+            let key = unsafe {
+                EnvoyBuffer {
+                    ptr: h.key_ptr,
+                    len: h.key_len,
+                }
+                .as_slice()
+            };
+            key.eq_ignore_ascii_case(name.as_bytes()).then(|| {
+                // SAFETY: as for the key.
+                unsafe {
+                    EnvoyBuffer {
+                        ptr: h.value_ptr,
+                        len: h.value_len,
+                    }
+                    .as_slice()
+                }
+            })
+        })
+    }
+
+    /// The body's size in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(|c| c.len).sum()
+    }
+
+    /// The body, copied into one buffer.
+    pub fn body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body_len());
+        for c in self.body {
+            // SAFETY: each chunk lives until the done hook returns.
+            out.extend_from_slice(unsafe { c.as_slice() });
+        }
+        out
+    }
+}
+
+/// `ptr` as a slice of `len` items, empty when null.
+///
+/// # Safety
+/// `ptr` is null or points at `len` initialized `T`s that outlive `'a`.
+unsafe fn slice_of<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: per the contract.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
 /// Whether Envoy runs `--mode validate` (no traffic will come: the module starts no thread).
 pub fn is_validation_mode() -> bool {
     // SAFETY: no arguments; Envoy answers from its server options.
@@ -497,6 +645,46 @@ impl ConfigEnvoy<'_> {
             // the scheduler object, which Envoy frees with the configuration's dispatcher.
             Err(_) => None,
         }
+    }
+}
+
+impl ConfigEnvoy<'_> {
+    /// Sends `GET`-style request `headers` (with `:method`, `:path` and `:authority`) to Envoy's
+    /// cluster `cluster`; the answer comes to `on_http_filter_config_http_callout_done` with the
+    /// id returned here, on the main thread. Call only on the main thread (the tick). Envoy may
+    /// answer before this returns (then the done hook has already run with this id).
+    pub fn http_callout(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        timeout_ms: u64,
+    ) -> Result<u64, CalloutError> {
+        let mut lent = [ModuleHttpHeader::EMPTY; STACK_HEADERS];
+        let n = headers.len().min(STACK_HEADERS);
+        for (slot, (k, v)) in lent.iter_mut().zip(headers) {
+            *slot = ModuleHttpHeader {
+                key_ptr: k.as_ptr(),
+                key_len: k.len(),
+                value_ptr: v.as_ptr(),
+                value_len: v.len(),
+            };
+        }
+        let mut id = 0u64;
+        // SAFETY: the configuration pointer is the running hook's; the cluster name, the header
+        // array and its bytes outlive the call (Envoy copies them into its request); `id` is a
+        // valid out-pointer; an empty body is the null buffer.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.ptr,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                lent.as_mut_ptr(),
+                n,
+                ModuleBuffer::NULL,
+                timeout_ms,
+            )
+        };
+        callout_result(r).map(|()| id)
     }
 }
 
@@ -857,6 +1045,38 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     };
     let mut envoy = ConfigEnvoy::new(config_envoy);
     let _ = guard(|| filter::on_tick(cfg, &mut envoy));
+}
+
+/// A callout this configuration sent ([`ConfigEnvoy::http_callout`]) ended, on the main thread:
+/// the sidecar's answer ([`filter::on_callout_done`]).
+///
+/// # Safety
+/// `config` is the live configuration that sent the callout; `headers` and `body` are null or
+/// point at `headers_len` headers and `body_len` chunks that Envoy keeps alive for the call.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: FilterConfigEnvoyPtr,
+    config: ModulePtr,
+    callout_id: u64,
+    result: i32,
+    headers: *const EnvoyHttpHeader,
+    headers_len: usize,
+    body: *const EnvoyBuffer,
+    body_len: usize,
+) {
+    // SAFETY: Envoy runs this only for a configuration that is still alive.
+    let Some(cfg) = (unsafe { config_ref(config) }) else {
+        return;
+    };
+    // SAFETY: per the hook's contract, both arrays live for this call.
+    let (headers, body) = unsafe { (slice_of(headers, headers_len), slice_of(body, body_len)) };
+    let response = CalloutResponse {
+        end: CalloutEnd::of(result),
+        headers,
+        body,
+    };
+    let _ = guard(|| filter::on_callout_done(cfg, callout_id, &response));
 }
 
 /// A stream starts: its state is boxed here and freed by `on_http_filter_destroy`.

@@ -18,6 +18,7 @@
 //! rejection with `retry-after: 1` ([`flow::admit`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use policy_core::window::{Outcome, TripReason};
 
 use crate::abi::{self, LogLevel};
 use crate::labels::Labels;
+use crate::resets::{self, Feed};
 use crate::store::{KeyEntries, Table};
 
 /// Workers are found by `worker_index % WORKER_SLOTS`; Envoy runs fewer workers than this on
@@ -81,8 +83,7 @@ pub enum Metric {
     Transitions(State),
     /// `meshbreaker_retry_budget_denied_total{key}`.
     BudgetDenied,
-    /// `meshbreaker_kernel_resets_total{key}` (kernel reset signals are not read by the module
-    /// yet: only ever 0).
+    /// `meshbreaker_kernel_resets_total{key}`: kernel resets attributed to the key.
     KernelResets,
     /// `meshbreaker_state{key}`.
     State,
@@ -117,6 +118,21 @@ struct KeyLocal {
     budget_ok: bool,
     /// The key's metric label (itself, or `_other` beyond the label budget).
     label: Box<str>,
+    /// Upstream hosts (the sidecar's `peer` form) this worker saw for the key since its last
+    /// flush; only with `reset_signals`, at most [`MAX_NEW_HOSTS`].
+    new_hosts: Vec<String>,
+}
+
+/// Hosts a key learns per flush at most (the wasm filter's bound).
+pub const MAX_NEW_HOSTS: usize = 4;
+
+/// Kernel reset signals of a configuration: the sidecar's feed and the rate keys are held to.
+#[derive(Debug)]
+struct KernelSignals {
+    feed: Arc<Feed>,
+    max_resets_per_second: f64,
+    /// The feed's sequence this configuration's tick last saw.
+    seen: AtomicU64,
 }
 
 /// One Envoy worker's keys and buffers.
@@ -170,6 +186,7 @@ pub struct Engine {
     table: &'static Table,
     labels: &'static Labels,
     workers: Box<[Mutex<Worker>]>,
+    kernel: Option<KernelSignals>,
 }
 
 fn lock(m: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
@@ -202,7 +219,13 @@ impl Engine {
         let workers = (0..WORKER_SLOTS)
             .map(|_| Mutex::new(Worker::new(seeder.next_u64())))
             .collect();
+        let kernel = cfg.reset_signals.as_ref().map(|rs| KernelSignals {
+            feed: resets::feed(rs),
+            max_resets_per_second: rs.max_resets_per_second,
+            seen: AtomicU64::new(0),
+        });
         Engine {
+            kernel,
             idle_ms: longest_window.max(MIN_TAKEOVER_IDLE_MS),
             profiles,
             cfg,
@@ -214,6 +237,11 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The sidecar's feed, with `reset_signals`.
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        self.kernel.as_ref().map(|k| &k.feed)
     }
 
     pub fn profile(&self, i: usize) -> &Profile {
@@ -237,8 +265,7 @@ impl Engine {
     ) -> Admission {
         let p = self.profile(profile);
         let mut guard = self.worker(worker);
-        let Worker { keys, rng, enc, .. } = &mut *guard;
-        if !keys.contains_key(key) && !self.make_room(keys, now_ms) {
+        if !guard.keys.contains_key(key) && !self.make_room(&mut guard, now_ms, pending) {
             // Every local entry is busy: the request passes unguarded.
             let label = self.labels.label(key, self.cfg.max_keys);
             pending.push(Metric::Requests("allowed"), label, 1);
@@ -251,6 +278,7 @@ impl Engine {
                 retry,
             };
         }
+        let Worker { keys, rng, enc, .. } = &mut *guard;
         let fresh = !keys.contains_key(key);
         let l = match keys.get_mut(key) {
             Some(l) => l,
@@ -285,6 +313,7 @@ impl Engine {
                     in_flight: 0,
                     budget_ok: true,
                     label,
+                    new_hosts: Vec::new(),
                 })
             }
         };
@@ -339,22 +368,45 @@ impl Engine {
         }
     }
 
-    /// Makes room for one more key in a full worker: drops a key with nothing in flight and no
-    /// unmerged samples (looking at up to [`EVICTION_SCAN`]). False when every key is busy.
-    fn make_room(&self, keys: &mut HashMap<Box<str>, KeyLocal>, _now_ms: u64) -> bool {
+    /// Makes room for one more key in a full worker: drops a key with nothing in flight (looking
+    /// at up to [`EVICTION_SCAN`]), preferring one with no unmerged samples; one that has some
+    /// merges them first, so they are not lost with it. (Under a flood of new keys every key was
+    /// used within the last merge period: were only keys with no samples dropped, a full worker
+    /// would let every new key, an OPEN one among them, through unguarded.) False when every key
+    /// looked at has a request in flight, whose completion needs its entry.
+    fn make_room(&self, w: &mut Worker, now_ms: u64, pending: &mut Pending) -> bool {
         let max = usize::try_from(self.cfg.max_keys).unwrap_or(usize::MAX);
-        if keys.len() < max {
+        if w.keys.len() < max {
             return true;
         }
-        let idle = keys
-            .iter()
-            .take(EVICTION_SCAN)
-            .find(|(_, l)| l.in_flight == 0 && l.flow.recorder.is_empty())
-            .map(|(k, _)| k.clone());
-        match idle {
-            Some(k) => keys.remove(&k).is_some(),
-            None => false,
+        let Worker {
+            keys,
+            rng,
+            enc,
+            bins,
+        } = w;
+        let quiet = |l: &KeyLocal| l.flow.recorder.is_empty() && l.new_hosts.is_empty();
+        let mut candidate = None;
+        for (k, l) in keys.iter().take(EVICTION_SCAN) {
+            if l.in_flight > 0 {
+                continue;
+            }
+            if quiet(l) {
+                candidate = Some(k.clone());
+                break;
+            }
+            candidate.get_or_insert_with(|| k.clone());
         }
+        let Some(k) = candidate else {
+            return false;
+        };
+        let Some(l) = keys.get_mut(&k) else {
+            return false;
+        };
+        if !quiet(l) {
+            self.flush_key(l, &k, now_ms, rng, enc, bins, pending);
+        }
+        keys.remove(&k).is_some()
     }
 
     /// The shared decision on the key's state ([`flow::admit`]); a key whose entries were lost
@@ -405,13 +457,16 @@ impl Engine {
 
     /// A request of `key` decided on this worker with [`Admission::record`] ended: its probe (if
     /// it was one) is completed or abandoned, its sample recorded, and the key's samples merged
-    /// when that is due.
+    /// when that is due. `upstream` is Envoy's `upstream.address` of the request (read only with
+    /// `reset_signals`): a host the key learns, for the kernel resets attributed to it.
+    #[allow(clippy::too_many_arguments)]
     pub fn complete(
         &self,
         worker: u32,
         key: &str,
         probe: Option<u32>,
         end: End<'_>,
+        upstream: Option<&[u8]>,
         now_ms: u64,
         pending: &mut Pending,
     ) {
@@ -445,6 +500,11 @@ impl Engine {
                 return;
             }
         };
+        if let (Some(_), Some(h)) = (&self.kernel, upstream.and_then(resets::normalize_upstream)) {
+            if !l.new_hosts.contains(&h) && l.new_hosts.len() < MAX_NEW_HOSTS {
+                l.new_hosts.push(h);
+            }
+        }
         let failure = outcome.failure(&p.breaker.failure);
         if let (Some(id), Some(e)) = (probe, &l.entries) {
             let success = flow::probe_succeeded(outcome, failure, &p.breaker);
@@ -467,9 +527,14 @@ impl Engine {
         }
     }
 
-    /// The tick (every [`FLUSH_MS`], Envoy's main thread): merges every key whose samples are
-    /// that old, on every worker.
+    /// The tick (every [`FLUSH_MS`], Envoy's main thread): merges every key whose samples (or
+    /// learned hosts) are that old, on every worker; when the sidecar's totals moved, every key
+    /// with entries, so that kernel resets are attributed without waiting for traffic.
     pub fn tick(&self, now_ms: u64, pending: &mut Pending) {
+        let resets_moved = self.kernel.as_ref().is_some_and(|k| {
+            let seq = k.feed.totals().sequence;
+            k.seen.swap(seq, Ordering::Relaxed) != seq
+        });
         for w in self.workers.iter() {
             let mut guard = lock(w);
             let Worker {
@@ -479,7 +544,8 @@ impl Engine {
                 bins,
             } = &mut *guard;
             for (k, l) in keys.iter_mut() {
-                if l.flow.stale(now_ms) && !l.flow.recorder.is_empty() {
+                let news = !l.flow.recorder.is_empty() || !l.new_hosts.is_empty();
+                if (l.flow.stale(now_ms) && news) || (resets_moved && l.entries.is_some()) {
                     self.flush_key(l, k, now_ms, rng, enc, bins, pending);
                 }
             }
@@ -501,20 +567,31 @@ impl Engine {
     ) {
         let Some(e) = l.entries.clone() else {
             l.flow.recorder.clear();
+            l.new_hosts.clear();
             l.flow.last_flush_ms = now_ms;
             return;
         };
         let p = self.profile(l.profile);
-        let input = FlushInput::without_resets(key, &p.breaker, p.geometry, now_ms);
-        let m = match flow::flush(&mut &*e, &mut l.flow, &input, rng, enc, bins) {
+        let totals = self.kernel.as_ref().map(|k| k.feed.totals().peers);
+        let mut input = FlushInput::without_resets(key, &p.breaker, p.geometry, now_ms);
+        input.new_hosts = &l.new_hosts;
+        input.resets = totals.as_deref();
+        input.max_resets_per_second = self.kernel.as_ref().map(|k| k.max_resets_per_second);
+        let flushed = flow::flush(&mut &*e, &mut l.flow, &input, rng, enc, bins);
+        let m = match flushed {
             Flushed::Merged(m) => m,
             Flushed::Kept => return,
             Flushed::Lost => {
+                l.new_hosts.clear();
                 l.entries = None;
                 l.retry_entries_ms = 0;
                 return;
             }
         };
+        l.new_hosts.clear();
+        if m.attributed > 0 {
+            pending.push(Metric::KernelResets, &l.label, m.attributed);
+        }
         let totals = &m.totals;
         l.budget_ok =
             budget_allows_retry(&p.budget, p.breaker.window, totals.requests, totals.retries);
@@ -609,7 +686,7 @@ mod tests {
         for i in 0..5 {
             let a = e.decide(0, "k", 0, &view("POST", &()), t0 + i, &mut p);
             assert_eq!(a.decision, Decision::Allow);
-            e.complete(0, "k", None, End::Outcome(&fail()), t0 + i, &mut p);
+            e.complete(0, "k", None, End::Outcome(&fail()), None, t0 + i, &mut p);
         }
         assert_eq!(e.state_of("k"), Some(State::Closed), "not merged yet");
         e.tick(t0 + 150, &mut p);
@@ -631,7 +708,7 @@ mod tests {
         let t0 = 10_000;
         for i in 0..5 {
             e.decide(0, "k", 0, &view("POST", &()), t0 + i, &mut p);
-            e.complete(0, "k", None, End::Outcome(&fail()), t0 + i, &mut p);
+            e.complete(0, "k", None, End::Outcome(&fail()), None, t0 + i, &mut p);
         }
         e.tick(t0 + 150, &mut p);
         let later = t0 + 150 + 1_000;
@@ -641,7 +718,15 @@ mod tests {
         };
         assert_eq!(a.retry, RetryPlan::Off, "probes are not retried");
         assert_eq!(e.state_of("k"), Some(State::HalfOpen));
-        e.complete(1, "k", Some(id), End::Outcome(&ok()), later + 5, &mut p);
+        e.complete(
+            1,
+            "k",
+            Some(id),
+            End::Outcome(&ok()),
+            None,
+            later + 5,
+            &mut p,
+        );
         assert_eq!(e.state_of("k"), Some(State::Closed));
     }
 
@@ -652,7 +737,7 @@ mod tests {
         let t0 = 10_000;
         for i in 0..5 {
             e.decide(0, "k", 0, &view("POST", &()), t0 + i, &mut p);
-            e.complete(0, "k", None, End::Outcome(&fail()), t0 + i, &mut p);
+            e.complete(0, "k", None, End::Outcome(&fail()), None, t0 + i, &mut p);
         }
         e.tick(t0 + 150, &mut p);
         let later = t0 + 2_000;
@@ -672,6 +757,7 @@ mod tests {
             "k",
             Some(id),
             End::Abandoned { ran_us: 10 },
+            None,
             later + 2,
             &mut p,
         );
@@ -711,11 +797,36 @@ mod tests {
             attempts: 2,
             ..ok()
         };
-        e.complete(0, "k", None, End::Outcome(&retried), 10_001, &mut p);
+        e.complete(0, "k", None, End::Outcome(&retried), None, 10_001, &mut p);
         e.tick(10_200, &mut p);
         let b = e.decide(0, "k", 0, &view("GET", &()), 10_201, &mut p);
         assert_eq!((b.retry, b.max_attempts), (RetryPlan::Off, 1));
         assert!(p.ops.iter().any(|(m, ..)| *m == Metric::BudgetDenied));
+    }
+
+    #[test]
+    fn a_full_worker_never_lets_an_open_key_through_unguarded() {
+        // max_keys 2: the worker holds two keys' samples at most.
+        let e = engine(
+            r#"{"max_keys":2,"breaker":{"window":"2s","buckets":4,"min_requests":5,
+                "error_rate_threshold":0.5,"sleep_window":"30s","max_sleep_window":"60s"}}"#,
+        );
+        let mut p = Pending::default();
+        let t0 = 10_000;
+        for i in 0..5 {
+            e.decide(0, "v", 0, &view("POST", &()), t0 + i, &mut p);
+            e.complete(0, "v", None, End::Outcome(&fail()), None, t0 + i, &mut p);
+        }
+        e.tick(t0 + 150, &mut p);
+        assert_eq!(e.state_of("v"), Some(State::Open));
+        // Two other keys, each with a sample not merged yet: the worker is full of busy keys.
+        for (i, k) in ["a", "b"].into_iter().enumerate() {
+            let t = t0 + 200 + i as u64;
+            e.decide(0, k, 0, &view("POST", &()), t, &mut p);
+            e.complete(0, k, None, End::Outcome(&ok()), None, t, &mut p);
+        }
+        let a = e.decide(0, "v", 0, &view("GET", &()), t0 + 210, &mut p);
+        assert!(matches!(a.decision, Decision::Reject(_)), "{a:?}");
     }
 
     #[test]

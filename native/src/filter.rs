@@ -35,12 +35,13 @@ use policy_core::retry::{HeaderLookup, RequestView, RetryPlan};
 use policy_core::window::{Outcome, UPSTREAM_RESET_BITS};
 
 use crate::abi::{
-    self, Attribute, ConfigEnvoy, CounterId, GaugeId, HeaderMap, LogLevel, MetricSink, Status,
-    Stream, Ticker,
+    self, Attribute, CalloutEnd, CalloutResponse, ConfigEnvoy, CounterId, GaugeId, HeaderMap,
+    LogLevel, MetricSink, Status, Stream, Ticker,
 };
 use crate::engine::{self, End, Engine, Metric, Pending};
 use crate::labels;
 use crate::request::{parse_u32, profile_index, text, Needs, RawParts, Scratch};
+use crate::resets;
 use crate::store;
 
 /// The module's one filter, as `filter_name` names it in Envoy's configuration.
@@ -131,6 +132,12 @@ impl FilterConfig {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Who sent a callout: this configuration's address, unique while it lives (a callout of a
+    /// configuration that went away is never answered to another one; it times out).
+    fn sender(&self) -> usize {
+        std::ptr::from_ref(self) as usize
     }
 }
 
@@ -444,23 +451,79 @@ pub fn on_stream_complete(fc: &FilterConfig, s: &mut Stream<'_>, x: &mut Exchang
     } else {
         End::Outcome(&outcome)
     };
+    let upstream = if fc.engine.feed().is_some() {
+        s.attribute_bytes(Attribute::UpstreamAddress)
+    } else {
+        None
+    };
     let mut pending = Pending::default();
     fc.engine.complete(
         x.worker,
         &x.key,
         x.probe,
         end,
+        upstream,
         engine::ms_at(now),
         &mut pending,
     );
     fc.metrics.emit(&mut pending, s);
 }
 
-/// `on_http_filter_config_scheduled`: the tick.
+/// `on_http_filter_config_scheduled`: the tick. With `reset_signals`, polls the sidecar first
+/// when that is due ([`crate::resets`]), through Envoy's cluster.
 pub fn on_tick(fc: &FilterConfig, envoy: &mut ConfigEnvoy<'_>) {
+    let now = engine::now_ms();
+    if let Some(feed) = fc.engine.feed() {
+        let (req, notice) = feed.due(now);
+        log_notice(notice);
+        if let Some(req) = req {
+            let headers: [(&str, &[u8]); 3] = [
+                (":method", b"GET"),
+                (":path", req.path.as_bytes()),
+                (":authority", b"meshbreaker-sidecar"),
+            ];
+            match envoy.http_callout(&req.cluster, &headers, req.timeout_ms) {
+                Ok(id) => feed.dispatched(fc.sender(), id, now),
+                Err(e) => log_notice(feed.dispatch_failed(&e.to_string())),
+            }
+        }
+    }
     let mut pending = Pending::default();
-    fc.engine.tick(engine::now_ms(), &mut pending);
+    fc.engine.tick(now, &mut pending);
     fc.metrics.emit(&mut pending, envoy);
+}
+
+/// `on_http_filter_config_http_callout_done`: the sidecar's answer to a poll.
+pub fn on_callout_done(fc: &FilterConfig, id: u64, r: &CalloutResponse<'_>) {
+    let Some(feed) = fc.engine.feed() else {
+        return;
+    };
+    let answer = match r.end {
+        // Envoy buffered the whole answer (up to its own limit); over the module's, it is not
+        // copied.
+        CalloutEnd::Response if r.body_len() > resets::MAX_BODY_BYTES => format!(
+            "answer of {} bytes, over the {}-byte limit",
+            r.body_len(),
+            resets::MAX_BODY_BYTES
+        ),
+        CalloutEnd::Response => {
+            let body = r.body();
+            let notice = feed.on_response(fc.sender(), id, Ok((r.header(":status"), &body)));
+            return log_notice(notice);
+        }
+        CalloutEnd::Reset => "the request was reset (is the sidecar running?)".to_string(),
+        CalloutEnd::TooLarge => "answer over Envoy's buffer limit".to_string(),
+        CalloutEnd::Other(n) => format!("callout failed ({n})"),
+    };
+    log_notice(feed.on_response(fc.sender(), id, Err(answer)));
+}
+
+fn log_notice(n: Option<resets::Notice>) {
+    match n {
+        Some(n @ resets::Notice::Down(_)) => abi::log(LogLevel::Warn, &n.to_string()),
+        Some(n @ resets::Notice::Back { .. }) => abi::log(LogLevel::Info, &n.to_string()),
+        None => {}
+    }
 }
 
 /// The raw parts the key needs, borrowed from Envoy for the rest of the hook.
@@ -488,6 +551,7 @@ fn read_parts<'s>(needs: Needs, s: &'s Stream<'_>) -> RawParts<'s> {
 mod tests {
     use super::*;
     use crate::abi::fake::{self, FakeEnvoy};
+    use policy_core::breaker::State;
     use policy_core::retry::ROUTER_RETRY_HEADERS;
 
     fn headers(fc: &FilterConfig, envoy: &mut FakeEnvoy) -> Status {
@@ -681,6 +745,105 @@ mod tests {
             .counters
             .iter()
             .any(|(_, l, _)| l == &[b"hook_trip".to_vec(), b"rejected".to_vec()]));
+    }
+
+    fn sidecar_body(started: u64, resets: u64) -> Vec<u8> {
+        format!(
+            r#"{{"started_at_ms":{started},"now_ms":{n},"peers":[{{"addr":"10.1.2.3","port":8080,"peer":"10.1.2.3:8080","resets":{resets},"refused":0,"timeouts":0,"last_ms":{n}}}]}}"#,
+            n = started + 10
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn kernel_resets_polled_through_the_cluster_trip_the_key_that_used_the_host() {
+        let (mut cfg_envoy, fc) = configured(
+            r#"{"breaker":{"window":"2s","buckets":4,"min_requests":100000,"latency_p95_threshold":null},
+                "reset_signals":{"cluster":"sidecar_unit","poll_interval":"100ms","max_resets_per_second":1}}"#,
+        );
+        // A request whose upstream is the host the sidecar reports about.
+        let mut envoy = FakeEnvoy {
+            defined: cfg_envoy.defined.clone(),
+            ..FakeEnvoy::default()
+        };
+        envoy
+            .attrs_str
+            .push((Attribute::XdsClusterName as i32, b"kr_unit".to_vec()));
+        envoy
+            .attrs_str
+            .push((Attribute::UpstreamAddress as i32, b"10.1.2.3:8080".to_vec()));
+        let mut x = Exchange::default();
+        assert_eq!(
+            on_request_headers(&fc, &mut envoy.stream(), &mut x, true),
+            Status::Continue
+        );
+        envoy.headers[HeaderMap::ResponseHeaders as usize]
+            .push((b":status".to_vec(), b"200".to_vec()));
+        on_response_headers(&fc, &mut envoy.stream(), &mut x);
+        on_stream_complete(&fc, &mut envoy.stream(), &mut x);
+
+        // The tick polls through Envoy's cluster, with the headers a callout needs.
+        on_tick(&fc, &mut cfg_envoy.config());
+        let (cluster, headers, timeout) = cfg_envoy.callouts.last().cloned().unwrap();
+        assert_eq!((cluster.as_str(), timeout), ("sidecar_unit", 1_000));
+        for (k, v) in [(":method", "GET"), (":path", "/v1/resets")] {
+            assert!(
+                headers.contains(&(k.as_bytes().to_vec(), v.as_bytes().to_vec())),
+                "{headers:?}"
+            );
+        }
+        assert!(headers.iter().any(|(k, _)| k == b":authority"));
+        let answer = |id: u64, body: Vec<u8>| {
+            let r = fake::FakeResponse::new(&[(":status", b"200")], &[&body[..3], &body[3..]]);
+            on_callout_done(&fc, id, &r.view(CalloutEnd::Response));
+        };
+        answer(cfg_envoy.callouts.len() as u64, sidecar_body(7, 100));
+        // The first answer is the baseline; ten new resets towards the host come next.
+        std::thread::sleep(std::time::Duration::from_millis(110));
+        on_tick(&fc, &mut cfg_envoy.config());
+        answer(cfg_envoy.callouts.len() as u64, sidecar_body(7, 110));
+        std::thread::sleep(std::time::Duration::from_millis(110));
+        fake::take_logs();
+        on_tick(&fc, &mut cfg_envoy.config());
+        let kernel = |c: &Vec<(usize, Vec<Vec<u8>>, u64)>| {
+            c.iter()
+                .filter(|(id, l, _)| *id == 4 && l == &[b"kr_unit".to_vec()])
+                .map(|(_, _, v)| v)
+                .sum::<u64>()
+        };
+        assert_eq!(kernel(&cfg_envoy.counters), 10, "{:?}", cfg_envoy.counters);
+        assert_eq!(fc.engine.state_of("kr_unit"), Some(State::Open));
+        let logs = fake::take_logs();
+        assert!(
+            logs.iter()
+                .any(|(_, l)| l.contains("key=kr_unit") && l.contains("reason=kernel_resets")),
+            "{logs:?}"
+        );
+    }
+
+    #[test]
+    fn a_sidecar_that_cannot_be_reached_is_logged_once() {
+        let (mut cfg_envoy, fc) = configured(
+            r#"{"reset_signals":{"cluster":"sidecar_unit_down","poll_interval":"100ms","max_resets_per_second":1}}"#,
+        );
+        fake::take_logs();
+        cfg_envoy.callout_refusal = 2;
+        on_tick(&fc, &mut cfg_envoy.config());
+        std::thread::sleep(std::time::Duration::from_millis(110));
+        cfg_envoy.callout_refusal = 0;
+        on_tick(&fc, &mut cfg_envoy.config());
+        let r = fake::FakeResponse::new(&[], &[]);
+        on_callout_done(
+            &fc,
+            cfg_envoy.callouts.len() as u64,
+            &r.view(CalloutEnd::Reset),
+        );
+        let down: Vec<_> = fake::take_logs()
+            .into_iter()
+            .filter(|(_, l)| l.contains("reset sidecar unavailable"))
+            .collect();
+        assert_eq!(down.len(), 1, "{down:?}");
+        assert!(down[0].1.contains("no such cluster"), "{down:?}");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`store`]: every key's state and window in process memory, with compare-and-swap.
 //! - [`request`]: pure helpers over the bytes a request carries (key, profile, numbers).
 //! - [`labels`]: the process-wide budget of `key` metric labels.
+//! - [`resets`]: kernel reset signals: polling the eBPF sidecar through Envoy, the reset totals.
 //! - `probe` (feature `abi-probe`, never in `target/dist/libmeshbreaker.so`): a second filter that
 //!   drives callbacks the request path does not reach in the smoke test.
 #![deny(unsafe_code)]
@@ -35,4 +36,5 @@ pub mod labels;
 #[cfg(feature = "abi-probe")]
 pub mod probe;
 pub mod request;
+pub mod resets;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Behaviour 11: `key_by: authority` with client-chosen Host headers. 10,000 distinct hosts with
 //! `max_keys: 100` keep Envoy up with bounded memory and at most 100 `key` labels plus `_other`;
-//! a Host full of `;.;` and `=.=` cannot forge a label.
+//! a Host full of `;.;` and `=.=` cannot forge a label. Each test runs once per shell; metrics are
+//! read under their SPEC names ([`Stack::samples`]).
 
 use meshbreaker_tests::*;
 use std::collections::BTreeSet;
@@ -38,10 +39,10 @@ fn assert_labels_cannot_be_forged(samples: &[Sample]) {
     }
 }
 
-#[test]
-fn ten_thousand_hosts_keep_memory_and_key_labels_bounded() {
+per_shell! {
+fn ten_thousand_hosts_keep_memory_and_key_labels_bounded(shell) {
     run(async {
-        let s = Stack::start(&authority_config(), &[], &[], false).await;
+        let s = Stack::start_shell(shell, &authority_config(), &[], &[], false).await;
         // Warm up: VMs, connections and the first 100 keys + `_other` exist before measuring.
         s.flood_authorities("h", 0, 300).await;
         let alloc_before = s.envoy.memory_allocated().await;
@@ -67,7 +68,7 @@ fn ten_thousand_hosts_keep_memory_and_key_labels_bounded() {
             "Envoy RSS grew by {rss_growth} bytes over 10,000 hosts"
         );
 
-        let samples = s.envoy.samples().await;
+        let samples = s.samples().await;
         let keys: BTreeSet<&str> = samples
             .iter()
             .filter(|x| x.name.starts_with("meshbreaker"))
@@ -84,7 +85,7 @@ fn ten_thousand_hosts_keep_memory_and_key_labels_bounded() {
         let mut last = (0.0, 0.0);
         let settled = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                let samples = s.envoy.samples().await;
+                let samples = s.samples().await;
                 let allowed = |x: &&Sample| {
                     x.name == "meshbreaker_requests_total" && x.label("decision") == Some("allowed")
                 };
@@ -112,10 +113,9 @@ fn ten_thousand_hosts_keep_memory_and_key_labels_bounded() {
     })
 }
 
-#[test]
-fn host_with_tag_delimiters_cannot_forge_labels() {
+fn host_with_tag_delimiters_cannot_forge_labels(shell) {
     run(async {
-        let s = Stack::start(&authority_config(), &[], &[], false).await;
+        let s = Stack::start_shell(shell, &authority_config(), &[], &[], false).await;
         let evil = "Evil;.;decision=.=rejected;.;To=.=open";
         let long = format!("{}.example", "a".repeat(200));
         for host in [evil, long.as_str()] {
@@ -139,7 +139,7 @@ fn host_with_tag_delimiters_cannot_forge_labels() {
             })
             .await;
         }
-        let samples = s.envoy.samples().await;
+        let samples = s.samples().await;
         assert_labels_cannot_be_forged(&samples);
         assert_eq!(
             samples
@@ -152,4 +152,5 @@ fn host_with_tag_delimiters_cannot_forge_labels() {
             "the Host header did not create a rejected counter"
         );
     })
+}
 }

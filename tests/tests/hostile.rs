@@ -1,9 +1,11 @@
-//! Hostile input against the real Envoy (`--concurrency 2`) and the real filter (nothing a client or an upstream sends may crash or steer it):
+//! Hostile input against the real Envoy (`--concurrency 2`) and the real filter or dynamic module
+//! (each test runs once per shell; nothing a client or an upstream sends may crash or steer it):
 //! clients, upstreams and a sidecar that send what nobody should, and what must still hold.
 //!
 //! - header bytes that are not UTF-8, numbers out of every range and oversized header blocks, from
 //!   the client and from the upstream: no worker VM dies (a dead VM fails closed in the shipped
-//!   config and silently disappears in Istio's FAIL_OPEN), traffic keeps its verdicts;
+//!   config and silently disappears in Istio's FAIL_OPEN), no hook of the module panics (it would
+//!   fail open), traffic keeps its verdicts;
 //! - 100,000 distinct `:authority` values at `max_keys` 1,000: Envoy memory stays bounded and a key
 //!   that is OPEN is never forgotten whatever the churn (SPEC: OPEN keys are never evicted), nor
 //!   when long requests on other authorities fill every worker's registry; tripped junk authorities
@@ -222,12 +224,47 @@ async fn assert_no_vm_died(envoy: &Envoy, before: &[(String, u64)]) {
     }
 }
 
+/// What shows whether a shell's request path failed: the wasm VM counters, or nothing for the
+/// module (its hooks catch panics and print them to Envoy's stderr, which [`assert_no_vm_died`]
+/// reads).
+async fn health(shell: Shell, envoy: &Envoy) -> Vec<(String, u64)> {
+    match shell {
+        Shell::Wasm => {
+            let before = wasm_stats(envoy).await;
+            assert!(
+                before.iter().any(|(k, _)| k.ends_with(".active")),
+                "no wasm VM stats in /stats: {before:?}"
+            );
+            before
+        }
+        Shell::Native => Vec::new(),
+    }
+}
+
+/// [`assert_no_vm_died`] for the wasm filter; for the module, no hook panicked (a caught panic
+/// is printed to Envoy's stderr, `stdout.log` in its directory) and Envoy is up.
+async fn assert_shell_healthy(shell: Shell, envoy: &Envoy, before: &[(String, u64)]) {
+    match shell {
+        Shell::Wasm => assert_no_vm_died(envoy, before).await,
+        Shell::Native => {
+            let out = std::fs::read_to_string(envoy.dir.join("stdout.log")).unwrap_or_default();
+            let panics: Vec<&str> = out.lines().filter(|l| l.contains("panicked")).collect();
+            assert!(
+                panics.is_empty(),
+                "a hook of the module panicked:\n{}",
+                panics.join("\n")
+            );
+            assert!(envoy.is_running());
+        }
+    }
+}
+
 /// Requests on fresh connections (so both workers serve some) must each reach the upstream and be
 /// counted by the filter under `key`: a dead VM would fail closed (503) or skip the filter.
-async fn assert_both_workers_filter(envoy: &Envoy, route: &str, key: &str) {
+async fn assert_both_workers_filter(shell: Shell, envoy: &Envoy, route: &str, key: &str) {
     let before = envoy
         .metric_value(
-            "meshbreaker_requests_total",
+            &shell.metric_name("meshbreaker_requests_total"),
             &[("key", key), ("decision", "allowed")],
         )
         .await;
@@ -243,7 +280,7 @@ async fn assert_both_workers_filter(envoy: &Envoy, route: &str, key: &str) {
         || async {
             let now = envoy
                 .metric_value(
-                    "meshbreaker_requests_total",
+                    &shell.metric_name("meshbreaker_requests_total"),
                     &[("key", key), ("decision", "allowed")],
                 )
                 .await;
@@ -255,8 +292,8 @@ async fn assert_both_workers_filter(envoy: &Envoy, route: &str, key: &str) {
 
 // ---------------------------------------------------------------------------- 1. header bytes
 
-#[test]
-fn hostile_header_bytes_never_kill_a_worker_vm() {
+per_shell! {
+fn hostile_header_bytes_never_kill_a_worker_vm(shell) {
     run(async {
         let big = vec![b'a'; 40 * 1024];
         let mut big_header = b"x-big: ".to_vec();
@@ -293,18 +330,14 @@ fn hostile_header_bytes_never_kill_a_worker_vm() {
             {"name": "rest", "match": {}, "retry_on": ["connect-failure"], "max_retries": 1}
         ]});
         let b = Bootstrap::new()
-            .with_filter(cfg.to_string())
+            .with_shell(shell, cfg.to_string())
             .backend(normal.addr)
             .cluster("hostile", RouteKind::Http, hostile.addr)
             .cluster("normal", RouteKind::Http, normal.addr);
         let envoy = Envoy::start(b.to_yaml()).await;
         // Warm both workers before taking the VM counters.
-        assert_both_workers_filter(&envoy, "normal", "normal").await;
-        let before = wasm_stats(&envoy).await;
-        assert!(
-            before.iter().any(|(k, _)| k.ends_with(".active")),
-            "no wasm VM stats in /stats: {before:?}"
-        );
+        assert_both_workers_filter(shell, &envoy, "normal", "normal").await;
+        let before = health(shell, &envoy).await;
 
         // From the client: obs-text bytes in every header the filter reads, absurd numbers,
         // large and many headers (under Envoy's 60 KiB limit), then one over it.
@@ -384,23 +417,24 @@ fn hostile_header_bytes_never_kill_a_worker_vm() {
         }
         assert!(hostile.served.load(Ordering::SeqCst) >= 4 * n_answers - 4);
 
-        assert_no_vm_died(&envoy, &before).await;
-        assert_both_workers_filter(&envoy, "normal", "normal").await;
+        assert_shell_healthy(shell, &envoy, &before).await;
+        assert_both_workers_filter(shell, &envoy, "normal", "normal").await;
         // One `200` claiming 4294967295 attempts must not be 4294967295 failure samples.
         // `metric_opt`: an absent series (the key under another label, or no gauge at all) is
         // not "closed".
         let state = envoy
-            .metric_opt("meshbreaker_state", &[("key", "hostile")])
+            .metric_opt(&shell.metric_name("meshbreaker_state"), &[("key", "hostile")])
             .await;
         assert_eq!(state, Some(0.0), "the hostile key is not open");
         assert!(envoy.is_running());
     })
 }
+}
 
 // ------------------------------------------------------------------------- 2. authority flood
 
-#[test]
-fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
+per_shell! {
+fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key(shell) {
     run(async {
         let cfg = json!({
             "key_by": "authority",
@@ -412,7 +446,7 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
                 "sleep_window": "3m", "max_sleep_window": "5m"
             }
         });
-        let s = Stack::start(&cfg, &[], &[], false).await;
+        let s = Stack::start_shell(shell, &cfg, &[], &[], false).await;
         let c = s.client();
         // Warm up: both workers' VMs, connections, some keys.
         s.flood_authorities("a", 0, 2_000).await;
@@ -475,7 +509,7 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
             rss_growth < 64 << 20,
             "Envoy RSS grew by {rss_growth} bytes over {total} authorities"
         );
-        let samples = s.envoy.samples().await;
+        let samples = s.samples().await;
         let keys: BTreeSet<&str> = samples
             .iter()
             .filter(|x| x.name.starts_with("meshbreaker"))
@@ -491,6 +525,7 @@ fn hundred_thousand_authorities_keep_memory_bounded_and_the_open_key() {
         let r = c.get("/", &[("host", "victim.example")]).await;
         assert_spec_rejection(&r, "victim.example", "error_rate");
     })
+}
 }
 
 /// An OPEN key is rejected on every worker even when the workers' registries are full of keys
@@ -641,8 +676,8 @@ const CLIENT_RETRY_HEADERS: [(&str, &str); 7] = [
     ("x-envoy-retriable-header-names", "x-upstream-attempt"),
 ];
 
-#[test]
-fn client_cannot_force_retries_on_a_trusting_listener_in_any_mode() {
+per_shell! {
+fn client_cannot_force_retries_on_a_trusting_listener_in_any_mode(shell) {
     run(async {
         let mut cfg = fast_config();
         cfg["overrides"] = json!([
@@ -650,7 +685,7 @@ fn client_cannot_force_retries_on_a_trusting_listener_in_any_mode() {
             {"match": {"cluster": "m_disabled"}, "mode": "disabled"}
         ]);
         let clusters = ["m_enforce", "m_dry_run", "m_disabled"];
-        let s = Stack::start(&cfg, &clusters, &[], true).await;
+        let s = Stack::start_shell(shell, &cfg, &clusters, &[], true).await;
         for cluster in clusters {
             for (proto, client) in [("h1", s.envoy.http1()), ("h2c", s.envoy.h2c())] {
                 for method in ["POST", "GET"] {
@@ -696,6 +731,7 @@ fn client_cannot_force_retries_on_a_trusting_listener_in_any_mode() {
         let retries = s.envoy.stat("cluster.m_disabled.upstream_rq_retry").await;
         assert_eq!(retries.unwrap_or(0), 0, "Envoy retried in disabled mode");
     })
+}
 }
 
 // -------------------------------------------------------------------------- 4. hostile sidecar
@@ -868,8 +904,8 @@ async fn answer(conn: &mut TcpStream, mode: SidecarMode, n: u64, peer: SocketAdd
     }
 }
 
-#[test]
-fn hostile_sidecar_changes_nothing_and_a_sane_one_is_heard_again() {
+per_shell! {
+fn hostile_sidecar_changes_nothing_and_a_sane_one_is_heard_again(shell) {
     run(async {
         let up = HttpUpstream::start().await;
         let sidecar = FakeSidecar::start(up.addr).await;
@@ -885,7 +921,7 @@ fn hostile_sidecar_changes_nothing_and_a_sane_one_is_heard_again() {
             }
         });
         let mut b = Bootstrap::new()
-            .with_filter(cfg.to_string())
+            .with_shell(shell, cfg.to_string())
             .backend(up.addr)
             .cluster("guarded", RouteKind::Http, up.addr);
         b.sidecar = sidecar.addr;
@@ -913,7 +949,7 @@ fn hostile_sidecar_changes_nothing_and_a_sane_one_is_heard_again() {
         sidecar
             .wait_polls(2, "the filter polls the fake sidecar")
             .await;
-        let before = wasm_stats(&envoy).await;
+        let before = health(shell, &envoy).await;
         let rss_start = envoy.rss_bytes();
         let mut rss_peak = rss_start;
         for mode in [
@@ -937,7 +973,7 @@ fn hostile_sidecar_changes_nothing_and_a_sane_one_is_heard_again() {
             );
             assert_eq!(
                 envoy
-                    .metric_opt("meshbreaker_state", &[("key", "guarded")])
+                    .metric_opt(&shell.metric_name("meshbreaker_state"), &[("key", "guarded")])
                     .await,
                 Some(0.0),
                 "a {mode:?} sidecar tripped the key (or it has no gauge)"
@@ -975,6 +1011,7 @@ fn hostile_sidecar_changes_nothing_and_a_sane_one_is_heard_again() {
         )
         .await;
         assert_spec_rejection(&r, "guarded", "kernel_resets");
-        assert_no_vm_died(&envoy, &before).await;
+        assert_shell_healthy(shell, &envoy, &before).await;
     })
+}
 }

@@ -1,10 +1,12 @@
 //! SPEC "reset_signals" and "Sidecar", end to end: the real Envoy (`--concurrency 2`), the real
-//! filter and the real `meshbreaker-sidecar` counting TCP resets in the kernel.
+//! filter or dynamic module (each test runs once per shell) and the real `meshbreaker-sidecar`
+//! counting TCP resets in the kernel.
 //!
-//! Why these tests exist: the filter cannot see the TCP layer, so the only proof that a key trips
+//! Why these tests exist: neither shell can see the TCP layer, so the only proof that a key trips
 //! on kernel resets (and that a dying sidecar changes nothing for traffic) is the whole chain —
-//! kernel tracepoint → sidecar counters → one VM polling through the `meshbreaker_sidecar` cluster →
-//! per-host attribution in the shared window → trip, rejection, metrics and logs.
+//! kernel tracepoint → sidecar counters → one poller (a wasm VM, or the module's tick on Envoy's
+//! main thread) polling through the `meshbreaker_sidecar` cluster → per-host attribution in the
+//! shared window → trip, rejection, metrics and logs.
 //!
 //! The sidecar binary: `MESHBREAKER_SIDECAR` when set, else the test builds it with
 //! `cargo build -q -p meshbreaker-sidecar --message-format=json` from the repository root (same
@@ -317,17 +319,18 @@ fn kernel_only_config(max_resets_per_second: f64) -> Value {
     })
 }
 
-/// Envoy with the filter, cluster `route` at `upstream`, and `meshbreaker_sidecar` at `sidecar`.
+/// Envoy with meshbreaker as `shell`, cluster `route` at `upstream`, and `meshbreaker_sidecar` at
+/// `sidecar`.
 async fn start_envoy(
+    shell: Shell,
     plugin: &Value,
     route: &str,
     upstream: SocketAddr,
     sidecar: SocketAddr,
 ) -> Envoy {
-    let mut b =
-        Bootstrap::new()
-            .with_filter(plugin.to_string())
-            .cluster(route, RouteKind::Http, upstream);
+    let mut b = Bootstrap::new()
+        .with_shell(shell, plugin.to_string())
+        .cluster(route, RouteKind::Http, upstream);
     b.sidecar = sidecar;
     Envoy::start(b.to_yaml()).await
 }
@@ -337,10 +340,11 @@ async fn stat(envoy: &Envoy, name: &str) -> u64 {
     envoy.stat(name).await.unwrap_or(0)
 }
 
-async fn metric(envoy: &Envoy, name: &str, key: &str, extra: &[(&str, &str)]) -> f64 {
+/// The SPEC metric `name` as `shell` serves it.
+async fn metric(shell: Shell, envoy: &Envoy, name: &str, key: &str, extra: &[(&str, &str)]) -> f64 {
     let mut labels = vec![("key", key)];
     labels.extend_from_slice(extra);
-    envoy.metric_value(name, &labels).await
+    envoy.metric_value(&shell.metric_name(name), &labels).await
 }
 
 /// Waits until the filter has polled the sidecar successfully at least `n` more times than `from`.
@@ -358,9 +362,12 @@ fn count_lines(envoy: &Envoy, needle: &str) -> usize {
 
 // ------------------------------------------------------------------------------------- tests
 
-#[test]
-fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
-    let test = "upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets";
+per_shell! {
+fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets(shell) {
+    let test = &format!(
+        "upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets::{}",
+        shell.name()
+    );
     if skip_bpf_tests(test) {
         return;
     }
@@ -370,7 +377,8 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
         let sidecar = Sidecar::start(free_loopback_addr()).await;
         let up = ResetUpstream::start().await;
         // Window 2 s, more than 2 events/s: about 5 resets inside the window trip the key.
-        let envoy = start_envoy(&kernel_only_config(2.0), key, up.addr, sidecar.addr).await;
+        let envoy =
+            start_envoy(shell, &kernel_only_config(2.0), key, up.addr, sidecar.addr).await;
         wait_for_polls(&envoy, 0, 1, "a first successful poll of the sidecar").await;
 
         let client = envoy.http1();
@@ -393,7 +401,7 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
                  events towards {}; kernel_resets_total={}; log tail:\n{}",
                 sidecar.events_towards(up.addr).await,
                 up.addr,
-                metric(&envoy, "meshbreaker_kernel_resets_total", key, &[]).await,
+                metric(shell, &envoy, "meshbreaker_kernel_resets_total", key, &[]).await,
                 envoy.log_tail(30)
             );
             // Pacing only (the exit condition is the rejection above, under a deadline).
@@ -416,7 +424,7 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
 
         // The operator sees the open state, one transition and the attributed kernel events.
         eventually(Duration::from_secs(5), "state gauge = 1 (open)", || async {
-            (metric(&envoy, "meshbreaker_state", key, &[]).await == 1.0).then_some(())
+            (metric(shell, &envoy, "meshbreaker_state", key, &[]).await == 1.0).then_some(())
         })
         .await;
         // Counters reach Envoy on the filter's tick.
@@ -425,6 +433,7 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
             "one transition to open",
             || async {
                 (metric(
+                    shell,
                     &envoy,
                     "meshbreaker_transitions_total",
                     key,
@@ -436,7 +445,7 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
             },
         )
         .await;
-        let attributed = metric(&envoy, "meshbreaker_kernel_resets_total", key, &[]).await;
+        let attributed = metric(shell, &envoy, "meshbreaker_kernel_resets_total", key, &[]).await;
         let seen_by_kernel = sidecar.events_towards(up.addr).await;
         eprintln!(
             "{test}: tripped after {reached} reset requests in {tripped_after:?}; upstream \
@@ -471,10 +480,11 @@ fn upstream_resets_seen_by_the_kernel_trip_the_key_with_reason_kernel_resets() {
     })
 }
 
-#[test]
-fn sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_nothing() {
-    let test =
-        "sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_nothing";
+fn sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_nothing(shell) {
+    let test = &format!(
+        "sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_nothing::{}",
+        shell.name()
+    );
     if skip_bpf_tests(test) {
         return;
     }
@@ -486,7 +496,7 @@ fn sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_n
         let first_started_at = sidecar.resets().await["started_at_ms"].as_u64();
         let up = HttpUpstream::start().await;
         // A low threshold, so that counters taken as new events after the restart would trip.
-        let envoy = start_envoy(&kernel_only_config(0.5), key, up.addr, addr).await;
+        let envoy = start_envoy(shell, &kernel_only_config(0.5), key, up.addr, addr).await;
         let polls = wait_for_polls(&envoy, 0, 2, "two successful polls of the sidecar").await;
 
         // Load: two clients sending requests back to back until told to stop.
@@ -514,7 +524,7 @@ fn sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_n
             }
         };
         wait_until(Duration::from_secs(10), "20 requests under load", sent(20)).await;
-        let resets_before = metric(&envoy, "meshbreaker_kernel_resets_total", key, &[]).await;
+        let resets_before = metric(shell, &envoy, "meshbreaker_kernel_resets_total", key, &[]).await;
 
         assert_eq!(
             count_lines(&envoy, "reset sidecar unavailable"),
@@ -610,14 +620,17 @@ fn sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_n
             "every request reached the upstream"
         );
         // `metric_opt`: an absent series is not "closed" nor "no transition".
+        let name = |n: &str| shell.metric_name(n);
         assert_eq!(
-            envoy.metric_opt("meshbreaker_state", &[("key", key)]).await,
+            envoy
+                .metric_opt(&name("meshbreaker_state"), &[("key", key)])
+                .await,
             Some(0.0)
         );
         assert_eq!(
             envoy
                 .metric_opt(
-                    "meshbreaker_transitions_total",
+                    &name("meshbreaker_transitions_total"),
                     &[("key", key), ("to", "open")]
                 )
                 .await,
@@ -626,7 +639,7 @@ fn sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_n
             envoy.log_tail(30)
         );
         assert_eq!(
-            metric(&envoy, "meshbreaker_kernel_resets_total", key, &[]).await,
+            metric(shell, &envoy, "meshbreaker_kernel_resets_total", key, &[]).await,
             resets_before,
             "the restart must not make the kernel_resets counter jump"
         );
@@ -639,4 +652,5 @@ fn sidecar_killed_under_load_changes_nothing_for_traffic_and_its_restart_trips_n
             started.elapsed()
         );
     })
+}
 }

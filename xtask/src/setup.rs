@@ -376,7 +376,18 @@ pub fn native_dist() -> PathBuf {
 /// to [`native_dist`]. It needs nothing installed beyond the host toolchain.
 pub fn build_native() -> Result<PathBuf> {
     step("build libmeshbreaker.so (the Envoy 1.40 dynamic module)");
-    run(cargo().args(["build", "--profile", "native", "-p", "meshbreaker-native"]))?;
+    // Only the cdylib: the crate is an rlib too (for the fuzz target), and rustc does no LTO
+    // when it builds two crate types at once.
+    run(cargo().args([
+        "rustc",
+        "--profile",
+        "native",
+        "-p",
+        "meshbreaker-native",
+        "--lib",
+        "--crate-type",
+        "cdylib",
+    ]))?;
     let built = root()
         .join("target")
         .join("native")

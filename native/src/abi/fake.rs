@@ -16,6 +16,9 @@ pub enum Kind {
 /// A local reply: status, headers, body, details (`None` for the null details buffer).
 pub type Sent = (u32, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>, Option<Vec<u8>>);
 
+/// A header list, owned.
+pub type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Debug, Default)]
 pub struct FakeEnvoy {
     /// One list per [`HeaderMap`], in its numeric order.
@@ -31,6 +34,10 @@ pub struct FakeEnvoy {
     pub frozen: bool,
     /// What `get_worker_index` answers.
     pub worker: u32,
+    /// Callouts sent: cluster, headers, timeout.
+    pub callouts: Vec<(String, Headers, u64)>,
+    /// What `http_callout` answers (0: sent).
+    pub callout_refusal: i32,
 }
 
 impl FakeEnvoy {
@@ -691,5 +698,93 @@ fn config_new_hook_returns_null_for_a_bad_config_and_a_box_for_a_good_one() {
             envoy_dynamic_module_on_http_filter_config_new(c, buf(b"meshbreaker"), buf(b"{}"));
         assert!(!good.is_null());
         envoy_dynamic_module_on_http_filter_config_destroy(good);
+    }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+    config: FilterConfigEnvoyPtr,
+    callout_id_out: *mut u64,
+    cluster_name: ModuleBuffer,
+    headers: *mut ModuleHttpHeader,
+    headers_len: usize,
+    _body: ModuleBuffer,
+    timeout_ms: u64,
+) -> i32 {
+    // SAFETY: the fake's pointer; the wrapper lends the name and `headers_len` headers for the
+    // call; a valid out-pointer.
+    unsafe {
+        let e = envoy(config);
+        let cluster =
+            String::from_utf8_lossy(&bytes(cluster_name).unwrap_or_default()).into_owned();
+        let lent = slice_of(headers, headers_len);
+        let headers = lent
+            .iter()
+            .map(|h| {
+                (
+                    std::slice::from_raw_parts(h.key_ptr, h.key_len).to_vec(),
+                    std::slice::from_raw_parts(h.value_ptr, h.value_len).to_vec(),
+                )
+            })
+            .collect();
+        e.callouts.push((cluster, headers, timeout_ms));
+        if e.callout_refusal != 0 {
+            return e.callout_refusal;
+        }
+        *callout_id_out = e.callouts.len() as u64;
+    }
+    0
+}
+
+/// A callout's answer as Envoy would lend it to the done hook.
+pub struct FakeResponse {
+    owned: (Headers, Vec<Vec<u8>>),
+    headers: Vec<EnvoyHttpHeader>,
+    chunks: Vec<EnvoyBuffer>,
+}
+
+impl FakeResponse {
+    /// Headers and body chunks (each chunk one buffer, as Envoy's slices).
+    pub fn new(headers: &[(&str, &[u8])], chunks: &[&[u8]]) -> FakeResponse {
+        let owned: (Headers, Vec<Vec<u8>>) = (
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+                .collect(),
+            chunks.iter().map(|c| c.to_vec()).collect(),
+        );
+        let headers = owned
+            .0
+            .iter()
+            .map(|(k, v)| EnvoyHttpHeader {
+                key_ptr: k.as_ptr(),
+                key_len: k.len(),
+                value_ptr: v.as_ptr(),
+                value_len: v.len(),
+            })
+            .collect();
+        let chunks = owned
+            .1
+            .iter()
+            .map(|c| EnvoyBuffer {
+                ptr: c.as_ptr(),
+                len: c.len(),
+            })
+            .collect();
+        FakeResponse {
+            owned,
+            headers,
+            chunks,
+        }
+    }
+
+    pub fn view(&self, end: CalloutEnd) -> CalloutResponse<'_> {
+        let _ = &self.owned;
+        CalloutResponse {
+            end,
+            headers: &self.headers,
+            body: &self.chunks,
+        }
     }
 }
