@@ -4,10 +4,13 @@
 //!
 //! Why it is built this way:
 //! * One proxy Envoy, pinned to a CPU of its own, carries one listener per contender (no filter,
-//!   Envoy's native admission_control, a trivial proxy-wasm filter, meshbreaker) in front of one
-//!   upstream Envoy with a direct response, so every contender sees the same process, the same
-//!   upstream and the same client; rounds are interleaved (A B C D E, A B C D E, …) so drift in
-//!   the machine's load hits all of them alike, and every figure is given with its spread.
+//!   Envoy's native admission_control, a trivial proxy-wasm filter, meshbreaker's wasm filter and
+//!   its dynamic module `libmeshbreaker.so`) in front of one upstream Envoy with a direct
+//!   response, so every contender sees the same process, the same upstream and the same client;
+//!   rounds are interleaved (A B C D E F, A B C D E F, …) so drift in the machine's load hits all
+//!   of them alike, and every figure is given with its spread.
+//! * The dynamic module is judged against admission_control, the other native filter: both run
+//!   in Envoy's process without a VM, so what separates them is the breaker's own work.
 //! * CPU time per request comes from the kernel's accounting of the proxy process
 //!   (`/proc/<pid>/stat`), divided by the responses oha received: it is what a sidecar costs, and
 //!   it is much less sensitive to a noisy neighbour than throughput.
@@ -16,7 +19,7 @@
 //!   difference, so the floor of *any* filter that must read the cluster, the status and the clock
 //!   is computed rather than guessed.
 //! * RSS per tracked key is measured by sending one request per distinct `Host` to a
-//!   `key_by: authority` listener with two workers.
+//!   `key_by: authority` listener with two workers, once per shell (a fresh proxy each).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,7 +39,14 @@ const FIXED_RATE: f64 = 1500.0;
 const AUTHORITY_KEYS: usize = 100;
 
 /// The contenders, in round order.
-const MAIN: &[&str] = &["none", "native", "trivial", "mb_default", "mb_authority"];
+const MAIN: &[&str] = &[
+    "none",
+    "native",
+    "trivial",
+    "mb_default",
+    "mb_native",
+    "mb_authority",
+];
 
 /// Host-call kinds priced by the micro-benchmark (see bench/noop-filter).
 const HOST_CALLS: &[(&str, &str)] = &[
@@ -60,6 +70,7 @@ fn label(listener: &str) -> &'static str {
         "native" => "native admission_control (C++)",
         "trivial" => "trivial proxy-wasm filter",
         "mb_default" => "meshbreaker, default config",
+        "mb_native" => "meshbreaker (native), default config",
         "mb_authority" => "meshbreaker, key_by authority, 100 keys",
         _ => "host-call variant",
     }
@@ -153,6 +164,10 @@ struct Sample {
     bad: u64,
 }
 
+/// One key count of the memory measurement: (keys, RSS growth bytes, per key bytes, non-200
+/// responses).
+type RssRow = (usize, u64, f64, u64);
+
 /// Everything measured, for the report.
 #[derive(Default)]
 struct Results {
@@ -168,13 +183,19 @@ struct Results {
     profile_skipped: Option<String>,
     /// concurrency → distinct `key` labels of meshbreaker_requests_total after the warm-up.
     keys_seen: BTreeMap<u32, usize>,
-    /// (keys, RSS growth bytes, per key bytes, non-200 responses).
-    rss: Vec<(usize, u64, f64, u64)>,
+    /// concurrency → distinct `key` labels of the dynamic module's requests counter.
+    native_keys_seen: BTreeMap<u32, usize>,
+    /// The wasm filter's RSS per tracked key.
+    rss: Vec<RssRow>,
     rss_baseline: u64,
+    /// The same for the dynamic module.
+    rss_native: Vec<RssRow>,
+    rss_native_baseline: u64,
     /// criterion: name → (median ns, lower, upper).
     criterion: Vec<(String, f64, f64, f64)>,
     wasm_bytes: u64,
     noop_bytes: u64,
+    native_bytes: u64,
 }
 
 pub fn bench(args: &[String]) -> Result {
@@ -200,10 +221,12 @@ pub fn bench(args: &[String]) -> Result {
         ready.envoy.ok_or("the benchmark needs Envoy")?,
     );
     let noop = build_noop()?;
+    let module = setup::build_native()?;
     let oha = harness::oha_binary()?;
     let mut res = Results {
         wasm_bytes: file_size(&wasm),
         noop_bytes: file_size(&noop),
+        native_bytes: file_size(&module),
         ..Results::default()
     };
 
@@ -217,7 +240,7 @@ pub fn bench(args: &[String]) -> Result {
         let proxy = Envoy::start(
             &envoy,
             &format!("proxy-c{c}"),
-            &proxy_yaml(up_port, &wasm, &noop, opts.calls_per_request),
+            &proxy_yaml(up_port, &wasm, &noop, &module, opts.calls_per_request),
             &EnvoyOpts {
                 concurrency: c,
                 cpus: Some(PROXY_CPU.into()),
@@ -256,10 +279,15 @@ pub fn bench(args: &[String]) -> Result {
             load.rate = None;
             harness::run_oha(&oha, &load)?;
         }
-        // The authority listener must really track its 100 keys (and the default one its cluster).
-        let keys = meshbreaker_keys(&proxy)?;
-        eprintln!("meshbreaker keys seen in the proxy's stats: {keys}");
+        // The authority listener must really track its 100 keys (and the default ones their
+        // cluster).
+        let keys = meshbreaker_keys(&proxy, WASM_COUNTER)?;
+        let native_keys = meshbreaker_keys(&proxy, NATIVE_COUNTER)?;
+        eprintln!(
+            "meshbreaker keys seen in the proxy's stats: {keys} (wasm), {native_keys} (native)"
+        );
         res.keys_seen.insert(c, keys);
+        res.native_keys_seen.insert(c, native_keys);
         let mut by_listener: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
         for r in 1..=opts.rounds {
             for l in MAIN {
@@ -315,7 +343,22 @@ pub fn bench(args: &[String]) -> Result {
     }
     drop(upstream);
 
-    measure_rss(&envoy, &wasm, &opts, &mut res)?;
+    let config = format!(
+        r#"{{"key_by":"authority","max_keys":{}}}"#,
+        opts.rss_keys.iter().copied().max().unwrap_or(10_000)
+    );
+    (res.rss_baseline, res.rss) = measure_rss(
+        &envoy,
+        ("wasm filter", "proxy-rss"),
+        &wasm_filter("mb_keys", "meshbreaker", &wasm, &config),
+        &opts,
+    )?;
+    (res.rss_native_baseline, res.rss_native) = measure_rss(
+        &envoy,
+        ("dynamic module", "proxy-rss-native"),
+        &native_module_filter(&module, &config),
+        &opts,
+    )?;
 
     if opts.criterion {
         res.criterion = criterion(opts.quick)?;
@@ -494,12 +537,17 @@ fn closed_cpu(oha: &Path, proxy: &Envoy, port: u16, d: Duration) -> Result<f64> 
     Ok(cpu)
 }
 
-/// Distinct `key` labels of `meshbreaker_requests_total` in the proxy's Prometheus stats.
-fn meshbreaker_keys(proxy: &Envoy) -> Result<usize> {
+/// The requests counter in Prometheus form: the wasm filter's (through the stats tags), and the
+/// dynamic module's (Envoy's prefix and default metrics namespace, real labels).
+const WASM_COUNTER: &str = "meshbreaker_requests_total{";
+const NATIVE_COUNTER: &str = "envoy_dynamicmodulescustom_meshbreaker_requests_total{";
+
+/// Distinct `key` labels of one requests counter in the proxy's Prometheus stats.
+fn meshbreaker_keys(proxy: &Envoy, counter: &str) -> Result<usize> {
     let body = proxy.admin_get("/stats/prometheus")?;
     let mut keys: Vec<&str> = body
         .lines()
-        .filter(|l| l.starts_with("meshbreaker_requests_total{"))
+        .filter(|l| l.starts_with(counter))
         .filter_map(|l| l.split("key=\"").nth(1)?.split('"').next())
         .collect();
     keys.sort_unstable();
@@ -508,7 +556,7 @@ fn meshbreaker_keys(proxy: &Envoy) -> Result<usize> {
 }
 
 /// Where the proxy's CPU goes, per shared object, for no filter, the trivial filter and
-/// meshbreaker (closed loop, `perf record` on the proxy).
+/// meshbreaker's two shells (closed loop, `perf record` on the proxy).
 fn profile(
     oha: &Path,
     proxy: &Envoy,
@@ -520,7 +568,7 @@ fn profile(
         res.profile_skipped = Some("`perf` is not installed or cannot sample here".into());
         return;
     }
-    for l in ["none", "trivial", "mb_default"] {
+    for l in PROFILED {
         eprintln!("[profile] perf record on the proxy: {l}");
         let data = proxy.dir.join(format!("perf-{l}.data"));
         let run = port(l).and_then(|p| {
@@ -545,9 +593,14 @@ fn profile(
     }
 }
 
+/// The listeners profiled, in the profile table's column order.
+const PROFILED: [&str; 4] = ["none", "trivial", "mb_default", "mb_native"];
+
 /// The profile bucket of a perf DSO name.
 fn bucket(dso: &str) -> &'static str {
-    if dso == "envoy" {
+    if dso.starts_with("libmeshbreaker") {
+        "the dynamic module (libmeshbreaker.so)"
+    } else if dso == "envoy" {
         "Envoy C++ (HCM, router, V8 runtime, host-call glue)"
     } else if dso.starts_with("[kernel") || dso == "[vdso]" {
         "kernel (sockets, syscalls)"
@@ -564,26 +617,25 @@ fn bucket(dso: &str) -> &'static str {
     }
 }
 
-/// RSS growth per tracked key: a fresh proxy (`--concurrency 2`) with one meshbreaker listener,
-/// `key_by: authority`, `max_keys` = the largest count; one request per new `Host`.
-fn measure_rss(envoy: &Path, wasm: &Path, opts: &Opts, res: &mut Results) -> Result {
+/// RSS growth per tracked key: a fresh proxy (`--concurrency 2`) with one meshbreaker listener
+/// (`filter`: either shell, `key_by: authority`, `max_keys` = the largest count); one request per
+/// new `Host`. Returns the baseline RSS and per key count (keys, growth, per key, non-200).
+fn measure_rss(
+    envoy: &Path,
+    (shell, name): (&str, &str),
+    filter: &str,
+    opts: &Opts,
+) -> Result<(u64, Vec<RssRow>)> {
     let max = opts.rss_keys.iter().copied().max().unwrap_or(10_000);
     step(&format!(
-        "RSS per tracked key: --concurrency 2, key_by authority, max_keys {max}"
+        "RSS per tracked key ({shell}): --concurrency 2, key_by authority, max_keys {max}"
     ));
     // Kept until the end of the measurement: dropping it stops the upstream Envoy.
-    let (_upstream, up_port) = start_upstream(envoy, "upstream-rss")?;
-    let config = format!(r#"{{"key_by":"authority","max_keys":{max}}}"#);
-    let yaml = proxy_yaml_with(
-        up_port,
-        &[(
-            "mb_keys".to_string(),
-            wasm_filter("mb_keys", "meshbreaker", wasm, &config),
-        )],
-    );
+    let (_upstream, up_port) = start_upstream(envoy, &format!("upstream-{name}"))?;
+    let yaml = proxy_yaml_with(up_port, &[("mb_keys".to_string(), filter.to_string())]);
     let proxy = Envoy::start(
         envoy,
-        "proxy-rss",
+        name,
         &yaml,
         &EnvoyOpts {
             concurrency: 2,
@@ -600,7 +652,7 @@ fn measure_rss(envoy: &Path, wasm: &Path, opts: &Opts, res: &mut Results) -> Res
     harness::flood_hosts(port, &warm, 8)?;
     std::thread::sleep(Duration::from_millis(500));
     let baseline = proxy.rss_bytes()?;
-    res.rss_baseline = baseline;
+    let mut rows = Vec::new();
     let mut sent = 0usize;
     let mut keys = opts.rss_keys.clone();
     keys.sort_unstable();
@@ -626,9 +678,9 @@ fn measure_rss(envoy: &Path, wasm: &Path, opts: &Opts, res: &mut Results) -> Res
             grown as f64 / n as f64,
             t.elapsed().as_secs_f64()
         );
-        res.rss.push((n, grown, grown as f64 / n as f64, not_ok));
+        rows.push((n, grown, grown as f64 / n as f64, not_ok));
     }
-    Ok(())
+    Ok((baseline, rows))
 }
 
 /// Runs the policy-core criterion benchmarks and reads their medians from
@@ -782,8 +834,28 @@ fn native_filter() -> String {
     .to_string()
 }
 
+/// The dynamic module's filter entry, loaded by path and never unloaded, as
+/// `envoy-config/native.yaml` loads it.
+fn native_module_filter(module: &Path, filter_config: &str) -> String {
+    format!(
+        r#"                  - name: envoy.filters.http.dynamic_modules
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+                      dynamic_module_config:
+                        module: {{ local: {{ filename: {module} }} }}
+                        do_not_close: true
+                      filter_name: meshbreaker
+                      filter_config:
+                        "@type": type.googleapis.com/google.protobuf.StringValue
+                        value: {value}
+"#,
+        module = module.display(),
+        value = serde_json::Value::String(filter_config.to_string()),
+    )
+}
+
 /// The proxy with every contender and every host-call variant as its own listener.
-fn proxy_yaml(up_port: u16, wasm: &Path, noop: &Path, n: u32) -> String {
+fn proxy_yaml(up_port: u16, wasm: &Path, noop: &Path, module: &Path, n: u32) -> String {
     let mut listeners = vec![
         ("none".to_string(), String::new()),
         ("native".to_string(), native_filter()),
@@ -795,6 +867,7 @@ fn proxy_yaml(up_port: u16, wasm: &Path, noop: &Path, n: u32) -> String {
             "mb_default".to_string(),
             wasm_filter("mb_default", "meshbreaker", wasm, "{}"),
         ),
+        ("mb_native".to_string(), native_module_filter(module, "{}")),
         (
             "mb_authority".to_string(),
             wasm_filter(
@@ -1060,6 +1133,7 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
             dp50 <= 50.0,
             &format!("missed by {:.0} µs", dp50 - 50.0),
         ));
+        targets.extend(native_cpu_targets(m, &d));
     }
     for (n, _, per, _) in &res.rss {
         targets.push(target_row(
@@ -1070,6 +1144,21 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
                 "missed by {:.1} KiB per key ({:.1}× the target)",
                 (per - 4096.0) / 1024.0,
                 per / 4096.0
+            ),
+        ));
+    }
+    for (n, _, per, _) in &res.rss_native {
+        targets.push(target_row(
+            &format!(
+                "meshbreaker (native): Envoy RSS growth per tracked key ≤ 1 KiB \
+                 (`--concurrency 2`, {n} keys)"
+            ),
+            &format!("{per:.0} bytes ({:.1} KiB)", per / 1024.0),
+            *per <= NATIVE_RSS_PER_KEY,
+            &format!(
+                "missed by {:.0} bytes per key ({:.1}× the target)",
+                per - NATIVE_RSS_PER_KEY,
+                per / NATIVE_RSS_PER_KEY
             ),
         ));
     }
@@ -1107,7 +1196,7 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
         );
         let _ = writeln!(
             w,
-            "| closed loop, req/s as measured | req/s | busy | vs no filter | vs trivial | vs native |\n\
+            "| closed loop, req/s as measured | req/s | busy | vs no filter | vs trivial | vs admission_control |\n\
              | --- | --- | --- | --- | --- | --- |"
         );
         let e = Vec::new();
@@ -1125,7 +1214,7 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
         }
         let _ = writeln!(
             w,
-            "\n| closed loop, proxy CPU | CPU µs/req | added µs/req | per-core req/s (1 / CPU) | vs no filter | vs trivial | vs native |\n\
+            "\n| closed loop, proxy CPU | CPU µs/req | added µs/req | per-core req/s (1 / CPU) | vs no filter | vs trivial | vs admission_control |\n\
              | --- | --- | --- | --- | --- | --- | --- |"
         );
         for l in MAIN {
@@ -1182,9 +1271,16 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
         "The `key_by: authority` listener is driven with `--rand-regex-url` over {AUTHORITY_KEYS} \
          `Host`s, which costs oha (on the client CPU) more per request than a fixed URL: its \
          closed-loop throughput understates the proxy's capacity; its CPU per request does not. \
-         Distinct `key` labels of `meshbreaker_requests_total` after the warm-up (both meshbreaker \
-         listeners; {AUTHORITY_KEYS} authorities + 1 cluster expected): {}.\n",
+         Distinct `key` labels of `meshbreaker_requests_total` after the warm-up (both wasm \
+         meshbreaker listeners; {AUTHORITY_KEYS} authorities + 1 cluster expected): {}. The same \
+         for the dynamic module's `envoy_dynamicmodulescustom_meshbreaker_requests_total` (its \
+         cluster, 1 expected): {}.\n",
         res.keys_seen
+            .iter()
+            .map(|(c, k)| format!("{k} with `--concurrency {c}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        res.native_keys_seen
             .iter()
             .map(|(c, k)| format!("{k} with `--concurrency {c}`"))
             .collect::<Vec<_>>()
@@ -1319,13 +1415,36 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
         }
         let _ = writeln!(w);
     }
+    if !res.rss_native.is_empty() {
+        let _ = writeln!(
+            w,
+            "**meshbreaker (native).** The same measurement on another fresh proxy, with the \
+             dynamic module in place of the wasm filter (the same configuration). Its keys live in \
+             process memory shared by both workers; what a key costs beyond the module's entries \
+             is Envoy's heap for the key's labelled stat series. RSS after warm-up: {:.1} MiB.\n",
+            res.rss_native_baseline as f64 / 1048576.0
+        );
+        let _ = writeln!(
+            w,
+            "| tracked keys | RSS growth | per key | non-200 |\n| --- | --- | --- | --- |"
+        );
+        for (n, grown, per, bad) in &res.rss_native {
+            let _ = writeln!(
+                w,
+                "| {n} | {:.1} MiB | {per:.0} bytes ({:.1} KiB) | {bad} |",
+                *grown as f64 / 1048576.0,
+                per / 1024.0
+            );
+        }
+        let _ = writeln!(w);
+    }
 
     if !history.is_empty() {
         let _ = writeln!(
             w,
             "## History\n\nHeadline figures of every full run (`docs/perf-history.csv`, appended by \
              the command), oldest first: meshbreaker's default config against the trivial filter, \
-             `--concurrency 1`.\n"
+             its dynamic module against admission_control, `--concurrency 1`.\n"
         );
         let cols: Vec<&str> = HISTORY_HEADER.split(',').collect();
         let _ = writeln!(
@@ -1335,7 +1454,11 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
             " --- |".repeat(HISTORY_TITLES.len())
         );
         for h in history.iter().rev().take(20).rev() {
-            let cells: Vec<&str> = h.split(',').collect();
+            let mut cells: Vec<&str> = h.split(',').collect();
+            // Rows from before the dynamic module was measured lack its columns.
+            if cells.len() == OLD_HISTORY_COLUMNS {
+                cells.resize(cols.len(), "—");
+            }
             if cells.len() == cols.len() {
                 let _ = writeln!(w, "| {} |", cells.join(" | "));
             }
@@ -1362,10 +1485,12 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
     let _ = writeln!(
         w,
         "* `target/dist/meshbreaker.wasm`: {} bytes ({:.1} KiB; budget 400 KiB).\n\
-         * `target/dist/noop.wasm` (the trivial filter): {} bytes.\n",
+         * `target/dist/noop.wasm` (the trivial filter): {} bytes.\n\
+         * `target/dist/libmeshbreaker.so` (the dynamic module, Envoy 1.40 only): {} bytes.\n",
         res.wasm_bytes,
         res.wasm_bytes as f64 / 1024.0,
-        res.noop_bytes
+        res.noop_bytes,
+        res.native_bytes
     );
 
     let _ = writeln!(w, "## Machine and method\n");
@@ -1381,7 +1506,8 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
          each wasm listener has its own VM.\n\
          * Contenders: no filter; `envoy.filters.http.admission_control` (success-rate shedding, 60 s window); \
          the trivial proxy-wasm filter (`bench/noop-filter`, empty configuration: the ABI floor); meshbreaker \
-         with `{{}}`; meshbreaker with `{{\"key_by\":\"authority\"}}` and oha spreading requests over {AUTHORITY_KEYS} \
+         with `{{}}`; meshbreaker's dynamic module (`libmeshbreaker.so`, loaded as `envoy-config/native.yaml` \
+         loads it) with `{{}}`; meshbreaker with `{{\"key_by\":\"authority\"}}` and oha spreading requests over {AUTHORITY_KEYS} \
          `Host`s (`--rand-regex-url`).\n\n\
          Reproduce: `cargo xtask bench` (about 7 minutes; `--quick` for a short run with one round; \
          `--rounds N`, `--seconds S`, `--no-criterion`). oha is installed with `cargo install oha --locked` \
@@ -1404,7 +1530,10 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
 
 /// `docs/perf-history.csv`'s columns.
 const HISTORY_HEADER: &str = "date,commit,load1,mb_added_us,trivial_added_us,native_added_us,\
-per_core_vs_trivial,per_core_vs_none,per_core_vs_native,p50_delta_us,rss_per_key_bytes,wasm_bytes";
+per_core_vs_trivial,per_core_vs_none,per_core_vs_native,p50_delta_us,rss_per_key_bytes,wasm_bytes,\
+mb_native_added_us,mb_native_per_core_vs_native,mb_native_rss_per_key_bytes";
+/// How many columns the history had before the dynamic module's.
+const OLD_HISTORY_COLUMNS: usize = 12;
 /// Their titles in the report.
 const HISTORY_TITLES: &[&str] = &[
     "date",
@@ -1415,10 +1544,13 @@ const HISTORY_TITLES: &[&str] = &[
     "native added µs/req",
     "per core vs trivial",
     "vs no filter",
-    "vs native",
+    "vs admission_control",
     "p50 − trivial's, µs",
     "RSS bytes per key (largest count)",
     "wasm bytes",
+    "native module added µs/req",
+    "native module per core vs admission_control",
+    "native module RSS bytes per key",
 ];
 
 /// One history line for this run (`None` without `--concurrency 1` figures).
@@ -1426,13 +1558,14 @@ fn history_row(res: &Results, v: &Versions, date: &str, m: &Machine) -> Option<S
     let c1 = res.main.get(&1)?;
     let d = derive(c1);
     let p50 = |l: &str| median(&col(c1, l, |s| s.p50_us));
-    let rss = res
-        .rss
-        .iter()
-        .max_by_key(|(n, _, _, _)| *n)
-        .map_or(0.0, |(_, _, per, _)| *per);
+    let largest = |rows: &[RssRow]| {
+        rows.iter()
+            .max_by_key(|(n, _, _, _)| *n)
+            .map_or(0.0, |(_, _, per, _)| *per)
+    };
+    let rss = largest(&res.rss);
     Some(format!(
-        "{date},{},{:.2},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.0},{:.0},{}",
+        "{date},{},{:.2},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.0},{:.0},{},{:.1},{:.3},{:.0}",
         v.commit.replace(',', " "),
         m.loadavg[0],
         med(&d.cpu_added, "mb_default"),
@@ -1443,8 +1576,57 @@ fn history_row(res: &Results, v: &Versions, date: &str, m: &Machine) -> Option<S
         med(&d.cap_vs_native, "mb_default"),
         p50("mb_default") - p50("trivial"),
         rss,
-        res.wasm_bytes
+        res.wasm_bytes,
+        med(&d.cpu_added, "mb_native"),
+        med(&d.cap_vs_native, "mb_native"),
+        largest(&res.rss_native),
     ))
+}
+
+/// The dynamic module's RSS target per tracked key, bytes.
+const NATIVE_RSS_PER_KEY: f64 = 1024.0;
+/// The dynamic module may add at most admission_control's CPU per request plus this, µs.
+const NATIVE_CPU_SLACK_US: f64 = 1.0;
+/// Its throughput per proxy core must be at least this fraction of admission_control's.
+const NATIVE_MIN_PER_CORE: f64 = 0.97;
+
+/// The dynamic module's CPU targets against Envoy's native admission_control (`--concurrency 1`,
+/// closed loop): both differences and ratios are taken within each interleaved round, then the
+/// median over the rounds is judged.
+fn native_cpu_targets(m: &BTreeMap<String, Vec<Sample>>, d: &Derived) -> Vec<String> {
+    let (Some(mbn), Some(ac)) = (m.get("mb_native"), m.get("native")) else {
+        return Vec::new();
+    };
+    let added_mb = med(&d.cpu_added, "mb_native");
+    let added_ac = med(&d.cpu_added, "native");
+    let over_ac = median(&paired(mbn, ac, |x, y| x.cpu_us - y.cpu_us));
+    let cap = med(&d.cap_vs_native, "mb_native");
+    vec![
+        target_row(
+            "meshbreaker (native): added proxy CPU per request ≤ admission_control's + 1 µs \
+             (closed loop, `--concurrency 1`)",
+            &format!(
+                "+{added_mb:.1} µs vs +{added_ac:.1} µs; {over_ac:+.1} µs over admission_control \
+                 (median of the rounds' differences)"
+            ),
+            over_ac <= NATIVE_CPU_SLACK_US,
+            &format!(
+                "over by {:.1} µs per request",
+                over_ac - NATIVE_CPU_SLACK_US
+            ),
+        ),
+        target_row(
+            "meshbreaker (native): throughput per proxy core ≥ 0.97× admission_control's \
+             (closed loop, `--concurrency 1`)",
+            &format!("{cap:.3}×"),
+            cap >= NATIVE_MIN_PER_CORE,
+            &format!(
+                "missed by {:.3}× ({:.1}% below the target)",
+                NATIVE_MIN_PER_CORE - cap,
+                (NATIVE_MIN_PER_CORE - cap) / NATIVE_MIN_PER_CORE * 100.0
+            ),
+        ),
+    ]
 }
 
 fn target_row(what: &str, measured: &str, met: bool, miss: &str) -> String {
@@ -1531,6 +1713,64 @@ fn closing_notes(res: &Results) -> String {
              names, one shared entry per key instead of two, and fewer metric series per key.\n"
         );
     }
+    let over_ac = match (m.get("mb_native"), m.get("native")) {
+        (Some(a), Some(b)) => median(&paired(a, b, |x, y| x.cpu_us - y.cpu_us)),
+        _ => f64::NAN,
+    };
+    let cap_ac = med(&d.cap_vs_native, "mb_native");
+    if over_ac > NATIVE_CPU_SLACK_US || cap_ac < NATIVE_MIN_PER_CORE {
+        let _ = write!(
+            s,
+            "**Where the dynamic module's CPU goes.** It adds {over_ac:.1} µs of proxy CPU per \
+             request over admission_control (target: at most {NATIVE_CPU_SLACK_US:.0} µs). "
+        );
+        let us = |l: &str, b: &str| {
+            res.profile
+                .iter()
+                .find(|(x, _, _)| x == l)
+                .map(|(_, cpu, m)| m.get(b).copied().unwrap_or(0.0) * cpu)
+        };
+        if let (Some(own), Some(envoy_mb), Some(envoy_none)) = (
+            us("mb_native", "the dynamic module (libmeshbreaker.so)"),
+            us(
+                "mb_native",
+                "Envoy C++ (HCM, router, V8 runtime, host-call glue)",
+            ),
+            us(
+                "none",
+                "Envoy C++ (HCM, router, V8 runtime, host-call glue)",
+            ),
+        ) {
+            let _ = write!(
+                s,
+                "The profile below puts {own:.1} µs per request in the module's own code and \
+                 {:+.1} µs in Envoy's C++ over no filter (the ABI's callbacks: header maps, \
+                 attributes, metric updates, and the filter chain's extra stage). ",
+                envoy_mb - envoy_none
+            );
+        }
+        let _ = writeln!(
+            s,
+            "admission_control reads only the status and updates one per-thread window; the \
+             module also reads the route's cluster, the clock twice, the outcome's attributes and \
+             writes its counters per request, each through an ABI callback.\n"
+        );
+    }
+    if res
+        .rss_native
+        .iter()
+        .any(|(_, _, per, _)| *per > NATIVE_RSS_PER_KEY)
+    {
+        let _ = writeln!(
+            s,
+            "**Why the dynamic module's memory per key is over 1 KiB.** Its own entries per key \
+             (breaker state, merged window, a worker's recorder) are a small part: most of a key's \
+             RSS is Envoy's heap for the key's labelled stat series (counters per decision and \
+             transition, gauges), which the wasm filter pays too. Closing the gap means fewer \
+             series per key, e.g. creating a decision's or transition's series on its first use \
+             instead of at 0 from the key's first request.\n"
+        );
+    }
     s
 }
 
@@ -1560,20 +1800,23 @@ struct Series {
 type Area<'a> =
     plotters::drawing::DrawingArea<plotters::backend::SVGBackend<'a>, plotters::coord::Shift>;
 
-/// A grouped bar chart with whiskers and an optional dashed target line.
+/// A dashed horizontal target line: value, legend, colour.
+type Target<'a> = (f64, &'a str, plotters::style::RGBColor);
+
+/// A grouped bar chart with whiskers and dashed target lines.
 fn bars(
     area: &Area,
     title: &str,
     ylabel: &str,
     categories: &[&str],
     series: &[Series],
-    target: Option<(f64, &str)>,
+    targets: &[Target],
 ) -> Result {
     use plotters::prelude::*;
     let ymax = series
         .iter()
         .flat_map(|s| s.values.iter().flatten().copied())
-        .chain(target.map(|(t, _)| t))
+        .chain(targets.iter().map(|(t, _, _)| *t))
         .filter(|x| x.is_finite())
         .fold(0.0f64, f64::max)
         .max(1e-9)
@@ -1637,8 +1880,7 @@ fn bars(
             .collect();
         chart.draw_series(whiskers).map_err(|e| e.to_string())?;
     }
-    if let Some((t, name)) = target {
-        let red = RGBColor(200, 30, 30);
+    for &(t, name, red) in targets {
         let dashes: Vec<PathElement<(f64, f64)>> = (0..n * 8)
             .step_by(2)
             .map(|i| {
@@ -1664,17 +1906,24 @@ fn bars(
 
 /// The picture: top row per contender and concurrency (throughput per proxy core relative to no
 /// filter, added proxy CPU per request, p50 at the fixed rate); bottom row the price of one host
-/// call per kind and the RSS per tracked key against the 4 KiB target. Bars are medians, whiskers
-/// the min–max over rounds.
+/// call per kind and each shell's RSS per tracked key against its target (4 KiB for the wasm
+/// filter, 1 KiB for the dynamic module). Bars are medians, whiskers the min–max over rounds.
 fn draw_svg(res: &Results, path: &Path) -> Result {
     use plotters::prelude::*;
-    let root_area = SVGBackend::new(path, (1320, 800)).into_drawing_area();
+    let root_area = SVGBackend::new(path, (1500, 800)).into_drawing_area();
     root_area.fill(&WHITE).map_err(|e| e.to_string())?;
     let (top, bottom) = root_area.split_vertically(420);
     let top = top.split_evenly((1, 3));
-    let (hc_area, rss_area) = bottom.split_horizontally(880);
+    let (hc_area, rss_area) = bottom.split_horizontally(960);
     let colors = [RGBColor(70, 110, 190), RGBColor(230, 140, 40)];
-    let names = ["none", "native", "trivial", "mb default", "mb authority"];
+    let names = [
+        "none",
+        "adm. ctrl",
+        "trivial",
+        "mb default",
+        "mb native",
+        "mb authority",
+    ];
     let per_conc = |f: &PanelFn<'_>| {
         res.main
             .iter()
@@ -1697,7 +1946,7 @@ fn draw_svg(res: &Results, path: &Path) -> Result {
         "× no filter (1 / CPU per request)",
         &names,
         &per_conc(&|d, _| pick(&d.cap_vs_none)),
-        None,
+        &[],
     )?;
     bars(
         &top[1],
@@ -1705,7 +1954,7 @@ fn draw_svg(res: &Results, path: &Path) -> Result {
         "µs over no filter",
         &names,
         &per_conc(&|d, _| pick(&d.cpu_added)),
-        None,
+        &[],
     )?;
     bars(
         &top[2],
@@ -1713,7 +1962,7 @@ fn draw_svg(res: &Results, path: &Path) -> Result {
         "µs",
         &names,
         &per_conc(&|_, m| MAIN.iter().map(|l| col(m, l, |s| s.p50_us)).collect()),
-        None,
+        &[],
     )?;
     let kinds: Vec<&str> = HOST_CALLS.iter().map(|(k, _)| *k).collect();
     bars(
@@ -1729,7 +1978,7 @@ fn draw_svg(res: &Results, path: &Path) -> Result {
                 .map(|k| res.host_calls.get(*k).cloned().unwrap_or_default())
                 .collect(),
         }],
-        None,
+        &[],
     )?;
     let rss_names: Vec<String> = res
         .rss
@@ -1742,16 +1991,36 @@ fn draw_svg(res: &Results, path: &Path) -> Result {
         "RSS per tracked key (--concurrency 2)",
         "KiB per key",
         &rss_refs,
-        &[Series {
-            name: "key_by authority".into(),
-            color: colors[1],
-            values: res
-                .rss
-                .iter()
-                .map(|(_, _, per, _)| vec![per / 1024.0])
-                .collect(),
-        }],
-        Some((4.0, "target 4 KiB")),
+        &[
+            Series {
+                name: "wasm filter".into(),
+                color: colors[1],
+                values: res
+                    .rss
+                    .iter()
+                    .map(|(_, _, per, _)| vec![per / 1024.0])
+                    .collect(),
+            },
+            Series {
+                name: "native module".into(),
+                color: RGBColor(60, 150, 90),
+                values: res
+                    .rss
+                    .iter()
+                    .map(|(n, _, _, _)| {
+                        res.rss_native
+                            .iter()
+                            .filter(|(m, _, _, _)| m == n)
+                            .map(|(_, _, per, _)| per / 1024.0)
+                            .collect()
+                    })
+                    .collect(),
+            },
+        ],
+        &[
+            (4.0, "wasm target 4 KiB", RGBColor(200, 30, 30)),
+            (1.0, "native target 1 KiB", RGBColor(120, 40, 160)),
+        ],
     )?;
     root_area.present().map_err(|e| e.to_string())?;
     Ok(())
@@ -1774,8 +2043,29 @@ mod tests {
         }
     }
 
-    /// Two rounds; meshbreaker costs `mb_cpu` µs per request, the trivial filter 33 (no filter 30).
+    /// Two rounds; meshbreaker costs `mb_cpu` µs per request, the trivial filter 33 (no filter 30,
+    /// admission_control 31), the dynamic module 31.5.
     fn results(mb_cpu: f64, rss_per_key: f64) -> Results {
+        with_native(results_wasm(mb_cpu, rss_per_key), 31.5, 900.0)
+    }
+
+    /// The dynamic module costs `cpu` µs per request (31 for admission_control) and `rss_per_key`.
+    fn with_native(mut res: Results, cpu: f64, rss_per_key: f64) -> Results {
+        if let Some(m) = res.main.get_mut(&1) {
+            m.insert(
+                "mb_native".to_string(),
+                vec![
+                    sample(1e6 / cpu, cpu, 206.0),
+                    sample(1e6 / cpu, cpu + 1.0, 206.0),
+                ],
+            );
+        }
+        res.rss_native
+            .push((10_000, (rss_per_key * 1e4) as u64, rss_per_key, 0));
+        res
+    }
+
+    fn results_wasm(mb_cpu: f64, rss_per_key: f64) -> Results {
         let mut m = BTreeMap::new();
         for (l, cpu, p50) in [
             ("none", 30.0, 200.0),
@@ -1864,6 +2154,84 @@ mod tests {
         assert!(hist.contains("| 20.0 | 3.0 | 1.0 |"), "{hist}");
     }
 
+    fn row<'a>(doc: &'a str, starts: &str) -> &'a str {
+        doc.lines()
+            .find(|l| l.starts_with(starts))
+            .unwrap_or_else(|| panic!("no row {starts}:\n{doc}"))
+    }
+
+    #[test]
+    fn report_judges_the_native_module_against_admission_control() {
+        // +1.5 µs vs +1 µs (0.5 over admission_control); 31/31.5 = 0.984×; 900 bytes per key.
+        let doc = render(&results(34.5, 3000.0));
+        let cpu = row(&doc, "| meshbreaker (native): added proxy CPU");
+        assert!(cpu.contains("+1.5 µs vs +1.0 µs; +0.5 µs over"), "{cpu}");
+        assert!(cpu.ends_with("**yes** |"), "{cpu}");
+        let cap = row(&doc, "| meshbreaker (native): throughput per proxy core");
+        assert!(cap.ends_with("**yes** |"), "{cap}");
+        let rss = row(&doc, "| meshbreaker (native): Envoy RSS growth");
+        assert!(
+            rss.contains("900 bytes") && rss.ends_with("**yes** |"),
+            "{rss}"
+        );
+        assert!(!doc.contains("Where the dynamic module's CPU goes"));
+        assert!(!doc.contains("Why the dynamic module's memory"));
+        // Every table has the module's row, with its ratio to admission_control.
+        let label = "| meshbreaker (native), default config |";
+        assert_eq!(doc.matches(label).count(), 3, "{doc}");
+        assert!(doc.contains("| vs no filter | vs trivial | vs admission_control |"));
+    }
+
+    #[test]
+    fn report_says_by_how_much_the_native_module_misses() {
+        // +5 µs vs +1 µs: 4 over admission_control, 3 over the target; 31.5/35.5 ≈ 0.887×
+        // (median of 31/35 and 32/36); 3900 bytes per key.
+        let doc = render(&with_native(results_wasm(34.5, 3000.0), 35.0, 3900.0));
+        let cpu = row(&doc, "| meshbreaker (native): added proxy CPU");
+        assert!(
+            cpu.ends_with("**no**: over by 3.0 µs per request |"),
+            "{cpu}"
+        );
+        let cap = row(&doc, "| meshbreaker (native): throughput per proxy core");
+        assert!(cap.contains("0.887×"), "{cap}");
+        assert!(cap.contains("**no**: missed by 0.083×"), "{cap}");
+        let rss = row(&doc, "| meshbreaker (native): Envoy RSS growth");
+        assert!(
+            rss.ends_with("**no**: missed by 2876 bytes per key (3.8× the target) |"),
+            "{rss}"
+        );
+        assert!(doc.contains("Where the dynamic module's CPU goes"));
+        assert!(doc.contains("Why the dynamic module's memory per key is over 1 KiB"));
+    }
+
+    #[test]
+    fn history_rows_from_before_the_module_are_padded() {
+        let doc = render(&results(34.5, 3000.0));
+        let old = "2026-01-01,old,1.00,9.5,3.3,2.8,0.80,0.70,0.75,20,3500,300000";
+        assert_eq!(old.split(',').count(), OLD_HISTORY_COLUMNS);
+        let m = Machine::default();
+        let run = RunInfo {
+            before: m.clone(),
+            after: m,
+            versions: Versions {
+                envoy: "1.40.0".into(),
+                oha: "oha".into(),
+                rustc: "rustc".into(),
+                commit: "abc".into(),
+            },
+            date: "today".into(),
+            took: Duration::from_secs(1),
+        };
+        let opts = Opts::parse(&[]).unwrap();
+        let res = results(34.5, 3000.0);
+        let doc2 = report(&res, &opts, &run, &[old.to_string()]);
+        let hist = row(&doc2, "| 2026-01-01 | old |");
+        assert!(hist.ends_with("| 300000 | — | — | — |"), "{hist}");
+        // The new row has every column, the module's last.
+        let new = row(&doc, "| today | abc |");
+        assert!(new.ends_with("| 1.5 | 0.984 | 900 |"), "{new}");
+    }
+
     #[test]
     fn fmt_stat_shows_median_and_spread() {
         assert_eq!(fmt_stat(&[3.0, 1.0, 2.0], 1), "2.0 (1.0–3.0)");
@@ -1882,7 +2250,13 @@ mod tests {
 
     #[test]
     fn proxy_config_has_a_listener_per_contender_and_host_call_kind() {
-        let y = proxy_yaml(8080, Path::new("/m.wasm"), Path::new("/n.wasm"), 50);
+        let y = proxy_yaml(
+            8080,
+            Path::new("/m.wasm"),
+            Path::new("/n.wasm"),
+            Path::new("/libmeshbreaker.so"),
+            50,
+        );
         for l in MAIN {
             assert!(y.contains(&format!("    - name: {l}\n")), "{l}");
         }
@@ -1890,5 +2264,7 @@ mod tests {
             assert!(y.contains(&format!("value: \"{k}=50\"")), "{k}");
         }
         assert!(y.contains("port_value: 8080"));
+        assert!(y.contains("filename: /libmeshbreaker.so }"));
+        assert!(y.contains("do_not_close: true"));
     }
 }
