@@ -78,6 +78,17 @@ async fn connect_failures(s: &Stack, cluster: &str) -> u64 {
         .unwrap_or_else(|| panic!("no upstream_cx_connect_fail stat for {cluster}"))
 }
 
+/// Requests one shell may decide before the trip it has already earned: a dynamic module learns
+/// the outcome in its stream-complete hook, which Envoy runs after the response has reached the
+/// client, so the next request on the same connection can be decided first (the wasm filter's
+/// `on_log` comes before the client has the response).
+fn slack(shell: Shell) -> usize {
+    match shell {
+        Shell::Wasm => 0,
+        Shell::Native => 1,
+    }
+}
+
 /// The one trip in the log: from CLOSED, reason `consecutive_failures`, on a window far short of
 /// `min_requests`.
 async fn assert_one_consecutive_trip(s: &Stack, key: &str) {
@@ -100,10 +111,15 @@ fn hard_down_without_retries_trips_after_consecutive_failures_attempts(shell) {
     run(async {
         let s = stack(shell).await;
         let key = "down_once";
-        let failed = until_rejected(s, key, LIMIT as usize).await;
+        let failed = until_rejected(s, key, LIMIT as usize + slack(shell)).await;
         // One attempt per request: the LIMIT-th failed request trips, the next one is rejected.
-        assert_eq!(failed.len(), LIMIT as usize);
-        assert_eq!(connect_failures(s, key).await, u64::from(LIMIT));
+        assert!(
+            (LIMIT as usize..=LIMIT as usize + slack(shell)).contains(&failed.len()),
+            "{} failed requests",
+            failed.len()
+        );
+        let reached = connect_failures(s, key).await;
+        assert_eq!(reached, failed.len() as u64);
         for r in &failed {
             assert_eq!(r.header("x-envoy-attempt-count"), Some("1"), "{r:?}");
         }
@@ -113,7 +129,7 @@ fn hard_down_without_retries_trips_after_consecutive_failures_attempts(shell) {
             let r = s.send(key, "GET", &[]).await;
             assert_spec_rejection(&r, key, "consecutive_failures");
         }
-        assert_eq!(connect_failures(s, key).await, u64::from(LIMIT));
+        assert_eq!(connect_failures(s, key).await, reached);
     })
 }
 
@@ -125,8 +141,13 @@ fn hard_down_with_retries_trips_on_the_request_whose_attempts_reach_the_limit(sh
         // them when the request ends, so five attempts take two requests (six attempts).
         let attempts = 3u32;
         let requests = LIMIT.div_ceil(attempts) as usize;
-        let failed = until_rejected(s, key, requests).await;
-        assert_eq!(failed.len(), requests);
+        let failed = until_rejected(s, key, requests + slack(shell)).await;
+        assert!(
+            (requests..=requests + slack(shell)).contains(&failed.len()),
+            "{} failed requests",
+            failed.len()
+        );
+        let requests = failed.len();
         for r in &failed {
             assert_eq!(r.header("x-envoy-attempt-count"), Some("3"), "{r:?}");
         }
