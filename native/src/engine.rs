@@ -349,11 +349,10 @@ impl Engine {
             Decision::DryRunReject(_) => ("dry_run_reject", true),
         };
         pending.push(Metric::Requests(decision_label), &l.label, 1);
-        let (retry, max_attempts, _) = p.retry.plan(p.mode, &decision, req, l.budget_ok);
-        if retry == RetryPlan::Off
-            && !matches!(decision, Decision::Probe(_))
-            && p.mode != Mode::Disabled
-        {
+        // In dry_run a spent budget changes nothing, but is counted as in enforce.
+        let (retry, max_attempts, budget_denied) =
+            p.retry.plan(p.mode, &decision, req, l.budget_ok);
+        if budget_denied {
             pending.push(Metric::BudgetDenied, &l.label, 1);
         }
         if record {
