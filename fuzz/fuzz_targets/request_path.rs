@@ -77,6 +77,9 @@ struct Request {
     /// `None`: the request never completes (the stream is abandoned).
     response: Option<Response>,
     tick: bool,
+    /// The request has a body: its end comes after the headers (the upstream's latency starts
+    /// there).
+    body: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -152,7 +155,7 @@ fuzz_target!(|input: Input| {
             &[(CLUSTER_NAME, &req.cluster), (ROUTE_NAME, &req.route)],
         );
         let mut x = Exchange::default();
-        let admitted = x.on_request_headers(e);
+        let admitted = x.on_request_headers(e, !req.body);
         let stream = host.stream();
         if admitted {
             assert!(stream.local_response.is_none(), "admitted and answered");
@@ -183,6 +186,9 @@ fuzz_target!(|input: Input| {
                 other => panic!("rejection with status {other}"),
             }
             continue;
+        }
+        if req.body {
+            x.on_request_end(e);
         }
         let Some(resp) = &req.response else {
             continue;
