@@ -360,18 +360,9 @@ pub fn complete_probe<S: Store + ?Sized>(
     jitter: &mut dyn Jitter,
     enc: &mut Vec<u8>,
 ) -> Option<(Transition, State)> {
-    update_state(
-        store,
-        key,
-        None,
-        enc,
-        || None,
-        |st| match st.breaker.complete_probe(id, success, cfg, now_ms, jitter) {
-            Some(t) => Update::Write(Some((t, st.breaker.state))),
-            None => Update::Keep(None),
-        },
-        |_, _| None,
-    )
+    probe_update(store, key, enc, |b| {
+        b.complete_probe(id, success, cfg, now_ms, &mut *jitter)
+    })
 }
 
 /// A probe whose client went away before any response: frees its quota slot at once, or fails it
@@ -387,13 +378,26 @@ pub fn abandon_probe<S: Store + ?Sized>(
     jitter: &mut dyn Jitter,
     enc: &mut Vec<u8>,
 ) -> Option<(Transition, State)> {
+    probe_update(store, key, enc, |b| {
+        b.abandon_probe(id, ran_us, cfg, now_ms, &mut *jitter)
+    })
+}
+
+/// One compare-and-swap on the state of `key` for the end of a probe: `f` changes the breaker
+/// and says the transition; the state is written only when there is one.
+fn probe_update<S: Store + ?Sized>(
+    store: &mut S,
+    key: &str,
+    enc: &mut Vec<u8>,
+    mut f: impl FnMut(&mut crate::breaker::BreakerState) -> Option<Transition>,
+) -> Option<(Transition, State)> {
     update_state(
         store,
         key,
         None,
         enc,
         || None,
-        |st| match st.breaker.abandon_probe(id, ran_us, cfg, now_ms, jitter) {
+        |st| match f(&mut st.breaker) {
             Some(t) => Update::Write(Some((t, st.breaker.state))),
             None => Update::Keep(None),
         },
