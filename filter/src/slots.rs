@@ -212,30 +212,37 @@ impl SlotTable {
 /// the usual time instead of after the size of the step. Its own workers replace the mark with
 /// theirs while it is busy.
 fn bring_back_mark<H: Host>(at: &mut Shared<'_, H>, slot: u32, now_ms: u64) {
-    let mut name = std::mem::take(&mut at.scratch.name);
-    at.names.state(slot, &mut name);
-    cas_update(
-        at.host,
-        &name,
-        &mut at.scratch.enc,
-        |b| SlotState::decode(b).ok(),
-        SlotState::encode_into,
-        |st| {
-            if st.key.is_empty() || st.last_active_ms <= now_ms.saturating_add(FUTURE_MARK_MS) {
-                return Update::Keep(());
-            }
-            st.last_active_ms = now_ms;
-            Update::Write(())
-        },
-        |_, _| (),
-    );
-    at.scratch.name = name;
+    update_slot(at, slot, |st| {
+        if st.key.is_empty() || st.last_active_ms <= now_ms.saturating_add(FUTURE_MARK_MS) {
+            return Update::Keep(());
+        }
+        st.last_active_ms = now_ms;
+        Update::Write(())
+    });
 }
 
 /// Empties `slot` if it still holds `key` (whose state was just carried into the current table):
 /// a stale copy is then never found again, and VMs of the old configuration still draining lose
 /// it and find the key's one live slot instead of running a second breaker for it.
 fn tombstone<H: Host>(at: &mut Shared<'_, H>, slot: u32, key: &str) {
+    update_slot(at, slot, |st| {
+        if st.key != key {
+            return Update::Keep(());
+        }
+        let generation = st.breaker.generation.wrapping_add(1);
+        *st = SlotState::default();
+        st.breaker.generation = generation;
+        Update::Write(())
+    });
+}
+
+/// One compare-and-swap on the state entry of `slot` (nothing written when it does not decode,
+/// or when `f` keeps it).
+fn update_slot<H: Host>(
+    at: &mut Shared<'_, H>,
+    slot: u32,
+    f: impl FnMut(&mut SlotState) -> Update<()>,
+) {
     let mut name = std::mem::take(&mut at.scratch.name);
     at.names.state(slot, &mut name);
     cas_update(
@@ -244,15 +251,7 @@ fn tombstone<H: Host>(at: &mut Shared<'_, H>, slot: u32, key: &str) {
         &mut at.scratch.enc,
         |b| SlotState::decode(b).ok(),
         SlotState::encode_into,
-        |st| {
-            if st.key != key {
-                return Update::Keep(());
-            }
-            let generation = st.breaker.generation.wrapping_add(1);
-            *st = SlotState::default();
-            st.breaker.generation = generation;
-            Update::Write(())
-        },
+        f,
         |_, _| (),
     );
     at.scratch.name = name;
