@@ -700,16 +700,21 @@ mod tests {
         assert!(!a.record);
     }
 
+    /// Five failed requests of `k` on worker 0 from `t0`, merged (and tripped) by the tick.
+    fn trip_with_failures(e: &Engine, p: &mut Pending, t0: u64) {
+        for i in 0..5 {
+            e.decide(0, "k", 0, &view("POST", &()), t0 + i, p);
+            e.complete(0, "k", None, End::Outcome(&fail()), None, t0 + i, p);
+        }
+        e.tick(t0 + 150, p);
+    }
+
     #[test]
     fn a_probe_that_succeeds_closes_the_circuit() {
         let e = engine(FAST);
         let mut p = Pending::default();
         let t0 = 10_000;
-        for i in 0..5 {
-            e.decide(0, "k", 0, &view("POST", &()), t0 + i, &mut p);
-            e.complete(0, "k", None, End::Outcome(&fail()), None, t0 + i, &mut p);
-        }
-        e.tick(t0 + 150, &mut p);
+        trip_with_failures(&e, &mut p, t0);
         let later = t0 + 150 + 1_000;
         let a = e.decide(1, "k", 0, &view("GET", &()), later, &mut p);
         let Decision::Probe(id) = a.decision else {
@@ -734,11 +739,7 @@ mod tests {
         let e = engine(FAST);
         let mut p = Pending::default();
         let t0 = 10_000;
-        for i in 0..5 {
-            e.decide(0, "k", 0, &view("POST", &()), t0 + i, &mut p);
-            e.complete(0, "k", None, End::Outcome(&fail()), None, t0 + i, &mut p);
-        }
-        e.tick(t0 + 150, &mut p);
+        trip_with_failures(&e, &mut p, t0);
         let later = t0 + 2_000;
         let Decision::Probe(id) = e
             .decide(0, "k", 0, &view("GET", &()), later, &mut p)
