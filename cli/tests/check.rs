@@ -20,8 +20,9 @@ fn shipped(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = e.file_name().to_string_lossy().to_string();
         if p.is_dir() {
             // Not shipped: build output, tools, and test inputs (fuzz seeds and test fixtures
-            // hold invalid configurations on purpose). Grafana dashboards are JSON that names
-            // meshbreaker, not a plugin configuration.
+            // hold invalid configurations on purpose; bootstrap snapshots hold listeners served
+            // by LDS). Grafana dashboards are JSON that names meshbreaker, not a plugin
+            // configuration.
             if !matches!(
                 name.as_str(),
                 "target"
@@ -31,6 +32,7 @@ fn shipped(dir: &Path, out: &mut Vec<PathBuf>) {
                     | "fuzz"
                     | "tests"
                     | "testdata"
+                    | "snapshots"
                     | "grafana"
             ) {
                 shipped(&p, out);

@@ -391,3 +391,35 @@ fn odd_cluster_names_route_through_envoy() {
         assert_eq!(up.count(), 2);
     })
 }
+
+/// The generated bootstraps, as Envoy reads them, held to `snapshots/bootstraps/`: the plain one,
+/// one with every option (wasm filter, extra HTTP and gRPC clusters, trusted loopback, websockets,
+/// Istio's virtual host), the dynamic module's, and the LDS-served one with its listener.
+#[test]
+fn generated_bootstraps_match_their_snapshots() {
+    use meshbreaker_harness::snapshot::check_bootstrap;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let base = Bootstrap::new().backend(at(8080)).grpc_backend(at(8081));
+    check_bootstrap("tests-plain", &base.to_yaml()).unwrap();
+    let mut full = base
+        .clone()
+        .cluster("a_http", RouteKind::Http, at(8082))
+        .cluster("a_grpc", RouteKind::Grpc, at(8083))
+        .trust_loopback(true)
+        .websocket(true)
+        .istio_virtual_host();
+    full.filter = Some((
+        PathBuf::from("/snapshot/meshbreaker.wasm"),
+        r#"{"key_by":"cluster","breaker":{"min_requests":5}}"#.into(),
+    ));
+    check_bootstrap("tests-wasm-full", &full.to_yaml()).unwrap();
+    let mut native = base.clone();
+    native.native = Some((PathBuf::from("/snapshot/libmeshbreaker.so"), "{}".into()));
+    check_bootstrap("tests-native", &native.to_yaml()).unwrap();
+    let mut lds = base.lds_from(PathBuf::from("/snapshot/lds.json"));
+    lds.filter = Some((PathBuf::from("/snapshot/meshbreaker.wasm"), "{}".into()));
+    check_bootstrap("tests-lds", &lds.to_yaml()).unwrap();
+    check_bootstrap("tests-lds-listener", &lds.listener().to_string()).unwrap();
+}

@@ -2030,6 +2030,7 @@ fn draw_svg(res: &Results, path: &Path) -> Result {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -2275,6 +2276,20 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg") && svg.contains("RSS per tracked key"));
+    }
+
+    #[test]
+    fn bootstraps_match_their_snapshots() {
+        use meshbreaker_harness::snapshot::check_bootstrap;
+        check_bootstrap("bench-upstream", &upstream_yaml()).unwrap();
+        let proxy = proxy_yaml(
+            8080,
+            Path::new("/snapshot/meshbreaker.wasm"),
+            Path::new("/snapshot/noop.wasm"),
+            Path::new("/snapshot/libmeshbreaker.so"),
+            50,
+        );
+        check_bootstrap("bench-proxy", &proxy).unwrap();
     }
 
     #[test]

@@ -889,9 +889,24 @@ fn check_interrupt_leaves_nothing() -> Result {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::setup::record::Recorder;
+
+    /// `envoy-config/demo.yaml` with the demo's ports and wasm path, as Envoy reads it.
+    #[test]
+    fn the_bootstrap_matches_its_snapshot() {
+        let boot = demo_bootstrap(
+            Path::new("/snapshot/meshbreaker.wasm"),
+            10_000,
+            9901,
+            8080,
+            9911,
+        )
+        .unwrap();
+        meshbreaker_harness::snapshot::check_bootstrap("demo", &boot).unwrap();
+    }
 
     #[test]
     fn the_demo_installs_everything_before_it_builds_anything() {

@@ -3280,8 +3280,32 @@ fn draw_states(path: &Path, runs: &[&ScenarioRun]) -> Result {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// Every scenario's bootstrap, full run and quick, as Envoy reads it (after `to_yaml`).
+    #[test]
+    fn bootstraps_match_their_snapshots() {
+        use meshbreaker_harness::snapshot::check_bootstrap;
+        for (run, quick) in [("full", false), ("quick", true)] {
+            for (i, sc) in plan(quick, None).iter().enumerate() {
+                let ports: Vec<u16> = (0..sc.systems.len() * sc.hosts)
+                    .map(|p| 20_000 + p as u16)
+                    .collect();
+                let sidecar = sc.systems.iter().any(|s| s.uses_sidecar()).then_some(9911);
+                let boot = bootstrap(
+                    sc,
+                    &ports,
+                    Path::new("/snapshot/meshbreaker.wasm"),
+                    Path::new("/snapshot/logs"),
+                    sidecar,
+                );
+                let name = format!("protection-{run}-{i:02}-{}", sc.id());
+                check_bootstrap(&name, &to_yaml(&boot)).unwrap();
+            }
+        }
+    }
 
     #[test]
     fn to_yaml_keeps_strings_exact_and_nests_lists_of_maps() {

@@ -592,6 +592,7 @@ pub mod record {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::record::Recorder;
     use super::*;

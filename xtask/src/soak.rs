@@ -1373,3 +1373,28 @@ impl Report<'_> {
             .unwrap_or_else(|_| "unknown".into())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// The bootstrap and the three LDS listeners (start, two reloads), as Envoy reads them.
+    #[test]
+    fn bootstraps_match_their_snapshots() {
+        use meshbreaker_harness::snapshot::check_bootstrap;
+        let upstream: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let sidecar: SocketAddr = ([127, 0, 0, 1], 9911).into();
+        let boot = bootstrap(Path::new("/snapshot/lds.json"), upstream, sidecar);
+        check_bootstrap("soak", &boot.to_string()).unwrap();
+        for variant in 0..3 {
+            let l = listener(
+                10_000,
+                Path::new("/snapshot/meshbreaker.wasm"),
+                &plugin_config(variant, "meshbreaker_sidecar"),
+                Path::new("/snapshot/access.log"),
+            );
+            check_bootstrap(&format!("soak-listener-{variant}"), &l.to_string()).unwrap();
+        }
+    }
+}
