@@ -29,6 +29,19 @@ pub fn test(args: &[String]) -> Result {
         "-D",
         "warnings",
     ]))?;
+    step("clippy: the harness and xtask, tests included, under the workspace's lints");
+    run(cargo().args([
+        "clippy",
+        "-q",
+        "-p",
+        "meshbreaker-harness",
+        "-p",
+        "xtask",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let wasm = build()?;
     // tests/tests/oci.rs verifies the image this writes.
     crate::oci::oci(&["--skip-build".to_owned()])?;
