@@ -9,13 +9,12 @@ use crate::client::HttpClient;
 use crate::prom::{parse_prometheus, Sample};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 static CHILDREN: Mutex<Vec<(u64, Child)>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-static NEXT_BASE: AtomicU32 = AtomicU32::new(0);
 static ATEXIT: Once = Once::new();
 
 extern "C" {
@@ -73,15 +72,6 @@ pub fn envoy_binary() -> PathBuf {
     p
 }
 
-/// A base id no other Envoy on this machine uses: the pid keeps test binaries apart, the counter
-/// keeps Envoys of one binary apart. Ids are spaced by 10 because Envoy's hot-restart domain
-/// sockets are named after `base_id + restart epoch`: adjacent ids make a second Envoy take over
-/// the first one's listeners.
-fn unique_base_id() -> u32 {
-    let n = NEXT_BASE.fetch_add(1, Ordering::SeqCst) % 1000;
-    (std::process::id() % 400_000) * 10_000 + n * 10
-}
-
 fn temp_dir() -> PathBuf {
     let n = NEXT_ID.fetch_add(1, Ordering::SeqCst);
     let d = std::env::temp_dir().join(format!(
@@ -112,7 +102,7 @@ pub fn envoy_validate(yaml: &str) -> (bool, String) {
         .arg("--log-level")
         .arg("info")
         .arg("--base-id")
-        .arg(unique_base_id().to_string())
+        .arg(meshbreaker_harness::envoy::base_id().to_string())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run envoy: {e}"));
@@ -183,7 +173,7 @@ impl Envoy {
             // The log file is flushed every 10 s by default; tests poll it for transitions.
             .args(["--file-flush-interval-msec", "50"])
             .arg("--base-id")
-            .arg(unique_base_id().to_string())
+            .arg(meshbreaker_harness::envoy::base_id().to_string())
             .arg("--log-path")
             .arg(&log_path)
             .arg("--admin-address-path")

@@ -26,9 +26,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::harness::{self, median, spread, Envoy, EnvoyOpts, Load, Machine, OhaReport};
 use crate::setup;
 use crate::util::{cargo, output, root, run, step, Result};
+use meshbreaker_harness::{
+    self as harness, median, spread, Envoy, EnvoyOpts, Load, Machine, OhaReport,
+};
 
 /// The proxy's CPU; the upstream Envoy and oha share the other one.
 const PROXY_CPU: &str = "1";

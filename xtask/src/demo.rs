@@ -407,7 +407,7 @@ pub fn demo(args: &[String]) -> Result {
         Err(why) => eprintln!("kernel signals: off ({why})"),
     }
 
-    let base_id = 30_000 + (std::process::id() % 1000) * 10;
+    let base_id = meshbreaker_harness::envoy::base_id();
     let envoy_log = log_file(&o.out, "envoy")?;
     // The bootstrap's JSON access log goes to stdout: access.log, replayed by `--ci`.
     let access_log = log_file(&o.out, "access")?;

@@ -6,13 +6,12 @@
 //! matching Cargo.lock. Installs are skipped when already present, so a second run is quick.
 //!
 //! One module per command: `setup` (deps, envoy, build), `test`, `bench`, `demo`, `oci`,
-//! `soak`, `fuzz`; `util` holds the process helpers they share, `harness` the benchmarks' Envoy,
-//! oha and `/proc` pieces.
+//! `soak`, `fuzz`; `util` holds the process helpers they share; the Envoy, oha and `/proc` pieces
+//! are the harness's (`harness/`).
 
 mod bench;
 mod demo;
 mod fuzz;
-mod harness;
 mod oci;
 mod prometheus;
 mod protection;

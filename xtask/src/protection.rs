@@ -51,8 +51,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use policy_core::breaker::{State, TransitionLine};
 use serde_json::{json, Value};
 
-use crate::harness::{self, Envoy, EnvoyOpts, Machine};
 use crate::util::{cargo, output, root, step, Result};
+use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Machine};
 
 /// Requests per second each system's listener gets.
 const RATE: f64 = 200.0;
@@ -914,7 +914,7 @@ fn listener(sys: System, wasm: &Path, log_dir: &Path) -> Value {
     let mut filters = Vec::new();
     if sys.is_meshbreaker() {
         let cfg = serde_json::to_string_pretty(&sys.plugin_config()).unwrap_or_default();
-        filters.push(harness::wasm_filter_json(
+        filters.push(harness::bootstrap::wasm_filter_json(
             &format!("meshbreaker-{name}"),
             wasm,
             &cfg,
@@ -1151,7 +1151,7 @@ fn run_scenario(
             &STREAM_HOLD_MS.to_string(),
         ]);
     }
-    let load_at_start = harness::loadavg()[0];
+    let load_at_start = harness::procfs::loadavg()[0];
     let t_start = now_ms();
     let started = Instant::now();
     let mut load = Guard {

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{self, Envoy, EnvoyOpts, Load};
 use crate::util::{cargo, root, step, Result};
+use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load};
 
 /// The cluster (and so the breaker key) the soak's traffic goes to.
 const KEY: &str = "demo";
@@ -194,7 +194,7 @@ fn listener(port: u16, wasm: &Path, plugin: &Value, access_log: &Path) -> Value 
                     }]
                 },
                 "http_filters": [
-                    harness::wasm_filter_json("meshbreaker", wasm, &plugin.to_string()),
+                    harness::bootstrap::wasm_filter_json("meshbreaker", wasm, &plugin.to_string()),
                     {
                         "name": "envoy.filters.http.router",
                         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
