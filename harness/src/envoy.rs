@@ -5,16 +5,18 @@
 //! sockets are named after `base_id + epoch`), and listener ports must be read back from admin
 //! instead of guessed. Write `port_value: 0` in listeners and admin; the ports are read back.
 //!
-//! Envoy sets a parent-death signal on the thread that forked it: call [`Envoy::start`] from a
-//! thread that lives as long as the Envoy (the main thread in xtask).
+//! Envoy runs as a supervised [`Proc`]: forked from the harness's long-lived spawner thread (Envoy
+//! sets a parent-death signal on the thread that forked it), in its own process group, and killed
+//! when the handle drops or the process exits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::http::{http_get, http_request};
+use crate::process::Proc;
 use crate::procfs::{proc_cpu_time, proc_rss_bytes};
 use crate::{output, repo_root, Result};
 
@@ -61,20 +63,14 @@ impl Default for EnvoyOpts {
     }
 }
 
-/// A running Envoy; killed (SIGKILL) and reaped on drop. Its files live in `dir`.
+/// A running Envoy, a supervised [`Proc`]: killed (SIGKILL) and reaped on drop. Its files live
+/// in `dir`.
 pub struct Envoy {
     pub name: String,
     pub pid: u32,
     pub admin_port: u16,
     pub dir: PathBuf,
-    child: Child,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    proc: Proc,
 }
 
 impl Envoy {
@@ -113,19 +109,17 @@ impl Envoy {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let proc = Proc::spawn(&format!("Envoy {name}"), &mut cmd)?;
         let mut envoy = Envoy {
             name: name.to_string(),
-            pid: child.id(),
+            pid: proc.pid(),
             admin_port: 0,
             dir,
-            child,
+            proc,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
+            if let Some(status) = envoy.proc.exited() {
                 return Err(format!(
                     "Envoy {name} exited during startup ({status}); log tail:\n{}",
                     envoy.log_tail(40)
@@ -214,6 +208,6 @@ impl Envoy {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.proc.is_running()
     }
 }

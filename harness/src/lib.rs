@@ -5,6 +5,7 @@
 //!
 //! * [`envoy`]: start an Envoy from a bootstrap, wait until LIVE, read ports and stats from admin;
 //!   [`envoy::base_id`], the one `--base-id` allocator every Envoy the project starts uses.
+//! * [`process`]: supervised children (own group, death signal, killed on drop and at exit).
 //! * [`bootstrap`]: bootstrap pieces; [`snapshot`]: generated bootstraps held to committed files.
 //! * [`http`]: a tiny blocking HTTP/1.1 client.
 //! * [`load`]: oha runs and parsed reports, one request per distinct `Host`.
@@ -15,6 +16,7 @@ pub mod bootstrap;
 pub mod envoy;
 pub mod http;
 pub mod load;
+pub mod process;
 pub mod procfs;
 pub mod snapshot;
 pub mod stats;
@@ -22,6 +24,7 @@ pub mod stats;
 pub use envoy::{envoy_version, Envoy, EnvoyOpts};
 pub use http::http_get;
 pub use load::{flood_hosts, oha_binary, oha_version, run_oha, Load, OhaReport};
+pub use process::Proc;
 pub use procfs::{perf_available, perf_dso_profile, pin, proc_cpu_time, proc_rss_bytes, Machine};
 pub use stats::{median, spread};
 

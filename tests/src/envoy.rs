@@ -2,59 +2,19 @@
 //! (admin through `--admin-address-path`, the listener through `/listeners`), readiness by polling
 //! admin `/ready` with a deadline, the log in a file tests can search, kill on drop.
 //!
-//! Envoys owned by per-file shared fixtures live in statics, which Rust never drops; an `atexit`
-//! hook kills whatever is still registered when the test binary exits, so no Envoy outlives it.
+//! The process is the harness's supervised [`Proc`]: Envoys owned by per-file shared fixtures live
+//! in statics, which Rust never drops, and the harness kills whatever is still running when the
+//! test binary exits, so no Envoy outlives it.
 
 use crate::client::HttpClient;
 use crate::prom::{parse_prometheus, Sample};
+use meshbreaker_harness::Proc;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
-static CHILDREN: Mutex<Vec<(u64, Child)>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-static ATEXIT: Once = Once::new();
-
-extern "C" {
-    fn atexit(cb: extern "C" fn()) -> i32;
-}
-
-extern "C" fn kill_all_children() {
-    if let Ok(mut g) = CHILDREN.lock() {
-        for (_, c) in g.iter_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        g.clear();
-    }
-}
-
-/// Spawns `cmd` from one thread that lives as long as the test binary. Envoy asks the kernel for
-/// a SIGTERM when the thread that forked it exits (parent-death signal), and test threads exit
-/// after each test: an Envoy shared by a file's tests must not be forked from one of them.
-fn spawn_from_long_lived_thread(cmd: Command) -> std::io::Result<Child> {
-    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
-    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::spawn(move || {
-            for (mut cmd, reply) in rx {
-                let _ = reply.send(cmd.spawn());
-            }
-        });
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
-    tx.lock()
-        .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
-        .send((cmd, reply_tx))
-        .map_err(|_| std::io::Error::other("spawner thread gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| std::io::Error::other("spawner thread gone"))?
-}
 
 /// The pinned Envoy: `MESHBREAKER_ENVOY`, else `<repo>/.venv/bin/envoy`. Panics with what to run
 /// when it is missing.
@@ -114,7 +74,7 @@ pub fn envoy_validate(yaml: &str) -> (bool, String) {
 
 /// A running Envoy.
 pub struct Envoy {
-    id: u64,
+    proc: Proc,
     pub dir: PathBuf,
     pub log_path: PathBuf,
     pub admin_port: u16,
@@ -125,13 +85,7 @@ pub struct Envoy {
 
 impl Drop for Envoy {
     fn drop(&mut self) {
-        if let Ok(mut g) = CHILDREN.lock() {
-            if let Some(i) = g.iter().position(|(id, _)| *id == self.id) {
-                let (_, mut c) = g.swap_remove(i);
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        self.proc.stop();
         if std::thread::panicking() {
             eprintln!("Envoy files kept for inspection: {}", self.dir.display());
         } else {
@@ -151,12 +105,6 @@ impl Envoy {
 
     /// Starts Envoy; returns the reason and log tail if it exits or is not LIVE in time.
     pub async fn try_start(yaml: String) -> Result<Envoy, String> {
-        ATEXIT.call_once(|| {
-            // SAFETY: registering a plain extern "C" fn with libc's atexit.
-            unsafe {
-                atexit(kill_all_children);
-            }
-        });
         let bin = envoy_binary();
         let dir = temp_dir();
         let cfg = dir.join("envoy.yaml");
@@ -181,14 +129,9 @@ impl Envoy {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let child = spawn_from_long_lived_thread(cmd)
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
-        if let Ok(mut g) = CHILDREN.lock() {
-            g.push((id, child));
-        }
+        let proc = Proc::spawn("Envoy", &mut cmd)?;
         let mut envoy = Envoy {
-            id,
+            proc,
             dir: dir.clone(),
             log_path,
             admin_port: 0,
@@ -236,13 +179,7 @@ impl Envoy {
 
     /// Whether the process is still alive.
     pub fn is_running(&self) -> bool {
-        let Ok(mut g) = CHILDREN.lock() else {
-            return false;
-        };
-        match g.iter_mut().find(|(id, _)| *id == self.id) {
-            Some((_, c)) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.proc.is_running()
     }
 
     /// A client to the listener, HTTP/1.1.
@@ -357,8 +294,7 @@ impl Envoy {
 
     /// The OS process id (for /proc inspection).
     pub fn pid(&self) -> Option<u32> {
-        let g = CHILDREN.lock().ok()?;
-        g.iter().find(|(id, _)| *id == self.id).map(|(_, c)| c.id())
+        Some(self.proc.pid())
     }
 
     /// Resident set size from `/proc/<pid>/status` (includes the wasm VMs' linear memory, which

@@ -18,13 +18,14 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use meshbreaker_harness::Proc;
 
 use crate::setup::{prepare, Machine, Needs, Steps};
 use crate::util::{root, run, step, Result};
@@ -118,76 +119,39 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// The processes the demo started, stopped (SIGTERM, then SIGKILL) in reverse order on drop.
+/// The processes the demo started (each a supervised [`Proc`]: its own process group, killed if
+/// xtask dies), stopped (SIGTERM, then SIGKILL after 5 s) in reverse order.
 #[derive(Default)]
 struct Supervisor {
-    children: Vec<(String, Child)>,
+    children: Vec<Proc>,
 }
 
 impl Supervisor {
     fn spawn(&mut self, name: &str, cmd: &mut Command) -> Result<u32> {
-        // SAFETY: pre_exec runs in the forked child before exec; prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {name} ({cmd:?}): {e}"))?;
-        let pid = child.id();
-        self.children.push((name.to_owned(), child));
+        let p = Proc::spawn(name, cmd)?.term_grace(Duration::from_secs(5));
+        let pid = p.pid();
+        self.children.push(p);
         Ok(pid)
     }
 
     fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(|(_, c)| c.id()).collect()
+        self.children.iter().map(Proc::pid).collect()
     }
 
     /// The first child that exited, with its status.
     fn exited(&mut self) -> Option<String> {
-        for (name, c) in &mut self.children {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some(format!("{name} exited ({status})"));
-            }
-        }
-        None
+        self.children
+            .iter()
+            .find_map(|c| Some(format!("{} exited ({})", c.name(), c.exited()?)))
     }
 
     fn stop_all(&mut self) {
-        for (_, c) in self.children.iter().rev() {
-            // SAFETY: plain kill(2) on the child's own process group.
-            unsafe {
-                libc::kill(-(c.id() as libc::pid_t), libc::SIGTERM);
-            }
+        for c in self.children.iter().rev() {
+            c.terminate();
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, c) in self.children.iter_mut().rev() {
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(None) => {
-                        // SAFETY: as above.
-                        unsafe {
-                            libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL);
-                        }
-                        let _ = c.wait();
-                        break;
-                    }
-                }
-            }
-            // Anything else left in the group (a launcher's child).
-            // SAFETY: as above; ESRCH when the group is empty.
-            unsafe {
-                libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL);
-            }
+        while let Some(mut c) = self.children.pop() {
+            c.stop();
         }
-        self.children.clear();
     }
 }
 
@@ -390,11 +354,9 @@ pub fn demo(args: &[String]) -> Result {
                     if let Some(i) = sup
                         .children
                         .iter()
-                        .position(|(n, _)| n == "meshbreaker-sidecar")
+                        .position(|c| c.name() == "meshbreaker-sidecar")
                     {
-                        let (_, mut c) = sup.children.remove(i);
-                        let _ = c.kill();
-                        let _ = c.wait();
+                        sup.children.remove(i);
                     }
                     let log = fs::read_to_string(o.out.join("sidecar.log")).unwrap_or_default();
                     Err(format!("{e}; {}", log.lines().last().unwrap_or("no log")))
@@ -472,11 +434,9 @@ pub fn demo(args: &[String]) -> Result {
             eprintln!("\ninterrupted: stopped everything the demo started");
             return Err("interrupted".into());
         }
-        let driver = sup.children.iter_mut().find(|(n, _)| n == "driver");
-        if let Some((_, c)) = driver {
-            if let Ok(Some(status)) = c.try_wait() {
-                break status;
-            }
+        let driver = sup.children.iter().find(|c| c.name() == "driver");
+        if let Some(status) = driver.and_then(Proc::exited) {
+            break status;
         }
         if let Some(e) = sup.exited() {
             return Err(format!("{e} during the run (logs in {})", o.out.display()));

@@ -45,14 +45,14 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use policy_core::breaker::{State, TransitionLine};
 use serde_json::{json, Value};
 
 use crate::util::{cargo, output, root, step, Result};
-use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Machine};
+use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Machine, Proc};
 
 /// Requests per second each system's listener gets.
 const RATE: f64 = 200.0;
@@ -648,19 +648,6 @@ fn renice(pid: u32) {
         .status();
 }
 
-/// A child process killed (SIGKILL, by its own pid) and reaped on drop.
-struct Guard {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One HTTP/1.1 request with `Connection: close`; status and body.
 fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!(":{port}: {e}"))?;
@@ -684,28 +671,27 @@ fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
 }
 
 struct FaultUpstream {
-    _guard: Guard,
+    _proc: Proc,
+    _stdin: Option<ChildStdin>,
     control: u16,
     hosts: Vec<u16>,
 }
 
 impl FaultUpstream {
     fn start(bin: &Path, hosts: usize) -> Result<FaultUpstream> {
-        let mut child = Command::new("nice")
-            .args(["-n", NICE])
-            .arg(bin)
-            .args(["--hosts", &hosts.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let guard = Guard {
-            child,
-            _stdin: stdin,
-        };
+        let proc = Proc::spawn(
+            "fault-upstream",
+            Command::new("nice")
+                .args(["-n", NICE])
+                .arg(bin)
+                .args(["--hosts", &hosts.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )?;
+        // Its stdin stays open as long as it runs (it exits when stdin closes).
+        let stdin = proc.take_stdin();
+        let stdout = proc.take_stdout();
         let mut line = String::new();
         if let Some(out) = stdout {
             BufReader::new(out)
@@ -722,7 +708,8 @@ impl FaultUpstream {
             .filter_map(|p| p.as_u64().map(|p| p as u16))
             .collect();
         Ok(FaultUpstream {
-            _guard: guard,
+            _proc: proc,
+            _stdin: stdin,
             control,
             hosts,
         })
@@ -751,7 +738,7 @@ impl FaultUpstream {
 
 /// The eBPF sidecar (`meshbreaker-sidecar`), for the reset-storm runs with `reset_signals`.
 struct Sidecar {
-    _guard: Guard,
+    _proc: Proc,
     port: u16,
 }
 
@@ -784,22 +771,17 @@ impl Sidecar {
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
-        let child = Command::new(bin)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-        let mut s = Sidecar {
-            _guard: Guard {
-                child,
-                _stdin: None,
-            },
-            port,
-        };
+        let proc = Proc::spawn(
+            "meshbreaker-sidecar",
+            Command::new(bin)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )?;
+        let mut s = Sidecar { _proc: proc, port };
         let ready = harness::wait_for(Duration::from_secs(30), || {
-            if let Ok(Some(status)) = s._guard.child.try_wait() {
+            if let Some(status) = s._proc.exited() {
                 return Some(Err(format!("meshbreaker-sidecar exited with {status}")));
             }
             matches!(http(port, "GET", "/healthz"), Ok((200, _))).then_some(Ok(()))
@@ -1154,12 +1136,7 @@ fn run_scenario(
     let load_at_start = harness::procfs::loadavg()[0];
     let t_start = now_ms();
     let started = Instant::now();
-    let mut load = Guard {
-        child: load
-            .spawn()
-            .map_err(|e| format!("cannot run steady-load: {e}"))?,
-        _stdin: None,
-    };
+    let load = Proc::spawn("steady-load", &mut load)?;
     let bad: Vec<usize> = (0..n_sys).map(|i| i * sc.hosts).collect();
     let sleep_until = |at: Duration, what: &str| {
         while started.elapsed() < at {
@@ -1191,7 +1168,7 @@ fn run_scenario(
     eprintln!("  t={:>3.0}s  {off}", started.elapsed().as_secs_f64());
     sleep_until(phases.total(), "end");
     let status = loop {
-        if let Ok(Some(s)) = load.child.try_wait() {
+        if let Some(s) = load.exited() {
             break s;
         }
         if started.elapsed() > phases.total() + Duration::from_secs(40) {

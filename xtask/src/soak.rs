@@ -26,7 +26,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::util::{cargo, root, step, Result};
-use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load};
+use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load, Proc};
 
 /// The cluster (and so the breaker key) the soak's traffic goes to.
 const KEY: &str = "demo";
@@ -288,46 +288,16 @@ fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
         .ok_or_else(|| format!("cargo reported no {bin} executable"))
 }
 
-/// A child process killed (SIGKILL) on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
-        let out = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Proc { child })
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
 /// The eBPF sidecar on `addr`, started and waited for (`/healthz`).
 fn start_sidecar(bin: &Path, addr: SocketAddr, log: &Path) -> Result<Proc> {
-    let mut p = Proc::spawn(
+    let p = Proc::spawn_logged(
         "meshbreaker-sidecar",
         Command::new(bin).arg("--listen").arg(addr.to_string()),
         log,
     )?;
     let end = Instant::now() + Duration::from_secs(30);
     loop {
-        if !p.alive() {
+        if !p.is_running() {
             return Err(format!(
                 "meshbreaker-sidecar exited before serving; log:\n{}",
                 fs::read_to_string(log).unwrap_or_default()
@@ -363,7 +333,7 @@ impl Upstream {
             None => build_binary("meshbreaker-demo", "meshbreaker-demo")?,
         };
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let mut p = Proc::spawn(
+        let p = Proc::spawn_logged(
             "meshbreaker-demo upstream",
             Command::new(&bin)
                 .arg("upstream")
@@ -379,7 +349,7 @@ impl Upstream {
             .then_some(())
         })
         .ok_or("the demo upstream did not answer within 20 s")?;
-        if !p.alive() {
+        if !p.is_running() {
             return Err("the demo upstream exited".into());
         }
         Ok(Upstream { addr, _proc: p })
