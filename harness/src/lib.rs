@@ -5,6 +5,7 @@
 //!
 //! * [`envoy`]: start an Envoy from a bootstrap, wait until LIVE, read ports and stats from admin;
 //!   [`envoy::base_id`], the one `--base-id` allocator every Envoy the project starts uses.
+//! * [`cargo`]: workspace binaries built on demand, found through cargo's JSON.
 //! * [`process`]: supervised children (own group, death signal, killed on drop and at exit).
 //! * [`bootstrap`]: bootstrap pieces; [`snapshot`]: generated bootstraps held to committed files.
 //! * [`http`]: a tiny blocking HTTP/1.1 client.
@@ -13,6 +14,7 @@
 //! * [`stats`]: median and spread that ignore failed rounds.
 
 pub mod bootstrap;
+pub mod cargo;
 pub mod envoy;
 pub mod http;
 pub mod load;

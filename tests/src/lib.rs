@@ -44,13 +44,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// The repository root (the parent of this crate).
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
+pub use meshbreaker_harness::repo_root;
 
 /// The filter under test: `MESHBREAKER_WASM`, else `<repo>/target/dist/meshbreaker.wasm`.
 pub fn wasm_path() -> PathBuf {
@@ -75,23 +69,8 @@ pub fn require_wasm() -> PathBuf {
 /// The `meshbreaker` CLI binary, built from this checkout (a test crate cannot depend on another
 /// package's binary, so it is built here; cargo makes this a no-op when it is current).
 pub fn meshbreaker_cli() -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "meshbreaker-cli",
-            "--bin",
-            "meshbreaker",
-        ])
-        .current_dir(repo_root())
-        .status()
-        .unwrap_or_else(|e| panic!("run cargo build -p meshbreaker-cli: {e}"));
-    assert!(status.success(), "cargo build -p meshbreaker-cli failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug/meshbreaker")
+    meshbreaker_harness::cargo::build_bin("meshbreaker-cli", "meshbreaker", false)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The dynamic module under test: `MESHBREAKER_NATIVE`, else `<repo>/target/dist/libmeshbreaker.so`.

@@ -14,10 +14,7 @@ use policy_core::config::Config;
 use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the repository root")
-        .to_path_buf()
+    meshbreaker_harness::repo_root()
 }
 
 fn doc() -> String {

@@ -8,11 +8,9 @@
 //! main thread) polling through the `meshbreaker_sidecar` cluster → per-host attribution in the
 //! shared window → trip, rejection, metrics and logs.
 //!
-//! The sidecar binary: `MESHBREAKER_SIDECAR` when set, else the test builds it with
-//! `cargo build -q -p meshbreaker-sidecar --message-format=json` from the repository root (same
-//! cargo, same `CARGO_TARGET_DIR` as the test run, so it is usually fresh already) and takes the
-//! `executable` path from cargo's JSON. A binary cannot be a dev-dependency of this crate, and
-//! guessing `target/<profile>/meshbreaker-sidecar` breaks with custom target dirs and profiles.
+//! The sidecar binary: `MESHBREAKER_SIDECAR` when set, else the test builds it through the
+//! harness (`meshbreaker_harness::cargo`: same cargo, same target directory as the test run, so
+//! it is usually fresh already; the path from cargo's JSON).
 //!
 //! The sidecar needs root (BPF); the tests fail loudly without it or when the kernel refuses the
 //! program. Only `MESHBREAKER_SKIP_BPF_TESTS=1` skips them, and says so on stderr.
@@ -83,33 +81,15 @@ fn sidecar_binary() -> PathBuf {
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("MESHBREAKER_SIDECAR") {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "MESHBREAKER_SIDECAR={} is not a file", p.display());
+            assert!(
+                p.is_file(),
+                "MESHBREAKER_SIDECAR={} is not a file",
+                p.display()
+            );
             return p;
         }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(repo_root())
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "meshbreaker-sidecar",
-                "--message-format=json",
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build meshbreaker-sidecar: {e}"));
-        assert!(
-            out.status.success(),
-            "cargo build -p meshbreaker-sidecar failed ({}); set MESHBREAKER_SIDECAR to a built binary",
-            out.status
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "meshbreaker-sidecar")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .unwrap_or_else(|| panic!("cargo reported no meshbreaker-sidecar executable"))
+        meshbreaker_harness::cargo::build_bin("meshbreaker-sidecar", "meshbreaker-sidecar", false)
+            .unwrap_or_else(|e| panic!("{e}; set MESHBREAKER_SIDECAR to a built binary"))
     })
     .clone()
 }

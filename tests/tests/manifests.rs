@@ -26,10 +26,7 @@ use policy_core::config::{Config, KeyBy, Mode, OverrideMatch, ResetSignals};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent: the repository root")
-        .to_path_buf()
+    meshbreaker_harness::repo_root()
 }
 
 fn script(args: &[&str]) -> Value {

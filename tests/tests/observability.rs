@@ -8,16 +8,13 @@
 //! rules, the dashboard and `docs/operations.md` against a real Prometheus scraping the demo's
 //! Envoy, which proves the names and labels are the ones Envoy serves.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent: the repository root")
-        .to_path_buf()
+    meshbreaker_harness::repo_root()
 }
 
 fn promtool(args: &[&str]) -> String {

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use policy_core::breaker::{State, TransitionLine};
 use serde_json::{json, Value};
 
-use crate::util::{cargo, output, root, step, Result};
+use crate::util::{output, root, step, Result};
 use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Machine, Proc};
 
 /// Requests per second each system's listener gets.
@@ -438,7 +438,8 @@ fn run(quick: bool, reanalyse: bool, only: Option<&[String]>, envoy: &Path, wasm
         return report(quick, &runs, &ctx(Duration::from_secs(elapsed)));
     }
     step("build the fault upstream and the load client (release)");
-    let bins = build_bins("fault-upstream", &["fault-upstream", "steady-load"], true)?;
+    let bins =
+        harness::cargo::build_bins("fault-upstream", &["fault-upstream", "steady-load"], true)?;
     let needs_sidecar = scenarios
         .iter()
         .any(|s| s.systems.iter().any(|k| k.uses_sidecar()));
@@ -588,43 +589,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// `cargo build -p <pkg>` and the executables it produced, by name (from cargo's JSON, so a
-/// custom target dir or profile is found too).
-fn build_bins(pkg: &str, names: &[&str], release: bool) -> Result<BTreeMap<String, PathBuf>> {
-    let mut cmd = cargo();
-    cmd.args(["build", "-q", "-p", pkg, "--message-format=json"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cargo build -p {pkg}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cargo build -p {pkg} failed ({})", out.status));
-    }
-    let mut found = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(m) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if m["reason"] != "compiler-artifact" {
-            continue;
-        }
-        if let (Some(name), Some(exe)) = (m["target"]["name"].as_str(), m["executable"].as_str()) {
-            if names.contains(&name) {
-                found.insert(name.to_string(), PathBuf::from(exe));
-            }
-        }
-    }
-    for n in names {
-        if !found.contains_key(*n) {
-            return Err(format!("cargo reported no executable {n} for -p {pkg}"));
-        }
-    }
-    Ok(found)
-}
-
 /// The niceness the benchmark's own processes run at. Other builds share this machine's two
 /// cores; a proxy or client that waits for the CPU shows up as a stall in every system's
 /// timeline at once. Root may raise priority; elsewhere this is a no-op.
@@ -765,7 +729,8 @@ impl Sidecar {
                 .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
                 .status();
         }
-        let bins = build_bins("meshbreaker-sidecar", &["meshbreaker-sidecar"], true)?;
+        let bins =
+            harness::cargo::build_bins("meshbreaker-sidecar", &["meshbreaker-sidecar"], true)?;
         let bin = &bins["meshbreaker-sidecar"];
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -26,14 +26,14 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{cargo, root, step, Result};
+use crate::util::{root, step, Result};
 use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load, Proc};
 
 /// The cluster (and so the breaker key) the soak's traffic goes to.
@@ -262,30 +262,10 @@ fn free_port() -> Result<u16> {
 
 // ---------------------------------------------------------------------------------- processes
 
-/// Builds a workspace binary and returns its path (from cargo's JSON, not a guessed target dir).
+/// Builds a workspace binary (release) and returns its path.
 fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
     step(&format!("build {bin}"));
-    let out = cargo()
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            package,
-            "--message-format=json",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cargo build -p {package}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cargo build -p {package} failed"));
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| format!("cargo reported no {bin} executable"))
+    harness::cargo::build_bin(package, bin, true)
 }
 
 /// The eBPF sidecar on `addr`, started and waited for (`/healthz`).
