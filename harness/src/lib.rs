@@ -11,6 +11,8 @@
 //! * [`http`]: a tiny blocking HTTP/1.1 client.
 //! * [`load`]: oha runs and parsed reports, one request per distinct `Host`.
 //! * [`procfs`]: CPU time, RSS, pinning, `perf` per shared object, the machine.
+//! * [`prom`]: the Prometheus text format Envoy's `/stats/prometheus` serves, parsed.
+//! * [`sidecar`]: the eBPF sidecar: preflight (root, BTF, tracefs), binary, start.
 //! * [`stats`]: median and spread that ignore failed rounds.
 
 pub mod bootstrap;
@@ -20,6 +22,8 @@ pub mod http;
 pub mod load;
 pub mod process;
 pub mod procfs;
+pub mod prom;
+pub mod sidecar;
 pub mod snapshot;
 pub mod stats;
 

@@ -22,7 +22,6 @@ pub mod envoy;
 pub mod exchanges;
 pub mod grpc;
 pub mod poll;
-pub mod prom;
 pub mod shell;
 pub mod stack;
 pub mod upstream;
@@ -32,8 +31,8 @@ pub use client::{HttpClient, HttpResponse};
 pub use envoy::{envoy_binary, envoy_validate, Envoy};
 pub use exchanges::{slow_upload, websocket_hold, Held};
 pub use grpc::{grpc_check, GrpcUpstream};
+pub use meshbreaker_harness::prom::{self, parse_prometheus, Sample};
 pub use poll::{eventually, wait_until};
-pub use prom::{parse_prometheus, Sample};
 pub use shell::Shell;
 pub use stack::{
     assert_spec_rejection, fast_config, is_rejection, sanitize_key, Stack, SPEC_METRICS,

@@ -15,12 +15,11 @@
 //! The sidecar needs root (BPF); the tests fail loudly without it or when the kernel refuses the
 //! program. Only `MESHBREAKER_SKIP_BPF_TESTS=1` skips them, and says so on stderr.
 
+use meshbreaker_harness::sidecar::{ensure_tracefs, euid, skip_bpf_tests, SidecarOpts};
 use meshbreaker_tests::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,27 +27,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 // ------------------------------------------------------------------------------------ sidecar
-
-/// True (and says so) when the operator opted out of kernel tests; anything else runs them.
-fn skip_bpf_tests(test: &str) -> bool {
-    if std::env::var("MESHBREAKER_SKIP_BPF_TESTS").as_deref() == Ok("1") {
-        // Written to stderr directly, not through eprintln!, so the test harness's output capture
-        // cannot hide that this test did not run.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: MESHBREAKER_SKIP_BPF_TESTS=1 (this test did not run)"
-        );
-        return true;
-    }
-    false
-}
-
-fn euid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(1)?.parse().ok()
-}
 
 /// Fails the test unless we run as root, and mounts tracefs when it is missing (a fresh VM or CI
 /// runner often has neither it nor debugfs mounted).
@@ -59,20 +37,7 @@ fn require_root_and_tracefs() {
         "the kernel reset tests run the eBPF sidecar and need root \
          (set MESHBREAKER_SKIP_BPF_TESTS=1 to skip them explicitly)"
     );
-    let mounted = [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).is_dir());
-    if !mounted {
-        let ok = Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        eprintln!("tracefs was not mounted; mount -t tracefs tracefs /sys/kernel/tracing: ok={ok}");
-    }
+    ensure_tracefs();
 }
 
 /// The sidecar executable (see the module doc for why it is found this way). Built once per run.
@@ -101,18 +66,10 @@ fn free_loopback_addr() -> SocketAddr {
         .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
 }
 
-/// A running `meshbreaker-sidecar`, killed on drop.
+/// A running `meshbreaker-sidecar` (the harness's), killed on drop.
 struct Sidecar {
-    child: Child,
+    running: meshbreaker_harness::sidecar::Sidecar,
     addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Sidecar {
@@ -120,66 +77,22 @@ impl Sidecar {
     async fn start(addr: SocketAddr) -> Sidecar {
         require_root_and_tracefs();
         let bin = sidecar_binary();
-        let mut child = Command::new(&bin)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(pipe) = child.stderr.take() {
-            let lines = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    eprintln!("[sidecar {addr}] {line}");
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        let mut s = Sidecar {
-            child,
-            addr,
-            stderr,
+        let opts = SidecarOpts {
+            echo: true,
+            ..Default::default()
         };
-        let client = HttpClient::http1(addr.port());
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                // Let the reader thread drain the pipe before reporting it.
-                let drained = Instant::now() + Duration::from_secs(1);
-                while Instant::now() < drained && s.stderr.lock().unwrap().is_empty() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                panic!(
-                    "meshbreaker-sidecar exited with {status} before serving (the kernel refused \
-                     the program?); stderr:\n{}",
-                    s.stderr.lock().unwrap().join("\n")
-                );
-            }
-            if let Ok(r) = client.try_request("GET", "/healthz", &[], "").await {
-                if r.status == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < end,
-                "sidecar did not answer /healthz within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        s
+        let running = tokio::task::spawn_blocking(move || {
+            meshbreaker_harness::sidecar::Sidecar::start(&bin, addr, &opts)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("sidecar start: {e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+        Sidecar { running, addr }
     }
 
     /// SIGKILL: no goodbye, the way a crashed or OOM-killed sidecar disappears.
     fn kill(&mut self) {
-        self.child
-            .kill()
-            .unwrap_or_else(|e| panic!("cannot SIGKILL the sidecar: {e}"));
-        self.child
-            .wait()
-            .unwrap_or_else(|e| panic!("cannot reap the sidecar: {e}"));
+        self.running.kill();
     }
 
     /// `GET /v1/resets`, parsed.

@@ -28,7 +28,7 @@ use serde_json::Value;
 use meshbreaker_harness::Proc;
 
 use crate::setup::{prepare, Machine, Needs, Steps};
-use crate::util::{root, run, step, Result};
+use crate::util::{root, step, Result};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -187,28 +187,7 @@ fn sidecar_unavailable() -> Option<String> {
     if std::env::var_os("MESHBREAKER_DEMO_NO_SIDECAR").is_some() {
         return Some("MESHBREAKER_DEMO_NO_SIDECAR is set".into());
     }
-    if crate::setup::euid() != Some(0) {
-        return Some("not root (the sidecar needs CAP_BPF and CAP_PERFMON)".into());
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
-    }
-    let tp = || {
-        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-            .iter()
-            .any(|d| Path::new(d).join("events/tcp/tcp_receive_reset").exists())
-    };
-    // A freshly booted machine often has tracefs unmounted (systemd mounts it on demand): the
-    // sidecar's tracepoints need it, as root we can mount it.
-    if !tp() && Path::new("/sys/kernel/tracing").is_dir() {
-        step("mount tracefs at /sys/kernel/tracing (the sidecar's tracepoints)");
-        let _ =
-            run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]));
-    }
-    if !tp() {
-        return Some("no tcp:tcp_receive_reset tracepoint in tracefs".into());
-    }
-    None
+    meshbreaker_harness::sidecar::unavailable()
 }
 
 /// `envoy-config/demo.yaml` on the given ports, loopback only, with an absolute wasm path.

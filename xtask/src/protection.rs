@@ -702,63 +702,29 @@ impl FaultUpstream {
 
 /// The eBPF sidecar (`meshbreaker-sidecar`), for the reset-storm runs with `reset_signals`.
 struct Sidecar {
-    _proc: Proc,
+    _running: harness::sidecar::Sidecar,
     port: u16,
 }
 
 impl Sidecar {
     fn start() -> Result<Sidecar> {
-        let euid = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|u| u.split_whitespace().nth(1).map(str::to_string))
-            });
-        if euid.as_deref() != Some("0") {
+        if harness::sidecar::euid() != Some(0) {
             return Err("the reset-storm runs with the eBPF sidecar need root (BPF)".into());
         }
-        let traced = [
-            "/sys/kernel/tracing/events",
-            "/sys/kernel/debug/tracing/events",
-        ]
-        .iter()
-        .any(|p| Path::new(p).is_dir());
-        if !traced {
-            let _ = Command::new("mount")
-                .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-                .status();
-        }
-        let bins =
-            harness::cargo::build_bins("meshbreaker-sidecar", &["meshbreaker-sidecar"], true)?;
-        let bin = &bins["meshbreaker-sidecar"];
+        let bin = harness::cargo::build_bin("meshbreaker-sidecar", "meshbreaker-sidecar", true)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
-        let proc = Proc::spawn(
-            "meshbreaker-sidecar",
-            Command::new(bin)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit()),
-        )?;
-        let mut s = Sidecar { _proc: proc, port };
-        let ready = harness::wait_for(Duration::from_secs(30), || {
-            if let Some(status) = s._proc.exited() {
-                return Some(Err(format!("meshbreaker-sidecar exited with {status}")));
-            }
-            matches!(http(port, "GET", "/healthz"), Ok((200, _))).then_some(Ok(()))
-        });
-        match ready {
-            Some(Ok(())) => {
-                s.port = port;
-                Ok(s)
-            }
-            Some(Err(e)) => Err(e),
-            None => Err("meshbreaker-sidecar did not answer /healthz within 30 s".into()),
-        }
+        let opts = harness::sidecar::SidecarOpts {
+            echo: true,
+            ..Default::default()
+        };
+        let running = harness::sidecar::Sidecar::start(&bin, ([127, 0, 0, 1], port).into(), &opts)?;
+        Ok(Sidecar {
+            _running: running,
+            port,
+        })
     }
 }
 

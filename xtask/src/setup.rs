@@ -261,12 +261,7 @@ fn deb_installed(package: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
-/// The effective user id, from `/proc/self/status`.
-pub fn euid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(1)?.parse().ok()
-}
+pub use meshbreaker_harness::sidecar::euid;
 
 /// `cargo xtask deps`: every install `cargo xtask test` needs, nothing built.
 pub fn deps() -> Result {

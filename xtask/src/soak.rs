@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::util::{root, step, Result};
+use meshbreaker_harness::sidecar::{Sidecar, SidecarOpts};
 use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load, Proc};
 
 /// The cluster (and so the breaker key) the soak's traffic goes to.
@@ -268,32 +269,13 @@ fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
     harness::cargo::build_bin(package, bin, true)
 }
 
-/// The eBPF sidecar on `addr`, started and waited for (`/healthz`).
-fn start_sidecar(bin: &Path, addr: SocketAddr, log: &Path) -> Result<Proc> {
-    let p = Proc::spawn_logged(
-        "meshbreaker-sidecar",
-        Command::new(bin).arg("--listen").arg(addr.to_string()),
-        log,
-    )?;
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if !p.is_running() {
-            return Err(format!(
-                "meshbreaker-sidecar exited before serving; log:\n{}",
-                fs::read_to_string(log).unwrap_or_default()
-            ));
-        }
-        if matches!(
-            harness::http_get(addr.port(), "/healthz", None),
-            Ok((200, _))
-        ) {
-            return Ok(p);
-        }
-        if Instant::now() > end {
-            return Err("meshbreaker-sidecar did not answer /healthz within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The eBPF sidecar on `addr`, started and waited for (`/healthz`), its stderr in `log`.
+fn start_sidecar(bin: &Path, addr: SocketAddr, log: &Path) -> Result<Sidecar> {
+    let opts = SidecarOpts {
+        log: Some(log.to_path_buf()),
+        ..Default::default()
+    };
+    Sidecar::start(bin, addr, &opts)
 }
 
 // ------------------------------------------------------------------------------------ upstream

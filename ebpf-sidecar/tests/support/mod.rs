@@ -4,52 +4,21 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use meshbreaker_harness::sidecar::SidecarOpts;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_meshbreaker-sidecar");
 
-/// True (and says so) when the operator opted out of kernel tests. Anything
-/// else runs them, and a kernel that refuses the program fails them.
-pub fn skip_bpf_tests(test: &str) -> bool {
-    if std::env::var("MESHBREAKER_SKIP_BPF_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: MESHBREAKER_SKIP_BPF_TESTS=1 (this test did not run)");
-        return true;
-    }
-    false
-}
-
-/// Mounts tracefs when it is not mounted and we are root (a fresh VM or CI
-/// runner often has only debugfs or nothing).
-pub fn ensure_tracefs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let mounted = [
-            "/sys/kernel/tracing/events",
-            "/sys/kernel/debug/tracing/events",
-        ]
-        .iter()
-        .any(|p| Path::new(p).is_dir());
-        // SAFETY: geteuid has no preconditions.
-        if !mounted && unsafe { libc::geteuid() } == 0 {
-            let ok = Command::new("mount")
-                .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            eprintln!(
-                "tracefs was not mounted; mount -t tracefs tracefs /sys/kernel/tracing: ok={ok}"
-            );
-        }
-    });
-}
+pub use meshbreaker_harness::sidecar::{ensure_tracefs, skip_bpf_tests};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -67,7 +36,7 @@ pub struct Counts {
 }
 
 pub struct Sidecar {
-    child: Child,
+    running: meshbreaker_harness::sidecar::Sidecar,
     pub addr: SocketAddr,
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -80,55 +49,19 @@ impl Sidecar {
 
     /// Starts the binary through `wrapper` (e.g. setpriv restricting capabilities).
     pub fn start_wrapped(wrapper: &[&str], extra_args: &[&str]) -> Sidecar {
-        ensure_tracefs();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
+        let opts = SidecarOpts {
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            echo: true,
+            log: None,
         };
-        let mut child = command
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().unwrap();
-        let lines = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("[sidecar] {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(50)); // let the reader drain the pipe
-                panic!(
-                    "meshbreaker-sidecar exited with {status} before serving; stderr:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                );
-            }
-            if matches!(http(addr, "GET", "/healthz"), Ok((200, _))) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar did not answer /healthz within 30 s"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let running = meshbreaker_harness::sidecar::Sidecar::start(Path::new(BIN), addr, &opts)
+            .unwrap_or_else(|e| panic!("{e}"));
         let sidecar = Sidecar {
-            child,
+            stderr: Arc::clone(&running.stderr),
+            running,
             addr,
-            stderr,
         };
         if let Some(ms) = sidecar.attach_ms() {
             eprintln!("attach time: {ms} ms");
@@ -137,7 +70,7 @@ impl Sidecar {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.running.pid()
     }
 
     /// The load+attach time the binary logs at startup.
@@ -221,33 +154,14 @@ impl Sidecar {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.running.is_running()
     }
 
     /// SIGTERM, then waits (10 s deadline) for the exit status.
-    pub fn stop(mut self) -> ExitStatus {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar ignored SIGTERM for 10 s"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    pub fn stop(self) -> ExitStatus {
+        self.running
+            .terminate(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("sidecar ignored SIGTERM for 10 s"))
     }
 }
 

@@ -1,5 +1,6 @@
-//! A small parser for the Prometheus text format that Envoy's `/stats/prometheus` serves, so tests
-//! assert on metric names, label sets and values instead of matching strings.
+//! A small parser for the Prometheus text format that Envoy's `/stats/prometheus` (and the
+//! sidecar's `/metrics`) serve, so tests and experiments read metric names, label sets and values
+//! instead of matching strings.
 
 use std::collections::BTreeMap;
 
