@@ -9,6 +9,7 @@
 //! route selected by the request header `x-route: name`, so tests sharing one Envoy have distinct
 //! breaker keys (with `key_by: cluster`, the key is the cluster name).
 
+use meshbreaker_harness::bootstrap;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -201,50 +202,15 @@ impl Bootstrap {
 
         let mut http_filters = Vec::new();
         if let Some((wasm, plugin)) = &self.filter {
-            http_filters.push(json!({
-                "name": "envoy.filters.http.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": "meshbreaker",
-                        "root_id": "meshbreaker",
-                        "vm_config": {
-                            "vm_id": "meshbreaker",
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": wasm.display().to_string()}}
-                        },
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": plugin
-                        }
-                    }
-                }
-            }));
+            http_filters.push(bootstrap::wasm_filter_json("meshbreaker", wasm, plugin));
         }
         if let Some((module, filter_config)) = &self.native {
-            http_filters.push(json!({
-                "name": "envoy.filters.http.dynamic_modules",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                    "dynamic_module_config": {
-                        "module": {"local": {"filename": module.display().to_string()}},
-                        "do_not_close": true
-                    },
-                    "filter_name": "meshbreaker",
-                    "filter_config": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": filter_config
-                    }
-                }
-            }));
+            http_filters.push(bootstrap::native_module_filter(module, filter_config));
         }
-        http_filters.push(json!({
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-        }));
+        http_filters.push(bootstrap::router());
 
         let mut hcm = json!({
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "@type": bootstrap::HCM_TYPE,
             "stat_prefix": "ingress_http",
             "codec_type": "AUTO",
             "use_remote_address": true,
@@ -279,21 +245,10 @@ impl Bootstrap {
 
         json!({
             "node": {"id": "meshbreaker-test", "cluster": "meshbreaker"},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
-            "stats_config": {"stats_tags": [
-                {"tag_name": "key", "regex": "(key=\\.=(.*?);\\.;)"},
-                {"tag_name": "decision", "regex": "(decision=\\.=(.*?);\\.;)"},
-                {"tag_name": "to", "regex": "(to=\\.=(.*?);\\.;)"}
-            ]},
+            "admin": bootstrap::admin(self.admin_port),
+            "stats_config": bootstrap::stats_config(),
             "static_resources": {
-                "listeners": [{
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listener_port}},
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": hcm
-                    }]}]
-                }],
+                "listeners": [bootstrap::listener("ingress", self.listener_port, hcm)],
                 "clusters": clusters
             }
         })
@@ -304,49 +259,23 @@ fn grpc_match() -> Value {
     json!({"name": "content-type", "string_match": {"prefix": "application/grpc"}})
 }
 
+/// A route with the shipped shape: 30 s timeout, backoff 25–250 ms, `previous_hosts`, and no
+/// `retry_on` (only the filter's headers make Envoy retry).
 fn route(name: &str, headers: Vec<Value>, cluster: &str) -> Value {
-    let mut m = json!({"prefix": "/"});
-    if !headers.is_empty() {
-        m["headers"] = Value::Array(headers);
-    }
-    json!({
-        "name": name,
-        "match": m,
-        "route": {
-            "cluster": cluster,
-            "timeout": "30s",
-            // No retry_on: only the filter's headers make Envoy retry.
-            "retry_policy": {
-                "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
-                "retry_host_predicate": [{
-                    "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
-                }],
-                "host_selection_retry_max_attempts": 3
-            }
-        }
-    })
+    bootstrap::route(
+        name,
+        headers,
+        cluster,
+        "30s",
+        bootstrap::retry_policy("0.025s", Some("0.25s")),
+    )
 }
 
 fn cluster(name: &str, addr: SocketAddr, h2: bool, connect_timeout: &str) -> Value {
-    let mut c = json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": connect_timeout,
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": addr.ip().to_string(), "port_value": addr.port()
-            }}}}]}]
-        }
-    });
+    let c = bootstrap::static_cluster(name, &[addr], connect_timeout);
     if h2 {
-        c["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}
-            }
-        });
+        bootstrap::with_http2(c)
+    } else {
+        c
     }
-    c
 }

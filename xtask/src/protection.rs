@@ -52,7 +52,7 @@ use policy_core::breaker::{State, TransitionLine};
 use serde_json::{json, Value};
 
 use crate::util::{output, root, step, Result};
-use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Machine, Proc};
+use meshbreaker_harness::{self as harness, bootstrap, Envoy, EnvoyOpts, Machine, Proc};
 
 /// Requests per second each system's listener gets.
 const RATE: f64 = 200.0;
@@ -801,25 +801,12 @@ fn to_yaml(v: &Value) -> String {
     out
 }
 
-fn previous_hosts() -> Value {
-    json!([{
-        "name": "envoy.retry_host_predicates.previous_hosts",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-        }
-    }])
-}
-
 fn listener(sys: System, wasm: &Path, log_dir: &Path) -> Value {
     let name = sys.name();
     // The shipped route shape: backoff base 250 ms and the previous_hosts predicate. meshbreaker's
     // routes carry no retry_on (the filter's headers decide); the others get the retry policy
     // meshbreaker's default "idempotent" policy writes for a GET, so retries are the same for all.
-    let mut retry = json!({
-        "retry_back_off": { "base_interval": "0.25s" },
-        "retry_host_predicate": previous_hosts(),
-        "host_selection_retry_max_attempts": 3
-    });
+    let mut retry = bootstrap::retry_policy("0.25s", None);
     if !sys.is_meshbreaker() {
         retry["retry_on"] = json!("5xx,reset");
         retry["num_retries"] = json!(2);
@@ -827,7 +814,7 @@ fn listener(sys: System, wasm: &Path, log_dir: &Path) -> Value {
     let mut filters = Vec::new();
     if sys.is_meshbreaker() {
         let cfg = serde_json::to_string_pretty(&sys.plugin_config()).unwrap_or_default();
-        filters.push(harness::bootstrap::wasm_filter_json(
+        filters.push(bootstrap::wasm_filter_json(
             &format!("meshbreaker-{name}"),
             wasm,
             &cfg,
@@ -854,73 +841,44 @@ fn listener(sys: System, wasm: &Path, log_dir: &Path) -> Value {
         }));
     }
     let log = log_dir.join(format!("{name}.upstream.log"));
-    filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-            // One line per upstream attempt, including connect failures: who was tried, when.
-            "upstream_log": [{
-                "name": "envoy.access_loggers.file",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    "path": log.display().to_string(),
-                    "log_format": { "text_format_source": { "inline_string":
-                        "%START_TIME(%s%3f)% %UPSTREAM_HOST% %RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(X-REQ-ID)%\n" } }
-                }
+    let mut router = bootstrap::router();
+    // One line per upstream attempt, including connect failures: who was tried, when.
+    router["typed_config"]["upstream_log"] = json!([bootstrap::file_access_log(
+        &log,
+        "%START_TIME(%s%3f)% %UPSTREAM_HOST% %RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(X-REQ-ID)%\n"
+    )]);
+    filters.push(router);
+    let hcm = json!({
+        "@type": bootstrap::HCM_TYPE,
+        "stat_prefix": name,
+        "codec_type": "HTTP1",
+        // The long-lived-stream scenario's websockets (without this Envoy answers 403).
+        "upgrade_configs": [{ "upgrade_type": "websocket" }],
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [{
+                "name": name,
+                "domains": ["*"],
+                "include_request_attempt_count": true,
+                "include_attempt_count_in_response": true,
+                "routes": [bootstrap::route("http", vec![], name, "30s", retry)]
             }]
-        }
-    }));
-    json!({
-        "name": name,
-        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
-        "filter_chains": [{ "filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": name,
-                "codec_type": "HTTP1",
-                // The long-lived-stream scenario's websockets (without this Envoy answers 403).
-                "upgrade_configs": [{ "upgrade_type": "websocket" }],
-                "route_config": {
-                    "name": name,
-                    "virtual_hosts": [{
-                        "name": name,
-                        "domains": ["*"],
-                        "include_request_attempt_count": true,
-                        "include_attempt_count_in_response": true,
-                        "routes": [{
-                            "name": "http",
-                            "match": { "prefix": "/" },
-                            "route": { "cluster": name, "timeout": "30s", "retry_policy": retry }
-                        }]
-                    }]
-                },
-                "http_filters": filters
-            }
-        }]}]
-    })
+        },
+        "http_filters": filters
+    });
+    bootstrap::listener(name, 0, hcm)
 }
 
 fn cluster(sys: System, hosts: &[u16]) -> Value {
-    let endpoints: Vec<Value> = hosts
-        .iter()
-        .map(|p| {
-            json!({ "endpoint": { "address": { "socket_address": {
-                "address": "127.0.0.1", "port_value": p } } } })
-        })
-        .collect();
-    let mut c = json!({
-        "name": sys.name(),
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        // Envoy's default allows 3 retries in flight per cluster, which at this rate turns
-        // almost every retry into an overflow. A retry budget of 20% of the active requests
-        // (meshbreaker's own budget ratio), at least 10, lets the shared retry policy work.
-        "circuit_breakers": { "thresholds": [{
-            "retry_budget": { "budget_percent": { "value": 20.0 }, "min_retry_concurrency": 10 }
-        }] },
-        "load_assignment": { "cluster_name": sys.name(), "endpoints": [{ "lb_endpoints": endpoints }] }
-    });
+    let hosts: Vec<std::net::SocketAddr> =
+        hosts.iter().map(|&p| ([127, 0, 0, 1], p).into()).collect();
+    let mut c = bootstrap::static_cluster(sys.name(), &hosts, "1s");
+    // Envoy's default allows 3 retries in flight per cluster, which at this rate turns
+    // almost every retry into an overflow. A retry budget of 20% of the active requests
+    // (meshbreaker's own budget ratio), at least 10, lets the shared retry policy work.
+    c["circuit_breakers"] = json!({ "thresholds": [{
+        "retry_budget": { "budget_percent": { "value": 20.0 }, "min_retry_concurrency": 10 }
+    }] });
     match sys {
         // Every field at Envoy's default: consecutive_5xx 5, interval 10 s, base ejection 30 s,
         // max_ejection_percent 10 (Envoy still ejects one host), success-rate detection needing
@@ -967,18 +925,15 @@ fn bootstrap(
         .map(|(i, &s)| cluster(s, &host_ports[i * sc.hosts..(i + 1) * sc.hosts]))
         .collect();
     if let Some(port) = sidecar {
-        clusters.push(json!({
-            "name": "meshbreaker_sidecar",
-            "type": "STATIC",
-            "connect_timeout": "0.25s",
-            "load_assignment": { "cluster_name": "meshbreaker_sidecar", "endpoints": [{ "lb_endpoints": [
-                { "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } } }
-            ] }] }
-        }));
+        clusters.push(bootstrap::static_cluster(
+            "meshbreaker_sidecar",
+            &[([127, 0, 0, 1], port).into()],
+            "0.25s",
+        ));
     }
     json!({
         "node": { "id": "protection-bench", "cluster": "protection-bench" },
-        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+        "admin": bootstrap::admin(0),
         "static_resources": { "listeners": listeners, "clusters": clusters }
     })
 }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::util::{root, step, Result};
+use meshbreaker_harness::bootstrap;
 use meshbreaker_harness::sidecar::{Sidecar, SidecarOpts};
 use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load, Proc};
 
@@ -144,97 +145,55 @@ fn plugin_config(variant: usize, sidecar_cluster: &str) -> Value {
     })
 }
 
-fn retry_policy() -> Value {
-    json!({
-        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
-        "retry_host_predicate": [{
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
-        }],
-        "host_selection_retry_max_attempts": 3
-    })
-}
-
 /// Envoy's access log line: enough to explain every response.
 const ACCESS_LOG_FORMAT: &str =
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESP(X-MESHBREAKER)% %RESP(X-MESHBREAKER-REASON)% %UPSTREAM_HOST%\n";
 
 /// The listener, as LDS serves it from a file.
 fn listener(port: u16, wasm: &Path, plugin: &Value, access_log: &Path) -> Value {
-    json!({
-        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-        "name": "soak",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "soak",
-                "codec_type": "AUTO",
-                "use_remote_address": true,
-                "access_log": [{
-                    "name": "envoy.access_loggers.file",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                        "path": access_log.display().to_string(),
-                        "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}
-                    }
-                }],
-                "route_config": {
-                    "name": "soak",
-                    "virtual_hosts": [{
-                        "name": "soak",
-                        "domains": ["*"],
-                        "include_request_attempt_count": true,
-                        "include_attempt_count_in_response": true,
-                        "routes": [{
-                            "name": "http",
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": KEY, "timeout": "5s", "retry_policy": retry_policy()}
-                        }]
-                    }]
-                },
-                "http_filters": [
-                    harness::bootstrap::wasm_filter_json("meshbreaker", wasm, &plugin.to_string()),
-                    {
-                        "name": "envoy.filters.http.router",
-                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-                    }
-                ]
-            }
-        }]}]
-    })
-}
-
-fn cluster(name: &str, addr: SocketAddr, connect_timeout: &str) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": connect_timeout,
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": addr.ip().to_string(), "port_value": addr.port()
-            }}}}]}]
-        }
-    })
+    let hcm = json!({
+        "@type": bootstrap::HCM_TYPE,
+        "stat_prefix": "soak",
+        "codec_type": "AUTO",
+        "use_remote_address": true,
+        "access_log": [bootstrap::file_access_log(access_log, ACCESS_LOG_FORMAT)],
+        "route_config": {
+            "name": "soak",
+            "virtual_hosts": [{
+                "name": "soak",
+                "domains": ["*"],
+                "include_request_attempt_count": true,
+                "include_attempt_count_in_response": true,
+                "routes": [bootstrap::route(
+                    "http",
+                    vec![],
+                    KEY,
+                    "5s",
+                    bootstrap::retry_policy("0.025s", Some("0.25s"))
+                )]
+            }]
+        },
+        "http_filters": [
+            bootstrap::wasm_filter_json("meshbreaker", wasm, &plugin.to_string()),
+            bootstrap::router()
+        ]
+    });
+    let mut l = bootstrap::listener("soak", port, hcm);
+    l["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    l
 }
 
 fn bootstrap(lds: &Path, upstream: SocketAddr, sidecar: SocketAddr) -> Value {
     json!({
         "node": {"id": "meshbreaker-soak", "cluster": "meshbreaker"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "stats_config": {"stats_tags": [
-            {"tag_name": "key", "regex": "(key=\\.=(.*?);\\.;)"},
-            {"tag_name": "decision", "regex": "(decision=\\.=(.*?);\\.;)"},
-            {"tag_name": "to", "regex": "(to=\\.=(.*?);\\.;)"}
-        ]},
+        "admin": bootstrap::admin(0),
+        "stats_config": bootstrap::stats_config(),
         "dynamic_resources": {
             "lds_config": {"path_config_source": {"path": lds.display().to_string()}, "resource_api_version": "V3"}
         },
         "static_resources": {"clusters": [
-            cluster(KEY, upstream, "1s"),
-            cluster("meshbreaker_sidecar", sidecar, "0.25s")
+            bootstrap::static_cluster(KEY, &[upstream], "1s"),
+            bootstrap::static_cluster("meshbreaker_sidecar", &[sidecar], "0.25s")
         ]}
     })
 }
