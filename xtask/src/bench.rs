@@ -26,6 +26,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::flags::BenchArgs;
 use crate::setup;
 use crate::util::{cargo, output, root, run, step, Result};
 use meshbreaker_harness::{
@@ -91,8 +92,8 @@ struct Opts {
 }
 
 impl Opts {
-    fn parse(args: &[String]) -> Result<Opts> {
-        let quick = args.iter().any(|a| a == "--quick");
+    fn new(args: &BenchArgs) -> Opts {
+        let quick = args.quick;
         let mut o = if quick {
             Opts {
                 args: String::new(),
@@ -116,36 +117,22 @@ impl Opts {
                 criterion: true,
             }
         };
-        o.args = args.iter().map(|a| format!(" {a}")).collect();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--quick" => {}
-                "--rounds" => {
-                    o.rounds = it
-                        .next()
-                        .and_then(|v| v.parse().ok())
-                        .filter(|&n| n > 0)
-                        .ok_or("--rounds needs a positive number")?
-                }
-                "--seconds" => {
-                    o.duration = it
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .filter(|&s| s > 0.0)
-                        .map(Duration::from_secs_f64)
-                        .ok_or("--seconds needs a positive number")?
-                }
-                "--no-criterion" => o.criterion = false,
-                other => {
-                    return Err(format!(
-                        "unknown option {other}; usage: cargo xtask bench [--quick] [--rounds N] \
-                         [--seconds S] [--no-criterion]"
-                    ))
-                }
-            }
+        if quick {
+            o.args.push_str(" --quick");
         }
-        Ok(o)
+        if let Some(n) = args.rounds {
+            o.rounds = n;
+            o.args.push_str(&format!(" --rounds {n}"));
+        }
+        if let Some(s) = args.seconds {
+            o.duration = Duration::from_secs_f64(s);
+            o.args.push_str(&format!(" --seconds {s}"));
+        }
+        if args.no_criterion {
+            o.criterion = false;
+            o.args.push_str(" --no-criterion");
+        }
+        o
     }
 }
 
@@ -200,11 +187,11 @@ struct Results {
     native_bytes: u64,
 }
 
-pub fn bench(args: &[String]) -> Result {
-    if args.iter().any(|a| a == "--protection") {
+pub fn bench(args: &BenchArgs) -> Result {
+    if args.protection {
         return crate::protection::protection(args);
     }
-    let opts = Opts::parse(args)?;
+    let opts = Opts::new(args);
     let started = Instant::now();
     let machine_before = Machine::probe();
     if machine_before.nproc < 2 {
@@ -2097,7 +2084,7 @@ mod tests {
     }
 
     fn render(res: &Results) -> String {
-        let opts = Opts::parse(&[]).unwrap();
+        let opts = Opts::new(&BenchArgs::default());
         let m = Machine::default();
         let v = Versions {
             envoy: "1.40.0".into(),
@@ -2254,7 +2241,7 @@ mod tests {
             date: "today".into(),
             took: Duration::from_secs(1),
         };
-        let opts = Opts::parse(&[]).unwrap();
+        let opts = Opts::new(&BenchArgs::default());
         let res = results(34.5, 3000.0);
         let doc2 = report(&res, &opts, &run, &[old.to_string()]);
         let hist = row(&doc2, "| 2026-01-01 | old |");

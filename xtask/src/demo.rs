@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use meshbreaker_harness::Proc;
 
+use crate::flags::DemoArgs;
 use crate::setup::{prepare, Machine, Needs, Steps};
 use crate::util::{root, step, Result};
 
@@ -55,60 +56,23 @@ struct Opts {
     out: PathBuf,
 }
 
-const USAGE: &str =
-    "usage: cargo xtask demo [--ci] [--phases LIST] [--duration SECS] [--rate RPS] [--out DIR]
-  --phases    comma-separated: healthy, errors, slow, resets, recovery
-              (default healthy,errors,recovery,slow,recovery,resets,recovery)
-  --duration  seconds per phase; recovery phases get 5 more (default 10; --ci 4, recovery 8)
-  --rate      requests per second (default 100)
-  --ci        short run that asserts the summary and the picture, replays the demo's access
-              log and compares it with the filter's live transitions, then checks that an
-              interrupted demo leaves no process behind
-  --recheck   no run: --ci's summary, picture and replay checks on the --out dir of a past run
-  MESHBREAKER_DEMO_NO_SIDECAR=1 runs without the eBPF sidecar";
-
-fn parse(args: &[String]) -> Result<Opts> {
+fn parse(args: &DemoArgs) -> Result<Opts> {
     let mut o = Opts {
-        ci: false,
-        recheck: false,
-        phases: "healthy,errors,recovery,slow,recovery,resets,recovery".into(),
-        duration: 10.0,
+        ci: args.ci,
+        recheck: args.recheck,
+        phases: args
+            .phases
+            .clone()
+            .unwrap_or_else(|| "healthy,errors,recovery,slow,recovery,resets,recovery".into()),
+        duration: args.duration.unwrap_or(if args.ci { 4.0 } else { 10.0 }),
         recovery_extra: 5.0,
-        rate: 100,
-        skip_build: false,
-        out: root().join("target").join("demo"),
+        rate: args.rate.unwrap_or(100),
+        skip_build: args.skip_build,
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| root().join("target").join("demo")),
     };
-    let mut duration = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--ci" => o.ci = true,
-            "--recheck" => o.recheck = true,
-            "--skip-build" => o.skip_build = true,
-            "--phases" => o.phases = value("--phases")?,
-            "--duration" => {
-                duration = Some(
-                    value("--duration")?
-                        .parse::<f64>()
-                        .map_err(|e| format!("--duration: {e}"))?,
-                )
-            }
-            "--rate" => {
-                o.rate = value("--rate")?
-                    .parse()
-                    .map_err(|e| format!("--rate: {e}"))?
-            }
-            "--out" => o.out = PathBuf::from(value("--out")?),
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    o.duration = duration.unwrap_or(if o.ci { 4.0 } else { 10.0 });
     if o.ci {
         // The demo's max_sleep_window is 4 s: an 8 s recovery outlasts the longest open (4.8 s).
         o.recovery_extra = 4.0;
@@ -275,7 +239,7 @@ fn wait_for(
     Err(format!("{what} not ready within {secs} s"))
 }
 
-pub fn demo(args: &[String]) -> Result {
+pub fn demo(args: &DemoArgs) -> Result {
     let o = parse(args)?;
     if o.recheck {
         check_summary(&o.out)?;

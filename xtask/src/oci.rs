@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::flags::OciArgs;
 use crate::util::{root, step, Result};
 
 pub const WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
@@ -191,20 +192,8 @@ fn pin(file: &Path, hex: &str) -> Result {
     fs::write(file, out.join("\n") + "\n").map_err(|e| format!("{}: {e}", file.display()))
 }
 
-pub fn oci(args: &[String]) -> Result {
-    let mut pin_manifests = false;
-    let mut skip_build = false;
-    for a in args {
-        match a.as_str() {
-            "--pin" => pin_manifests = true,
-            "--skip-build" => skip_build = true,
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}\nusage: cargo xtask oci [--pin] [--skip-build]"
-                ))
-            }
-        }
-    }
+pub fn oci(args: &OciArgs) -> Result {
+    let (pin_manifests, skip_build) = (args.pin, args.skip_build);
     let wasm = if skip_build {
         root().join("target/dist/meshbreaker.wasm")
     } else {

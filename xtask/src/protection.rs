@@ -51,6 +51,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use policy_core::breaker::{State, TransitionLine};
 use serde_json::{json, Value};
 
+use crate::flags::BenchArgs;
 use crate::util::{output, root, step, Result};
 use meshbreaker_harness::{self as harness, bootstrap, Envoy, EnvoyOpts, Machine, Proc};
 
@@ -372,15 +373,9 @@ struct ScenarioRun {
 
 // ------------------------------------------------------------------------------------ entry
 
-pub fn protection(args: &[String]) -> Result {
-    let quick = args.iter().any(|a| a == "--quick");
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
-    let only: Option<Vec<String>> =
-        value("--faults").map(|s| s.split(',').map(str::to_string).collect());
+pub fn protection(args: &BenchArgs) -> Result {
+    let quick = args.quick;
+    let only = args.faults.clone();
     if let Some(unknown) = only
         .iter()
         .flatten()
@@ -394,7 +389,7 @@ pub fn protection(args: &[String]) -> Result {
     // The reset-storm rows with the eBPF sidecar run only as root: only then is clang needed.
     let sidecar = crate::setup::euid() == Some(0);
     // `--wasm FILE` measures that filter build (an older release, say) instead of building one.
-    let given = value("--wasm").map(PathBuf::from);
+    let given = args.wasm.clone();
     let ready = crate::setup::prepare(
         &mut crate::setup::Machine,
         crate::setup::Needs::stack(sidecar),
@@ -406,8 +401,7 @@ pub fn protection(args: &[String]) -> Result {
         Some(w) => return Err(format!("--wasm {}: no such file", w.display())),
         None => ready.wasm.ok_or("the filter was not built")?,
     };
-    let reanalyse = args.iter().any(|a| a == "--reanalyse");
-    run(quick, reanalyse, only.as_deref(), &envoy, &wasm)
+    run(quick, args.reanalyse, only.as_deref(), &envoy, &wasm)
 }
 
 /// The `--quick` variant for `cargo xtask test`, with the Envoy and the wasm it already has.

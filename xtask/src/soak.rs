@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::flags::SoakArgs;
 use crate::util::{root, step, Result};
 use meshbreaker_harness::bootstrap;
 use meshbreaker_harness::sidecar::{Sidecar, SidecarOpts};
@@ -83,33 +84,12 @@ struct Args {
     ci: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args {
-        duration: Duration::from_secs(600),
-        ci: false,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--minutes" => {
-                let m: f64 = it
-                    .next()
-                    .ok_or("--minutes needs a number")?
-                    .parse()
-                    .map_err(|e| format!("--minutes: {e}"))?;
-                if m.is_nan() || m <= 0.0 {
-                    return Err("--minutes must be positive".into());
-                }
-                a.duration = Duration::from_secs_f64(m * 60.0);
-            }
-            "--ci" => {
-                a.ci = true;
-                a.duration = Duration::from_secs(60);
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
+fn parse_args(args: &SoakArgs) -> Args {
+    let default = if args.ci { 1.0 } else { 10.0 };
+    Args {
+        duration: Duration::from_secs_f64(args.minutes.unwrap_or(default) * 60.0),
+        ci: args.ci,
     }
-    Ok(a)
 }
 
 // ------------------------------------------------------------------------------ configuration
@@ -624,8 +604,8 @@ struct Event {
     what: String,
 }
 
-pub fn soak(args: &[String]) -> Result {
-    let a = parse_args(args)?;
+pub fn soak(args: &SoakArgs) -> Result {
+    let a = parse_args(args);
     let commit = crate::fuzz::commit();
     if crate::setup::euid() != Some(0) {
         return Err("the soak runs the eBPF sidecar and needs root".into());

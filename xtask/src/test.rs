@@ -2,13 +2,14 @@
 
 use std::time::Instant;
 
+use crate::flags::{DemoArgs, FuzzArgs, OciArgs, SoakArgs, TestArgs};
 use crate::setup::{
     build, build_native, build_native_abi_probe, native_dist, node_for_wasm_tests, prepare,
     wasm_bindgen_runner, Machine, Needs, WASM_TARGET,
 };
 use crate::util::{cargo, run, step, Result};
 
-pub fn test(args: &[String]) -> Result {
+pub fn test(args: &TestArgs) -> Result {
     let started = Instant::now();
     let envoy = prepare(&mut Machine, Needs::ALL, false)?
         .envoy
@@ -44,13 +45,16 @@ pub fn test(args: &[String]) -> Result {
     ]))?;
     let wasm = build()?;
     // tests/tests/oci.rs verifies the image this writes.
-    crate::oci::oci(&["--skip-build".to_owned()])?;
+    crate::oci::oci(&OciArgs {
+        skip_build: true,
+        ..Default::default()
+    })?;
     build_native()?;
     let abi_probe = build_native_abi_probe()?;
     step("native tests (unit, property, Envoy integration, eBPF sidecar)");
     run(cargo()
         .args(["test", "--workspace"])
-        .args(args)
+        .args(args.cargo_test_args())
         .env("MESHBREAKER_ENVOY", &envoy)
         .env("MESHBREAKER_WASM", &wasm)
         .env("MESHBREAKER_NATIVE", native_dist())
@@ -58,7 +62,10 @@ pub fn test(args: &[String]) -> Result {
     step("cargo xtask demo --ci (the whole stack through its phases, asserted)");
     // The demo finds Envoy through MESHBREAKER_ENVOY, like the tests.
     std::env::set_var("MESHBREAKER_ENVOY", &envoy);
-    crate::demo::demo(&["--ci".to_owned()])?;
+    crate::demo::demo(&DemoArgs {
+        ci: true,
+        ..Default::default()
+    })?;
     match std::env::var_os("MESHBREAKER_ISTIO_CRDS") {
         Some(dir) => {
             step("the manifest validator held to Istio's own CRD file and fixtures");
@@ -104,8 +111,14 @@ pub fn test(args: &[String]) -> Result {
         ])
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner))?;
     step("reliability: each cargo-fuzz target for 30 s, then the one-minute soak");
-    crate::fuzz::fuzz(&["--ci".into()])?;
-    crate::soak::soak(&["--ci".into()])?;
+    crate::fuzz::fuzz(&FuzzArgs {
+        ci: true,
+        ..Default::default()
+    })?;
+    crate::soak::soak(&SoakArgs {
+        ci: true,
+        ..Default::default()
+    })?;
     eprintln!(
         "\ncargo xtask test: all passed in {:.0}s",
         started.elapsed().as_secs_f64()
