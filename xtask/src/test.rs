@@ -30,12 +30,14 @@ pub fn test(args: &TestArgs) -> Result {
         "-D",
         "warnings",
     ]))?;
-    step("clippy: the harness and xtask, tests included, under the workspace's lints");
+    step("clippy: the harness, the experiments and xtask, tests included, under the workspace's lints");
     run(cargo().args([
         "clippy",
         "-q",
         "-p",
         "meshbreaker-harness",
+        "-p",
+        "meshbreaker-lab",
         "-p",
         "xtask",
         "--all-targets",

@@ -1,0 +1,28 @@
+//! The experiments that write `docs/`: each measures the real stack (through the harness) and
+//! writes its document. They build nothing that needs installing and install nothing: `cargo
+//! xtask` parses the command line, installs and builds what a run needs, and passes the paths in.
+//!
+//! * [`protection`]: clients' outcomes under upstream faults, meshbreaker against Envoy's own
+//!   answers (`docs/PROTECTION.md`).
+
+pub mod protection;
+
+/// Process and path helpers the experiments share.
+pub mod util {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    pub use meshbreaker_harness::{output, run, step, Result};
+
+    /// The repository root.
+    pub fn root() -> PathBuf {
+        meshbreaker_harness::repo_root()
+    }
+
+    /// `cargo` (the one running us) in the repository root.
+    pub fn cargo() -> Command {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.current_dir(root());
+        c
+    }
+}
