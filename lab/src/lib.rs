@@ -4,8 +4,13 @@
 //!
 //! * [`protection`]: clients' outcomes under upstream faults, meshbreaker against Envoy's own
 //!   answers (`docs/PROTECTION.md`).
+//! * [`soak`]: a long run under faults, reloads and sidecar deaths (`docs/RELIABILITY.md`).
+//! * [`fuzz`]: the cargo-fuzz targets' runs, and the report helpers the reliability sections
+//!   share (`docs/RELIABILITY.md`).
 
+pub mod fuzz;
 pub mod protection;
+pub mod soak;
 
 /// Process and path helpers the experiments share.
 pub mod util {
