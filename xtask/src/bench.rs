@@ -26,8 +26,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::flags::BenchArgs;
-use crate::setup;
 use crate::util::{cargo, output, root, run, step, Result};
 use meshbreaker_harness::{
     self as harness, median, spread, Envoy, EnvoyOpts, Load, Machine, OhaReport,
@@ -79,7 +77,8 @@ fn label(listener: &str) -> &'static str {
     }
 }
 
-struct Opts {
+/// What the overhead benchmark runs; [`Opts::new`] from the command line's options.
+pub struct Opts {
     /// The command line, for the report's header.
     args: String,
     quick: bool,
@@ -92,8 +91,12 @@ struct Opts {
 }
 
 impl Opts {
-    fn new(args: &BenchArgs) -> Opts {
-        let quick = args.quick;
+    pub fn new(
+        quick: bool,
+        rounds: Option<usize>,
+        seconds: Option<f64>,
+        no_criterion: bool,
+    ) -> Opts {
         let mut o = if quick {
             Opts {
                 args: String::new(),
@@ -120,15 +123,15 @@ impl Opts {
         if quick {
             o.args.push_str(" --quick");
         }
-        if let Some(n) = args.rounds {
+        if let Some(n) = rounds {
             o.rounds = n;
             o.args.push_str(&format!(" --rounds {n}"));
         }
-        if let Some(s) = args.seconds {
+        if let Some(s) = seconds {
             o.duration = Duration::from_secs_f64(s);
             o.args.push_str(&format!(" --seconds {s}"));
         }
-        if args.no_criterion {
+        if no_criterion {
             o.criterion = false;
             o.args.push_str(" --no-criterion");
         }
@@ -187,11 +190,20 @@ struct Results {
     native_bytes: u64,
 }
 
-pub fn bench(args: &BenchArgs) -> Result {
-    if args.protection {
-        return crate::protection::protection(args);
-    }
-    let opts = Opts::new(args);
+/// The built pieces the overhead benchmark measures.
+pub struct Built {
+    /// The pinned Envoy.
+    pub envoy: PathBuf,
+    /// meshbreaker's wasm filter.
+    pub wasm: PathBuf,
+    /// The trivial proxy-wasm filter (`bench/noop-filter`).
+    pub noop: PathBuf,
+    /// meshbreaker's dynamic module.
+    pub module: PathBuf,
+}
+
+/// One overhead benchmark of `built`; writes `docs/PERFORMANCE.md` and its picture.
+pub fn overhead(opts: Opts, built: &Built) -> Result {
     let started = Instant::now();
     let machine_before = Machine::probe();
     if machine_before.nproc < 2 {
@@ -204,13 +216,12 @@ pub fn bench(args: &BenchArgs) -> Result {
         .trim()
         .to_string();
 
-    let ready = setup::prepare(&mut setup::Machine, setup::Needs::stack(false), true)?;
-    let (wasm, envoy) = (
-        ready.wasm.ok_or("the filter was not built")?,
-        ready.envoy.ok_or("the benchmark needs Envoy")?,
+    let (wasm, envoy, noop, module) = (
+        built.wasm.clone(),
+        built.envoy.clone(),
+        built.noop.clone(),
+        built.module.clone(),
     );
-    let noop = build_noop()?;
-    let module = setup::build_native()?;
     let oha = harness::oha_binary()?;
     let mut res = Results {
         wasm_bytes: file_size(&wasm),
@@ -424,16 +435,6 @@ fn commit_id() -> String {
 
 fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-/// Builds the trivial filter to `target/dist/noop.wasm`.
-fn build_noop() -> Result<PathBuf> {
-    step("build the trivial filter (bench/noop-filter)");
-    let built = setup::cargo_build_wasm("meshbreaker-bench-noop", "noop.wasm")?;
-    let out = root().join("target").join("dist").join("noop.wasm");
-    std::fs::create_dir_all(root().join("target").join("dist")).map_err(|e| e.to_string())?;
-    std::fs::copy(&built, &out).map_err(|e| format!("{}: {e}", built.display()))?;
-    Ok(out)
 }
 
 /// The listener name of a host-call kind (main contenders keep their name).
@@ -2084,7 +2085,7 @@ mod tests {
     }
 
     fn render(res: &Results) -> String {
-        let opts = Opts::new(&BenchArgs::default());
+        let opts = Opts::new(false, None, None, false);
         let m = Machine::default();
         let v = Versions {
             envoy: "1.40.0".into(),
@@ -2241,7 +2242,7 @@ mod tests {
             date: "today".into(),
             took: Duration::from_secs(1),
         };
-        let opts = Opts::new(&BenchArgs::default());
+        let opts = Opts::new(false, None, None, false);
         let res = results(34.5, 3000.0);
         let doc2 = report(&res, &opts, &run, &[old.to_string()]);
         let hist = row(&doc2, "| 2026-01-01 | old |");

@@ -15,6 +15,7 @@ mod demo;
 mod flags;
 mod fuzz;
 mod oci;
+mod overhead;
 mod prometheus;
 mod protection;
 mod setup;
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
         .map(|_| ()),
         Cmd::Deps => setup::deps(),
         Cmd::Test(a) => test::test(a),
-        Cmd::Bench(a) => bench::bench(a),
+        Cmd::Bench(a) => overhead::bench(a),
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Soak(a) => soak::soak(a),
         Cmd::Fuzz(a) => fuzz::fuzz(a),
