@@ -2,12 +2,15 @@
 //! writes its document. They build nothing that needs installing and install nothing: `cargo
 //! xtask` parses the command line, installs and builds what a run needs, and passes the paths in.
 //!
+//! * [`bench`]: what meshbreaker costs per request beside what a user could run instead
+//!   (`docs/PERFORMANCE.md`).
 //! * [`protection`]: clients' outcomes under upstream faults, meshbreaker against Envoy's own
 //!   answers (`docs/PROTECTION.md`).
 //! * [`soak`]: a long run under faults, reloads and sidecar deaths (`docs/RELIABILITY.md`).
 //! * [`fuzz`]: the cargo-fuzz targets' runs, and the report helpers the reliability sections
 //!   share (`docs/RELIABILITY.md`).
 
+pub mod bench;
 pub mod fuzz;
 pub mod protection;
 pub mod soak;

@@ -10,7 +10,6 @@
 //! `soak`, `fuzz`; `util` holds the process helpers they share; the Envoy, oha and `/proc` pieces
 //! are the harness's (`harness/`).
 
-mod bench;
 mod demo;
 mod flags;
 mod fuzz;

@@ -1,13 +1,13 @@
 //! `cargo xtask bench`: installs and builds what the overhead benchmark measures (Envoy, the
-//! filter, the trivial filter, the dynamic module), then runs it (`bench`, which writes
+//! filter, the trivial filter, the dynamic module), then runs it (`meshbreaker_lab::bench`, which writes
 //! `docs/PERFORMANCE.md`); `--protection` runs the protection benchmark instead.
 
 use std::path::PathBuf;
 
-use crate::bench::{overhead, Built, Opts};
 use crate::flags::BenchArgs;
 use crate::setup;
 use crate::util::{root, step, Result};
+use meshbreaker_lab::bench::{overhead, Built, Opts};
 
 pub fn bench(args: &BenchArgs) -> Result {
     if args.protection {
