@@ -7,11 +7,16 @@
 //! * [`protection`]: clients' outcomes under upstream faults, meshbreaker against Envoy's own
 //!   answers (`docs/PROTECTION.md`).
 //! * [`soak`]: a long run under faults, reloads and sidecar deaths (`docs/RELIABILITY.md`).
+//! * [`demo`]: the local stack driven through its phases; `--ci`'s checks (the summary, the
+//!   picture, the replay against the live filter, Prometheus on the shipped rules, Ctrl-C).
+//! * [`prometheus`]: a real Prometheus beside the demo, on the shipped rules.
 //! * [`fuzz`]: the cargo-fuzz targets' runs, and the report helpers the reliability sections
 //!   share (`docs/RELIABILITY.md`).
 
 pub mod bench;
+pub mod demo;
 pub mod fuzz;
+pub mod prometheus;
 pub mod protection;
 pub mod soak;
 

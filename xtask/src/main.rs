@@ -15,7 +15,6 @@ mod flags;
 mod fuzz;
 mod oci;
 mod overhead;
-mod prometheus;
 mod protection;
 mod setup;
 mod soak;
