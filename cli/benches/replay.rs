@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../tests/support/gen.rs"]
+mod gen;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +25,7 @@ fn log_file() -> PathBuf {
         let _ = std::fs::create_dir_all(&dir);
         let mut f =
             std::io::BufWriter::new(std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}")));
-        meshbreaker_cli::gen::write_log(&mut f, LINES, 50).unwrap_or_else(|e| panic!("{e}"));
+        gen::write_log(&mut f, LINES, 50).unwrap_or_else(|e| panic!("{e}"));
     }
     path
 }

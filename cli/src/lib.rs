@@ -5,16 +5,13 @@
 //! - [`source`]: finding the plugin configuration in JSON, Envoy YAML or an Istio WasmPlugin;
 //! - [`status`]: a running Envoy's metrics as a table per key;
 //! - [`accesslog`] and [`replay`]: Envoy JSON access logs through policy-core;
-//! - [`report`] and [`svg`]: what a replay prints and draws;
-//! - [`live`]: a replay held to the transitions the filter logged live.
+//! - [`report`] and [`svg`]: what a replay prints and draws.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
 pub mod accesslog;
-pub mod gen;
-pub mod live;
 pub mod replay;
 pub mod report;
 pub mod source;

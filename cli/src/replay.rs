@@ -240,8 +240,9 @@ impl Replay {
         }
     }
 
-    /// A replay held to what the filter did live with the same traffic
-    /// ([`crate::live::openings`]): two inputs of the live breaker are not in an access log, and
+    /// A replay held to what the filter did live with the same traffic (the openings come from
+    /// `meshbreaker_lab::live::openings`, which `cargo xtask demo --ci` uses): two inputs of the
+    /// live breaker are not in an access log, and
     /// each replayed opening takes them from the live opening of its key that it matches: of the
     /// same kind (a trip, or a failed probe), the nearest within `match_ms`, each used once. An
     /// opening with none, such as one the replay makes where the filter did not, uses the
@@ -631,7 +632,8 @@ pub struct LiveOpening {
     pub from: State,
     /// `at_ms` + the logged `open_for_ms`.
     pub end_ms: u64,
-    /// The unit jitter draw that gives the logged `open_for_ms` (see [`crate::live::openings`]).
+    /// The unit jitter draw that gives the logged `open_for_ms` (see
+    /// `meshbreaker_lab::live::openings`).
     pub draw: f64,
 }
 

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/gen.rs"]
+mod gen;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -163,7 +166,7 @@ fn replay_prints_transitions_and_writes_an_svg() {
     let log = dir.join("access.log");
     let mut f =
         std::io::BufWriter::new(std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}")));
-    meshbreaker_cli::gen::write_log(&mut f, 200_000, 3).unwrap_or_else(|e| panic!("{e}"));
+    gen::write_log(&mut f, 200_000, 3).unwrap_or_else(|e| panic!("{e}"));
     drop(f);
     let a = dir.join("a.json");
     std::fs::write(&a, r#"{"breaker": {"window": "10s", "buckets": 10}}"#)

@@ -581,9 +581,10 @@ fn check_summary(out: &Path) -> Result {
 /// lacks: each opening's jitter draw (recovered from the logged `open_for_ms`), and its end as
 /// a bound (`Replay::held_to_live`). Kernel episodes
 /// (`kernel_resets` trips: the sidecar's signal, not in the access log) are held to the looser
-/// rule of `meshbreaker_cli::live::compare`, explained in docs/replay.md.
+/// rule of [`crate::live::compare`], explained in docs/replay.md.
 fn check_replay(out: &Path) -> Result {
-    use meshbreaker_cli::{live, replay::Replay};
+    use crate::live;
+    use meshbreaker_cli::replay::Replay;
     step("demo --ci: replay the demo's access log and compare with the filter's live transitions");
     let bootstrap = out.join("envoy.yaml");
     let cfg = meshbreaker_cli::load_config(&bootstrap)?;

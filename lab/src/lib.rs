@@ -9,6 +9,7 @@
 //! * [`soak`]: a long run under faults, reloads and sidecar deaths (`docs/RELIABILITY.md`).
 //! * [`demo`]: the local stack driven through its phases; `--ci`'s checks (the summary, the
 //!   picture, the replay against the live filter, Prometheus on the shipped rules, Ctrl-C).
+//! * [`live`]: a replay held to the transitions the filter logged live (`demo --ci`'s oracle).
 //! * [`prometheus`]: a real Prometheus beside the demo, on the shipped rules.
 //! * [`fuzz`]: the cargo-fuzz targets' runs, and the report helpers the reliability sections
 //!   share (`docs/RELIABILITY.md`).
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod demo;
 pub mod fuzz;
+pub mod live;
 pub mod prometheus;
 pub mod protection;
 pub mod soak;

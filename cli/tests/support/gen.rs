@@ -1,4 +1,5 @@
-//! A synthetic access log in the shipped format, for the replay benchmark and tests: `keys`
+//! A synthetic access log in the shipped format, for the replay benchmark and tests (test
+//! support, included by `#[path]`, not part of the CLI's library): `keys`
 //! clusters, 2,000 requests per second of log time, durations of 1–200 ms, written in completion
 //! order as Envoy writes them, with a failing phase per key (half the requests 503 or reset for
 //! 20 seconds every 200 seconds, staggered per key).

@@ -9,7 +9,7 @@
 //! Three inputs of the live breaker are not in an access log, and the comparison names them:
 //! - the sleep-window jitter is random. The filter logs each opening's `open_for_ms`, from which
 //!   [`openings`] recovers the unit draw; the replay is then run with those draws
-//!   ([`crate::replay::Replay::held_to_live`]), so that the comparison tests the breaker,
+//!   ([`meshbreaker_cli::replay::Replay::held_to_live`]), so that the comparison tests the breaker,
 //!   not two dice;
 //! - when a live opening ended: the log holds no request from inside it, so a replayed opening
 //!   that started a little later than the filter's must not outlast it, or it would sit through
@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use policy_core::breaker::{sleep_sequence, State, TransitionLine, JITTER_SPREAD};
 use policy_core::config::Config;
 
-use crate::replay::{KeyReport, LiveOpening, TransitionAt};
+use meshbreaker_cli::replay::{KeyReport, LiveOpening, TransitionAt};
 
 /// One transition the filter logged: its line, and when Envoy logged it.
 #[derive(Debug, Clone, PartialEq)]
@@ -418,7 +418,7 @@ fn compare_key(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::replay::TransitionAt;
+    use meshbreaker_cli::replay::TransitionAt;
     use policy_core::window::TripReason;
 
     const LOG: &str = "\
@@ -644,13 +644,13 @@ mod tests {
             lt(2_080, State::Open, State::HalfOpen, None),
             lt(2_205, State::HalfOpen, State::Closed, None),
         ];
-        let replay = |mut r: crate::replay::Replay| {
+        let replay = |mut r: meshbreaker_cli::replay::Replay| {
             for l in &lines {
                 r.feed(&serde_json::from_str(l).unwrap());
             }
             r.finish().1
         };
-        let held = replay(crate::replay::Replay::held_to_live(
+        let held = replay(meshbreaker_cli::replay::Replay::held_to_live(
             cfg.clone(),
             openings(&live, &cfg).unwrap(),
             300,
@@ -663,7 +663,7 @@ mod tests {
         let first = &held[0].transitions[0];
         assert_eq!((first.at_ms - t0, first.open_for_ms), (95, 920));
         // Its own sleep from its own opening, it sits through the probe and tells another story.
-        let unheld = replay(crate::replay::Replay::new(cfg));
+        let unheld = replay(meshbreaker_cli::replay::Replay::new(cfg));
         assert!(!compare(&live, &unheld, 300).agrees());
     }
 
@@ -688,8 +688,11 @@ mod tests {
                 figures: String::new(),
             },
         }];
-        let mut r =
-            crate::replay::Replay::held_to_live(cfg.clone(), openings(&live, &cfg).unwrap(), 300);
+        let mut r = meshbreaker_cli::replay::Replay::held_to_live(
+            cfg.clone(),
+            openings(&live, &cfg).unwrap(),
+            300,
+        );
         for i in 0..20 {
             let l = format!(
                 r#"{{"start_time":"{}","duration_ms":5,"cluster":"demo","status":503,"response_flags":"-","upstream_host":"10.0.0.1:80"}}"#,
@@ -726,8 +729,11 @@ mod tests {
             lt(260, State::Closed, 1_100),
             lt(190, State::HalfOpen, 2_400),
         ];
-        let mut r =
-            crate::replay::Replay::held_to_live(cfg(), openings(&live, &cfg()).unwrap(), 300);
+        let mut r = meshbreaker_cli::replay::Replay::held_to_live(
+            cfg(),
+            openings(&live, &cfg()).unwrap(),
+            300,
+        );
         let starts = (0..20)
             .map(|i| t0 + i * 10)
             .chain((0..40).map(|i| t0 + 5_000 + i * 10));
