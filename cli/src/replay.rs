@@ -32,11 +32,12 @@
 //! request), as early as any of the filter's workers could, whose tick may land right after it.
 //!
 //! Jitter comes from a seeded [`SplitMix64`], so a replay is repeatable; or, to hold a replay
-//! to what the filter did live, from the live openings ([`Replay::held_to_live`]): the jitter
-//! draw and the end of a live opening are inputs of the live breaker that no access log holds.
+//! to what the filter did live, from an [`OpeningSource`] ([`Replay::with_openings`]): the
+//! jitter draw and the end of a live opening are inputs of the live breaker that no access log
+//! holds.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 
 use policy_core::breaker::{Decision, Jitter, SplitMix64, State, Transition};
 use policy_core::config::{BreakerConfig, Config, Mode};
@@ -231,8 +232,7 @@ impl Replay {
             seq: 0,
             rng: JitterSource {
                 seeded: SplitMix64(0x6d65_7368_6272_6b72),
-                live: HashMap::new(),
-                match_ms: 0,
+                openings: None,
             },
             totals: Totals::default(),
             parts: Default::default(),
@@ -240,38 +240,13 @@ impl Replay {
         }
     }
 
-    /// A replay held to what the filter did live with the same traffic (the openings come from
-    /// `meshbreaker_lab::live::openings`, which `cargo xtask demo --ci` uses): two inputs of the
-    /// live breaker are not in an access log, and
-    /// each replayed opening takes them from the live opening of its key that it matches: of the
-    /// same kind (a trip, or a failed probe), the nearest within `match_ms`, each used once. An
-    /// opening with none, such as one the replay makes where the filter did not, uses the
-    /// seeded generator and its own sleep:
-    /// - the sleep-window jitter draw, the breaker's one random input;
-    /// - when the opening ended, as a bound: the replayed opening ends no later than the live one
-    ///   (less [`LIVE_END_SLACK_MS`]; a live opening over by the time the replay opens is not
-    ///   its match), and its `open_for_ms` says so. The access log holds no request from inside a live OPEN
-    ///   period (the filter answered them locally), only the filter's probes after it; a replay
-    ///   that opened δ after the filter (its clock is the access log's start + duration in
-    ///   milliseconds, the filter's a worker's flush on a window merged so far) would, with the
-    ///   same draw, still be OPEN at those probes and skip a whole half-open cycle.
-    ///
-    /// Openings are still compared where they start, and the rest (which requests probe, how
-    /// probes end, reopening and closing) is the replayed breaker's own.
-    pub fn held_to_live(
-        cfg: Config,
-        openings: HashMap<String, Vec<LiveOpening>>,
-        match_ms: u64,
-    ) -> Replay {
+    /// A replay whose openings take from `source` the two inputs of an opening that no access
+    /// log holds, where it has them (see [`OpeningSource`]); every other opening draws from the
+    /// seeded generator and sleeps its own sleep. The rest (which requests probe, how probes
+    /// end, reopening and closing) is the replayed breaker's own.
+    pub fn with_openings(cfg: Config, source: impl OpeningSource + 'static) -> Replay {
         let mut r = Replay::new(cfg);
-        r.rng.live = openings
-            .into_iter()
-            .map(|(k, mut v)| {
-                v.sort_by_key(|o| o.at_ms);
-                (k, v.into_iter().map(|o| (o, false)).collect())
-            })
-            .collect();
-        r.rng.match_ms = match_ms;
+        r.rng.openings = Some(Box::new(source));
         r
     }
 
@@ -615,34 +590,31 @@ impl Replay {
     }
 }
 
-/// How far before a live opening's logged end a replayed opening held to it ends at the latest
-/// ([`Replay::held_to_live`]). The logged end is Envoy's log timestamp of the trip plus
-/// `open_for_ms`, a little after the filter's own `now` at the trip; a probe's access-log start
-/// is its downstream start, truncated to the millisecond, a little before the filter decided it.
-/// Nothing the filter let through starts inside the slack: it was OPEN there.
-pub const LIVE_END_SLACK_MS: u64 = 50;
-
-/// One opening the filter logged, for [`Replay::held_to_live`].
+/// What a replayed opening takes from outside the access log: the unit draw of its sleep-window
+/// jitter, and the time it must end by, if any.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LiveOpening {
-    /// When the filter logged the transition into OPEN (epoch milliseconds).
-    pub at_ms: u64,
-    /// CLOSED (a trip) or HALF_OPEN (a failed probe): a replayed opening only takes a live one
-    /// of its own kind.
-    pub from: State,
-    /// `at_ms` + the logged `open_for_ms`.
-    pub end_ms: u64,
-    /// The unit jitter draw that gives the logged `open_for_ms` (see
-    /// `meshbreaker_lab::live::openings`).
+pub struct Opening {
+    /// The unit jitter draw (0 to 1).
     pub draw: f64,
+    /// The replayed opening ends no later than this (nor before it opened); its `open_for_ms`
+    /// says so.
+    pub end_by: Option<u64>,
 }
 
-/// The sleep-window jitter: the matched live opening's draw first, then a seeded generator.
+/// A source of openings' inputs for a replay ([`Replay::with_openings`]). The breaker's one random
+/// input is its sleep-window jitter, and an access log holds no request from inside an OPEN
+/// period: a replay held to a run that really happened (`demo --ci` holds it to the filter's
+/// logged transitions, with `meshbreaker_lab::live`) takes both from what that run logged.
+pub trait OpeningSource {
+    /// The inputs of `key`'s opening at `now_ms` from `from` (CLOSED: a trip; HALF_OPEN: a
+    /// failed probe), or `None` to draw from the seeded generator. Asked in time order.
+    fn opening(&mut self, key: &str, now_ms: u64, from: State) -> Option<Opening>;
+}
+
+/// The sleep-window jitter: the opening source's draw first, then a seeded generator.
 struct JitterSource {
     seeded: SplitMix64,
-    /// Per key, the live openings in time order, each with whether a replayed opening took it.
-    live: HashMap<String, VecDeque<(LiveOpening, bool)>>,
-    match_ms: u64,
+    openings: Option<Box<dyn OpeningSource>>,
 }
 
 impl JitterSource {
@@ -673,7 +645,7 @@ struct KeyJitter<'a> {
 }
 
 impl KeyJitter<'_> {
-    /// The end of the live opening the draw came from, if one matched.
+    /// The time the opening must end by, if its source said so.
     fn matched_end(&self) -> Option<u64> {
         self.matched_end
     }
@@ -681,29 +653,15 @@ impl KeyJitter<'_> {
 
 impl Jitter for KeyJitter<'_> {
     fn unit(&mut self) -> f64 {
-        let (now, from, window) = (self.now, self.from, self.source.match_ms);
-        let nearest = self.source.live.get_mut(self.key).and_then(|v| {
-            // Openings are asked for in time order: one logged more than `window` before now
-            // can match no later one either.
-            while v
-                .front()
-                .is_some_and(|(o, _)| o.at_ms.saturating_add(window) < now)
-            {
-                v.pop_front();
-            }
-            // Of the same kind, near in time, not taken, and still running at `now` (one that
-            // ended before the replay opened cannot be the same opening).
-            v.iter_mut()
-                .take_while(|(o, _)| o.at_ms <= now.saturating_add(window))
-                .filter(|(o, used)| {
-                    !*used && o.from == from && o.end_ms.saturating_sub(LIVE_END_SLACK_MS) > now
-                })
-                .min_by_key(|(o, _)| o.at_ms.abs_diff(now))
-        });
-        match nearest {
-            Some((o, used)) => {
-                *used = true;
-                self.matched_end = Some(o.end_ms);
+        let (key, now, from) = (self.key, self.now, self.from);
+        match self
+            .source
+            .openings
+            .as_mut()
+            .and_then(|o| o.opening(key, now, from))
+        {
+            Some(o) => {
+                self.matched_end = o.end_by;
                 o.draw
             }
             None => self.source.seeded.unit(),
@@ -711,14 +669,13 @@ impl Jitter for KeyJitter<'_> {
     }
 }
 
-/// A replayed opening held to a live one ends no later than it did (see
-/// [`Replay::held_to_live`]), and not before `now`; the transition reports how long it is
-/// open then.
-fn end_no_later_than(store: &mut Memory, t: &mut Transition, live_end: Option<u64>, now: u64) {
-    let Some(end) = live_end else {
+/// A replayed opening whose source gave an end ([`Opening::end_by`]) ends no later than that,
+/// and not before `now`; the transition reports how long it is open then.
+fn end_no_later_than(store: &mut Memory, t: &mut Transition, end_by: Option<u64>, now: u64) {
+    let Some(end) = end_by else {
         return;
     };
-    let bound = end.saturating_sub(LIVE_END_SLACK_MS).max(now);
+    let bound = end.max(now);
     let Some(mut st) = store.slot_state() else {
         return;
     };

@@ -579,12 +579,11 @@ fn check_summary(out: &Path) -> Result {
 /// logged live: same keys, same transitions in the same order with the same reasons, each within
 /// one bucket (`window` / `buckets`). The replay takes from the filter's log what the access log
 /// lacks: each opening's jitter draw (recovered from the logged `open_for_ms`), and its end as
-/// a bound (`Replay::held_to_live`). Kernel episodes
+/// a bound ([`live::held_to_live`]). Kernel episodes
 /// (`kernel_resets` trips: the sidecar's signal, not in the access log) are held to the looser
 /// rule of [`crate::live::compare`], explained in docs/replay.md.
 fn check_replay(out: &Path) -> Result {
     use crate::live;
-    use meshbreaker_cli::replay::Replay;
     step("demo --ci: replay the demo's access log and compare with the filter's live transitions");
     let bootstrap = out.join("envoy.yaml");
     let cfg = meshbreaker_cli::load_config(&bootstrap)?;
@@ -594,7 +593,7 @@ fn check_replay(out: &Path) -> Result {
     let live_transitions = live::parse_envoy_log(&envoy_log)?;
     let openings = live::openings(&live_transitions, &cfg)?;
     let tolerance_ms = policy_core::window::bucket_ms(&cfg.breaker);
-    let mut replays = [Replay::held_to_live(cfg, openings, tolerance_ms)];
+    let mut replays = [live::held_to_live(cfg, openings, tolerance_ms)];
     let access = out.join("access.log");
     let file = fs::File::open(&access).map_err(|e| format!("{}: {e}", access.display()))?;
     meshbreaker_cli::replay_stream(file, &mut replays, |_| {})

@@ -9,7 +9,7 @@
 //! Three inputs of the live breaker are not in an access log, and the comparison names them:
 //! - the sleep-window jitter is random. The filter logs each opening's `open_for_ms`, from which
 //!   [`openings`] recovers the unit draw; the replay is then run with those draws
-//!   ([`meshbreaker_cli::replay::Replay::held_to_live`]), so that the comparison tests the breaker,
+//!   ([`held_to_live`]), so that the comparison tests the breaker,
 //!   not two dice;
 //! - when a live opening ended: the log holds no request from inside it, so a replayed opening
 //!   that started a little later than the filter's must not outlast it, or it would sit through
@@ -20,13 +20,13 @@
 //!   the episode's end: [`compare`] holds kernel episodes to that rule and everything else to
 //!   the strict one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use policy_core::breaker::{sleep_sequence, State, TransitionLine, JITTER_SPREAD};
 use policy_core::config::Config;
 
-use meshbreaker_cli::replay::{KeyReport, LiveOpening, TransitionAt};
+use meshbreaker_cli::replay::{KeyReport, Opening, OpeningSource, Replay, TransitionAt};
 
 /// One transition the filter logged: its line, and when Envoy logged it.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +120,100 @@ pub fn openings(
         });
     }
     Ok(out)
+}
+
+/// How far before a live opening's logged end a replayed opening held to it ends at the latest
+/// ([`held_to_live`]). The logged end is Envoy's log timestamp of the trip plus `open_for_ms`, a
+/// little after the filter's own `now` at the trip; a probe's access-log start is its downstream
+/// start, truncated to the millisecond, a little before the filter decided it. Nothing the filter
+/// let through starts inside the slack: it was OPEN there.
+pub const LIVE_END_SLACK_MS: u64 = 50;
+
+/// One opening the filter logged, for [`held_to_live`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveOpening {
+    /// When the filter logged the transition into OPEN (epoch milliseconds).
+    pub at_ms: u64,
+    /// CLOSED (a trip) or HALF_OPEN (a failed probe): a replayed opening only takes a live one
+    /// of its own kind.
+    pub from: State,
+    /// `at_ms` + the logged `open_for_ms`.
+    pub end_ms: u64,
+    /// The unit jitter draw that gives the logged `open_for_ms` (see [`openings`]).
+    pub draw: f64,
+}
+
+/// A replay held to what the filter did live with the same traffic: two inputs of the live
+/// breaker are not in an access log, and each replayed opening takes them from the live opening
+/// of its key that it matches: of the same kind (a trip, or a failed probe), the nearest within
+/// `match_ms`, each used once. An opening with none, such as one the replay makes where the
+/// filter did not, uses the seeded generator and its own sleep:
+/// - the sleep-window jitter draw, the breaker's one random input;
+/// - when the opening ended, as a bound: the replayed opening ends no later than the live one
+///   (less [`LIVE_END_SLACK_MS`]; a live opening over by the time the replay opens is not its
+///   match), and its `open_for_ms` says so. The access log holds no request from inside a live
+///   OPEN period (the filter answered them locally), only the filter's probes after it; a
+///   replay that opened δ after the filter (its clock is the access log's start + duration in
+///   milliseconds, the filter's a worker's flush on a window merged so far) would, with the same
+///   draw, still be OPEN at those probes and skip a whole half-open cycle.
+///
+/// Openings are still compared where they start, and the rest (which requests probe, how probes
+/// end, reopening and closing) is the replayed breaker's own.
+pub fn held_to_live(
+    cfg: Config,
+    openings: HashMap<String, Vec<LiveOpening>>,
+    match_ms: u64,
+) -> Replay {
+    Replay::with_openings(cfg, LiveOpenings::new(openings, match_ms))
+}
+
+/// The live openings a replay is held to ([`held_to_live`]).
+struct LiveOpenings {
+    /// Per key, the live openings in time order, each with whether a replayed opening took it.
+    live: HashMap<String, VecDeque<(LiveOpening, bool)>>,
+    match_ms: u64,
+}
+
+impl LiveOpenings {
+    fn new(openings: HashMap<String, Vec<LiveOpening>>, match_ms: u64) -> LiveOpenings {
+        let live = openings
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by_key(|o| o.at_ms);
+                (k, v.into_iter().map(|o| (o, false)).collect())
+            })
+            .collect();
+        LiveOpenings { live, match_ms }
+    }
+}
+
+impl OpeningSource for LiveOpenings {
+    fn opening(&mut self, key: &str, now: u64, from: State) -> Option<Opening> {
+        let window = self.match_ms;
+        let v = self.live.get_mut(key)?;
+        // Openings are asked for in time order: one logged more than `window` before now can
+        // match no later one either.
+        while v
+            .front()
+            .is_some_and(|(o, _)| o.at_ms.saturating_add(window) < now)
+        {
+            v.pop_front();
+        }
+        // Of the same kind, near in time, not taken, and still running at `now` (one that ended
+        // before the replay opened cannot be the same opening).
+        let (o, used) = v
+            .iter_mut()
+            .take_while(|(o, _)| o.at_ms <= now.saturating_add(window))
+            .filter(|(o, used)| {
+                !*used && o.from == from && o.end_ms.saturating_sub(LIVE_END_SLACK_MS) > now
+            })
+            .min_by_key(|(o, _)| o.at_ms.abs_diff(now))?;
+        *used = true;
+        Some(Opening {
+            draw: o.draw,
+            end_by: Some(o.end_ms.saturating_sub(LIVE_END_SLACK_MS)),
+        })
+    }
 }
 
 /// One live transition beside its replayed counterpart.
@@ -650,7 +744,7 @@ mod tests {
             }
             r.finish().1
         };
-        let held = replay(meshbreaker_cli::replay::Replay::held_to_live(
+        let held = replay(held_to_live(
             cfg.clone(),
             openings(&live, &cfg).unwrap(),
             300,
@@ -688,11 +782,7 @@ mod tests {
                 figures: String::new(),
             },
         }];
-        let mut r = meshbreaker_cli::replay::Replay::held_to_live(
-            cfg.clone(),
-            openings(&live, &cfg).unwrap(),
-            300,
-        );
+        let mut r = held_to_live(cfg.clone(), openings(&live, &cfg).unwrap(), 300);
         for i in 0..20 {
             let l = format!(
                 r#"{{"start_time":"{}","duration_ms":5,"cluster":"demo","status":503,"response_flags":"-","upstream_host":"10.0.0.1:80"}}"#,
@@ -729,11 +819,7 @@ mod tests {
             lt(260, State::Closed, 1_100),
             lt(190, State::HalfOpen, 2_400),
         ];
-        let mut r = meshbreaker_cli::replay::Replay::held_to_live(
-            cfg(),
-            openings(&live, &cfg()).unwrap(),
-            300,
-        );
+        let mut r = held_to_live(cfg(), openings(&live, &cfg()).unwrap(), 300);
         let starts = (0..20)
             .map(|i| t0 + i * 10)
             .chain((0..40).map(|i| t0 + 5_000 + i * 10));

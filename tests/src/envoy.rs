@@ -300,14 +300,7 @@ impl Envoy {
     /// Resident set size from `/proc/<pid>/status` (includes the wasm VMs' linear memory, which
     /// Envoy's `/memory` does not count).
     pub fn rss_bytes(&self) -> u64 {
-        let pid = self.pid().unwrap_or_else(|| panic!("Envoy is not running"));
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+        meshbreaker_harness::proc_rss_bytes(self.proc.pid()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Log lines containing every one of `needles`.
