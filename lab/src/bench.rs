@@ -2280,6 +2280,19 @@ mod tests {
             50,
         );
         check_bootstrap("bench-proxy", &proxy).unwrap();
+        // The RSS-per-key proxies, one per shell.
+        let config = r#"{"key_by":"authority","max_keys":100000}"#;
+        let wasm = wasm_filter(
+            "mb_keys",
+            "meshbreaker",
+            Path::new("/snapshot/meshbreaker.wasm"),
+            config,
+        );
+        let rss = proxy_yaml_with(8080, &[("mb_keys".to_string(), wasm)]);
+        check_bootstrap("bench-proxy-rss", &rss).unwrap();
+        let native = native_module_filter(Path::new("/snapshot/libmeshbreaker.so"), config);
+        let rss = proxy_yaml_with(8080, &[("mb_keys".to_string(), native)]);
+        check_bootstrap("bench-proxy-rss-native", &rss).unwrap();
     }
 
     #[test]
