@@ -57,13 +57,24 @@ pub fn route(name: &str, headers: Vec<Value>, cluster: &str, timeout: &str, retr
 /// The meshbreaker proxy-wasm HTTP filter: its own VM `vm_id`, V8, the module at `wasm`, the
 /// plugin configuration as Envoy's `StringValue`.
 pub fn wasm_filter_json(vm_id: &str, wasm: &Path, configuration: &str) -> Value {
+    wasm_filter_with_root(vm_id, "meshbreaker", wasm, configuration)
+}
+
+/// A proxy-wasm HTTP filter whose root context is `root_id` (also its name): meshbreaker's is
+/// `meshbreaker`, the benchmark's trivial filter's `noop`.
+pub fn wasm_filter_with_root(
+    vm_id: &str,
+    root_id: &str,
+    wasm: &Path,
+    configuration: &str,
+) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "meshbreaker",
-                "root_id": "meshbreaker",
+                "name": root_id,
+                "root_id": root_id,
                 "vm_config": {
                     "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",

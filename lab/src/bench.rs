@@ -28,8 +28,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::util::{cargo, output, root, run, step, Result};
 use meshbreaker_harness::{
-    self as harness, median, spread, Envoy, EnvoyOpts, Load, Machine, OhaReport,
+    self as harness, bootstrap, median, spread, Envoy, EnvoyOpts, Load, Machine, OhaReport,
 };
+use serde_json::{json, Value};
 
 /// The proxy's CPU; the upstream Envoy and oha share the other one.
 const PROXY_CPU: &str = "1";
@@ -613,7 +614,7 @@ fn bucket(dso: &str) -> &'static str {
 fn measure_rss(
     envoy: &Path,
     (shell, name): (&str, &str),
-    filter: &str,
+    filter: &Value,
     opts: &Opts,
 ) -> Result<(u64, Vec<RssRow>)> {
     let max = opts.rss_keys.iter().copied().max().unwrap_or(10_000);
@@ -622,7 +623,7 @@ fn measure_rss(
     ));
     // Kept until the end of the measurement: dropping it stops the upstream Envoy.
     let (_upstream, up_port) = start_upstream(envoy, &format!("upstream-{name}"))?;
-    let yaml = proxy_yaml_with(up_port, &[("mb_keys".to_string(), filter.to_string())]);
+    let yaml = proxy_yaml_with(up_port, &[("mb_keys".to_string(), Some(filter.clone()))]);
     let proxy = Envoy::start(
         envoy,
         name,
@@ -756,192 +757,142 @@ fn start_upstream(envoy: &Path, name: &str) -> Result<(Envoy, u16)> {
 }
 
 fn upstream_yaml() -> String {
-    r#"admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
-static_resources:
-  listeners:
-    - name: upstream
-      address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: upstream
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes:
-                        - match: { prefix: "/" }
-                          direct_response: { status: 200, body: { inline_string: "ok" } }
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
+    let hcm = json!({
+        "@type": bootstrap::HCM_TYPE,
+        "stat_prefix": "upstream",
+        "route_config": { "virtual_hosts": [{
+            "name": "all",
+            "domains": ["*"],
+            "routes": [{
+                "match": { "prefix": "/" },
+                "direct_response": { "status": 200, "body": { "inline_string": "ok" } }
+            }]
+        }]},
+        "http_filters": [bootstrap::router()]
+    });
+    json!({
+        "admin": bootstrap::admin(0),
+        "static_resources": { "listeners": [bootstrap::listener("upstream", 0, hcm)] }
+    })
     .to_string()
 }
 
 /// A proxy-wasm filter entry; each listener gets its own VM (`vm_id` = listener).
-fn wasm_filter(vm: &str, root_id: &str, wasm: &Path, configuration: &str) -> String {
-    format!(
-        r#"                  - name: envoy.filters.http.wasm
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        name: {root_id}
-                        root_id: {root_id}
-                        vm_config:
-                          vm_id: {vm}
-                          runtime: envoy.wasm.runtime.v8
-                          code: {{ local: {{ filename: {wasm} }} }}
-                        configuration:
-                          "@type": type.googleapis.com/google.protobuf.StringValue
-                          value: {value}
-"#,
-        wasm = wasm.display(),
-        value = serde_json::Value::String(configuration.to_string()),
-    )
+fn wasm_filter(vm: &str, root_id: &str, wasm: &Path, configuration: &str) -> Value {
+    bootstrap::wasm_filter_with_root(vm, root_id, wasm, configuration)
 }
 
 /// Envoy's native admission_control: success-rate based shedding, the C++ filter a user would
 /// otherwise pick.
-fn native_filter() -> String {
-    r#"                  - name: envoy.filters.http.admission_control
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl
-                      enabled: { default_value: true, runtime_key: bench.ac.enabled }
-                      sampling_window: 60s
-                      aggression: { default_value: 1.0, runtime_key: bench.ac.aggression }
-                      sr_threshold: { default_value: { value: 95.0 }, runtime_key: bench.ac.sr_threshold }
-                      rps_threshold: { default_value: 5, runtime_key: bench.ac.rps_threshold }
-                      max_rejection_probability: { default_value: { value: 80.0 }, runtime_key: bench.ac.max_rejection_probability }
-                      success_criteria:
-                        http_criteria:
-                          http_success_status: [{ start: 100, end: 500 }]
-"#
-    .to_string()
+fn native_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.admission_control",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl",
+            "enabled": { "default_value": true, "runtime_key": "bench.ac.enabled" },
+            "sampling_window": "60s",
+            "aggression": { "default_value": 1.0, "runtime_key": "bench.ac.aggression" },
+            "sr_threshold": { "default_value": { "value": 95.0 }, "runtime_key": "bench.ac.sr_threshold" },
+            "rps_threshold": { "default_value": 5, "runtime_key": "bench.ac.rps_threshold" },
+            "max_rejection_probability": {
+                "default_value": { "value": 80.0 },
+                "runtime_key": "bench.ac.max_rejection_probability"
+            },
+            "success_criteria": {
+                "http_criteria": { "http_success_status": [{ "start": 100, "end": 500 }] }
+            }
+        }
+    })
 }
 
 /// The dynamic module's filter entry, loaded by path and never unloaded, as
 /// `envoy-config/native.yaml` loads it.
-fn native_module_filter(module: &Path, filter_config: &str) -> String {
-    format!(
-        r#"                  - name: envoy.filters.http.dynamic_modules
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-                      dynamic_module_config:
-                        module: {{ local: {{ filename: {module} }} }}
-                        do_not_close: true
-                      filter_name: meshbreaker
-                      filter_config:
-                        "@type": type.googleapis.com/google.protobuf.StringValue
-                        value: {value}
-"#,
-        module = module.display(),
-        value = serde_json::Value::String(filter_config.to_string()),
-    )
+fn native_module_filter(module: &Path, filter_config: &str) -> Value {
+    bootstrap::native_module_filter(module, filter_config)
 }
 
 /// The proxy with every contender and every host-call variant as its own listener.
 fn proxy_yaml(up_port: u16, wasm: &Path, noop: &Path, module: &Path, n: u32) -> String {
     let mut listeners = vec![
-        ("none".to_string(), String::new()),
-        ("native".to_string(), native_filter()),
+        ("none".to_string(), None),
+        ("native".to_string(), Some(native_filter())),
         (
             "trivial".to_string(),
-            wasm_filter("trivial", "noop", noop, ""),
+            Some(wasm_filter("trivial", "noop", noop, "")),
         ),
         (
             "mb_default".to_string(),
-            wasm_filter("mb_default", "meshbreaker", wasm, "{}"),
+            Some(wasm_filter("mb_default", "meshbreaker", wasm, "{}")),
         ),
-        ("mb_native".to_string(), native_module_filter(module, "{}")),
+        (
+            "mb_native".to_string(),
+            Some(native_module_filter(module, "{}")),
+        ),
         (
             "mb_authority".to_string(),
-            wasm_filter(
+            Some(wasm_filter(
                 "mb_authority",
                 "meshbreaker",
                 wasm,
                 r#"{"key_by":"authority"}"#,
-            ),
+            )),
         ),
     ];
     for (k, _) in HOST_CALLS {
         let name = hc_listener(k);
         let f = wasm_filter(&name, "noop", noop, &format!("{k}={n}"));
-        listeners.push((name, f));
+        listeners.push((name, Some(f)));
     }
     proxy_yaml_with(up_port, &listeners)
 }
 
-/// A proxy bootstrap: one listener per `(name, http filters before the router)`, each with the
-/// shipped route shape (named route, retry policy without `retry_on`, attempt-count headers).
-fn proxy_yaml_with(up_port: u16, listeners: &[(String, String)]) -> String {
-    let mut y = String::from(
-        r#"admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
-stats_config:
-  stats_tags:
-    - { tag_name: key, regex: "(key=\\.=(.*?);\\.;)" }
-    - { tag_name: decision, regex: "(decision=\\.=(.*?);\\.;)" }
-    - { tag_name: to, regex: "(to=\\.=(.*?);\\.;)" }
-static_resources:
-  listeners:
-"#,
-    );
-    for (name, filters) in listeners {
-        let _ = write!(
-            y,
-            r#"    - name: {name}
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: {name}
-                codec_type: AUTO
-                use_remote_address: true
-                route_config:
-                  name: local_route
-                  virtual_hosts:
-                    - name: local
-                      domains: ["*"]
-                      include_request_attempt_count: true
-                      include_attempt_count_in_response: true
-                      routes:
-                        - name: http
-                          match: {{ prefix: "/" }}
-                          route:
-                            cluster: backend
-                            timeout: 30s
-                            retry_policy:
-                              retry_back_off: {{ base_interval: 0.025s, max_interval: 0.25s }}
-                http_filters:
-{filters}                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-        );
-    }
-    let _ = write!(
-        y,
-        r#"  clusters:
-    - name: backend
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: backend
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {{ address: 127.0.0.1, port_value: {up_port} }}
-"#
-    );
-    y
+/// A proxy bootstrap: one listener per `(name, http filter before the router)`, each with the
+/// shipped route shape (named route, a retry policy without `retry_on`, attempt-count headers).
+fn proxy_yaml_with(up_port: u16, listeners: &[(String, Option<Value>)]) -> String {
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .map(|(name, filter)| {
+            let mut filters: Vec<Value> = filter.iter().cloned().collect();
+            filters.push(bootstrap::router());
+            let hcm = json!({
+                "@type": bootstrap::HCM_TYPE,
+                "stat_prefix": name,
+                "codec_type": "AUTO",
+                "use_remote_address": true,
+                "route_config": {
+                    "name": "local_route",
+                    "virtual_hosts": [{
+                        "name": "local",
+                        "domains": ["*"],
+                        "include_request_attempt_count": true,
+                        "include_attempt_count_in_response": true,
+                        "routes": [{
+                            "name": "http",
+                            "match": { "prefix": "/" },
+                            "route": {
+                                "cluster": "backend",
+                                "timeout": "30s",
+                                "retry_policy": {
+                                    "retry_back_off": { "base_interval": "0.025s", "max_interval": "0.25s" }
+                                }
+                            }
+                        }]
+                    }]
+                },
+                "http_filters": filters
+            });
+            bootstrap::listener(name, 0, hcm)
+        })
+        .collect();
+    json!({
+        "admin": bootstrap::admin(0),
+        "stats_config": bootstrap::stats_config(),
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": [bootstrap::static_cluster("backend", &[([127, 0, 0, 1], up_port).into()], "1s")]
+        }
+    })
+    .to_string()
 }
 
 // ---- the report ----------------------------------------------------------------------------
@@ -2288,10 +2239,10 @@ mod tests {
             Path::new("/snapshot/meshbreaker.wasm"),
             config,
         );
-        let rss = proxy_yaml_with(8080, &[("mb_keys".to_string(), wasm)]);
+        let rss = proxy_yaml_with(8080, &[("mb_keys".to_string(), Some(wasm))]);
         check_bootstrap("bench-proxy-rss", &rss).unwrap();
         let native = native_module_filter(Path::new("/snapshot/libmeshbreaker.so"), config);
-        let rss = proxy_yaml_with(8080, &[("mb_keys".to_string(), native)]);
+        let rss = proxy_yaml_with(8080, &[("mb_keys".to_string(), Some(native))]);
         check_bootstrap("bench-proxy-rss-native", &rss).unwrap();
     }
 
@@ -2304,14 +2255,21 @@ mod tests {
             Path::new("/libmeshbreaker.so"),
             50,
         );
+        let v: Value = serde_json::from_str(&y).unwrap();
+        let names: Vec<&str> = v["static_resources"]["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["name"].as_str())
+            .collect();
         for l in MAIN {
-            assert!(y.contains(&format!("    - name: {l}\n")), "{l}");
+            assert!(names.contains(l), "{l}");
         }
         for (k, _) in HOST_CALLS {
-            assert!(y.contains(&format!("value: \"{k}=50\"")), "{k}");
+            assert!(y.contains(&format!("\"value\":\"{k}=50\"")), "{k}");
         }
-        assert!(y.contains("port_value: 8080"));
-        assert!(y.contains("filename: /libmeshbreaker.so }"));
-        assert!(y.contains("do_not_close: true"));
+        assert!(y.contains("\"port_value\":8080"));
+        assert!(y.contains("\"filename\":\"/libmeshbreaker.so\""));
+        assert!(y.contains("\"do_not_close\":true"));
     }
 }
