@@ -14,6 +14,8 @@
 //! - `recommended`: the shipped recommended configuration (`envoy-config/recommended.json`);
 //! - `binary`: the recommended windows with `shedding: all`, the control: it must do worse, or
 //!   the scenario could not tell the two apart.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::*;
 use serde_json::{json, Value};

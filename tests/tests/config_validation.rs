@@ -4,6 +4,8 @@
 //!
 //! The good and bad configurations are one table ([`good_configs`], [`bad_configs`]), so that
 //! the JSON Schema test here checks the same documents Envoy is given.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::*;
 use serde_json::{json, Value};

@@ -6,6 +6,8 @@
 //! means "known"; each object's field list, as the parser itself states it when it meets an
 //! unknown field, must be in the tables; and the doc's full default configuration must parse to
 //! the defaults. The README and the docs must not point outside the repository.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! Behaviour 6: gRPC. An open circuit answers a real gRPC client with UNAVAILABLE
 //! (`circuit open: <reason>`, HTTP 200 + grpc-status 14 on the wire); UNAVAILABLE answers count as
 //! failures and are retried by the default `grpc` policy (`retry_grpc_on: unavailable`, max 3).
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::grpc::GrpcBehavior;
 use meshbreaker_tests::*;

@@ -6,6 +6,8 @@
 //! One Envoy (two workers) with Istio's virtual-host shape (`include_request_attempt_count` but
 //! not `include_attempt_count_in_response`) serves every test but the churn one, each test on its
 //! own cluster (its own key).
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::*;
 use serde_json::json;

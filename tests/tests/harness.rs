@@ -3,6 +3,8 @@
 //! HTTP/1.1 and h2c, that a real tonic call works through Envoy, and that the premises the filter
 //! tests rely on hold on Envoy 1.40 (attempt-count header, retry headers honoured only from
 //! trusted clients). Runs without a built wasm.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::grpc::GrpcBehavior;
 use meshbreaker_tests::*;

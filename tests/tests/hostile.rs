@@ -18,6 +18,8 @@
 //!
 //! Raw TCP is used where hyper would refuse to send the bytes (obs-text header values). Each test
 //! starts its own Envoy; each stays within about a minute.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::*;
 use serde_json::{json, Value};

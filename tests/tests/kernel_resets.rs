@@ -14,6 +14,8 @@
 //!
 //! The sidecar needs root (BPF); the tests fail loudly without it or when the kernel refuses the
 //! program. Only `MESHBREAKER_SKIP_BPF_TESTS=1` skips them, and says so on stderr.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_harness::sidecar::{ensure_tracefs, euid, skip_bpf_tests, SidecarOpts};
 use meshbreaker_tests::*;

@@ -15,6 +15,8 @@
 //! Envoy Gateway's, which no registry package describes, to the schemas written in
 //! `tests/istio/envoy-gateway.mjs`. Every plugin configuration embedded in a manifest must pass
 //! `meshbreaker check`.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

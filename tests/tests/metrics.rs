@@ -1,6 +1,8 @@
 //! Behaviour 8: `/stats/prometheus` carries every SPEC metric, with `key` (and `decision`, `to`)
 //! as labels, and values that match what the test did. Keys are Envoy cluster names sanitized
 //! (lowercase, characters outside `[a-z0-9._:|-]` become `_`).
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::*;
 use std::collections::BTreeSet;

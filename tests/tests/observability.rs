@@ -7,6 +7,8 @@
 //! annotations) on series written here; `cargo xtask demo --ci` runs every expression of the
 //! rules, the dashboard and `docs/operations.md` against a real Prometheus scraping the demo's
 //! Envoy, which proves the names and labels are the ones Envoy serves.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::Command;

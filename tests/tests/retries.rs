@@ -2,6 +2,8 @@
 //! `retry_on`), per method policy; retried attempts are failure samples; client-sent retry headers
 //! never add attempts, even on a listener that trusts its clients as internal (where Envoy itself
 //! would honour them — see `harness::trusted_client_retry_headers_make_envoy_retry`).
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::*;
 use std::time::Duration;

@@ -10,6 +10,8 @@
 //! The load is paced (one request per 120 ms, "sustained"): the workers merge their samples at
 //! least every 100 ms, and the budget can only act on retries it has merged; a burst faster than
 //! that would test the merge period, not the budget.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshbreaker_tests::*;
 use std::time::Duration;

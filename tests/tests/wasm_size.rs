@@ -1,5 +1,7 @@
 //! The filter's size budget (≤ 400 KiB): Envoy loads one copy per worker VM, and Istio
 //! pulls it to every sidecar, so it is held as a test, not only as a build warning.
+// Tests: a failed expectation panics, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 const MAX_WASM_BYTES: u64 = 400 * 1024;
 

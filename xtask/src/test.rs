@@ -16,30 +16,14 @@ pub fn test(args: &TestArgs) -> Result {
         .ok_or("the tests need Envoy")?;
     let runner = wasm_bindgen_runner()?;
     let node_dir = node_for_wasm_tests()?;
-    step("clippy: no unwrap/expect/panic outside tests in policy-core, the filter and the dynamic module");
+    step(
+        "clippy: every crate of the workspace, tests included, under the workspace's lints \
+         (no unwrap/expect/panic outside tests)",
+    );
     run(cargo().args([
         "clippy",
         "-q",
-        "-p",
-        "policy-core",
-        "-p",
-        "meshbreaker-filter",
-        "-p",
-        "meshbreaker-native",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    step("clippy: the harness, the experiments and xtask, tests included, under the workspace's lints");
-    run(cargo().args([
-        "clippy",
-        "-q",
-        "-p",
-        "meshbreaker-harness",
-        "-p",
-        "meshbreaker-lab",
-        "-p",
-        "xtask",
+        "--workspace",
         "--all-targets",
         "--",
         "-D",
