@@ -275,7 +275,7 @@ fn the_recommended_configuration_is_one_document() {
     .unwrap();
     assert_eq!(shown, shipped);
     parse(&shipped).unwrap();
-    let bench = std::fs::read_to_string(repo().join("lab/src/protection.rs")).unwrap();
+    let bench = std::fs::read_to_string(repo().join("lab/src/protection/mod.rs")).unwrap();
     assert!(
         bench.contains("envoy-config/recommended.json"),
         "the protection benchmark's recommended system reads envoy-config/recommended.json"
