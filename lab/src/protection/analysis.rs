@@ -1,6 +1,9 @@
 //! What a run's raw results say: per system, the requests kept away, errors, trips and flapping.
 
-use super::*;
+use policy_core::breaker::State;
+use std::collections::HashSet;
+
+use super::model::*;
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct Metrics {

@@ -1,6 +1,11 @@
 //! The proxy's bootstrap: one listener and one cluster per system.
 
-use super::*;
+use meshbreaker_harness::bootstrap;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::model::*;
 
 /// A small YAML emitter for the bootstraps (readable in the report's appendix; strings are
 /// JSON-quoted, which YAML reads as double-quoted scalars; multi-line strings become `|` blocks).

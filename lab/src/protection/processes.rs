@@ -1,6 +1,13 @@
 //! The processes a run starts: the fault upstream, the load client, the sidecar, and their priority.
 
-use super::*;
+use crate::util::Result;
+use meshbreaker_harness::{self as harness, Proc};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(super) fn now_ms() -> u64 {
     SystemTime::now()

@@ -1,6 +1,17 @@
 //! The reports: `--quick`'s checks, and `docs/PROTECTION.md`.
 
-use super::*;
+use crate::util::{output, root, Result};
+use meshbreaker_harness::{self as harness, Machine};
+use policy_core::breaker::State;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use super::analysis::*;
+use super::model::*;
+use super::svg::*;
 
 pub(super) struct ReportCtx {
     pub(super) envoy_version: String,

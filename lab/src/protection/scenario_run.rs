@@ -1,6 +1,17 @@
 //! One scenario run: the stack up, the fault on and off, the raw results kept.
 
-use super::*;
+use crate::util::{root, Result};
+use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Proc};
+use policy_core::breaker::TransitionLine;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::config::*;
+use super::model::*;
+use super::processes::*;
 
 /// Envoy's log format for the benchmark: the wall-clock millisecond first (spdlog's `%E` seconds
 /// and `%e` milliseconds), so the filter's transition lines can be placed on the run's timeline.

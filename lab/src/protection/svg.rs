@@ -1,6 +1,11 @@
 //! The pictures: each fault's timeline, and the slow scenario's states.
 
-use super::*;
+use crate::util::Result;
+use policy_core::breaker::State;
+use std::path::Path;
+
+use super::analysis::*;
+use super::model::*;
 
 pub(super) fn draw_timeline(path: &Path, fault: Fault, runs: &[&ScenarioRun]) -> Result {
     use plotters::prelude::*;
