@@ -1,6 +1,10 @@
 //! Every access log line explained: a 2xx, a rejection, an upstream failure or answer.
 
-use super::*;
+use crate::util::Result;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 
 #[derive(Debug, Default)]
 pub(super) struct Explained {

@@ -1,6 +1,14 @@
 //! The checking client: a steady trickle of requests whose every answer must be explained.
 
-use super::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::schedule::*;
 
 /// What the checking client saw.
 #[derive(Debug, Default, Clone)]

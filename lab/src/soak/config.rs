@@ -1,6 +1,13 @@
 //! The plugin configurations (the start and two reloads), the listener served by LDS and the bootstrap.
 
-use super::*;
+use crate::util::Result;
+use meshbreaker_harness::bootstrap;
+use serde_json::{json, Value};
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+
+use super::schedule::*;
 
 /// The plugin configuration; `variant` 0 is the start, 1 and 2 the two reloads: the first
 /// changes a threshold (state kept), the second the window geometry (windows start afresh).

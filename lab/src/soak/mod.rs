@@ -21,34 +21,29 @@
 //! they are built here), `MESHBREAKER_ENVOY` the Envoy.
 //! The sidecar needs root (BPF): the soak fails loudly without it.
 //!
-//! ## Layout, one job per file
-//! This file holds the schedule and the run; `config` writes the plugin configurations, the
-//! listener and the bootstrap, `stack` starts the sidecar and the demo upstream, `client` is the
-//! checking client, `sampling` and `access_log` gather and explain what happened, `report` writes
-//! the section of `docs/RELIABILITY.md`, `svg` draws the picture.
+//! ## Layout, one job per file, no import circle
+//! This file holds the run. `schedule` is the key, the phases and the events' times;
+//! `config` writes the plugin configurations, the listener and the bootstrap, `stack` starts the
+//! sidecar and the demo upstream, `client` is the checking client, `sampling` and `access_log`
+//! gather and explain what happened, `svg` draws the picture and `report` writes the section of
+//! `docs/RELIABILITY.md`. None of them uses this file or one that uses it.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
 use crate::util::{root, step, Result};
-use meshbreaker_harness::bootstrap;
-use meshbreaker_harness::sidecar::{Sidecar, SidecarOpts};
-use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load, Proc};
+use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load};
 
 mod access_log;
 mod client;
 mod config;
 mod report;
 mod sampling;
+mod schedule;
 mod stack;
 mod svg;
 
@@ -57,63 +52,12 @@ use client::*;
 use config::*;
 use report::*;
 use sampling::*;
+pub use schedule::Opts;
+use schedule::*;
 use stack::*;
 use svg::*;
 
-/// The cluster (and so the breaker key) the soak's traffic goes to.
-const KEY: &str = "demo";
-
-// ----------------------------------------------------------------------------------- schedule
-
-/// What the upstream does during one phase of the flap cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Healthy,
-    Failing,
-    Slow,
-    Resetting,
-}
-
-impl Phase {
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Healthy => "healthy",
-            Phase::Failing => "failing",
-            Phase::Slow => "slow",
-            Phase::Resetting => "resetting",
-        }
-    }
-}
-
-const CYCLE: [Phase; 6] = [
-    Phase::Healthy,
-    Phase::Failing,
-    Phase::Healthy,
-    Phase::Slow,
-    Phase::Healthy,
-    Phase::Resetting,
-];
-
-/// The events of one soak, as fractions of its duration.
-const RELOADS: [f64; 2] = [0.30, 0.70];
-const SIDECAR_KILLS: [f64; 2] = [0.45, 0.85];
-/// How long the sidecar stays dead.
-const SIDECAR_DOWN: Duration = Duration::from_secs(3);
-
-/// How long to soak.
-#[derive(Clone, Debug)]
-pub struct Opts {
-    pub duration: Duration,
-    /// The short run `cargo xtask test` asserts: `docs/RELIABILITY.md` is left as it is.
-    pub ci: bool,
-}
-
 // ----------------------------------------------------------------------------------- the soak
-
-struct Event {
-    at: f64,
-    what: String,
-}
 
 /// One soak with the filter `wasm` in the Envoy `envoy_bin` (the sidecar and the demo upstream
 /// are built here); writes the soak section of `docs/RELIABILITY.md` unless `a.ci`.

@@ -1,6 +1,12 @@
 //! The soak's section of `docs/RELIABILITY.md`.
 
-use super::*;
+use meshbreaker_harness::{self as harness};
+use std::collections::BTreeMap;
+
+use super::access_log::*;
+use super::client::*;
+use super::sampling::*;
+use super::schedule::*;
 
 pub(super) struct Report<'a> {
     pub(super) minutes: f64,

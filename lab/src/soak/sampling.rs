@@ -1,6 +1,13 @@
 //! Samples of Envoy's memory and the filter's counters over the soak, and their CSV.
 
-use super::*;
+use crate::util::Result;
+use meshbreaker_harness::Envoy;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use super::client::*;
+use super::schedule::*;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct Sample {

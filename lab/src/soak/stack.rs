@@ -1,6 +1,16 @@
 //! The processes beside Envoy: the eBPF sidecar and the demo upstream with its fault switch.
 
-use super::*;
+use crate::util::{step, Result};
+use meshbreaker_harness::sidecar::{Sidecar, SidecarOpts};
+use meshbreaker_harness::{self as harness, Proc};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::config::*;
+use super::schedule::*;
 
 /// Builds a workspace binary (release) and returns its path.
 pub(super) fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {

@@ -1,6 +1,9 @@
 //! The picture: RSS and the filter's decisions over time, with the events marked.
 
-use super::*;
+use std::path::Path;
+
+use super::sampling::*;
+use super::schedule::*;
 
 /// RSS over time and the filter's decisions per second, with the warm-up and events marked.
 pub(super) fn plot(path: &Path, samples: &[Sample], events: &[Event], warmup_s: f64) {
