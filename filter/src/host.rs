@@ -58,6 +58,16 @@ pub trait Host {
     fn property(&self, path: &[u8]) -> Option<Vec<u8>>;
     /// Answers the request locally.
     fn send_local_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]);
+    /// Registers this VM's shared queue `name` (from the root context, whose `on_queue_ready`
+    /// then hears of every enqueue) and returns its token. proxy-wasm-cpp-host keys queues by VM
+    /// id and name: registering a name again moves the notifications to the new registrant.
+    fn register_queue(&self, name: &str) -> Option<u32>;
+    /// The token of queue `name` of this VM id, if some VM registered it.
+    fn resolve_queue(&self, name: &str) -> Option<u32>;
+    /// Appends to a queue; false when it no longer exists.
+    fn enqueue(&self, token: u32, value: &[u8]) -> bool;
+    /// Takes the oldest item of a queue; `None` when it is empty or gone.
+    fn dequeue(&self, token: u32) -> Option<Vec<u8>>;
 }
 
 /// Parses proxy-wasm's map serialization: a `u32` count, `count` pairs of `u32` sizes, then each
@@ -167,6 +177,15 @@ pub mod fake {
         /// Makes every `set_shared` on an entry whose name contains this fail with `CasMismatch`.
         pub mismatch_sets_containing: Option<String>,
         pub stream: FakeStream,
+        /// Shared queues as proxy-wasm-cpp-host keeps them: name → token (registering a name
+        /// again keeps its token and data), token → items.
+        pub queue_tokens: HashMap<String, u32>,
+        pub queues: HashMap<u32, std::collections::VecDeque<Vec<u8>>>,
+        /// Tokens with an enqueue not yet delivered (Envoy posts `on_queue_ready` to the
+        /// registrant's thread; tests deliver them with [`FakeHost::take_ready`]).
+        pub queue_ready: Vec<u32>,
+        /// Makes `register_queue` fail (a host without shared queues).
+        pub refuse_queues: bool,
     }
 
     impl FakeHost {
@@ -248,6 +267,11 @@ pub mod fake {
                 .maps
                 .get(&map)
                 .and_then(|m| m.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        }
+
+        /// The queue notifications not delivered yet, oldest first (and forgets them).
+        pub fn take_ready(&self) -> Vec<u32> {
+            std::mem::take(&mut self.inner.borrow_mut().queue_ready)
         }
 
         fn count(&self, kind: &'static str) {
@@ -420,6 +444,42 @@ pub mod fake {
                     .collect(),
                 body.to_vec(),
             ));
+        }
+
+        fn register_queue(&self, name: &str) -> Option<u32> {
+            self.count("register_queue");
+            let mut s = self.inner.borrow_mut();
+            if s.refuse_queues {
+                return None;
+            }
+            if let Some(t) = s.queue_tokens.get(name) {
+                return Some(*t);
+            }
+            let t = s.queue_tokens.len() as u32 + 1;
+            s.queue_tokens.insert(name.to_string(), t);
+            s.queues.insert(t, Default::default());
+            Some(t)
+        }
+
+        fn resolve_queue(&self, name: &str) -> Option<u32> {
+            self.count("resolve_queue");
+            self.inner.borrow().queue_tokens.get(name).copied()
+        }
+
+        fn enqueue(&self, token: u32, value: &[u8]) -> bool {
+            self.count("enqueue");
+            let mut s = self.inner.borrow_mut();
+            let Some(q) = s.queues.get_mut(&token) else {
+                return false;
+            };
+            q.push_back(value.to_vec());
+            s.queue_ready.push(token);
+            true
+        }
+
+        fn dequeue(&self, token: u32) -> Option<Vec<u8>> {
+            self.count("dequeue");
+            self.inner.borrow_mut().queues.get_mut(&token)?.pop_front()
         }
     }
 }

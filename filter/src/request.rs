@@ -386,31 +386,33 @@ impl Exchange {
         } else {
             1
         };
-        let duration_us = e
-            .host
-            .property(REQUEST_DURATION)
-            .and_then(|b| le_u64(&b))
-            .filter(|ns| (*ns as i64) >= 0)
-            .map(|ns| ns / 1_000);
-        let (whole_us, now_ms) = match duration_us {
-            Some(us) => (us, self.started_ms.saturating_add(us / 1_000)),
-            None => {
-                let now_ms = e.host.now_ns() / 1_000_000;
-                (
-                    now_ms.saturating_sub(self.started_ms).saturating_mul(1_000),
-                    now_ms,
-                )
-            }
-        };
-        // The upstream's part: request complete → response headers (or, with none, the end),
-        // never more than the whole exchange on Envoy's monotonic timer.
-        let upstream_us = self.request_done_ms.map_or(0, |done| {
+        // The end on the host clock (a cheap call). Envoy's monotonic `request.duration`, a
+        // property read several times the clock's price, is read only when the upstream's span
+        // is long enough for a latency rule to care: a forward step of the wall clock must not
+        // make a fast request look slow, and only there can it change a decision.
+        let mut now_ms = e.host.now_ns() / 1_000_000;
+        // The upstream's part: request complete → response headers (or, with none, the end).
+        let mut upstream_us = self.request_done_ms.map_or(0, |done| {
             let until = self.response_ms.unwrap_or(now_ms);
-            until
-                .saturating_sub(done)
-                .saturating_mul(1_000)
-                .min(whole_us)
+            until.saturating_sub(done).saturating_mul(1_000)
         });
+        if e
+            .needs
+            .clamp_latency_from_us
+            .is_some_and(|from| upstream_us >= from)
+        {
+            let whole_us = e
+                .host
+                .property(REQUEST_DURATION)
+                .and_then(|b| le_u64(&b))
+                .filter(|ns| (*ns as i64) >= 0)
+                .map(|ns| ns / 1_000);
+            if let Some(whole_us) = whole_us {
+                // Never more than the whole exchange on Envoy's monotonic timer.
+                upstream_us = upstream_us.min(whole_us);
+                now_ms = self.started_ms.saturating_add(whole_us / 1_000);
+            }
+        }
         let latency_us = (!self.upgrade).then_some(upstream_us);
         if self.status.is_none() && !upstream_reset {
             // No response and no upstream failure: the client went away (or a filter before us
