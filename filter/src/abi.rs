@@ -19,8 +19,11 @@ const CAS_MISMATCH: u32 = 8;
 #[allow(improper_ctypes)]
 extern "C" {
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
-    fn proxy_register_shared_queue(name_data: *const u8, name_size: usize, return_id: *mut u32)
-        -> u32;
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
     fn proxy_resolve_shared_queue(
         vm_id_data: *const u8,
         vm_id_size: usize,

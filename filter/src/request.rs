@@ -396,8 +396,7 @@ impl Exchange {
             let until = self.response_ms.unwrap_or(now_ms);
             until.saturating_sub(done).saturating_mul(1_000)
         });
-        if e
-            .needs
+        if e.needs
             .clamp_latency_from_us
             .is_some_and(|from| upstream_us >= from)
         {

@@ -124,8 +124,7 @@ impl Seen {
 fn deliver(e: &mut Engine<FakeHost>) {
     let mine = e.queue_token();
     let ready = e.host.take_ready();
-    let (for_me, others): (Vec<u32>, Vec<u32>) =
-        ready.into_iter().partition(|t| Some(*t) == mine);
+    let (for_me, others): (Vec<u32>, Vec<u32>) = ready.into_iter().partition(|t| Some(*t) == mine);
     e.host.inner.borrow_mut().queue_ready.extend(others);
     for t in for_me {
         e.on_queue_ready(t);
@@ -250,7 +249,10 @@ fn closed_request_path_reads_shared_data_only_when_its_cache_is_old_and_writes_n
     let seen = exchange(&mut e, 0, &get("backend"), &ok());
     assert!(seen.admitted);
     let first = host.calls("get_shared");
-    assert!(first >= 1, "a new key looks for its slot and reads its state");
+    assert!(
+        first >= 1,
+        "a new key looks for its slot and reads its state"
+    );
     host.reset_calls();
     assert!(exchange(&mut e, 1, &get("backend"), &ok()).admitted);
     assert_eq!(host.calls("get_shared"), 0, "known CLOSED in this epoch");
@@ -267,7 +269,11 @@ fn closed_request_path_reads_shared_data_only_when_its_cache_is_old_and_writes_n
     host.reset_calls();
     let (x, seen) = start(&mut e, 601, &get("backend"));
     assert!(seen.admitted);
-    assert_eq!(host.calls("get_shared"), 1, "one read after the epoch moved on");
+    assert_eq!(
+        host.calls("get_shared"),
+        1,
+        "one read after the epoch moved on"
+    );
     assert_eq!(host.calls("set_shared"), 0);
     finish(&mut e, x, 602, &ok());
 }
@@ -361,7 +367,11 @@ fn a_worker_without_a_queue_reads_the_state_on_every_request() {
         host.reset_calls();
         start(&mut b, 1, &get("c"))
     };
-    assert_eq!(host.calls("get_shared"), 1, "no cache without notifications");
+    assert_eq!(
+        host.calls("get_shared"),
+        1,
+        "no cache without notifications"
+    );
     finish(&mut b, x, 1, &ok());
     for i in 0..6 {
         exchange(&mut a, 2 + i, &get("c"), &fail());
@@ -384,7 +394,11 @@ fn a_new_vm_takes_over_the_worker_index_of_a_vm_that_went_away_and_is_told_of_tr
     }
     host.set_now_ms(6_000);
     let mut c = engine(&host, FAST, 3);
-    assert_eq!(c.queue_token(), old, "a's index (and queue) is reused, not a new one");
+    assert_eq!(
+        c.queue_token(),
+        old,
+        "a's index (and queue) is reused, not a new one"
+    );
     assert_eq!(
         host.get_shared("meshbreaker/mb/v3/peers").0.as_deref(),
         Some(&b"2"[..])
