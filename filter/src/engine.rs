@@ -425,7 +425,9 @@ impl<H: Host> Engine<H> {
         if self.cfg.mode == Mode::Disabled && self.cfg.overrides.is_empty() {
             return untracked(self, Decision::PassThrough, 0);
         }
-        if !self.keys.contains(key) {
+        // One lookup of the key's name per request: the rest goes by its registry index.
+        let tracked = self.keys.slot(key);
+        if tracked.is_none() {
             // A key whose mode never reads its state (`disabled`, `forced_open`) is decided here
             // and never tracked: it spends no registry entry and no slot, which the keys that are
             // guarded need, and a `disabled` key no label either (its requests count under
@@ -451,7 +453,8 @@ impl<H: Host> Engine<H> {
                 return untracked(self, d, profile);
             }
         }
-        if !self.ensure_key(key, parts, now_ms) {
+        let known = tracked.is_some_and(|i| self.keys.touch_at(i, now_ms).is_some());
+        if !known && !self.ensure_key(key, parts, now_ms) {
             // Every local entry is busy: the request is not tracked here (no samples, no probe),
             // but the key's shared state still guards it, counted under `_other`.
             let profile = self.profile_for(parts);
@@ -465,7 +468,10 @@ impl<H: Host> Engine<H> {
             self.metrics.inc(other, counter, 1);
             return untracked(self, decision, profile);
         }
-        let Some(local) = self.keys.peek_mut(key) else {
+        let Some(ki) = tracked.filter(|_| known).or_else(|| self.keys.slot(key)) else {
+            return untracked(self, Decision::Allow, 0);
+        };
+        let Some((_, local)) = self.keys.at_mut(ki) else {
             return untracked(self, Decision::Allow, 0);
         };
         let (profile, mut slot, label, budget_ok) =
@@ -501,7 +507,7 @@ impl<H: Host> Engine<H> {
                 SlotSearch::Found(s) => Some(s),
                 _ => None,
             };
-            if let Some(l) = self.keys.peek_mut(key) {
+            if let Some((_, l)) = self.keys.at_mut(ki) {
                 l.slot = slot;
                 l.slot_tried_ms = (searched != SlotSearch::BudgetSpent).then_some(now_ms);
             }
@@ -533,10 +539,10 @@ impl<H: Host> Engine<H> {
         }
         let mut local = None;
         if record {
-            if let Some(l) = self.keys.peek_mut(key) {
+            if let Some((_, l)) = self.keys.at_mut(ki) {
                 l.in_flight = l.in_flight.saturating_add(1);
                 l.last_activity_ms = now_ms;
-                local = self.keys.slot(key);
+                local = Some(ki);
             }
         }
         Admission {

@@ -71,34 +71,69 @@ pub trait Host {
 }
 
 /// Parses proxy-wasm's map serialization: a `u32` count, `count` pairs of `u32` sizes, then each
-/// name and value followed by a NUL. Bounded: anything inconsistent ends the list.
-pub fn parse_pairs(buf: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let u32_at = |i: usize| -> Option<usize> {
-        let b = buf.get(i..i.checked_add(4)?)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let mut out = Vec::new();
-    let Some(n) = u32_at(0) else {
-        return out;
-    };
-    let Some(mut data) = n.checked_mul(8).and_then(|x| x.checked_add(4)) else {
-        return out;
-    };
-    for i in 0..n.min(buf.len() / 8) {
-        let (Some(kl), Some(vl)) = (u32_at(4 + 8 * i), u32_at(8 + 8 * i)) else {
-            break;
-        };
-        let Some(k) = data.checked_add(kl).and_then(|e| buf.get(data..e)) else {
-            break;
-        };
-        let vs = data + kl + 1;
-        let Some(v) = vs.checked_add(vl).and_then(|e| buf.get(vs..e)) else {
-            break;
-        };
-        out.push((k, v));
-        data = vs + vl + 1;
+/// name and value followed by a NUL. Bounded: anything inconsistent ends the list. An iterator,
+/// so the request path reads the header map without allocating.
+pub fn pairs(buf: &[u8]) -> Pairs<'_> {
+    let n = u32_at(buf, 0).unwrap_or(0);
+    let data = n.checked_mul(8).and_then(|x| x.checked_add(4));
+    Pairs {
+        buf,
+        n: n.min(buf.len() / 8),
+        i: 0,
+        data: data.unwrap_or(usize::MAX),
     }
-    out
+}
+
+/// The pairs of a serialized header map ([`pairs`]).
+pub struct Pairs<'a> {
+    buf: &'a [u8],
+    n: usize,
+    i: usize,
+    /// Where the next name starts.
+    data: usize,
+}
+
+fn u32_at(buf: &[u8], i: usize) -> Option<usize> {
+    let b = buf.get(i..i.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.i >= self.n {
+            return None;
+        }
+        let at = 4 + 8 * self.i;
+        let (Some(kl), Some(vl)) = (u32_at(self.buf, at), u32_at(self.buf, at + 4)) else {
+            self.i = self.n;
+            return None;
+        };
+        let data = self.data;
+        let item = (|| {
+            let k = self.buf.get(data..data.checked_add(kl)?)?;
+            let vs = data.checked_add(kl)?.checked_add(1)?;
+            let v = self.buf.get(vs..vs.checked_add(vl)?)?;
+            Some((k, v, vs + vl + 1))
+        })();
+        match item {
+            Some((k, v, next)) => {
+                self.i += 1;
+                self.data = next;
+                Some((k, v))
+            }
+            None => {
+                self.i = self.n;
+                None
+            }
+        }
+    }
+}
+
+/// Every pair of a serialized header map, collected ([`pairs`]).
+pub fn parse_pairs(buf: &[u8]) -> Vec<(&[u8], &[u8])> {
+    pairs(buf).collect()
 }
 
 /// proxy-wasm's map serialization of `pairs` (what [`parse_pairs`] reads).
