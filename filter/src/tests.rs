@@ -1931,6 +1931,16 @@ struct CountingAlloc;
 
 thread_local! {
     static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Allocations (and reallocations) this thread made so far.
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|a| a.get())
+}
+
+fn count_allocation() {
+    let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
 }
 
 fn held_bytes() -> isize {
@@ -1944,6 +1954,7 @@ fn count_held(delta: isize) {
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_held(layout.size() as isize);
+        count_allocation();
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
@@ -1952,12 +1963,58 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         count_held(new as isize - layout.size() as isize);
+        count_allocation();
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
     }
 }
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
+
+#[test]
+fn a_closed_request_allocates_nothing_in_the_engine() {
+    // The engine's whole part of a CLOSED request (key, decision, retry plan, outcome), after
+    // warm-up: no host call (the state is cached, no flush is due) and no allocation. What the
+    // host hands back (header map, properties) is the host's allocation, not counted here.
+    use policy_core::retry::RequestView;
+    let host = FakeHost::default();
+    let mut e = engine(&host, "{}", 1);
+    exchange(&mut e, 0, &get("backend"), &ok());
+    e.on_tick(100);
+    let parts = crate::engine::KeyParts {
+        cluster: "backend",
+        route: "",
+        authority: "",
+    };
+    let view = RequestView {
+        method: "GET",
+        path: "/",
+        content_type: None,
+        headers: &(),
+    };
+    let outcome = policy_core::window::Outcome {
+        http_status: Some(200),
+        grpc_status: None,
+        upstream_reset: false,
+        latency_us: Some(900),
+        attempts: 1,
+    };
+    // Warm the buffers (recorder, registry) once.
+    for i in 0..300 {
+        let a = e.on_request(&parts, &view, 101 + i / 100);
+        e.on_complete_at(a.local.unwrap(), &outcome, None, None, 101 + i / 100);
+    }
+    host.reset_calls();
+    let before = allocations();
+    for _ in 0..100 {
+        let a = e.on_request(&parts, &view, 104);
+        assert_eq!(a.decision, policy_core::breaker::Decision::Allow);
+        e.on_complete_at(a.local.unwrap(), &outcome, None, None, 104);
+    }
+    let made = allocations() - before;
+    assert_eq!(host.total_calls(), 0, "{:?}", host.inner.borrow().calls);
+    assert_eq!(made, 0, "allocations in 100 CLOSED requests");
+}
 
 #[test]
 fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {
