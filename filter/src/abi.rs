@@ -19,6 +19,24 @@ const CAS_MISMATCH: u32 = 8;
 #[allow(improper_ctypes)]
 extern "C" {
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_resolve_shared_queue(
+        vm_id_data: *const u8,
+        vm_id_size: usize,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -258,6 +276,38 @@ impl Host for ProxyWasmHost {
                 -1,
             )
         };
+    }
+
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        let mut id = 0u32;
+        // SAFETY: name is a valid slice; the out-parameter is ours.
+        let status = unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) };
+        (status == OK && id != 0).then_some(id)
+    }
+
+    fn resolve_queue(&self, name: &str) -> Option<u32> {
+        let mut id = 0u32;
+        // SAFETY: an empty VM id (this VM's own id, in proxy-wasm-cpp-host) and a valid name
+        // slice; the out-parameter is ours.
+        let status = unsafe {
+            proxy_resolve_shared_queue(std::ptr::null(), 0, name.as_ptr(), name.len(), &mut id)
+        };
+        (status == OK && id != 0).then_some(id)
+    }
+
+    fn enqueue(&self, token: u32, value: &[u8]) -> bool {
+        // SAFETY: value is a valid slice for the call.
+        let status = unsafe { proxy_enqueue_shared_queue(token, value.as_ptr(), value.len()) };
+        status == OK
+    }
+
+    fn dequeue(&self, token: u32) -> Option<Vec<u8>> {
+        let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: the out-parameters are ours.
+        let status = unsafe { proxy_dequeue_shared_queue(token, &mut data, &mut size) };
+        // SAFETY: on Ok the host handed over `size` bytes at `data` (or null).
+        let value = unsafe { take_buffer(data, size) };
+        (status == OK).then_some(value)
     }
 }
 

@@ -80,6 +80,10 @@ pub(crate) struct KeyLocal {
     pub in_flight: u32,
     /// The circuit state this worker last read: keys not CLOSED are never evicted.
     pub state: State,
+    /// The cache epoch ([`Engine::cache_epoch`]) in which this worker last read the key's state
+    /// as CLOSED from its slot: while it is the current one, a request is allowed without
+    /// reading shared data ([`crate::peers`]).
+    pub closed_epoch: u64,
     /// Upstream hosts seen since the last flush (only with `reset_signals`), normalized.
     pub new_hosts: Vec<String>,
 }
@@ -150,6 +154,11 @@ pub struct Engine<H: Host> {
     pub(crate) scratch: Scratch,
     /// The key of the request decided last (for the local reply).
     key_buf: String,
+    /// The other workers of this plugin, who say when they trip a key ([`crate::peers`]).
+    pub(crate) peers: crate::peers::Peers,
+    /// Moves on at every tick and whenever another worker tripped a key: a key's CLOSED state
+    /// read in an older epoch is read again ([`KeyLocal::closed_epoch`]).
+    pub(crate) cache_epoch: u64,
 }
 
 /// Buffers reused across calls so the request path does not allocate: encoding, histogram
@@ -201,10 +210,14 @@ impl<H: Host> Engine<H> {
             resets: ResetView::default(),
             scratch: Scratch::default(),
             key_buf: String::new(),
+            peers: crate::peers::Peers::default(),
+            cache_epoch: 1,
             profiles,
             cfg,
         };
         e.configure_shared(seed);
+        let now_ms = e.host.now_ns() / 1_000_000;
+        e.peers = crate::peers::Peers::join(&e.host, &e.names, seed, now_ms);
         e
     }
 
@@ -294,6 +307,12 @@ impl<H: Host> Engine<H> {
         &self.names
     }
 
+    /// This worker's shared queue, where other workers say they tripped a key
+    /// ([`crate::peers`]); `None` if the host refused it.
+    pub fn queue_token(&self) -> Option<u32> {
+        self.peers.token()
+    }
+
     /// The profile index for a key with these (raw) parts: the first override that matches, 1-based,
     /// or 0. Only dimensions the key carries are compared (configuration refuses overrides on others).
     fn profile_for(&self, parts: &KeyParts<'_>) -> usize {
@@ -348,6 +367,7 @@ impl<H: Host> Engine<H> {
             budget_ok: true,
             in_flight: 0,
             state: State::Closed,
+            closed_epoch: 0,
             new_hosts: Vec::new(),
         };
         let idle = |l: &KeyLocal| {
@@ -405,7 +425,9 @@ impl<H: Host> Engine<H> {
         if self.cfg.mode == Mode::Disabled && self.cfg.overrides.is_empty() {
             return untracked(self, Decision::PassThrough, 0);
         }
-        if !self.keys.contains(key) {
+        // One lookup of the key's name per request: the rest goes by its registry index.
+        let tracked = self.keys.slot(key);
+        if tracked.is_none() {
             // A key whose mode never reads its state (`disabled`, `forced_open`) is decided here
             // and never tracked: it spends no registry entry and no slot, which the keys that are
             // guarded need, and a `disabled` key no label either (its requests count under
@@ -431,7 +453,8 @@ impl<H: Host> Engine<H> {
                 return untracked(self, d, profile);
             }
         }
-        if !self.ensure_key(key, parts, now_ms) {
+        let known = tracked.is_some_and(|i| self.keys.touch_at(i, now_ms).is_some());
+        if !known && !self.ensure_key(key, parts, now_ms) {
             // Every local entry is busy: the request is not tracked here (no samples, no probe),
             // but the key's shared state still guards it, counted under `_other`.
             let profile = self.profile_for(parts);
@@ -445,11 +468,20 @@ impl<H: Host> Engine<H> {
             self.metrics.inc(other, counter, 1);
             return untracked(self, decision, profile);
         }
-        let Some(local) = self.keys.peek_mut(key) else {
+        let Some(ki) = tracked.filter(|_| known).or_else(|| self.keys.slot(key)) else {
+            return untracked(self, Decision::Allow, 0);
+        };
+        let Some((_, local)) = self.keys.at_mut(ki) else {
             return untracked(self, Decision::Allow, 0);
         };
         let (profile, mut slot, label, budget_ok) =
             (local.profile, local.slot, local.label, local.budget_ok);
+        // This worker read the key CLOSED in its slot in the current epoch, and another worker's
+        // trip would have moved the epoch on: allowed without reading shared data.
+        let cached_closed = slot.is_some()
+            && local.state == State::Closed
+            && local.closed_epoch == self.cache_epoch
+            && self.peers.listening();
         if slot.is_none()
             && local
                 .slot_tried_ms
@@ -475,7 +507,7 @@ impl<H: Host> Engine<H> {
                 SlotSearch::Found(s) => Some(s),
                 _ => None,
             };
-            if let Some(l) = self.keys.peek_mut(key) {
+            if let Some((_, l)) = self.keys.at_mut(ki) {
                 l.slot = slot;
                 l.slot_tried_ms = (searched != SlotSearch::BudgetSpent).then_some(now_ms);
             }
@@ -489,6 +521,7 @@ impl<H: Host> Engine<H> {
                     .div_ceil(1000)
                     .max(1),
             }),
+            (Some(_), _) if cached_closed => Decision::Allow,
             (Some(s), _) => self.decide_shared(key, s, profile, label, now_ms),
             (None, _) => Decision::Allow,
         };
@@ -506,10 +539,10 @@ impl<H: Host> Engine<H> {
         }
         let mut local = None;
         if record {
-            if let Some(l) = self.keys.peek_mut(key) {
+            if let Some((_, l)) = self.keys.at_mut(ki) {
                 l.in_flight = l.in_flight.saturating_add(1);
                 l.last_activity_ms = now_ms;
-                local = self.keys.slot(key);
+                local = Some(ki);
             }
         }
         Admission {
@@ -671,8 +704,12 @@ impl<H: Host> Engine<H> {
                 transition,
                 state,
             } => {
+                let epoch = self.cache_epoch;
                 if let Some(l) = self.keys.peek_mut(key) {
                     l.state = state;
+                    if state == State::Closed {
+                        l.closed_epoch = epoch;
+                    }
                 }
                 if let Some(t) = transition {
                     self.on_transition(key, &t, label, Some(t.arrival_figures()));
@@ -694,6 +731,11 @@ impl<H: Host> Engine<H> {
     ) {
         if !t.is_change() {
             return;
+        }
+        if t.from == State::Closed {
+            // Other workers may trust their CLOSED cache of this key: tell them it left CLOSED.
+            let now_ms = self.host.now_ns() / 1_000_000;
+            self.peers.notify(&self.host, &self.names, now_ms);
         }
         let counter = match t.to {
             State::Open => Counter::ToOpen,

@@ -27,6 +27,10 @@ impl<H: Host> Engine<H> {
     /// Flushes every key with samples older than [`FLUSH_MS`], refreshes activity marks, and
     /// hands the batched counters to Envoy (called from the root's tick).
     pub fn on_tick(&mut self, now_ms: u64) {
+        // Every key's CLOSED state is read again at least once per tick: by its flush below, or
+        // by its next request.
+        self.cache_epoch = self.cache_epoch.wrapping_add(1);
+        self.peers.on_tick(&self.host, &self.names, now_ms);
         self.slots.searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
         if crate::engine::since(now_ms, self.slots.meta_checked_ms) >= META_REFRESH_MS {
             self.release_idle_keys(now_ms);
@@ -108,6 +112,15 @@ impl<H: Host> Engine<H> {
     /// `reset_signals`.
     fn refresh_resets(&mut self) -> bool {
         self.cfg.reset_signals.is_some() && self.resets.refresh(&self.host, &self.names)
+    }
+
+    /// Another worker said it tripped a key ([`crate::peers`]): empties this worker's queue and
+    /// moves the cache epoch on, so every key's next request reads its state again.
+    pub fn on_queue_ready(&mut self, token: u32) {
+        if self.peers.token() == Some(token) {
+            self.peers.drain(&self.host);
+        }
+        self.cache_epoch = self.cache_epoch.wrapping_add(1);
     }
 
     /// Flushes every key that holds samples or hosts, whatever their age (the plugin is going
@@ -240,6 +253,9 @@ impl<H: Host> Engine<H> {
                 local.activity_written = activity;
             }
             local.state = state;
+        }
+        if local.state == State::Closed {
+            local.closed_epoch = self.cache_epoch;
         }
         self.metrics
             .inc(label, Counter::KernelResets, m.attributed as i64);

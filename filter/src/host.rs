@@ -58,37 +58,82 @@ pub trait Host {
     fn property(&self, path: &[u8]) -> Option<Vec<u8>>;
     /// Answers the request locally.
     fn send_local_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]);
+    /// Registers this VM's shared queue `name` (from the root context, whose `on_queue_ready`
+    /// then hears of every enqueue) and returns its token. proxy-wasm-cpp-host keys queues by VM
+    /// id and name: registering a name again moves the notifications to the new registrant.
+    fn register_queue(&self, name: &str) -> Option<u32>;
+    /// The token of queue `name` of this VM id, if some VM registered it.
+    fn resolve_queue(&self, name: &str) -> Option<u32>;
+    /// Appends to a queue; false when it no longer exists.
+    fn enqueue(&self, token: u32, value: &[u8]) -> bool;
+    /// Takes the oldest item of a queue; `None` when it is empty or gone.
+    fn dequeue(&self, token: u32) -> Option<Vec<u8>>;
 }
 
 /// Parses proxy-wasm's map serialization: a `u32` count, `count` pairs of `u32` sizes, then each
-/// name and value followed by a NUL. Bounded: anything inconsistent ends the list.
-pub fn parse_pairs(buf: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let u32_at = |i: usize| -> Option<usize> {
-        let b = buf.get(i..i.checked_add(4)?)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let mut out = Vec::new();
-    let Some(n) = u32_at(0) else {
-        return out;
-    };
-    let Some(mut data) = n.checked_mul(8).and_then(|x| x.checked_add(4)) else {
-        return out;
-    };
-    for i in 0..n.min(buf.len() / 8) {
-        let (Some(kl), Some(vl)) = (u32_at(4 + 8 * i), u32_at(8 + 8 * i)) else {
-            break;
-        };
-        let Some(k) = data.checked_add(kl).and_then(|e| buf.get(data..e)) else {
-            break;
-        };
-        let vs = data + kl + 1;
-        let Some(v) = vs.checked_add(vl).and_then(|e| buf.get(vs..e)) else {
-            break;
-        };
-        out.push((k, v));
-        data = vs + vl + 1;
+/// name and value followed by a NUL. Bounded: anything inconsistent ends the list. An iterator,
+/// so the request path reads the header map without allocating.
+pub fn pairs(buf: &[u8]) -> Pairs<'_> {
+    let n = u32_at(buf, 0).unwrap_or(0);
+    let data = n.checked_mul(8).and_then(|x| x.checked_add(4));
+    Pairs {
+        buf,
+        n: n.min(buf.len() / 8),
+        i: 0,
+        data: data.unwrap_or(usize::MAX),
     }
-    out
+}
+
+/// The pairs of a serialized header map ([`pairs`]).
+pub struct Pairs<'a> {
+    buf: &'a [u8],
+    n: usize,
+    i: usize,
+    /// Where the next name starts.
+    data: usize,
+}
+
+fn u32_at(buf: &[u8], i: usize) -> Option<usize> {
+    let b = buf.get(i..i.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.i >= self.n {
+            return None;
+        }
+        let at = 4 + 8 * self.i;
+        let (Some(kl), Some(vl)) = (u32_at(self.buf, at), u32_at(self.buf, at + 4)) else {
+            self.i = self.n;
+            return None;
+        };
+        let data = self.data;
+        let item = (|| {
+            let k = self.buf.get(data..data.checked_add(kl)?)?;
+            let vs = data.checked_add(kl)?.checked_add(1)?;
+            let v = self.buf.get(vs..vs.checked_add(vl)?)?;
+            Some((k, v, vs + vl + 1))
+        })();
+        match item {
+            Some((k, v, next)) => {
+                self.i += 1;
+                self.data = next;
+                Some((k, v))
+            }
+            None => {
+                self.i = self.n;
+                None
+            }
+        }
+    }
+}
+
+/// Every pair of a serialized header map, collected ([`pairs`]).
+pub fn parse_pairs(buf: &[u8]) -> Vec<(&[u8], &[u8])> {
+    pairs(buf).collect()
 }
 
 /// proxy-wasm's map serialization of `pairs` (what [`parse_pairs`] reads).
@@ -167,6 +212,15 @@ pub mod fake {
         /// Makes every `set_shared` on an entry whose name contains this fail with `CasMismatch`.
         pub mismatch_sets_containing: Option<String>,
         pub stream: FakeStream,
+        /// Shared queues as proxy-wasm-cpp-host keeps them: name → token (registering a name
+        /// again keeps its token and data), token → items.
+        pub queue_tokens: HashMap<String, u32>,
+        pub queues: HashMap<u32, std::collections::VecDeque<Vec<u8>>>,
+        /// Tokens with an enqueue not yet delivered (Envoy posts `on_queue_ready` to the
+        /// registrant's thread; tests deliver them with [`FakeHost::take_ready`]).
+        pub queue_ready: Vec<u32>,
+        /// Makes `register_queue` fail (a host without shared queues).
+        pub refuse_queues: bool,
     }
 
     impl FakeHost {
@@ -248,6 +302,11 @@ pub mod fake {
                 .maps
                 .get(&map)
                 .and_then(|m| m.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        }
+
+        /// The queue notifications not delivered yet, oldest first (and forgets them).
+        pub fn take_ready(&self) -> Vec<u32> {
+            std::mem::take(&mut self.inner.borrow_mut().queue_ready)
         }
 
         fn count(&self, kind: &'static str) {
@@ -420,6 +479,42 @@ pub mod fake {
                     .collect(),
                 body.to_vec(),
             ));
+        }
+
+        fn register_queue(&self, name: &str) -> Option<u32> {
+            self.count("register_queue");
+            let mut s = self.inner.borrow_mut();
+            if s.refuse_queues {
+                return None;
+            }
+            if let Some(t) = s.queue_tokens.get(name) {
+                return Some(*t);
+            }
+            let t = s.queue_tokens.len() as u32 + 1;
+            s.queue_tokens.insert(name.to_string(), t);
+            s.queues.insert(t, Default::default());
+            Some(t)
+        }
+
+        fn resolve_queue(&self, name: &str) -> Option<u32> {
+            self.count("resolve_queue");
+            self.inner.borrow().queue_tokens.get(name).copied()
+        }
+
+        fn enqueue(&self, token: u32, value: &[u8]) -> bool {
+            self.count("enqueue");
+            let mut s = self.inner.borrow_mut();
+            let Some(q) = s.queues.get_mut(&token) else {
+                return false;
+            };
+            q.push_back(value.to_vec());
+            s.queue_ready.push(token);
+            true
+        }
+
+        fn dequeue(&self, token: u32) -> Option<Vec<u8>> {
+            self.count("dequeue");
+            self.inner.borrow_mut().queues.get_mut(&token)?.pop_front()
         }
     }
 }

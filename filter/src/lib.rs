@@ -19,6 +19,7 @@ pub mod flush;
 pub mod host;
 pub mod metrics;
 pub mod needs;
+pub mod peers;
 pub mod request;
 pub mod resets;
 pub mod shared;
@@ -150,6 +151,12 @@ impl RootContext for Root {
             }
         }
         e.on_tick(now);
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Some(e) = self.engine.borrow_mut().as_mut() {
+            e.on_queue_ready(queue_id);
+        }
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {

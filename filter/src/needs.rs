@@ -18,6 +18,10 @@ pub struct Needs {
     pub response_flags: bool,
     /// `upstream.address`: only with `reset_signals`.
     pub upstream_address: bool,
+    /// The lowest `latency_p95_threshold` of any breaker, in µs: an upstream span this long or
+    /// longer is checked against Envoy's monotonic `request.duration` (a forward step of the wall
+    /// clock must not make a fast request look slow). `None`: no latency rule, no check.
+    pub clamp_latency_from_us: Option<u64>,
 }
 
 impl Needs {
@@ -29,6 +33,7 @@ impl Needs {
             authority: cfg.key_by == KeyBy::Authority,
             upstream_address: cfg.reset_signals.is_some(),
             response_flags: cfg.breaker.failure.upstream_resets,
+            clamp_latency_from_us: threshold_us(&cfg.breaker),
             ..Needs::default()
         };
         let mut retries = vec![&cfg.retry];
@@ -39,6 +44,10 @@ impl Needs {
                 OverrideMatch::Authority(_) => n.authority = true,
             }
             n.response_flags |= o.breaker.failure.upstream_resets;
+            n.clamp_latency_from_us = match (n.clamp_latency_from_us, threshold_us(&o.breaker)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             retries.push(&o.retry);
         }
         for r in retries {
@@ -55,4 +64,9 @@ impl Needs {
         }
         n
     }
+}
+
+fn threshold_us(b: &policy_core::config::BreakerConfig) -> Option<u64> {
+    b.latency_p95_threshold
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

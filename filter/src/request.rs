@@ -34,7 +34,7 @@ use policy_core::retry::{HeaderLookup, RequestView};
 use policy_core::window::Outcome;
 
 use crate::engine::{Engine, KeyParts};
-use crate::host::{parse_pairs, Host, Map};
+use crate::host::{pairs, Host, Map};
 use crate::needs::Needs;
 
 /// A property path in proxy-wasm's serialization: the segments joined by NUL bytes.
@@ -126,31 +126,51 @@ impl<'a> RequestHeaders<'a> {
         singles + if strips { 3 } else { 0 } >= 2
     }
 
-    /// From the parsed `header_pairs` map.
-    fn from_pairs(n: &'a Needs, pairs: &[(&'a [u8], &'a [u8])]) -> RequestHeaders<'a> {
-        let find = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name.as_bytes())
-                .map(|(_, v)| *v)
+    /// From the serialized `header_pairs` map, in one pass and without allocating (but for the
+    /// policies' own header names, when they have any). The first value of a name counts.
+    fn from_pairs(n: &'a Needs, buf: &'a [u8]) -> RequestHeaders<'a> {
+        let mut h = RequestHeaders {
+            authority: None,
+            method: None,
+            path: None,
+            content_type: None,
+            matched: n.match_headers.iter().map(|m| (m.as_str(), None)).collect(),
+            retry_headers_present: 0,
+            upgrade: false,
         };
-        RequestHeaders {
-            authority: find(":authority").filter(|_| n.authority),
-            method: find(":method").filter(|_| n.method),
-            path: find(":path").filter(|_| n.path),
-            content_type: find("content-type"),
-            matched: n
-                .match_headers
-                .iter()
-                .map(|h| (h.as_str(), find(h)))
-                .collect(),
-            retry_headers_present: policy_core::retry::ROUTER_RETRY_HEADERS
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| find(h).is_some())
-                .fold(0u8, |m, (i, _)| m | (1 << i)),
-            upgrade: find("upgrade").is_some() || is_connect(find(":method")),
+        let mut raw_method = None;
+        for (k, v) in pairs(buf) {
+            let first = |slot: &mut Option<&'a [u8]>| {
+                if slot.is_none() {
+                    *slot = Some(v);
+                }
+            };
+            match k {
+                b":authority" => first(&mut h.authority),
+                b":method" => first(&mut raw_method),
+                b":path" => first(&mut h.path),
+                b"content-type" => first(&mut h.content_type),
+                b"upgrade" => h.upgrade = true,
+                _ => {
+                    if let Some(i) = policy_core::retry::ROUTER_RETRY_HEADERS
+                        .iter()
+                        .position(|r| r.as_bytes() == k)
+                    {
+                        h.retry_headers_present |= 1 << i;
+                    }
+                    for m in h.matched.iter_mut() {
+                        if m.1.is_none() && m.0.as_bytes() == k {
+                            m.1 = Some(v);
+                        }
+                    }
+                }
+            }
         }
+        h.upgrade |= is_connect(raw_method);
+        h.authority = h.authority.filter(|_| n.authority);
+        h.path = h.path.filter(|_| n.path);
+        h.method = raw_method.filter(|_| n.method);
+        h
     }
 
     /// From single reads.
@@ -255,12 +275,11 @@ impl Exchange {
         } else {
             None
         };
-        let pairs = pairs_buf.as_deref().map(parse_pairs);
-        let singles = match pairs {
+        let singles = match pairs_buf {
             Some(_) => Singles::default(),
             None => Singles::read(&e.host, &n),
         };
-        let headers = match &pairs {
+        let headers = match pairs_buf.as_deref() {
             Some(p) => RequestHeaders::from_pairs(&n, p),
             None => RequestHeaders::from_singles(&n, &singles),
         };
@@ -386,31 +405,32 @@ impl Exchange {
         } else {
             1
         };
-        let duration_us = e
-            .host
-            .property(REQUEST_DURATION)
-            .and_then(|b| le_u64(&b))
-            .filter(|ns| (*ns as i64) >= 0)
-            .map(|ns| ns / 1_000);
-        let (whole_us, now_ms) = match duration_us {
-            Some(us) => (us, self.started_ms.saturating_add(us / 1_000)),
-            None => {
-                let now_ms = e.host.now_ns() / 1_000_000;
-                (
-                    now_ms.saturating_sub(self.started_ms).saturating_mul(1_000),
-                    now_ms,
-                )
-            }
-        };
-        // The upstream's part: request complete → response headers (or, with none, the end),
-        // never more than the whole exchange on Envoy's monotonic timer.
-        let upstream_us = self.request_done_ms.map_or(0, |done| {
+        // The end on the host clock (a cheap call). Envoy's monotonic `request.duration`, a
+        // property read several times the clock's price, is read only when the upstream's span
+        // is long enough for a latency rule to care: a forward step of the wall clock must not
+        // make a fast request look slow, and only there can it change a decision.
+        let mut now_ms = e.host.now_ns() / 1_000_000;
+        // The upstream's part: request complete → response headers (or, with none, the end).
+        let mut upstream_us = self.request_done_ms.map_or(0, |done| {
             let until = self.response_ms.unwrap_or(now_ms);
-            until
-                .saturating_sub(done)
-                .saturating_mul(1_000)
-                .min(whole_us)
+            until.saturating_sub(done).saturating_mul(1_000)
         });
+        if e.needs
+            .clamp_latency_from_us
+            .is_some_and(|from| upstream_us >= from)
+        {
+            let whole_us = e
+                .host
+                .property(REQUEST_DURATION)
+                .and_then(|b| le_u64(&b))
+                .filter(|ns| (*ns as i64) >= 0)
+                .map(|ns| ns / 1_000);
+            if let Some(whole_us) = whole_us {
+                // Never more than the whole exchange on Envoy's monotonic timer.
+                upstream_us = upstream_us.min(whole_us);
+                now_ms = self.started_ms.saturating_add(whole_us / 1_000);
+            }
+        }
         let latency_us = (!self.upgrade).then_some(upstream_us);
         if self.status.is_none() && !upstream_reset {
             // No response and no upstream failure: the client went away (or a filter before us

@@ -78,6 +78,23 @@ impl Names {
     pub fn poller_lease(&self) -> String {
         format!("{}poller", self.prefix)
     }
+
+    /// How many worker indexes exist ([`crate::peers`]).
+    pub fn peers(&self) -> String {
+        format!("{}peers", self.prefix)
+    }
+
+    /// Worker index `i`'s heartbeat entry.
+    pub fn peer(&self, i: u32, out: &mut String) {
+        out.clear();
+        let _ = write!(out, "{}peer/{i}", self.prefix);
+    }
+
+    /// Worker index `i`'s shared queue (a queue name, not a shared-data entry).
+    pub fn peer_queue(&self, i: u32, out: &mut String) {
+        out.clear();
+        let _ = write!(out, "{}q/{i}", self.prefix);
+    }
 }
 
 /// Read-modify-write of one shared entry with compare-and-swap ([`policy_core::flow::cas_update`]

@@ -119,7 +119,20 @@ impl Seen {
     }
 }
 
+/// Delivers the queue notifications Envoy would have posted to this worker's thread before its
+/// next event (another worker tripped a key): [`Engine::on_queue_ready`].
+fn deliver(e: &mut Engine<FakeHost>) {
+    let mine = e.queue_token();
+    let ready = e.host.take_ready();
+    let (for_me, others): (Vec<u32>, Vec<u32>) = ready.into_iter().partition(|t| Some(*t) == mine);
+    e.host.inner.borrow_mut().queue_ready.extend(others);
+    for t in for_me {
+        e.on_queue_ready(t);
+    }
+}
+
 fn start(e: &mut Engine<FakeHost>, now_ms: u64, req: &Req) -> (Exchange, Seen) {
+    deliver(e);
     let host = e.host.clone();
     host.set_now_ms(now_ms);
     let headers: Vec<(&str, &[u8])> = req
@@ -229,15 +242,40 @@ fn slot_of(host: &FakeHost, key: &str) -> Option<(u32, SlotState)> {
 // ---------------------------------------------------------------- the basics
 
 #[test]
-fn closed_request_path_reads_shared_state_once_and_writes_nothing() {
+fn closed_request_path_reads_shared_data_only_when_its_cache_is_old_and_writes_nothing() {
     let host = FakeHost::default();
     let mut e = engine(&host, FAST, 1);
-    exchange(&mut e, 0, &get("backend"), &ok());
     host.reset_calls();
-    let seen = exchange(&mut e, 1, &get("backend"), &ok());
+    let seen = exchange(&mut e, 0, &get("backend"), &ok());
     assert!(seen.admitted);
-    assert_eq!(host.calls("get_shared"), 1);
+    let first = host.calls("get_shared");
+    assert!(
+        first >= 1,
+        "a new key looks for its slot and reads its state"
+    );
+    host.reset_calls();
+    assert!(exchange(&mut e, 1, &get("backend"), &ok()).admitted);
+    assert_eq!(host.calls("get_shared"), 0, "known CLOSED in this epoch");
     assert_eq!(host.calls("set_shared"), 0);
+    // A tick moves the epoch on; the flush of the key's samples reads the state again, so the
+    // request after it still reads nothing.
+    e.on_tick(200);
+    host.reset_calls();
+    assert!(exchange(&mut e, 201, &get("backend"), &ok()).admitted);
+    assert_eq!(host.calls("get_shared"), 0, "the tick's flush refreshed it");
+    // An idle key (no flush at the tick) reads its state once at its next request.
+    e.on_tick(400);
+    e.on_tick(600);
+    host.reset_calls();
+    let (x, seen) = start(&mut e, 601, &get("backend"));
+    assert!(seen.admitted);
+    assert_eq!(
+        host.calls("get_shared"),
+        1,
+        "one read after the epoch moved on"
+    );
+    assert_eq!(host.calls("set_shared"), 0);
+    finish(&mut e, x, 602, &ok());
 }
 
 #[test]
@@ -293,6 +331,99 @@ fn failures_seen_by_two_workers_trip_the_shared_breaker_for_both() {
         Some(1)
     );
     assert_eq!(metric(&host, "backend", "meshbreaker_state"), 1);
+}
+
+#[test]
+fn a_worker_that_knows_a_key_closed_rejects_on_its_next_request_after_another_worker_trips_it() {
+    let host = FakeHost::default();
+    let mut a = engine(&host, FAST, 1);
+    let mut b = engine(&host, FAST, 2);
+    exchange(&mut b, 0, &get("c"), &ok());
+    host.reset_calls();
+    assert!(exchange(&mut b, 1, &get("c"), &ok()).admitted);
+    assert_eq!(host.calls("get_shared"), 0, "b trusts its cache");
+    for i in 0..6 {
+        exchange(&mut a, 2 + i, &get("c"), &fail());
+    }
+    // a trips the key at its tick (before b's tick moves b's epoch on) and tells b.
+    a.on_tick(200);
+    let seen = exchange(&mut b, 201, &get("c"), &ok());
+    assert!(seen.rejected(), "b's next request is rejected");
+    assert_eq!(
+        seen.local("x-meshbreaker-reason").as_deref(),
+        Some("error_rate")
+    );
+}
+
+#[test]
+fn a_worker_without_a_queue_reads_the_state_on_every_request() {
+    let host = FakeHost::default();
+    let mut a = engine(&host, FAST, 1);
+    host.inner.borrow_mut().refuse_queues = true;
+    let mut b = engine(&host, FAST, 2);
+    assert_eq!(b.queue_token(), None);
+    exchange(&mut b, 0, &get("c"), &ok());
+    let (x, _) = {
+        host.reset_calls();
+        start(&mut b, 1, &get("c"))
+    };
+    assert_eq!(
+        host.calls("get_shared"),
+        1,
+        "no cache without notifications"
+    );
+    finish(&mut b, x, 1, &ok());
+    for i in 0..6 {
+        exchange(&mut a, 2 + i, &get("c"), &fail());
+    }
+    a.on_tick(200);
+    assert!(exchange(&mut b, 201, &get("c"), &ok()).rejected());
+}
+
+/// Two workers, a and b; a's VM goes away (a reload replaced it) and b keeps ticking for 6 s, so
+/// a's heartbeat is stale. Returns a's queue token and b.
+fn a_peer_went_away(host: &FakeHost) -> (Option<u32>, Engine<FakeHost>) {
+    host.set_now_ms(0);
+    let a = engine(host, FAST, 1);
+    let mut b = engine(host, FAST, 2);
+    let token = a.queue_token();
+    drop(a);
+    for t in (100..=6_000).step_by(100) {
+        b.on_tick(t);
+    }
+    (token, b)
+}
+
+#[test]
+fn a_new_vm_takes_over_the_worker_index_of_a_vm_that_went_away_and_is_told_of_trips() {
+    let host = FakeHost::default();
+    let (old, mut b) = a_peer_went_away(&host);
+    host.set_now_ms(6_000);
+    let mut c = engine(&host, FAST, 3);
+    assert_eq!(
+        c.queue_token(),
+        old,
+        "a's index (and queue) is reused, not a new one"
+    );
+    assert_eq!(
+        host.get_shared("meshbreaker/mb/v3/peers").0.as_deref(),
+        Some(&b"2"[..])
+    );
+    exchange(&mut c, 6_001, &get("c"), &ok());
+    trip(&mut b, "c", 6_002);
+    assert!(exchange(&mut c, 6_203, &get("c"), &ok()).rejected());
+}
+
+#[test]
+fn trips_are_not_queued_for_a_vm_that_went_away() {
+    let host = FakeHost::default();
+    let (gone, mut b) = a_peer_went_away(&host);
+    let gone = gone.unwrap();
+    trip(&mut b, "c", 6_002);
+    assert!(
+        host.inner.borrow().queues.get(&gone).unwrap().is_empty(),
+        "nothing piles up in a dead VM's queue"
+    );
 }
 
 #[test]
@@ -1278,9 +1409,10 @@ fn a_stale_state_read_does_not_wipe_a_newer_window() {
     let h = host.clone();
     let b = std::rc::Rc::new(std::cell::RefCell::new(b));
     let b2 = b.clone();
-    // Right after a's flush reads the state (generation g; read 0 is a's request), the circuit
+    // Right after a's flush reads the state (generation g; a's request reads none: it knows the
+    // key CLOSED since its tick), the circuit
     // closes (g + 1) and b flushes into a window of g + 1.
-    host.after_get(&format!("/s/{slot}"), 1, move || {
+    host.after_get(&format!("/s/{slot}"), 0, move || {
         let name = format!("meshbreaker/mb/v3/s/{slot}");
         let (_, cas) = h.get_shared(&name);
         let mut closed = st.clone();
@@ -1703,13 +1835,16 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
     let closed = host.inner.borrow().calls.clone();
     let total: u64 = closed.values().sum();
     eprintln!("CLOSED: {total} host calls {closed:?}");
-    assert_eq!(host.calls("get_shared"), 1, "{closed:?}");
+    assert_eq!(host.calls("get_shared"), 0, "{closed:?}");
     assert_eq!(host.calls("set_shared"), 0, "{closed:?}");
     assert_eq!(host.calls("increment_metric"), 0, "{closed:?}");
-    // Round 1: 23. Now: clock, cluster, all request headers in one call, state, 2 retry headers
-    // (no strip: the client sent none); clock (the upstream's latency ends here), :status;
-    // flags, attempt count, duration.
-    assert_eq!(total, 11, "{closed:?}");
+    assert_eq!(host.calls("property"), 3, "{closed:?}");
+    // Round 1: 23; round 2: 10; with upstream latency: 11. Now: clock, cluster, all request
+    // headers in one call, 2 retry headers (no strip: the client sent none); clock (the
+    // upstream's latency ends here), :status; flags, attempt count, clock. No shared data: the
+    // worker knows the key CLOSED (its tick's flush read it), and `request.duration` is read only
+    // for a span that a latency rule could call slow.
+    assert_eq!(total, 10, "{closed:?}");
     assert_eq!(host.calls("remove_header"), 0, "{closed:?}");
 
     // OPEN: the state read and the local reply; nothing written, no metric call.
@@ -1757,12 +1892,9 @@ fn host_calls_per_request_are_pinned_for_the_default_config() {
         "HALF_OPEN probe completion: {} host calls {probe_end:?}",
         host.total_calls()
     );
-    assert_eq!(
-        host.calls("property"),
-        2,
-        "flags and duration only: {probe_end:?}"
-    );
-    // The clock at the response headers, :status, flags, duration, the state's read and write.
+    assert_eq!(host.calls("property"), 1, "flags only: {probe_end:?}");
+    // The clock at the response headers, :status, flags, the clock at the end, the state's read
+    // and write, the state gauge.
     assert_eq!(host.total_calls(), 7, "{probe_end:?}");
 }
 
@@ -1792,6 +1924,16 @@ struct CountingAlloc;
 
 thread_local! {
     static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Allocations (and reallocations) this thread made so far.
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|a| a.get())
+}
+
+fn count_allocation() {
+    let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
 }
 
 fn held_bytes() -> isize {
@@ -1805,6 +1947,7 @@ fn count_held(delta: isize) {
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         count_held(layout.size() as isize);
+        count_allocation();
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
@@ -1813,12 +1956,58 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         count_held(new as isize - layout.size() as isize);
+        count_allocation();
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
     }
 }
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
+
+#[test]
+fn a_closed_request_allocates_nothing_in_the_engine() {
+    // The engine's whole part of a CLOSED request (key, decision, retry plan, outcome), after
+    // warm-up: no host call (the state is cached, no flush is due) and no allocation. What the
+    // host hands back (header map, properties) is the host's allocation, not counted here.
+    use policy_core::retry::RequestView;
+    let host = FakeHost::default();
+    let mut e = engine(&host, "{}", 1);
+    exchange(&mut e, 0, &get("backend"), &ok());
+    e.on_tick(100);
+    let parts = crate::engine::KeyParts {
+        cluster: "backend",
+        route: "",
+        authority: "",
+    };
+    let view = RequestView {
+        method: "GET",
+        path: "/",
+        content_type: None,
+        headers: &(),
+    };
+    let outcome = policy_core::window::Outcome {
+        http_status: Some(200),
+        grpc_status: None,
+        upstream_reset: false,
+        latency_us: Some(900),
+        attempts: 1,
+    };
+    // Warm the buffers (recorder, registry) once.
+    for i in 0..300 {
+        let a = e.on_request(&parts, &view, 101 + i / 100);
+        e.on_complete_at(a.local.unwrap(), &outcome, None, None, 101 + i / 100);
+    }
+    host.reset_calls();
+    let before = allocations();
+    for _ in 0..100 {
+        let a = e.on_request(&parts, &view, 104);
+        assert_eq!(a.decision, policy_core::breaker::Decision::Allow);
+        e.on_complete_at(a.local.unwrap(), &outcome, None, None, 104);
+    }
+    let made = allocations() - before;
+    assert_eq!(host.total_calls(), 0, "{:?}", host.inner.borrow().calls);
+    assert_eq!(made, 0, "allocations in 100 CLOSED requests");
+}
 
 #[test]
 fn a_tracked_key_costs_well_under_2_kib_of_heap_per_worker() {

@@ -77,6 +77,18 @@ fn first_difference(want: &serde_json::Value, got: &serde_json::Value, at: Strin
                 None => format!("{at}: differs"),
             }
         }
+        (Value::Array(w), Value::Array(g)) => {
+            let i = w
+                .iter()
+                .zip(g)
+                .position(|(a, b)| a != b)
+                .unwrap_or(w.len().min(g.len()));
+            format!(
+                "{at}: {} items wanted, {} got; the first that differs is [{i}]",
+                w.len(),
+                g.len()
+            )
+        }
         _ => format!("{at}: want {want}, got {got}"),
     }
 }

@@ -47,10 +47,12 @@ async fn stack(shell: Shell) -> &'static Stack {
         .await
 }
 
-/// Sends GETs to `key` one after the other on one connection (one Envoy worker) until one is
-/// rejected; returns the requests that reached the router before it.
+/// Sends GETs to `key` one after the other on one connection (one Envoy worker: the rule counts
+/// per worker) until one is rejected; returns the requests that reached the router before it.
+/// HTTP/2, so that every request shares the one connection: an HTTP/1.1 pool may open a second
+/// one while the first is still being handed back, and the failures then split over two workers.
 async fn until_rejected(s: &Stack, key: &str, most: usize) -> Vec<HttpResponse> {
-    let c = s.client();
+    let c = s.envoy.h2c();
     let mut failed = Vec::new();
     loop {
         let r = c.get("/down", &[("x-route", key)]).await;

@@ -17,6 +17,12 @@
 //! "time=20"            20 × get_current_time                      in on_http_request_headers
 //! "replace=20"         20 × replace request header x-bench        in on_http_request_headers
 //! "remove=20"          20 × remove request header (absent)        in on_http_request_headers
+//! "mesh=1"             the host calls meshbreaker's default configuration makes on a CLOSED
+//!                      request, in the same callbacks and with no logic: the clock,
+//!                      xds.cluster_name, the request header map, x-envoy-retry-on and
+//!                      x-envoy-max-retries written; the clock and :status at the response
+//!                      headers; response.flags, upstream.request_attempt_count and the clock
+//!                      in on_log (the floor under meshbreaker's own code)
 //! "cluster=1,time=2"   kinds combine, separated by commas
 //! ```
 //!
@@ -46,6 +52,7 @@ pub struct Calls {
     pub time: u32,
     pub replace: u32,
     pub remove: u32,
+    pub mesh: u32,
 }
 
 /// The shared-data key `shared=N` reads; set once in `on_configure`.
@@ -73,6 +80,7 @@ impl Calls {
                 "time" => &mut c.time,
                 "replace" => &mut c.replace,
                 "remove" => &mut c.remove,
+                "mesh" => &mut c.mesh,
                 other => return Err(format!("unknown kind {other:?}")),
             };
             *slot = n;
@@ -166,6 +174,27 @@ impl HttpContext for Http {
                 hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-bench", Some("1")).ok(),
             );
         }
+        for _ in 0..c.mesh {
+            black_box(hostcalls::get_current_time().ok());
+            black_box(hostcalls::get_property(vec!["xds", "cluster_name"]).ok());
+            black_box(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).ok());
+            black_box(
+                hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    "x-envoy-retry-on",
+                    Some("5xx,reset"),
+                )
+                .ok(),
+            );
+            black_box(
+                hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    "x-envoy-max-retries",
+                    Some("2"),
+                )
+                .ok(),
+            );
+        }
         for _ in 0..c.remove {
             black_box(
                 hostcalls::remove_map_value(MapType::HttpRequestHeaders, "x-envoy-retry-on").ok(),
@@ -175,10 +204,22 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        for _ in 0..self.calls.mesh {
+            black_box(hostcalls::get_current_time().ok());
+            black_box(hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok());
+        }
         for _ in 0..self.calls.status {
             black_box(hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok());
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        for _ in 0..self.calls.mesh {
+            black_box(hostcalls::get_property(vec!["response", "flags"]).ok());
+            black_box(hostcalls::get_property(vec!["upstream", "request_attempt_count"]).ok());
+            black_box(hostcalls::get_current_time().ok());
+        }
     }
 }
 
