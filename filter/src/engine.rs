@@ -263,6 +263,9 @@ impl<H: Host> Engine<H> {
         }
         self.slots.meta = meta;
         shared::create_if_absent(&self.host, &self.names.label_count(), b"0");
+        if self.cfg.reset_signals.is_some() {
+            crate::resets::Poller::prepare_lease(&self.host, &self.names);
+        }
         let empty_state = SlotState::default().encode();
         let mut empty_windows = Vec::new();
         for (g, t) in geometries.iter().zip(&tables) {

@@ -92,6 +92,15 @@ impl Poller {
         (current, cas)
     }
 
+    /// Creates the lease entry, expired, if it does not exist (at configure time, before any VM
+    /// polls). Shared data has no create-if-absent and ignores the token of a write to an absent
+    /// entry, so two workers that both found no lease used to both take it (and both poll the
+    /// sidecar, and both log its outage); with the entry there, taking it is a real
+    /// compare-and-swap that one of them wins.
+    pub fn prepare_lease<H: Host>(host: &H, names: &Names) {
+        crate::shared::create_if_absent(host, &names.poller_lease(), b"0:0");
+    }
+
     /// Takes or renews the lease; true when this VM is the poller.
     fn lease<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> bool {
         let name = names.poller_lease();
@@ -382,6 +391,23 @@ mod tests {
         assert!(b.due(&host, &names, 0).is_none());
         // The lease runs out when its holder stops polling.
         assert!(b.due(&host, &names, 10_000).is_some());
+    }
+
+    #[test]
+    fn two_vms_racing_for_the_first_lease_leave_one_poller() {
+        let host = FakeHost::default();
+        let names = Names::new("p");
+        Poller::prepare_lease(&host, &names);
+        let mut a = Poller::new(cfg(), 2);
+        let b = std::rc::Rc::new(std::cell::RefCell::new(Poller::new(cfg(), 4)));
+        let (h, n, b2) = (host.clone(), names.clone(), b.clone());
+        // b takes the lease between a's read of it and a's write.
+        host.after_get("poller", 0, move || {
+            assert!(b2.borrow_mut().due(&h, &n, 10_000).is_some());
+        });
+        assert!(a.due(&host, &names, 10_000).is_none(), "a lost the race");
+        assert!(b.borrow_mut().due(&host, &names, 11_000).is_some());
+        assert!(a.due(&host, &names, 11_000).is_none());
     }
 
     #[test]
