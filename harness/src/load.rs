@@ -87,15 +87,6 @@ impl Load {
             extra_args: Vec::new(),
         }
     }
-
-    /// A fixed-rate load with latency correction.
-    pub fn fixed_rate(url: &str, connections: u32, duration: Duration, rate: f64) -> Load {
-        Load {
-            rate: Some(rate),
-            latency_correction: true,
-            ..Load::closed(url, connections, duration)
-        }
-    }
 }
 
 /// What one oha run measured (latencies in seconds).

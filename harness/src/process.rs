@@ -35,13 +35,37 @@ extern "C" {
 }
 
 extern "C" fn kill_all_children() {
-    if let Ok(mut g) = CHILDREN.lock() {
-        for (_, c) in g.iter_mut() {
-            kill_group(c.id(), libc::SIGKILL);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        g.clear();
+    let mut g = children();
+    for (_, c) in g.iter_mut() {
+        kill_unreaped(c);
+    }
+    g.clear();
+}
+
+/// Kills `c`'s whole process group (a launcher's children with it) and reaps `c`. The group is
+/// signalled only while `c` is not reaped yet (running, or exited and still a zombie): until then
+/// its pid, the group's id, cannot belong to anyone else. Once an earlier status check has reaped
+/// it, the pid may already name another process group, so that group is left alone.
+fn kill_unreaped(c: &mut Child) {
+    if unreaped(c.id()) {
+        kill_group(c.id(), libc::SIGKILL);
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Whether `pid` is a child of this process that nobody has reaped yet.
+fn unreaped(pid: u32) -> bool {
+    // SAFETY: waitid(2) with WNOWAIT only looks (it reaps nothing) and writes into our zeroed
+    // siginfo; it fails with ECHILD once the child was reaped.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == 0
     }
 }
 
@@ -228,15 +252,10 @@ impl Proc {
                 .position(|(id, _)| *id == self.id)
                 .map(|i| g.swap_remove(i).1)
         };
+        // The group goes with its leader (a launcher's children with it).
         if let Some(mut c) = child {
-            let running = matches!(c.try_wait(), Ok(None));
-            if running {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
+            kill_unreaped(&mut c);
         }
-        // Anything else left in the group (a launcher's child).
-        kill_group(self.pid, libc::SIGKILL);
     }
 }
 
@@ -254,6 +273,41 @@ mod tests {
     fn alive(pid: u32) -> bool {
         // SAFETY: signal 0 only checks that the process exists.
         unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    }
+
+    /// Whether `pid` is gone or a zombie.
+    fn dead(pid: u32) -> bool {
+        !alive(pid)
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    }
+
+    #[test]
+    fn a_launcher_that_exited_unreaped_still_takes_its_group_with_it() {
+        // The shell leaves a grandchild behind and exits; nothing has reaped it when it is
+        // stopped, so its group is still its own and goes.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 60 & echo $!"])
+            .stdout(Stdio::piped());
+        let p = Proc::spawn("sh", &mut cmd).unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(p.take_stdout().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: u32 = line.trim().parse().unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while !dead(p.pid()) {
+            assert!(Instant::now() < end, "the shell never exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(alive(grandchild));
+        drop(p);
+        while !dead(grandchild) {
+            assert!(Instant::now() < end, "grandchild {grandchild} survived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

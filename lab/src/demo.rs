@@ -387,9 +387,6 @@ pub fn run(o: &Opts, wasm: &Path, envoy: &Path) -> Result {
     Ok(())
 }
 
-/// Installs what the demo needs, then builds the filter and the demo's binaries (and the eBPF
-/// sidecar when it can run here). Every install comes before any build: the filter's size limit
-/// depends on wasm-opt, and the sidecar's build on clang.
 /// Prometheus beside the stack (module `prometheus`), when Debian's package is installed: one
 /// line with its URL, or one line saying why there is none. `--ci` needs it.
 fn start_prometheus(
