@@ -1,6 +1,7 @@
-//! Supervised child processes: every process the harness starts (Envoy, the sidecar, upstreams,
-//! load drivers) goes through [`Proc`], so none outlives the test binary or command that started
-//! it, however that one ends.
+//! Supervised child processes: the long-lived processes the harness starts (Envoy, the sidecar,
+//! upstreams, background load) go through [`Proc`], so none outlives the test binary or command
+//! that started it, however that one ends. Short runs that the caller waits for (one `oha` run,
+//! `perf record`) are plain commands.
 //!
 //! ## How a child is held
 //! - It is forked from one thread that lives as long as the process. A parent-death signal

@@ -1,6 +1,7 @@
 //! The experiments that write `docs/`: each measures the real stack (through the harness) and
-//! writes its document. They build nothing that needs installing and install nothing: `cargo
-//! xtask` parses the command line, installs and builds what a run needs, and passes the paths in.
+//! writes its document. `cargo xtask` parses the command line, installs and builds what a run
+//! needs, and passes the paths in; the one install left here is oha's (`cargo install`), on the
+//! benchmarks' first run.
 //!
 //! * [`bench`]: what meshbreaker costs per request beside what a user could run instead
 //!   (`docs/PERFORMANCE.md`).

@@ -27,7 +27,8 @@ pub enum Cmd {
     Build,
     /// Everything CI runs (installs what it needs).
     Test(TestArgs),
-    /// The local stack with a flaky upstream, driven through its phases.
+    /// The local stack with a flaky upstream, driven through its phases (the eBPF sidecar too
+    /// when it can run here; MESHBREAKER_DEMO_NO_SIDECAR=1 leaves it out).
     Demo(DemoArgs),
     /// Overhead benchmark, writes docs/PERFORMANCE.md (--protection: docs/PROTECTION.md).
     Bench(BenchArgs),
