@@ -61,21 +61,7 @@ pub fn text(b: &[u8]) -> &str {
     }
 }
 
-/// A decimal number of at most 10 digits (optional surrounding whitespace), `None` otherwise.
-pub fn parse_u32(b: &[u8]) -> Option<u32> {
-    let b = b.trim_ascii();
-    if b.is_empty() || b.len() > 10 {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for &c in b {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + u64::from(c - b'0');
-    }
-    u32::try_from(v).ok()
-}
+pub use policy_core::wire::parse_u32;
 
 /// An 8-byte little-endian integer property (Envoy serializes CEL ints, uints and durations so).
 pub fn le_u64(b: &[u8]) -> Option<u64> {
@@ -465,16 +451,5 @@ mod tests {
         assert_eq!(text(b"application/grpc\xff"), "application/grpc");
         assert_eq!(text(b"\xff\xfe"), "");
         assert_eq!(text("é/x".as_bytes()), "é/x");
-    }
-
-    #[test]
-    fn numbers_from_headers_are_bounded() {
-        assert_eq!(parse_u32(b" 14 "), Some(14));
-        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
-        assert_eq!(parse_u32(b"4294967296"), None);
-        assert_eq!(parse_u32(b"99999999999999999999"), None);
-        assert_eq!(parse_u32(b"1\xff"), None);
-        assert_eq!(parse_u32(b"-1"), None);
-        assert_eq!(parse_u32(b""), None);
     }
 }

@@ -14,7 +14,8 @@
 //! - [`flow`]: one key's protocol across workers (admit, complete, merge, trip, probe) over a store;
 //! - [`metrics`]: the names of the metrics an operator sees;
 //! - [`reply`]: the local reply to a rejected request;
-//! - [`resets`]: arithmetic on the sidecar's cumulative kernel reset counters.
+//! - [`resets`]: arithmetic on the sidecar's cumulative kernel reset counters;
+//! - [`wire`]: numbers read from header bytes, bounded.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -33,3 +34,4 @@ pub mod resets;
 pub mod retry;
 pub mod shedding;
 pub mod window;
+pub mod wire;
