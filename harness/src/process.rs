@@ -276,20 +276,27 @@ mod tests {
         unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
     }
 
-    /// Whether `pid` is gone or a zombie.
+    /// Whether `pid` is gone or a zombie (a killed grandchild lingers as one until init reaps it).
     fn dead(pid: u32) -> bool {
         !alive(pid)
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|s| s.contains(") Z "))
     }
 
-    #[test]
-    fn a_launcher_that_exited_unreaped_still_takes_its_group_with_it() {
-        // The shell leaves a grandchild behind and exits; nothing has reaped it when it is
-        // stopped, so its group is still its own and goes.
+    /// Polls until `pid` is [`dead`], failing with `what` after 10 s.
+    fn wait_dead(pid: u32, what: &str) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !dead(pid) {
+            assert!(Instant::now() < end, "{what} ({pid})");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Runs `sh -c script`, where the script starts `sleep 60` in the background and prints its
+    /// pid first; returns the shell and that grandchild, which shares the shell's group.
+    fn shell_with_grandchild(script: &str) -> (Proc, u32) {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "sleep 60 & echo $!"])
-            .stdout(Stdio::piped());
+        cmd.args(["-c", script]).stdout(Stdio::piped());
         let p = Proc::spawn("sh", &mut cmd).unwrap();
         let mut line = String::new();
         std::io::BufRead::read_line(
@@ -297,47 +304,29 @@ mod tests {
             &mut line,
         )
         .unwrap();
-        let grandchild: u32 = line.trim().parse().unwrap();
-        let end = Instant::now() + Duration::from_secs(10);
-        while !dead(p.pid()) {
-            assert!(Instant::now() < end, "the shell never exited");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        (p, line.trim().parse().unwrap())
+    }
+
+    #[test]
+    fn a_launcher_that_exited_unreaped_still_takes_its_group_with_it() {
+        // The shell leaves a grandchild behind and exits; nothing has reaped it when it is
+        // stopped, so its group is still its own and goes.
+        let (p, grandchild) = shell_with_grandchild("sleep 60 & echo $!");
+        wait_dead(p.pid(), "the shell never exited");
         assert!(alive(grandchild));
         drop(p);
-        while !dead(grandchild) {
-            assert!(Instant::now() < end, "grandchild {grandchild} survived");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_dead(grandchild, "the grandchild survived");
     }
 
     #[test]
     fn a_dropped_proc_takes_its_whole_group_with_it() {
         // The shell starts a grandchild in the background and waits: the grandchild shares the
         // group, and must go too.
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "sleep 60 & echo $!; wait"])
-            .stdout(Stdio::piped());
-        let p = Proc::spawn("sh", &mut cmd).unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(p.take_stdout().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let grandchild: u32 = line.trim().parse().unwrap();
+        let (p, grandchild) = shell_with_grandchild("sleep 60 & echo $!; wait");
         assert!(p.is_running() && alive(grandchild));
         let pid = p.pid();
         drop(p);
-        let end = Instant::now() + Duration::from_secs(10);
-        // The grandchild is reaped by init once killed; until then it may linger as a zombie.
-        while alive(grandchild)
-            && std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "))
-        {
-            assert!(Instant::now() < end, "grandchild {grandchild} survived");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_dead(grandchild, "the grandchild survived");
         assert!(!alive(pid), "the child was reaped");
     }
 
