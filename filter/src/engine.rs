@@ -32,6 +32,7 @@ use crate::shared::{self, cas_update, Entries, Geometry, Meta, Update};
 use crate::slots::{Shared, SlotSearch, SlotTable};
 
 pub use policy_core::flow::{since, FLUSH_MS};
+pub use policy_core::resets::normalize_upstream;
 /// A busy worker refreshes its keys' `last_active_ms` at most this often (one state write per
 /// key and second, off the request path).
 pub const ACTIVE_WRITE_MS: u64 = 1_000;
@@ -890,20 +891,4 @@ enum ProbeEnd {
     Done(bool),
     /// Its client went away before any response, after `ran_us` upstream.
     Abandoned { ran_us: u64 },
-}
-
-/// Envoy's `upstream.address` in the sidecar's `peer` form: `10.0.0.5:8080`, `[::1]:8080`, an
-/// IPv4-mapped IPv6 address as IPv4. Anything that is not an IP socket address (a pipe, an
-/// internal listener) is dropped: the kernel signal cannot be about it.
-pub fn normalize_upstream(raw: &str) -> Option<String> {
-    use std::net::{IpAddr, SocketAddr};
-    let addr: SocketAddr = raw.parse().ok()?;
-    let ip = match addr.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    Some(SocketAddr::new(ip, addr.port()).to_string())
 }

@@ -256,16 +256,7 @@ pub fn feed(cfg: &ResetSignals) -> Arc<Feed> {
 /// address (a pipe, an internal listener, bytes that are not UTF-8) is dropped: the kernel signal
 /// cannot be about it.
 pub fn normalize_upstream(raw: &[u8]) -> Option<String> {
-    use std::net::{IpAddr, SocketAddr};
-    let addr: SocketAddr = std::str::from_utf8(raw).ok()?.parse().ok()?;
-    let ip = match addr.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    Some(SocketAddr::new(ip, addr.port()).to_string())
+    policy_core::resets::normalize_upstream(std::str::from_utf8(raw).ok()?)
 }
 
 #[cfg(test)]

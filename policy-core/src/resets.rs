@@ -117,6 +117,23 @@ pub fn is_peer_address(s: &str) -> bool {
     s.len() <= MAX_PEER_BYTES && port_ok && host_ok
 }
 
+/// Envoy's `upstream.address` in the sidecar's `peer` form: `10.0.0.5:8080`, `[::1]:8080`, an
+/// IPv4-mapped IPv6 address as IPv4. Anything that is not an IP socket address (a pipe, an
+/// internal listener) is dropped: the kernel signal cannot be about it. Both shells learn an
+/// upstream host with it, so they attribute resets alike.
+pub fn normalize_upstream(raw: &str) -> Option<String> {
+    use std::net::{IpAddr, SocketAddr};
+    let addr: SocketAddr = raw.parse().ok()?;
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    Some(SocketAddr::new(ip, addr.port()).to_string())
+}
+
 /// `s` cut to [`MAX_SHOWN`] bytes at a character boundary.
 fn shown(s: &str) -> String {
     let mut end = s.len().min(MAX_SHOWN);
