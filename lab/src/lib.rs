@@ -12,11 +12,13 @@
 //!   picture, the replay against the live filter, Prometheus on the shipped rules, Ctrl-C).
 //! * [`live`]: a replay held to the transitions the filter logged live (`demo --ci`'s oracle).
 //! * [`prometheus`]: a real Prometheus beside the demo, on the shipped rules.
+//! * [`docs`]: the generated sections of a document, between markers in its hand-written prose.
 //! * [`fuzz`]: the cargo-fuzz targets' runs, and the report helpers the reliability sections
 //!   share (`docs/RELIABILITY.md`).
 
 pub mod bench;
 pub mod demo;
+pub mod docs;
 pub mod fuzz;
 pub mod live;
 pub mod prometheus;
