@@ -106,6 +106,7 @@ pub fn fill(path: &Path, prefix: &str, sections: &[Section]) -> Result {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
