@@ -1,9 +1,9 @@
 //! Envoy for the experiments: start one from a YAML bootstrap, wait until it is LIVE, read its
 //! listeners' ports and stats back from admin, and kill it on drop.
 //!
-//! Why: two Envoys on one machine need distinct `--base-id`s (spaced apart, because hot-restart
-//! sockets are named after `base_id + epoch`), and listener ports must be read back from admin
-//! instead of guessed. Write `port_value: 0` in listeners and admin; the ports are read back.
+//! Why: two Envoys on one machine collide through hot restart's shared memory and sockets unless
+//! it is off ([`NO_HOT_RESTART`]), and listener ports must be read back from admin instead of
+//! guessed. Write `port_value: 0` in listeners and admin; the ports are read back.
 //!
 //! Envoy runs as a supervised [`Proc`]: forked from the harness's long-lived spawner thread (Envoy
 //! sets a parent-death signal on the thread that forked it), in its own process group, and killed
@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::http::{http_get, http_request};
@@ -26,18 +25,13 @@ pub fn envoy_version(bin: &Path) -> String {
     v.split("version:").nth(1).unwrap_or(&v).trim().to_string()
 }
 
-static NEXT_BASE: AtomicU32 = AtomicU32::new(0);
-
-/// A `--base-id` no other Envoy on this machine uses: this process's pid keeps processes apart
-/// (test binaries, xtask's commands, each other), the counter keeps the Envoys of one process
-/// apart. Ids are spaced by 10 because Envoy's hot-restart domain sockets are named after
-/// `base_id + restart epoch`: adjacent ids make a second Envoy take over the first one's
-/// listeners. Every Envoy the project starts takes its id here, so no two ranges need keeping
-/// apart.
-pub fn base_id() -> u32 {
-    let n = NEXT_BASE.fetch_add(1, Ordering::SeqCst) % 1000;
-    (std::process::id() % 400_000) * 10_000 + n * 10
-}
+/// The flag every Envoy the project starts gets: hot restart off. Hot restart is what names
+/// shared memory and domain sockets after `--base-id`, so two Envoys on one machine with it on
+/// need ids at least 10 apart, and each Envoy killed leaves a `/dev/shm/envoy_shared_memory_*`
+/// file behind. Nothing here restarts an Envoy hot (a reload goes through LDS, as Istio's does),
+/// so with it off any number of Envoys run side by side with no id to hand out and nothing left
+/// in `/dev/shm`.
+pub const NO_HOT_RESTART: &str = "--disable-hot-restart";
 
 /// How to run one Envoy.
 #[derive(Clone, Debug)]
@@ -101,8 +95,7 @@ impl Envoy {
             .arg(opts.concurrency.to_string())
             .arg("--log-level")
             .arg(&opts.log_level)
-            .arg("--base-id")
-            .arg(base_id().to_string())
+            .arg(NO_HOT_RESTART)
             .arg("--admin-address-path")
             .arg(&admin_path)
             .args(&opts.extra_args)

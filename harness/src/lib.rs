@@ -4,7 +4,7 @@
 //! Blocking and std-only: the experiments run no async runtime, and the tests wrap what they need.
 //!
 //! * [`envoy`]: start an Envoy from a bootstrap, wait until LIVE, read ports and stats from admin;
-//!   [`envoy::base_id`], the one `--base-id` allocator every Envoy the project starts uses.
+//!   hot restart off ([`envoy::NO_HOT_RESTART`]), so any number run side by side.
 //! * [`cargo`]: workspace binaries built on demand, found through cargo's JSON.
 //! * [`process`]: supervised children (own group, death signal, killed on drop and at exit).
 //! * [`bootstrap`]: bootstrap pieces; [`snapshot`]: generated bootstraps held to committed files.

@@ -127,10 +127,18 @@ impl Proc {
                 atexit(kill_all_children);
             }
         });
-        // SAFETY: pre_exec runs in the forked child before exec; prctl is async-signal-safe.
+        // The death signal is armed only once the child has run `prctl`: a parent that dies
+        // between the fork and that call leaves a child nobody kills. The child sees that as a
+        // new parent (`getppid` no longer the process that forked it) and does not exec.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: pre_exec runs in the forked child before exec; prctl and getppid are
+        // async-signal-safe, and the closure allocates nothing.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
                 Ok(())
             });
         }

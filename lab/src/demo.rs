@@ -290,7 +290,6 @@ pub fn run(o: &Opts, wasm: &Path, envoy: &Path) -> Result {
         Err(why) => eprintln!("kernel signals: off ({why})"),
     }
 
-    let base_id = meshbreaker_harness::envoy::base_id();
     let envoy_log = log_file(&o.out, "envoy")?;
     // The bootstrap's JSON access log goes to stdout: access.log, replayed by `--ci`.
     let access_log = log_file(&o.out, "access")?;
@@ -303,8 +302,7 @@ pub fn run(o: &Opts, wasm: &Path, envoy: &Path) -> Result {
             .args([
                 "--concurrency",
                 "2",
-                "--base-id",
-                &base_id.to_string(),
+                meshbreaker_harness::envoy::NO_HOT_RESTART,
                 "--log-level",
                 "info",
                 // Epoch seconds, so the filter's transition lines share the access log's clock.

@@ -61,8 +61,7 @@ pub fn envoy_validate(yaml: &str) -> (bool, String) {
         .arg(&cfg)
         .arg("--log-level")
         .arg("info")
-        .arg("--base-id")
-        .arg(meshbreaker_harness::envoy::base_id().to_string())
+        .arg(meshbreaker_harness::envoy::NO_HOT_RESTART)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run envoy: {e}"));
@@ -120,8 +119,7 @@ impl Envoy {
             .args(["--concurrency", "2", "--log-level", "info"])
             // The log file is flushed every 10 s by default; tests poll it for transitions.
             .args(["--file-flush-interval-msec", "50"])
-            .arg("--base-id")
-            .arg(meshbreaker_harness::envoy::base_id().to_string())
+            .arg(meshbreaker_harness::envoy::NO_HOT_RESTART)
             .arg("--log-path")
             .arg(&log_path)
             .arg("--admin-address-path")
