@@ -46,16 +46,7 @@ fn require_root_and_tracefs() {
 fn sidecar_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("MESHBREAKER_SIDECAR") {
-            let p = PathBuf::from(p);
-            assert!(
-                p.is_file(),
-                "MESHBREAKER_SIDECAR={} is not a file",
-                p.display()
-            );
-            return p;
-        }
-        meshbreaker_harness::cargo::build_bin("meshbreaker-sidecar", "meshbreaker-sidecar", false)
+        meshbreaker_harness::sidecar::binary(false)
             .unwrap_or_else(|e| panic!("{e}; set MESHBREAKER_SIDECAR to a built binary"))
     })
     .clone()

@@ -138,7 +138,7 @@ impl Sidecar {
         if harness::sidecar::euid() != Some(0) {
             return Err("the reset-storm runs with the eBPF sidecar need root (BPF)".into());
         }
-        let bin = harness::cargo::build_bin("meshbreaker-sidecar", "meshbreaker-sidecar", true)?;
+        let bin = harness::sidecar::binary(true)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
