@@ -28,25 +28,17 @@ use crate::host::Host;
 use crate::metrics::{Counter, Gauge, LabelId, Metrics};
 use crate::resets::ResetView;
 pub use crate::shared::Names;
-use crate::shared::{self, cas_update, Entries, Geometry, Meta, Update};
+use crate::shared::{self, cas_update, Entries, Geometry, Meta, Scratch, Update};
 use crate::slots::{Shared, SlotSearch, SlotTable};
 
-pub use policy_core::flow::{since, FLUSH_MS};
+pub use crate::slots::SLOT_SEARCHES_PER_TICK;
+pub use policy_core::flow::{since, FLUSH_MS, MIN_TAKEOVER_IDLE_MS};
 pub use policy_core::resets::normalize_upstream;
 /// A busy worker refreshes its keys' `last_active_ms` at most this often (one state write per
 /// key and second, off the request path).
 pub const ACTIVE_WRITE_MS: u64 = 1_000;
-/// A CLOSED key must have been idle at least this long (and longer than its window) before its
-/// slot may be taken over; several [`ACTIVE_WRITE_MS`] so a busy key never looks idle.
-pub const MIN_TAKEOVER_IDLE_MS: u64 = 5_000;
 /// A key without a slot tries to get one again at most this often.
 pub const SLOT_RETRY_MS: u64 = 1_000;
-/// Slot searches (up to [`crate::slots::PROBE_SLOTS`] reads each, per seed and table size) a
-/// worker makes per tick for keys it has not placed yet: a claim (free or taken-over slot, with
-/// its compare-and-swap) happens only within it. Keys over the budget still look up the slot they
-/// already hold (the probe reads, no write), so an OPEN key new to this worker is rejected, and
-/// pass unguarded only if they hold none, until the next tick.
-pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
 /// Upstream hosts a worker reports per key and flush (only with `reset_signals`): new ones are
 /// learned, known ones move up in the key's least-recently-seen order. As many as a key remembers,
 /// so that with round-robin balancing no endpoint is always past the cut.
@@ -160,15 +152,6 @@ pub struct Engine<H: Host> {
     /// Moves on at every tick and whenever another worker tripped a key: a key's CLOSED state
     /// read in an older epoch is read again ([`KeyLocal::closed_epoch`]).
     pub(crate) cache_epoch: u64,
-}
-
-/// Buffers reused across calls so the request path does not allocate: encoding, histogram
-/// merges, entry names.
-#[derive(Default)]
-pub(crate) struct Scratch {
-    pub bins: Vec<(u64, u64)>,
-    pub enc: Vec<u8>,
-    pub name: String,
 }
 
 fn ms(d: Duration) -> u64 {

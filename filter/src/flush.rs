@@ -31,7 +31,7 @@ impl<H: Host> Engine<H> {
         // by its next request.
         self.cache_epoch = self.cache_epoch.wrapping_add(1);
         self.peers.on_tick(&self.host, &self.names, now_ms);
-        self.slots.searches_left = crate::engine::SLOT_SEARCHES_PER_TICK;
+        self.slots.searches_left = crate::slots::SLOT_SEARCHES_PER_TICK;
         if crate::engine::since(now_ms, self.slots.meta_checked_ms) >= META_REFRESH_MS {
             self.release_idle_keys(now_ms);
         }

@@ -21,8 +21,8 @@ use policy_core::config::{ResetSignals, MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
 use policy_core::encoding::ResetTotals;
 use policy_core::resets::{parse_snapshot, ResetTracker};
 
-use crate::engine::Names;
 use crate::host::Host;
+use crate::shared::Names;
 
 /// The most peers the published totals carry.
 const MAX_PUBLISHED_PEERS: usize = 4096;
@@ -159,7 +159,7 @@ impl Poller {
     pub fn due<H: Host>(&mut self, host: &H, names: &Names, now_ms: u64) -> Option<PollRequest> {
         if let Some((_, sent)) = self.in_flight {
             let timeout = self.poll_ms().max(1_000);
-            if crate::engine::since(now_ms, sent) < timeout.saturating_add(1_000) {
+            if policy_core::flow::since(now_ms, sent) < timeout.saturating_add(1_000) {
                 return None;
             }
             self.in_flight = None;

@@ -400,6 +400,15 @@ pub fn slot_hash(seed: u64, key: &str) -> u64 {
     h ^ (h >> 31)
 }
 
+/// Buffers reused across calls so the request path does not allocate: encoding, histogram
+/// merges, entry names.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub bins: Vec<(u64, u64)>,
+    pub enc: Vec<u8>,
+    pub name: String,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

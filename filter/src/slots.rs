@@ -17,15 +17,21 @@
 //! slot is emptied. A slot in the current table always wins over one found under an older size,
 //! so a stale copy can never bring an old OPEN state back after the key recovered.
 //!
-//! [`MIN_TAKEOVER_IDLE_MS`]: crate::engine::MIN_TAKEOVER_IDLE_MS
+//! [`MIN_TAKEOVER_IDLE_MS`]: policy_core::flow::MIN_TAKEOVER_IDLE_MS
 
 use policy_core::breaker::{BreakerState, State};
 use policy_core::encoding::SlotState;
 use policy_core::flow::{takeover_allowed, FUTURE_MARK_MS};
 
-use crate::engine::Scratch;
 use crate::host::Host;
-use crate::shared::{cas_update, slot_hash, Meta, Names, Update};
+use crate::shared::{cas_update, slot_hash, Meta, Names, Scratch, Update};
+
+/// Slot searches (up to [`PROBE_SLOTS`] reads each, per seed and table size) a
+/// worker makes per tick for keys it has not placed yet: a claim (free or taken-over slot, with
+/// its compare-and-swap) happens only within it. Keys over the budget still look up the slot they
+/// already hold (the probe reads, no write), so an OPEN key new to this worker is rejected, and
+/// pass unguarded only if they hold none, until the next tick.
+pub const SLOT_SEARCHES_PER_TICK: u32 = 64;
 
 /// Slots probed per key. Changing it moves keys to other slots on the next configuration.
 pub const PROBE_SLOTS: u32 = 8;
@@ -265,7 +271,7 @@ pub(crate) struct SlotTable {
     pub meta_checked_ms: u64,
     /// How long a CLOSED key must have been idle before its slot may be taken over.
     pub takeover_idle_ms: u64,
-    /// Slot searches left until the next tick ([`crate::engine::SLOT_SEARCHES_PER_TICK`]).
+    /// Slot searches left until the next tick ([`SLOT_SEARCHES_PER_TICK`]).
     pub searches_left: u32,
     /// A key found no free slot once (warned once per VM).
     pub warned_no_slot: bool,
@@ -281,7 +287,7 @@ impl SlotTable {
             },
             meta_checked_ms: 0,
             takeover_idle_ms,
-            searches_left: crate::engine::SLOT_SEARCHES_PER_TICK,
+            searches_left: SLOT_SEARCHES_PER_TICK,
             warned_no_slot: false,
         }
     }

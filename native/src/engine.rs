@@ -37,9 +37,7 @@ use crate::store::{KeyEntries, Table};
 /// Workers are found by `worker_index % WORKER_SLOTS`; Envoy runs fewer workers than this on
 /// any machine the module targets, so each has its own.
 pub const WORKER_SLOTS: usize = 64;
-/// A CLOSED key must have been idle at least this long (and longer than its window) before
-/// another key may take its place in the table (the filter's rule).
-pub const MIN_TAKEOVER_IDLE_MS: u64 = 5_000;
+pub use policy_core::flow::MIN_TAKEOVER_IDLE_MS;
 /// A key the table had no room for asks again at most this often.
 pub const RETRY_ENTRIES_MS: u64 = 1_000;
 

@@ -26,8 +26,7 @@
 use crate::config::{BreakerConfig, Mode, Shedding};
 use crate::window::{trip_reason, Counts, TripReason};
 
-/// [`BreakerState::shed`] of a circuit that rejects every request (probabilities are in 1/10000).
-pub const SHED_ALL: u16 = 10_000;
+pub use crate::shedding::SHED_ALL;
 
 /// OPEN lasts the current sleep window times a uniform factor in `[1.0, 1.0 + JITTER_SPREAD]`.
 pub const JITTER_SPREAD: f64 = 0.2;

@@ -248,7 +248,7 @@ impl SlotState {
         let last_active_ms = r.varint()?;
         let shed = u16::try_from(r.varint()?)
             .ok()
-            .filter(|s| *s <= crate::breaker::SHED_ALL)
+            .filter(|s| *s <= crate::shedding::SHED_ALL)
             .ok_or(DecodeError::BadValue("shed"))?;
         let n = r.len(MAX_ENCODED_PROBES, "probes")?;
         let mut probes = Vec::with_capacity(n.min(16));

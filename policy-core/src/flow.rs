@@ -40,9 +40,7 @@ use crate::window::{
     Recorder, TripReason, Window,
 };
 
-/// A worker merges its samples into the shared window at least this often. The configuration's
-/// shortest bucket (`validate::MIN_BUCKET`) is this long: shorter buckets would go by unmerged.
-pub const FLUSH_MS: u64 = 100;
+pub use crate::config::FLUSH_MS;
 
 /// A full recorder whose merge failed asks again after this long (see [`Local::record`]).
 pub const FULL_RETRY_MS: u64 = 1;
@@ -234,6 +232,11 @@ pub fn probe_succeeded(
 /// clock stepped back: it is replaced by the present one (by the key's workers, and by a key
 /// looking for a slot), so it never keeps a slot from being taken over for the size of the step.
 pub const FUTURE_MARK_MS: u64 = 1_000;
+
+/// The shortest `idle_ms` a shell passes to [`takeover_allowed`] (it passes the longest window
+/// when that is longer): several of the activity marks a busy worker writes each second, so a
+/// busy key never looks idle.
+pub const MIN_TAKEOVER_IDLE_MS: u64 = 5_000;
 
 /// A slot may be taken over by another key (or released) only from a key that has seen no
 /// request, and whose worker wrote no activity mark, for longer than `idle_ms`, and then only:

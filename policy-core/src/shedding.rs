@@ -23,8 +23,11 @@
 //! Shedding starts at [`ENTER`] and stops at 0, so a success rate hovering at `s` does not flap the
 //! state; in between, the share is written back only when it moved by [`STEP`].
 
-use crate::breaker::SHED_ALL;
 use crate::window::{Counts, FailureClass};
+
+/// The share (in 1/10000) of a circuit that rejects every request:
+/// [`crate::breaker::BreakerState::shed`] at a binary OPEN.
+pub const SHED_ALL: u16 = 10_000;
 
 /// The share (in 1/10000) at which a CLOSED circuit starts shedding: 5%.
 pub const ENTER: u16 = 500;

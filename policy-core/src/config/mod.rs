@@ -35,6 +35,7 @@ mod tests;
 pub use self::duration::{format_duration, parse_duration};
 pub use self::error::ConfigError;
 pub use self::raw::RawConfig;
+pub use self::validate::FLUSH_MS;
 pub use self::validate::{MAX_POLL_INTERVAL, MAX_PROBES, MIN_POLL_INTERVAL};
 /// Keys are the `keys` module's: configuration only names how they are formed.
 pub use crate::keys::KeyBy;

@@ -34,9 +34,14 @@ impl Errors {
     }
 }
 
-/// The shortest bucket and sleep window: below it the workers' merge cadence
-/// ([`crate::flow::FLUSH_MS`]) cannot keep up.
-pub(crate) const MIN_BUCKET: Duration = Duration::from_millis(crate::flow::FLUSH_MS);
+/// A worker merges its samples into the shared window at least this often (the flow's cadence,
+/// [`crate::flow`]). It is defined here, beside the rule it bounds, so that the configuration
+/// does not depend on the flow that depends on it.
+pub const FLUSH_MS: u64 = 100;
+
+/// The shortest bucket and sleep window: below it the workers' merge cadence ([`FLUSH_MS`])
+/// cannot keep up, and shorter buckets would go by unmerged.
+pub(crate) const MIN_BUCKET: Duration = Duration::from_millis(FLUSH_MS);
 /// Most probes and successes in HALF_OPEN: what the shared-state encoding can hold
 /// ([`crate::encoding::MAX_ENCODED_PROBES`]).
 pub const MAX_PROBES: i64 = 1000;
