@@ -57,6 +57,56 @@ impl Default for EnvoyOpts {
     }
 }
 
+/// The Envoy command for bootstrap `cfg`: cwd the repository root (so relative paths resolve as
+/// in the shipped config), hot restart off, admin's address written to `admin_path`, under
+/// `taskset` when `opts.cpus` is set; stdin closed, stdout and stderr left to the caller.
+pub fn command(bin: &Path, cfg: &Path, admin_path: &Path, opts: &EnvoyOpts) -> Command {
+    let mut cmd = match &opts.cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.current_dir(repo_root())
+        .arg("-c")
+        .arg(cfg)
+        .arg("--concurrency")
+        .arg(opts.concurrency.to_string())
+        .arg("--log-level")
+        .arg(&opts.log_level)
+        .arg(NO_HOT_RESTART)
+        .arg("--admin-address-path")
+        .arg(admin_path)
+        .args(&opts.extra_args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The admin port Envoy wrote to its `--admin-address-path` file (`127.0.0.1:PORT`), once it has.
+pub fn admin_port(admin_path: &Path) -> Option<u16> {
+    let s = std::fs::read_to_string(admin_path).ok()?;
+    s.trim().rsplit(':').next()?.parse().ok()
+}
+
+/// The listeners' names and ports, in Envoy's order, from admin `/listeners?format=json`.
+pub fn parse_listeners(body: &str) -> Result<Vec<(String, u16)>> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("/listeners: {e}: {body}"))?;
+    let mut out = Vec::new();
+    for l in v["listener_statuses"].as_array().into_iter().flatten() {
+        let name = l["name"].as_str().unwrap_or_default().to_string();
+        let port = l["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok());
+        if let Some(port) = port {
+            out.push((name, port));
+        }
+    }
+    Ok(out)
+}
+
 /// A running Envoy, a supervised [`Proc`]: killed (SIGKILL) and reaped on drop. Its files live
 /// in `dir`.
 pub struct Envoy {
@@ -80,28 +130,8 @@ impl Envoy {
         let admin_path = dir.join("admin.txt");
         let log = std::fs::File::create(dir.join("envoy.log")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = match &opts.cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpus).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        cmd.current_dir(repo_root())
-            .arg("-c")
-            .arg(&cfg)
-            .arg("--concurrency")
-            .arg(opts.concurrency.to_string())
-            .arg("--log-level")
-            .arg(&opts.log_level)
-            .arg(NO_HOT_RESTART)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args(&opts.extra_args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        let mut cmd = command(bin, &cfg, &admin_path, opts);
+        cmd.stdout(log).stderr(log2);
         let proc = Proc::spawn(&format!("Envoy {name}"), &mut cmd)?;
         let mut envoy = Envoy {
             name: name.to_string(),
@@ -125,10 +155,7 @@ impl Envoy {
                 ));
             }
             if envoy.admin_port == 0 {
-                envoy.admin_port = std::fs::read_to_string(&admin_path)
-                    .ok()
-                    .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse().ok()))
-                    .unwrap_or(0);
+                envoy.admin_port = admin_port(&admin_path).unwrap_or(0);
             } else if let Ok((200, body)) = http_get(envoy.admin_port, "/ready", None) {
                 if body.trim() == "LIVE" {
                     return Ok(envoy);
@@ -156,20 +183,9 @@ impl Envoy {
 
     /// The listeners' ports by listener name (admin `/listeners?format=json`).
     pub fn listeners(&self) -> Result<BTreeMap<String, u16>> {
-        let body = self.admin_get("/listeners?format=json")?;
-        let v: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| format!("/listeners: {e}"))?;
-        let mut out = BTreeMap::new();
-        for l in v["listener_statuses"].as_array().into_iter().flatten() {
-            let name = l["name"].as_str().unwrap_or_default().to_string();
-            let port = l["local_address"]["socket_address"]["port_value"]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok());
-            if let Some(port) = port {
-                out.insert(name, port);
-            }
-        }
-        Ok(out)
+        Ok(parse_listeners(&self.admin_get("/listeners?format=json")?)?
+            .into_iter()
+            .collect())
     }
 
     /// One counter or gauge from admin `/stats` (`name: value`), e.g.

@@ -8,6 +8,7 @@
 
 use crate::client::HttpClient;
 use crate::prom::{parse_prometheus, Sample};
+use meshbreaker_harness::envoy::{self, EnvoyOpts};
 use meshbreaker_harness::Proc;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,7 +62,7 @@ pub fn envoy_validate(yaml: &str) -> (bool, String) {
         .arg(&cfg)
         .arg("--log-level")
         .arg("info")
-        .arg(meshbreaker_harness::envoy::NO_HOT_RESTART)
+        .arg(envoy::NO_HOT_RESTART)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run envoy: {e}"));
@@ -112,21 +113,20 @@ impl Envoy {
         std::fs::write(&cfg, &yaml).map_err(|e| format!("write config: {e}"))?;
         let out = std::fs::File::create(dir.join("stdout.log")).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&bin);
-        cmd.current_dir(crate::repo_root())
-            .arg("-c")
-            .arg(&cfg)
-            .args(["--concurrency", "2", "--log-level", "info"])
+        let opts = EnvoyOpts {
+            concurrency: 2,
+            log_level: "info".into(),
             // The log file is flushed every 10 s by default; tests poll it for transitions.
-            .args(["--file-flush-interval-msec", "50"])
-            .arg(meshbreaker_harness::envoy::NO_HOT_RESTART)
-            .arg("--log-path")
-            .arg(&log_path)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            extra_args: vec![
+                "--file-flush-interval-msec".into(),
+                "50".into(),
+                "--log-path".into(),
+                log_path.display().to_string(),
+            ],
+            ..EnvoyOpts::default()
+        };
+        let mut cmd = envoy::command(&bin, &cfg, &admin_path, &opts);
+        cmd.stdout(out).stderr(err);
         let proc = Proc::spawn("Envoy", &mut cmd)?;
         let mut envoy = Envoy {
             proc,
@@ -151,10 +151,7 @@ impl Envoy {
                 ));
             }
             if envoy.admin_port == 0 {
-                if let Some(p) = std::fs::read_to_string(&admin_path)
-                    .ok()
-                    .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse().ok()))
-                {
+                if let Some(p) = envoy::admin_port(&admin_path) {
                     envoy.admin_port = p;
                     envoy.admin = HttpClient::http1(p);
                 }
@@ -166,11 +163,9 @@ impl Envoy {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let (_, listeners) = envoy.try_admin_get("/listeners?format=json").await?;
-        let v: serde_json::Value =
-            serde_json::from_str(&listeners).map_err(|e| format!("/listeners: {e}"))?;
-        envoy.port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
+        envoy.port = envoy::parse_listeners(&listeners)?
+            .first()
+            .map(|(_, port)| *port)
             .ok_or_else(|| format!("no listener port in {listeners}"))?;
         Ok(envoy)
     }
