@@ -463,12 +463,15 @@ fn envoy_elf() -> PathBuf {
         .unwrap_or_else(|| panic!("no envoy binary under {}", venv_lib.display()))
 }
 
-/// Every hook and callback name `native/src/abi.rs` declares is one the pinned binary knows:
+/// Every hook and callback name the module's FFI declares (`native/src/abi.rs`, the callbacks, and
+/// `native/src/abi/hooks.rs`, the hooks) is one the pinned binary knows:
 /// callbacks are in its dynamic symbol table, hooks are the names it looks up with `dlsym`. Both
 /// are NUL-terminated strings in the binary.
 #[test]
 fn every_abi_name_the_module_declares_is_in_the_pinned_envoy() {
-    let abi = std::fs::read_to_string(repo_root().join("native/src/abi.rs")).unwrap();
+    let abi = ["native/src/abi.rs", "native/src/abi/hooks.rs"]
+        .map(|f| std::fs::read_to_string(repo_root().join(f)).unwrap())
+        .join("\n");
     let mut names: Vec<&str> = abi
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| {

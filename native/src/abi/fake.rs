@@ -5,6 +5,8 @@
 
 use std::cell::RefCell;
 
+#[cfg(test)]
+use super::hooks::*;
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
