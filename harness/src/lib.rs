@@ -49,6 +49,17 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The prebuilt binary an environment variable names (`MESHBREAKER_ENVOY`, `MESHBREAKER_SIDECAR`):
+/// `None` when it is unset, an error naming the variable when it names no file.
+pub fn binary_from_env(var: &str) -> Option<Result<PathBuf>> {
+    let p = PathBuf::from(std::env::var_os(var)?);
+    Some(if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{var}={} is not a file", p.display()))
+    })
+}
+
 /// Announces a step on stderr.
 pub fn step(what: &str) {
     eprintln!("\n==> {what}");

@@ -90,17 +90,9 @@ pub fn unavailable() -> Option<String> {
 
 /// The sidecar binary: `MESHBREAKER_SIDECAR` when set, else built from this checkout.
 pub fn binary(release: bool) -> Result<PathBuf> {
-    match std::env::var_os("MESHBREAKER_SIDECAR") {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!("MESHBREAKER_SIDECAR={} is not a file", p.display()))
-            }
-        }
-        None => crate::cargo::build_bin("meshbreaker-sidecar", "meshbreaker-sidecar", release),
-    }
+    crate::binary_from_env("MESHBREAKER_SIDECAR").unwrap_or_else(|| {
+        crate::cargo::build_bin("meshbreaker-sidecar", "meshbreaker-sidecar", release)
+    })
 }
 
 /// How to start one sidecar.

