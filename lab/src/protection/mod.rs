@@ -32,7 +32,8 @@
 //! hard-down upstream, that its clients get no more errors than unprotected ones on the 50%-failing
 //! upstream (within the noise of the count, [`count_noise`]), and that meshbreaker (defaults and recommended) neither trips nor rejects anything on
 //! the healthy one serving long-lived streams, and writes its findings under
-//! `target/protection-quick/` only.
+//! `target/protection-quick/` only (its raw results under `target/bench/protection-quick-*/`,
+//! apart from the full run's, which `--reanalyse` redraws the doc from).
 //!
 //! Options: `--faults down,5xx,slow,resets,streams` runs only those scenarios (the doc then holds
 //! only them: for trying a change, not for publishing); `--reanalyse` redraws the report from
@@ -109,7 +110,7 @@ pub fn run(
         step("re-analyse the saved results under target/bench/protection-*/");
         let runs = scenarios
             .iter()
-            .map(load_saved)
+            .map(|sc| load_saved(sc, quick))
             .collect::<Result<Vec<_>>>()?;
         let elapsed = runs.iter().map(|r| (r.t_end - r.t_start) / 1000 + 6).sum();
         return report(quick, &runs, &ctx(Duration::from_secs(elapsed)));
@@ -149,7 +150,8 @@ pub fn run(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        let run = run_scenario(sc, &bins, envoy, wasm, sidecar.as_ref().map(|s| s.port))?;
+        let port = sidecar.as_ref().map(|s| s.port);
+        let run = run_scenario(sc, quick, &bins, envoy, wasm, port)?;
         print_summary(&run);
         runs.push(run);
     }
