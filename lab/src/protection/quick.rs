@@ -9,6 +9,8 @@ use super::model::*;
 use super::report::{utc_now, ReportCtx};
 use super::tables::*;
 
+/// Writes the quick run's findings and checks under `target/protection-quick/`; `Err` naming
+/// the checks that failed.
 pub(super) fn quick_report_and_assert(runs: &[ScenarioRun], ctx: &ReportCtx) -> Result {
     let dir = root().join("target").join("protection-quick");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -25,6 +25,7 @@ pub(super) const PREFIX: &str = "protection-";
 /// results kept hold fewer systems).
 const LEFT_OUT: &str = "_Not measured in this run._";
 
+/// What the reports say about how the results were measured, beside the results themselves.
 pub(super) struct ReportCtx {
     pub(super) envoy_version: String,
     pub(super) wasm_bytes: u64,
@@ -32,6 +33,7 @@ pub(super) struct ReportCtx {
     pub(super) elapsed: Duration,
 }
 
+/// Now, to the minute, as the reports print it.
 pub(super) fn utc_now() -> String {
     output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .unwrap_or_default()

@@ -46,6 +46,7 @@ pub(super) fn streams_table(run: &ScenarioRun) -> String {
     t
 }
 
+/// A failing scenario's table: per system, what reached the bad host and what its clients got.
 pub(super) fn scenario_table(run: &ScenarioRun) -> String {
     let many = run.scenario.hosts > 1;
     let mut t = String::new();
@@ -100,6 +101,7 @@ pub(super) fn label(run: &ScenarioRun, sys: System) -> String {
     }
 }
 
+/// How long a run went on after the heal, in seconds.
 pub(super) fn ctx_recover_secs(run: &ScenarioRun) -> u64 {
     (run.t_end.saturating_sub(run.t_heal)) / 1000
 }
