@@ -25,17 +25,20 @@
 //! - meshbreaker's recommended configuration is read from `envoy-config/recommended.json`, the
 //!   file users are told to paste, so the benchmark measures exactly what ships.
 //!
-//! The full run writes `docs/PROTECTION.md`, `docs/img/protection-<fault>.svg` and
+//! The full run writes the generated sections of `docs/PROTECTION.md` (its prose is
+//! hand-written; see [`crate::docs`]), `docs/img/protection-<fault>.svg` and
 //! `docs/img/protection-slow-states.svg`; `--quick` (inside `cargo xtask test`) runs the 1-host
 //! hard-down, 50% 5xx and long-lived-stream scenarios for a few seconds each, asserts that
 //! meshbreaker recommended keeps at least 90% of the requests sent after its trip away from the
 //! hard-down upstream, that its clients get no more errors than unprotected ones on the 50%-failing
 //! upstream (within the noise of the count, [`count_noise`]), and that meshbreaker (defaults and recommended) neither trips nor rejects anything on
 //! the healthy one serving long-lived streams, and writes its findings under
-//! `target/protection-quick/` only.
+//! `target/protection-quick/` only (its raw results under `target/bench/protection-quick-*/`,
+//! apart from the full run's, which `--reanalyse` redraws the doc from).
 //!
 //! Options: `--faults down,5xx,slow,resets,streams` runs only those scenarios (the doc then holds
-//! only them: for trying a change, not for publishing); `--reanalyse` redraws the report from
+//! only their figures, the others' sections say they were left out: for trying a change, not
+//! for publishing); `--reanalyse` redraws the report from
 //! the raw results kept under `target/bench/protection-*/`; `--wasm FILE` measures that filter
 //! build instead of building one (an older release, to see what a change bought: round 2's
 //! filter trips in the long-lived-stream scenario, on its whole-exchange P95).
@@ -44,8 +47,9 @@
 //! This file holds the entry points. `model` is the faults, systems, scenarios and the plan of a
 //! run; `processes` starts what a run needs, `config` writes the proxy's bootstrap,
 //! `scenario_run` runs one scenario and keeps its raw results, `analysis` reads them, `svg` draws
-//! the pictures, `report` writes the checks and `docs/PROTECTION.md`. Each uses only those
-//! before it in that order.
+//! the pictures, `tables` writes each scenario's tables and findings, `report` the generated
+//! sections of `docs/PROTECTION.md`, `quick` the quick run's checks and its report. Each uses
+//! only those before it in that order.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -57,13 +61,16 @@ mod analysis;
 mod config;
 mod model;
 mod processes;
+mod quick;
 mod report;
 mod scenario_run;
 mod svg;
+mod tables;
 
 use analysis::*;
 use model::*;
 use processes::*;
+use quick::*;
 use report::*;
 use scenario_run::*;
 
@@ -88,7 +95,7 @@ pub fn quick(envoy: &Path, wasm: &Path) -> Result {
     run(true, false, None, envoy, wasm)
 }
 
-/// One run: the full benchmark (writes `docs/PROTECTION.md`) or `quick`, only the faults in
+/// One run: the full benchmark (fills in `docs/PROTECTION.md`) or `quick`, only the faults in
 /// `only` when given, or (`reanalyse`) the last run's raw results analysed again.
 pub fn run(
     quick: bool,
@@ -109,7 +116,7 @@ pub fn run(
         step("re-analyse the saved results under target/bench/protection-*/");
         let runs = scenarios
             .iter()
-            .map(load_saved)
+            .map(|sc| load_saved(sc, quick))
             .collect::<Result<Vec<_>>>()?;
         let elapsed = runs.iter().map(|r| (r.t_end - r.t_start) / 1000 + 6).sum();
         return report(quick, &runs, &ctx(Duration::from_secs(elapsed)));
@@ -149,7 +156,8 @@ pub fn run(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        let run = run_scenario(sc, &bins, envoy, wasm, sidecar.as_ref().map(|s| s.port))?;
+        let port = sidecar.as_ref().map(|s| s.port);
+        let run = run_scenario(sc, quick, &bins, envoy, wasm, port)?;
         print_summary(&run);
         runs.push(run);
     }
@@ -169,6 +177,7 @@ fn report(quick: bool, runs: &[ScenarioRun], ctx: &ReportCtx) -> Result {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::config::{bootstrap, to_yaml};
+    use super::tables::reasons;
     use super::*;
     use policy_core::breaker::State;
     use serde_json::json;
@@ -424,6 +433,48 @@ mod tests {
         assert_eq!(count_noise(400), 60);
         assert!(run_of(60)[0].0, "{:?}", run_of(60));
         assert!(!run_of(61)[0].0, "{:?}", run_of(61));
+    }
+
+    /// The report writes the sections the checked-in doc has, in its order, and no others,
+    /// whatever the runs hold: none (every scenario left out) or one.
+    #[test]
+    fn the_report_writes_exactly_the_generated_sections_of_the_checked_in_doc() {
+        let path = crate::util::root().join("docs").join("PROTECTION.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let in_doc: Vec<String> = crate::docs::names(&doc)
+            .into_iter()
+            .filter(|n| n.starts_with(PREFIX))
+            .collect();
+        let ctx = ReportCtx {
+            envoy_version: "envoy".into(),
+            wasm_bytes: 1,
+            machine: Machine::default(),
+            elapsed: Duration::ZERO,
+        };
+        let healthy = || SysData {
+            client: (0..100u64)
+                .map(|i| Req {
+                    t: i * 50,
+                    lat_us: 1_000,
+                    class: class::OK,
+                    att: 1,
+                    id: i,
+                    kind: kind::GET,
+                })
+                .collect(),
+            ..SysData::default()
+        };
+        let (mut run, _) = run_with(1, Vec::new(), Vec::new());
+        run.data = vec![
+            (System::NoProtection, healthy()),
+            (System::MbRecommended, healthy()),
+        ];
+        for runs in [Vec::new(), vec![run]] {
+            let written = sections(&runs, &ctx);
+            let names: Vec<&str> = written.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, in_doc, "docs/PROTECTION.md and report.rs disagree");
+            crate::docs::replace(&doc, PREFIX, &written).unwrap();
+        }
     }
 
     #[test]

@@ -332,7 +332,9 @@ pub(super) fn estimate(scenarios: &[Scenario]) -> Duration {
         .sum()
 }
 
-/// The phases of the full run's fault scenarios (the doc's prose quotes them).
+/// The phases of the full run's fault scenarios (the hand-written prose of docs/PROTECTION.md
+/// quotes them, as it does the rate, the slow delay and the streams' share and hold: edit it
+/// with them).
 pub(super) const FULL: Phases = Phases {
     warm: Duration::from_secs(8),
     fault: Duration::from_secs(25),

@@ -19,6 +19,7 @@ pub(super) const LOG_FORMAT: &str = "%E%e %l %n %v";
 
 pub(super) fn run_scenario(
     sc: &Scenario,
+    quick: bool,
     bins: &BTreeMap<String, PathBuf>,
     envoy_bin: &Path,
     wasm: &Path,
@@ -27,10 +28,10 @@ pub(super) fn run_scenario(
     let phases = &sc.phases;
     let n_sys = sc.systems.len();
     let up = FaultUpstream::start(&bins["fault-upstream"], n_sys * sc.hosts)?;
-    let name = format!("protection-{}", sc.id());
-    let dir = scenario_dir(sc);
+    let name = scenario_name(sc, quick);
+    let dir = &scenario_dir(sc, quick);
     let sidecar = sidecar.filter(|_| sc.systems.iter().any(|s| s.uses_sidecar()));
-    let boot = bootstrap(sc, &up.hosts, wasm, &dir, sidecar);
+    let boot = bootstrap(sc, &up.hosts, wasm, dir, sidecar);
     let yaml = to_yaml(&boot);
     let opts = EnvoyOpts {
         concurrency: 2,
@@ -174,20 +175,36 @@ pub(super) fn run_scenario(
         &json!({"t_start": t_start, "t_fault": t_fault, "t_heal": t_heal, "t_end": t_end,
                 "loadavg": load_at_start}),
     )?;
-    load_saved(sc)
+    load_saved(sc, quick)
 }
 
-/// The directory of a scenario's Envoy and raw results: `target/bench/protection-<id>/`.
-pub(super) fn scenario_dir(sc: &Scenario) -> PathBuf {
+/// A scenario's Envoy name: `protection-<id>` for the full run, `protection-quick-<id>` for
+/// `--quick`, so that a quick run (inside `cargo xtask test`) never overwrites the raw results
+/// the published report is redrawn from.
+fn scenario_name(sc: &Scenario, quick: bool) -> String {
+    format!(
+        "protection-{}{}",
+        if quick { "quick-" } else { "" },
+        sc.id()
+    )
+}
+
+/// The directory of a scenario's Envoy and raw results, `target/bench/<its Envoy's name>/`.
+pub(super) fn scenario_dir(sc: &Scenario, quick: bool) -> PathBuf {
     root()
         .join("target")
         .join("bench")
-        .join(format!("protection-{}", sc.id()))
+        .join(scenario_name(sc, quick))
 }
 
-/// Reads a scenario's raw results back (`--reanalyse` redraws the report from them).
-pub(super) fn load_saved(sc: &Scenario) -> Result<ScenarioRun> {
-    let dir = scenario_dir(sc);
+/// Reads a scenario's raw results back (`--reanalyse` redraws the report from them). The
+/// systems are those of `sc` that the results hold (each listener's upstream log is there from
+/// Envoy's start), so results measured with fewer systems still read back.
+pub(super) fn load_saved(sc: &Scenario, quick: bool) -> Result<ScenarioRun> {
+    let dir = scenario_dir(sc, quick);
+    let mut sc = sc.clone();
+    sc.systems
+        .retain(|s| dir.join(format!("{}.upstream.log", s.name())).is_file());
     let read = |file: &str| -> Result<Value> {
         let p = dir.join(file);
         serde_json::from_str(
@@ -281,7 +298,7 @@ pub(super) fn load_saved(sc: &Scenario) -> Result<ScenarioRun> {
         data.push((sys, d));
     }
     Ok(ScenarioRun {
-        scenario: sc.clone(),
+        scenario: sc,
         loadavg,
         t_start,
         t_fault,
