@@ -26,6 +26,7 @@ pub fn bench(args: &BenchArgs) -> Result {
     );
     let noop = build_noop()?;
     let module = setup::build_native()?;
+    // The run's clock, date and load probe start in `overhead::run`, after these builds.
     overhead::run(
         opts,
         &Built {

