@@ -23,9 +23,8 @@ pub(super) fn sections(raw: &Raw, history: &[String]) -> Vec<Section> {
         Section::new(
             "overhead-rounds",
             format!(
-                "This run: {} interleaved rounds; every closed-loop and fixed-rate measurement \
-                 lasts {:.1} s.",
-                opts.rounds,
+                "This run: {}; every closed-loop and fixed-rate measurement lasts {:.1} s.",
+                rounds(opts.rounds),
                 opts.duration.as_secs_f64()
             ),
         ),
@@ -73,6 +72,15 @@ fn run_line(raw: &Raw) -> String {
         raw.run.versions.commit,
         raw.run.took.as_secs_f64()
     )
+}
+
+/// `n` interleaved rounds, in words.
+fn rounds(n: usize) -> String {
+    if n == 1 {
+        "1 round".to_string()
+    } else {
+        format!("{n} interleaved rounds")
+    }
 }
 
 /// A Markdown table: its header row and rows of cells.
@@ -330,9 +338,9 @@ fn host_calls(raw: &Raw) -> String {
         .collect();
     format!(
         "The trivial filter's own proxy CPU per request in these rounds: {:.1} µs. Median \
-         (min–max) over {} rounds.\n\n{}",
+         (min–max) over {}.\n\n{}",
         median(&res.hc_trivial_cpu),
-        raw.opts.rounds,
+        rounds(raw.opts.rounds),
         table(&["host call", "µs per call"], &rows)
     )
 }
@@ -668,6 +676,7 @@ fn ns(x: f64) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::super::fixtures::{raw, results, results_wasm, with_native};
+    use super::super::Opts;
     use super::*;
     use crate::docs;
 
@@ -827,6 +836,18 @@ mod tests {
         let doc = render(results(34.5, 3000.0));
         let new = row(&doc, "| today | abc |");
         assert!(new.ends_with("| 1.5 | 0.984 | 900 |"), "{new}");
+    }
+
+    #[test]
+    fn one_round_is_one_round() {
+        let mut raw = raw(results(34.5, 3000.0));
+        raw.opts = Opts::new(true, None, None, false);
+        let doc = sections(&raw, &[])
+            .into_iter()
+            .map(|s| s.body)
+            .collect::<String>();
+        assert!(doc.contains("This run: 1 round; every"), "{doc}");
+        assert!(doc.contains("over 1 round.\n"), "{doc}");
     }
 
     #[test]
