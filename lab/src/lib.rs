@@ -3,7 +3,7 @@
 //! needs, and passes the paths in; the one install left here is oha's (`cargo install`), on the
 //! benchmarks' first run.
 //!
-//! * [`bench`]: what meshbreaker costs per request beside what a user could run instead
+//! * [`overhead`]: what meshbreaker costs per request beside what a user could run instead
 //!   (`docs/PERFORMANCE.md`).
 //! * [`protection`]: clients' outcomes under upstream faults, meshbreaker against Envoy's own
 //!   answers (`docs/PROTECTION.md`).
@@ -16,11 +16,11 @@
 //! * [`fuzz`]: the cargo-fuzz targets' runs, and the report helpers the reliability sections
 //!   share (`docs/RELIABILITY.md`).
 
-pub mod bench;
 pub mod demo;
 pub mod docs;
 pub mod fuzz;
 pub mod live;
+pub mod overhead;
 pub mod prometheus;
 pub mod protection;
 pub mod soak;

@@ -134,8 +134,9 @@ pub struct BenchArgs {
     /// Protection: measure this filter build instead of building one.
     #[arg(long, requires = "protection")]
     pub wasm: Option<PathBuf>,
-    /// Protection: analyse the last run's raw results again, without running.
-    #[arg(long, requires = "protection")]
+    /// No run: the report again from the last run's raw results (overhead:
+    /// target/bench/overhead/results.json; protection: target/bench/protection-*/).
+    #[arg(long, conflicts_with_all = ["rounds", "seconds", "no_criterion"])]
     pub reanalyse: bool,
 }
 
@@ -207,6 +208,11 @@ mod tests {
         // Overhead-only and protection-only options do not mix.
         assert!(parse("bench --protection --rounds 3").is_err());
         assert!(parse("bench --faults down").is_err());
+        // --reanalyse measures nothing: the run's options do not go with it.
+        assert!(parse("bench --reanalyse --rounds 3").is_err());
+        assert!(parse("bench --reanalyse --seconds 1").is_err());
+        assert!(parse("bench --reanalyse --no-criterion").is_err());
+        assert!(parse("bench --reanalyse --bogus").is_err());
     }
 
     #[test]
@@ -219,6 +225,12 @@ mod tests {
         };
         assert!(b.protection && b.quick);
         assert_eq!(b.faults.unwrap(), ["down", "5xx"]);
+        for line in ["bench --reanalyse", "bench --protection --reanalyse"] {
+            let Cmd::Bench(b) = parse(line).unwrap().cmd else {
+                panic!("not bench")
+            };
+            assert!(b.reanalyse, "{line}");
+        }
         let Cmd::Demo(d) = parse("demo --skip-build --phases healthy --duration 120 --out /x")
             .unwrap()
             .cmd

@@ -1,17 +1,22 @@
 //! `cargo xtask bench`: installs and builds what the overhead benchmark measures (Envoy, the
-//! filter, the trivial filter, the dynamic module), then runs it (`meshbreaker_lab::bench`, which writes
-//! `docs/PERFORMANCE.md`); `--protection` runs the protection benchmark instead.
+//! filter, the trivial filter, the dynamic module), then runs it (`meshbreaker_lab::overhead`,
+//! which writes `docs/PERFORMANCE.md`'s generated sections); `--reanalyse` writes them again from
+//! the last run's raw results, building and measuring nothing; `--protection` runs the protection
+//! benchmark instead.
 
 use std::path::PathBuf;
 
 use crate::flags::BenchArgs;
 use crate::setup;
 use crate::util::{root, step, Result};
-use meshbreaker_lab::bench::{overhead, Built, Opts};
+use meshbreaker_lab::overhead::{self, Built, Opts};
 
 pub fn bench(args: &BenchArgs) -> Result {
     if args.protection {
         return crate::protection::protection(args);
+    }
+    if args.reanalyse {
+        return overhead::reanalyse();
     }
     let opts = Opts::new(args.quick, args.rounds, args.seconds, args.no_criterion);
     let ready = setup::prepare(&mut setup::Machine, setup::Needs::stack(false), true)?;
@@ -21,7 +26,8 @@ pub fn bench(args: &BenchArgs) -> Result {
     );
     let noop = build_noop()?;
     let module = setup::build_native()?;
-    overhead(
+    // The run's clock, date and load probe start in `overhead::run`, after these builds.
+    overhead::run(
         opts,
         &Built {
             envoy,
