@@ -17,10 +17,17 @@ pub(super) fn sections(r: &Results) -> Vec<Section> {
 
 fn run_line(r: &Results) -> String {
     let total: u64 = r.runs.iter().map(|t| t.execs).sum();
+    // The length as it was asked for: whole minutes, else seconds.
+    let asked = r.runs.first().map_or(0, |t| t.requested);
+    let length = if asked.is_multiple_of(60) {
+        format!("--minutes {}", asked / 60)
+    } else {
+        format!("--seconds {asked}")
+    };
     format!(
-        "`cargo xtask fuzz --minutes {}`: {} targets, {} inputs executed in all.",
-        r.runs.first().map_or(0.0, |t| t.requested as f64 / 60.0),
+        "`cargo xtask fuzz {length}`: {} target{}, {} inputs executed in all.",
         r.runs.len(),
+        if r.runs.len() == 1 { "" } else { "s" },
         group(total)
     )
 }
@@ -142,11 +149,24 @@ mod tests {
     #[test]
     fn the_figures_are_in_the_sections() {
         let s = sections(&results(true));
-        assert!(s[0].body.contains("--minutes 1`") && s[0].body.contains("1,299,991"));
+        assert_eq!(
+            s[0].body,
+            "`cargo xtask fuzz --minutes 1`: 1 target, 1,299,991 inputs executed in all."
+        );
         assert!(s[1].body.contains("| `config` |") && s[1].body.contains("`overflow-1` (2)"));
         assert!(s[2].body.contains("`config`: attempt to add with overflow"));
         assert!(s[3].body.contains("Commit abc1234"));
         assert!(sections(&results(false))[2].body.starts_with("**Held:**"));
+    }
+
+    #[test]
+    fn a_length_that_is_no_whole_minute_is_given_in_seconds() {
+        let mut r = results(false);
+        r.runs[0].requested = 10;
+        r.runs.push(r.runs[0].clone());
+        assert!(sections(&r)[0]
+            .body
+            .starts_with("`cargo xtask fuzz --seconds 10`: 2 targets,"));
     }
 
     #[test]

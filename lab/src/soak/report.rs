@@ -31,7 +31,11 @@ fn run_line(s: &Summary) -> String {
     let command = if s.ci {
         "cargo xtask soak --ci".to_string()
     } else {
-        format!("cargo xtask soak --minutes {}", s.asked_s / 60.0)
+        // Two decimals at most: the length as it was typed, not its float's digits.
+        format!(
+            "cargo xtask soak --minutes {}",
+            (s.asked_s / 60.0 * 100.0).round() / 100.0
+        )
     };
     format!(
         "`{command}`: {:.1} minutes of Envoy {} in phases of {:.0} s, the first {:.0} s a \
