@@ -22,11 +22,20 @@
 //! section it is given has no markers (or two pairs), and when the doc holds a marker with the
 //! generator's prefix that it was not given. Each experiment's unit test holds its section names
 //! to the checked-in document with [`names`].
+//!
+//! ## Where a run was measured
+//! Every report ends with the machine, the versions and the commit its figures come from
+//! ([`Environment`]). They are taken when the run finishes and kept with its raw results, so
+//! that a report drawn again from those results (`--reanalyse`) still names the run's, not
+//! today's.
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
-use crate::util::Result;
+use serde_json::{json, Value};
+
+use crate::util::{output, root, Result};
 
 const OPEN: &str = "<!-- generated:";
 const CLOSE: &str = "<!-- /generated:";
@@ -105,6 +114,151 @@ pub fn fill(path: &Path, prefix: &str, sections: &[Section]) -> Result {
     Ok(())
 }
 
+// ------------------------------------------------------------------- where a run was measured
+
+/// 1234567 → "1,234,567".
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The first line a command prints, trimmed (a tool's `--version`), or `unknown`.
+pub fn first_line(cmd: &mut Command) -> String {
+    output(cmd)
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The commit being measured (`git describe`-like: short hash, `+dirty` with local changes):
+/// take it when a run starts, since the tree may change while it runs.
+pub fn commit() -> String {
+    let hash = first_line(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(root()),
+    );
+    let dirty = output(
+        Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .current_dir(root()),
+    )
+    .is_some_and(|s| !s.trim().is_empty());
+    if dirty {
+        format!("{hash}+dirty")
+    } else {
+        hash
+    }
+}
+
+/// The machine, the versions, the commit measured and when the run finished: the line a
+/// report ends with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Environment {
+    /// CPU, cores, memory, kernel.
+    pub machine: String,
+    /// What the figures depend on, each as it prints its version.
+    pub versions: Vec<String>,
+    pub commit: String,
+    /// `YYYY-MM-DD HH:MM UTC`.
+    pub finished: String,
+}
+
+impl Environment {
+    /// This machine now, with `versions` and the `commit` taken when the run started.
+    pub fn probe(commit: &str, versions: Vec<String>) -> Environment {
+        let cpu = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let mem_gib = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|k| k.parse::<u64>().ok())
+            })
+            .map_or(0.0, |kib| kib as f64 / (1024.0 * 1024.0));
+        Environment {
+            machine: format!(
+                "{cpu}, {cores} cores (shared with other jobs), {mem_gib:.0} GiB, {}",
+                first_line(Command::new("uname").args(["-sr"]))
+            ),
+            versions,
+            commit: commit.to_string(),
+            finished: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        }
+    }
+
+    /// `Machine: … Versions: … Commit … (finished …).`
+    pub fn line(&self) -> String {
+        format!(
+            "Machine: {}. Versions: {}. Commit {} (finished {}).",
+            self.machine,
+            self.versions.join(", "),
+            self.commit,
+            self.finished
+        )
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "machine": self.machine,
+            "versions": self.versions,
+            "commit": self.commit,
+            "finished": self.finished,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Result<Environment> {
+        let text = |k: &str| {
+            v[k].as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("environment: no `{k}`"))
+        };
+        Ok(Environment {
+            machine: text("machine")?,
+            versions: serde_json::from_value(v["versions"].clone())
+                .map_err(|e| format!("environment: versions: {e}"))?,
+            commit: text("commit")?,
+            finished: text("finished")?,
+        })
+    }
+}
+
+/// Writes a run's raw results (pretty JSON) to `path`, its directory made.
+pub fn save_results(path: &Path, v: &Value) -> Result {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A run's raw results, as [`save_results`] wrote them.
+pub fn load_results(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{}: {e} (the raw results of a past run; run the experiment first)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -154,5 +308,29 @@ mod tests {
     #[test]
     fn names_lists_the_sections_in_order() {
         assert_eq!(names(DOC), ["x-table", "y-other"]);
+    }
+
+    #[test]
+    fn group_puts_a_comma_every_three_digits() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(23_772_764), "23,772,764");
+    }
+
+    #[test]
+    fn an_environment_survives_its_json() {
+        let e = Environment {
+            machine: "AMD EPYC, 2 cores".into(),
+            versions: vec!["rustc 1.95.0".into(), "oha 1.16.0".into()],
+            commit: "a6a413c".into(),
+            finished: "2026-12-01 12:04 UTC".into(),
+        };
+        assert_eq!(Environment::from_json(&e.to_json()).unwrap(), e);
+        assert_eq!(
+            e.line(),
+            "Machine: AMD EPYC, 2 cores. Versions: rustc 1.95.0, oha 1.16.0. Commit a6a413c \
+             (finished 2026-12-01 12:04 UTC)."
+        );
     }
 }

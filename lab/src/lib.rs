@@ -9,17 +9,16 @@
 //!   answers (`docs/PROTECTION.md`).
 //! * [`soak`]: a long run under faults, reloads and sidecar deaths (`docs/RELIABILITY.md`).
 //! * [`demo`]: the local stack driven through its phases; `--ci`'s checks (the summary, the
-//!   picture, the replay against the live filter, Prometheus on the shipped rules, Ctrl-C).
-//! * [`live`]: a replay held to the transitions the filter logged live (`demo --ci`'s oracle).
+//!   picture, the replay held to the transitions the filter logged live, Prometheus on the
+//!   shipped rules, Ctrl-C).
 //! * [`prometheus`]: a real Prometheus beside the demo, on the shipped rules.
-//! * [`docs`]: the generated sections of a document, between markers in its hand-written prose.
-//! * [`fuzz`]: the cargo-fuzz targets' runs, and the report helpers the reliability sections
-//!   share (`docs/RELIABILITY.md`).
+//! * [`docs`]: the generated sections of a document, between markers in its hand-written prose,
+//!   and the machine, versions and commit a report ends with.
+//! * [`fuzz`]: the cargo-fuzz targets' runs (`docs/RELIABILITY.md`).
 
 pub mod demo;
 pub mod docs;
 pub mod fuzz;
-pub mod live;
 pub mod overhead;
 pub mod prometheus;
 pub mod protection;

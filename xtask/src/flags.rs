@@ -148,6 +148,9 @@ pub struct SoakArgs {
     /// The one-minute soak `cargo xtask test` runs (unless --minutes says otherwise).
     #[arg(long)]
     pub ci: bool,
+    /// No run: the sections and the picture again from the last soak's target/soak/summary.json.
+    #[arg(long, conflicts_with_all = ["minutes", "ci"])]
+    pub reanalyse: bool,
 }
 
 #[derive(Debug, Default, Args)]
@@ -164,6 +167,9 @@ pub struct FuzzArgs {
     /// 30 s per target, as `cargo xtask test` runs it (unless a length is given).
     #[arg(long)]
     pub ci: bool,
+    /// No run: the sections again from the last run's target/fuzz/summary.json.
+    #[arg(long, conflicts_with_all = ["minutes", "seconds", "targets", "ci"])]
+    pub reanalyse: bool,
 }
 
 #[derive(Debug, Default, Args)]
@@ -243,5 +249,16 @@ mod tests {
         };
         assert_eq!(t.cargo_test_args(), ["--no-fail-fast", "--", "--nocapture"]);
         assert!(parse("soak --minutes 0").is_err());
+        let Cmd::Soak(s) = parse("soak --reanalyse").unwrap().cmd else {
+            panic!("not soak")
+        };
+        assert!(s.reanalyse);
+        assert!(parse("soak --reanalyse --minutes 2").is_err());
+        assert!(parse("soak --reanalyse --ci").is_err());
+        let Cmd::Fuzz(f) = parse("fuzz --reanalyse").unwrap().cmd else {
+            panic!("not fuzz")
+        };
+        assert!(f.reanalyse);
+        assert!(parse("fuzz --reanalyse --target config").is_err());
     }
 }

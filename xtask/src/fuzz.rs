@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: installs the nightly toolchain and cargo-fuzz, then runs the targets
-//! (`meshbreaker_lab::fuzz`, which writes the fuzzing section of `docs/RELIABILITY.md`).
+//! (`meshbreaker_lab::fuzz`, which writes the fuzzing sections of `docs/RELIABILITY.md`).
+//! `--reanalyse` needs neither: it writes them again from the last run's raw results.
 
 use std::process::Command;
 
@@ -7,6 +8,9 @@ use crate::flags::FuzzArgs;
 use crate::util::{output, run, step, Result};
 
 pub fn fuzz(args: &FuzzArgs) -> Result {
+    if args.reanalyse {
+        return meshbreaker_lab::fuzz::reanalyse();
+    }
     let seconds = match (args.minutes, args.seconds) {
         (Some(m), _) => (m * 60.0).round().max(1.0) as u64,
         (None, Some(s)) => s,

@@ -1,6 +1,7 @@
 //! `cargo xtask soak`: installs and builds what the soak needs (root: it runs the eBPF sidecar),
-//! then runs it (`meshbreaker_lab::soak`, which writes the soak section of
-//! `docs/RELIABILITY.md`).
+//! then runs it (`meshbreaker_lab::soak`, which writes the soak's sections of
+//! `docs/RELIABILITY.md`). `--reanalyse` needs none of that: it draws them again from the last
+//! soak's raw results.
 
 use std::time::Duration;
 
@@ -8,6 +9,9 @@ use crate::flags::SoakArgs;
 use crate::util::Result;
 
 pub fn soak(args: &SoakArgs) -> Result {
+    if args.reanalyse {
+        return meshbreaker_lab::soak::reanalyse();
+    }
     let default = if args.ci { 1.0 } else { 10.0 };
     let opts = meshbreaker_lab::soak::Opts {
         duration: Duration::from_secs_f64(args.minutes.unwrap_or(default) * 60.0),

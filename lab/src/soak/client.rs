@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::schedule::*;
 
 /// What the checking client saw.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(super) struct Seen {
     pub(super) responses: u64,
     pub(super) ok: u64,

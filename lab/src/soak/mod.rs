@@ -1,9 +1,12 @@
-//! `cargo xtask soak [--minutes N] [--ci]`: the real Envoy (`--concurrency 2`), the real filter and
-//! the real eBPF sidecar for minutes at the load the machine sustains (oha), while the upstream
-//! flaps healthy → failing → healthy → slow → healthy → resetting, the plugin configuration is
-//! reloaded twice through LDS (a listener from a file, replaced by an atomic rename, as Istio's
-//! pushes do) and the sidecar is SIGKILLed and restarted twice. Writes `docs/RELIABILITY.md`
-//! (its soak section), `target/soak/samples.csv` and `target/soak/soak.svg`.
+//! `cargo xtask soak [--minutes N] [--ci | --reanalyse]`: the real Envoy (`--concurrency 2`), the
+//! real filter and the real eBPF sidecar for minutes at the load the machine sustains (oha), while
+//! the upstream flaps healthy → failing → healthy → slow → healthy → resetting, the plugin
+//! configuration is reloaded twice through LDS (a listener from a file, replaced by an atomic
+//! rename, as Istio's pushes do) and the sidecar is SIGKILLed and restarted twice. Writes the
+//! soak's figures into `docs/RELIABILITY.md` (its `soak-…` generated sections; the prose around
+//! them is written by hand) and `docs/reliability-soak.svg`, and keeps what it measured in
+//! `target/soak/`: `summary.json` (everything the report is drawn from), `samples.csv` and
+//! `soak.svg`.
 //!
 //! Why: a breaker that leaks a little per request, loses a VM to a rare input, forgets a reload or
 //! mislabels its own rejections only shows after hours of traffic, not in a unit test. The soak
@@ -17,37 +20,45 @@
 //! - the breaker kept working: it opened and closed again after each reload.
 //!
 //! `--ci` (what `cargo xtask test` runs): one minute, one flap cycle, `docs/` untouched.
+//! `--reanalyse`: the verdicts, the sections and the picture again from
+//! `target/soak/summary.json`, without measuring.
 //! `MESHBREAKER_SIDECAR` and `MESHBREAKER_DEMO` name prebuilt sidecar and demo binaries (else
 //! they are built here), `MESHBREAKER_ENVOY` the Envoy.
 //! The sidecar needs root (BPF): the soak fails loudly without it.
 //!
 //! ## Layout, one job per file, no import circle
-//! This file holds the run. `schedule` is the key, the phases and the events' times;
-//! `config` writes the plugin configurations, the listener and the bootstrap, `stack` starts the
-//! sidecar and the demo upstream, `client` is the checking client, `sampling` and `access_log`
-//! gather and explain what happened, `svg` draws the picture and `report` writes the section of
-//! `docs/RELIABILITY.md`. None of them uses this file or one that uses it.
+//! This file holds the run and the entry points. `schedule` is the key, the phases and the
+//! events' times; `config` writes the plugin configurations, the listener and the bootstrap,
+//! `stack` starts the sidecar and the demo upstream, `client` is the checking client, `sampling`
+//! and `access_log` gather and explain what happened, `summary` is what a soak measured and its
+//! JSON, `analyse` the verdicts, `svg` draws the picture and `report` writes the sections. None of
+//! them uses this file or one that uses it.
 
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::docs::{self, first_line, Environment};
 use crate::util::{root, step, Result};
 use meshbreaker_harness::{self as harness, Envoy, EnvoyOpts, Load};
 
 mod access_log;
+mod analyse;
 mod client;
 mod config;
 mod report;
 mod sampling;
 mod schedule;
 mod stack;
+mod summary;
 mod svg;
 
 use access_log::*;
+use analyse::*;
 use client::*;
 use config::*;
 use report::*;
@@ -55,20 +66,21 @@ use sampling::*;
 pub use schedule::Opts;
 use schedule::*;
 use stack::*;
+use summary::*;
 use svg::*;
 
 // ----------------------------------------------------------------------------------- the soak
 
 /// One soak with the filter `wasm` in the Envoy `envoy_bin` (the sidecar and the demo upstream
-/// are built here); writes the soak section of `docs/RELIABILITY.md` unless `a.ci`.
+/// are built here); keeps what it measured in `target/soak/summary.json` and writes the soak's
+/// sections of `docs/RELIABILITY.md` and its picture unless `a.ci`.
 pub fn run(a: &Opts, wasm: &Path, envoy_bin: &Path) -> Result {
-    let commit = crate::fuzz::commit();
+    let commit = docs::commit();
     let (wasm, envoy_bin) = (wasm.to_path_buf(), envoy_bin.to_path_buf());
     let oha = harness::oha_binary()?;
-    let sidecar_bin = match std::env::var_os("MESHBREAKER_SIDECAR") {
-        Some(p) => PathBuf::from(p),
-        None => build_binary("meshbreaker-sidecar", "meshbreaker-sidecar")?,
-    };
+    let oha_version = harness::oha_version(&oha);
+    step("the sidecar (MESHBREAKER_SIDECAR, or built here)");
+    let sidecar_bin = harness::sidecar::binary(true)?;
     let dir = root().join("target").join("soak");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -146,7 +158,6 @@ pub fn run(a: &Opts, wasm: &Path, envoy_bin: &Path) -> Result {
     let started = Instant::now();
     let mut events: Vec<Event> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
     let mut phase_idx = usize::MAX;
     let mut reloads_done = 0usize;
     let mut kills_done = 0usize;
@@ -232,8 +243,7 @@ pub fn run(a: &Opts, wasm: &Path, envoy_bin: &Path) -> Result {
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     let elapsed = started.elapsed().as_secs_f64();
     upstream.set(Phase::Healthy)?;
-    let last = sample(&envoy, elapsed, Phase::Healthy, &seen)?;
-    samples.push(last.clone());
+    samples.push(sample(&envoy, elapsed, Phase::Healthy, &seen)?);
     let lds_updates = envoy
         .stat("listener_manager.lds.update_success")?
         .unwrap_or(0)
@@ -244,144 +254,79 @@ pub fn run(a: &Opts, wasm: &Path, envoy_bin: &Path) -> Result {
     std::thread::sleep(Duration::from_millis(1500));
     let explained = explain_access_log(&access_log)?;
 
-    // ---- verdicts
-    let warm: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.t >= warmup.as_secs_f64())
-        .collect();
-    let rss_base = warm.first().map_or(0, |s| s.rss);
-    let rss_end = last.rss;
-    let rss_max = warm.iter().map(|s| s.rss).max().unwrap_or(0);
-    let rss_min = warm.iter().map(|s| s.rss).min().unwrap_or(0);
-    let growth = if rss_base > 0 {
-        rss_end as f64 / rss_base as f64 - 1.0
-    } else {
-        f64::NAN
-    };
-    if growth.is_nan() || growth > 0.05 {
-        failures.push(format!(
-            "RSS grew {:.1}% after the warm-up ({} → {} bytes), over 5%",
-            growth * 100.0,
-            rss_base,
-            rss_end
-        ));
-    }
-    let first_wasm = samples.first().map(|s| s.wasm.clone()).unwrap_or_default();
-    let vm_failures: u64 = last
-        .wasm
-        .iter()
-        .filter(|(k, _)| k.contains("reload") || k.contains("fail"))
-        .filter(|(k, _)| !k.contains("remote_load"))
-        .map(|(_, v)| *v)
-        .sum();
-    let traps = envoy_log
-        .lines()
-        .filter(|l| {
-            l.contains("panicked") || l.contains("RuntimeError") || l.contains("Function: proxy_on")
-        })
-        .count();
-    if vm_failures > 0 || traps > 0 {
-        failures.push(format!(
-            "wasm VMs failed: {vm_failures} in wasm.*reload*/fail* stats, {traps} trap/panic lines in the log"
-        ));
-    }
-    if !explained.unexplained.is_empty() {
-        failures.push(format!(
-            "unexplained responses in the access log: {:?}",
-            explained.unexplained
-        ));
-    }
-    if seen.unexplained > 0 || seen.transport_errors > 0 {
-        failures.push(format!(
-            "the checking client saw {} unexplained responses and {} transport errors: {:?}",
-            seen.unexplained, seen.transport_errors, seen.examples
-        ));
-    }
-    if lds_updates < RELOADS.len() as u64 {
-        failures.push(format!(
-            "Envoy applied {lds_updates} LDS updates, {} were written",
-            RELOADS.len()
-        ));
-    }
-    if !envoy_log.contains("is back") {
-        failures.push("the filter never logged the sidecar coming back".into());
-    }
-    // The breaker kept working: it opened after each reload (the failing, slow and resetting
-    // phases all trip it), and it is closed again at the end of a healthy stretch.
-    let opened_at = |t0: f64| -> u64 {
-        let before = samples
-            .iter()
-            .rfind(|s| s.t <= t0)
-            .and_then(|s| s.filter.get("transitions_total.open").copied())
-            .unwrap_or(0);
-        last.filter
-            .get("transitions_total.open")
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(before)
-    };
-    for (i, f) in RELOADS.iter().enumerate() {
-        let t0 = f * total.as_secs_f64();
-        if opened_at(t0) == 0 {
-            failures.push(format!(
-                "the breaker never opened after reload {} (t = {t0:.0}s)",
-                i + 1
-            ));
-        }
-    }
-    if last
-        .filter
-        .get("transitions_total.closed")
-        .copied()
-        .unwrap_or(0)
-        == 0
-    {
-        failures.push("the breaker never closed again".into());
-    }
-    if !envoy_is_alive(&envoy) {
-        failures.push("Envoy is not running at the end".into());
-    }
-
-    write_samples(&dir.join("samples.csv"), &samples)?;
-    plot(
-        &dir.join("soak.svg"),
-        &samples,
-        &events,
-        warmup.as_secs_f64(),
-    );
-    let report = Report {
-        minutes: elapsed / 60.0,
-        phase_len: phase_len.as_secs_f64(),
-        oha: &oha_report,
-        seen: &seen,
-        explained: &explained,
-        samples: &samples,
-        events: &events,
-        rss_base,
-        rss_end,
-        rss_min,
-        rss_max,
-        growth,
-        vm_failures,
-        traps,
-        first_wasm: &first_wasm,
-        lds_updates,
-        failures: &failures,
+    let summary = Summary {
+        ci: a.ci,
+        asked_s: total.as_secs_f64(),
+        elapsed_s: elapsed,
+        phase_len_s: phase_len.as_secs_f64(),
+        warmup_s: warmup.as_secs_f64(),
         envoy_version: harness::envoy_version(&envoy_bin),
-        commit,
+        oha: Oha {
+            responses: oha_report.responses,
+            requests_per_sec: oha_report.requests_per_sec,
+            statuses: oha_report.statuses.clone(),
+            errors: oha_report.errors.clone(),
+        },
+        seen,
+        explained,
+        samples,
+        events,
+        lds_updates,
+        traps: envoy_log
+            .lines()
+            .filter(|l| {
+                l.contains("panicked")
+                    || l.contains("RuntimeError")
+                    || l.contains("Function: proxy_on")
+            })
+            .count(),
+        sidecar_back: envoy_log.contains("is back"),
+        envoy_alive: envoy_is_alive(&envoy),
+        environment: Environment::probe(
+            &commit,
+            vec![first_line(Command::new("rustc").arg("-V")), oha_version],
+        ),
     };
-    let section = report.markdown();
-    eprintln!("\n{section}");
-    if !a.ci {
-        let svg = root().join("docs").join("reliability-soak.svg");
-        let _ = fs::copy(dir.join("soak.svg"), &svg);
-        crate::fuzz::write_section("soak", &section)?;
-        eprintln!("wrote docs/RELIABILITY.md (soak section) and docs/reliability-soak.svg");
+    write_samples(&dir.join("samples.csv"), &summary.samples)?;
+    docs::save_results(&summary_path(), &summary.to_json())?;
+    // Drawn from the saved results, so that `--reanalyse` draws exactly the same.
+    finish(&Summary::from_json(&docs::load_results(&summary_path())?)?)
+}
+
+/// The verdicts, the sections and the picture again from the last soak's
+/// `target/soak/summary.json`, without measuring (into `docs/` unless that soak was `--ci`).
+pub fn reanalyse() -> Result {
+    step("the soak's sections and picture again from target/soak/summary.json");
+    finish(&Summary::from_json(&docs::load_results(&summary_path())?)?)
+}
+
+fn summary_path() -> PathBuf {
+    root().join("target").join("soak").join("summary.json")
+}
+
+/// Judges the soak, draws `target/soak/soak.svg` and prints the sections; unless `--ci`, writes
+/// them into `docs/RELIABILITY.md` and the picture beside it. Fails when a verdict failed.
+fn finish(summary: &Summary) -> Result {
+    let analysis = analyse(summary);
+    let svg = root().join("target").join("soak").join("soak.svg");
+    plot(&svg, &summary.samples, &summary.events, summary.warmup_s);
+    let sections = sections(summary, &analysis);
+    for s in &sections {
+        eprintln!("\n{}", s.body);
     }
-    if failures.is_empty() {
+    if !summary.ci {
+        let docs_dir = root().join("docs");
+        docs::fill(&docs_dir.join("RELIABILITY.md"), "soak-", &sections)?;
+        fs::copy(&svg, docs_dir.join(SVG)).map_err(|e| format!("{}: {e}", svg.display()))?;
+        eprintln!("wrote docs/RELIABILITY.md (its soak- sections) and docs/{SVG}");
+    }
+    if analysis.failures.is_empty() {
         Ok(())
     } else {
-        Err(format!("the soak failed:\n  - {}", failures.join("\n  - ")))
+        Err(format!(
+            "the soak failed:\n  - {}",
+            analysis.failures.join("\n  - ")
+        ))
     }
 }
 

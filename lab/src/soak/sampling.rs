@@ -9,10 +9,10 @@ use std::path::Path;
 use super::client::*;
 use super::schedule::*;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct Sample {
     pub(super) t: f64,
-    pub(super) phase: &'static str,
+    pub(super) phase: String,
     pub(super) rss: u64,
     pub(super) wasm: BTreeMap<String, u64>,
     /// meshbreaker metrics of `KEY`: `requests_total.<decision>`, `transitions_total.<to>`, `state`, ...
@@ -49,7 +49,7 @@ pub(super) fn filter_metric(name: &str) -> Option<String> {
 pub(super) fn sample(envoy: &Envoy, t: f64, phase: Phase, seen: &Seen) -> Result<Sample> {
     let mut s = Sample {
         t,
-        phase: phase.name(),
+        phase: phase.name().to_string(),
         rss: envoy.rss_bytes()?,
         checker_responses: seen.responses,
         checker_non_2xx: seen.responses - seen.ok,
