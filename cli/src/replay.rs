@@ -604,7 +604,7 @@ pub struct Opening {
 /// A source of openings' inputs for a replay ([`Replay::with_openings`]). The breaker's one random
 /// input is its sleep-window jitter, and an access log holds no request from inside an OPEN
 /// period: a replay held to a run that really happened (`demo --ci` holds it to the filter's
-/// logged transitions, with `meshbreaker_lab::live`) takes both from what that run logged.
+/// logged transitions, with `meshbreaker_lab::demo::live`) takes both from what that run logged.
 pub trait OpeningSource {
     /// The inputs of `key`'s opening at `now_ms` from `from` (CLOSED: a trip; HALF_OPEN: a
     /// failed probe), or `None` to draw from the seeded generator. Asked in time order.
