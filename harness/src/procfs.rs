@@ -165,12 +165,13 @@ pub fn perf_dso_profile<T>(
 }
 
 /// What the reports say about the machine they were measured on.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,
     pub kernel: String,
     /// `/proc/loadavg`'s 1, 5 and 15 minute averages.
+    #[serde(deserialize_with = "crate::stats::nan::three")]
     pub loadavg: [f64; 3],
     pub rustc: String,
 }

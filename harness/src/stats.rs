@@ -27,6 +27,49 @@ pub fn spread(xs: &[f64]) -> (f64, f64) {
     )
 }
 
+/// Reading back what serde_json wrote: it writes a NaN (a failed round) as `null`, and refuses to
+/// read `null` as a number. These read `null` as NaN again, for `#[serde(deserialize_with)]`.
+pub mod nan {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn or_nan(x: Option<f64>) -> f64 {
+        x.unwrap_or(f64::NAN)
+    }
+
+    pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(or_nan(Option::deserialize(d)?))
+    }
+
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<Option<f64>>::deserialize(d)?
+            .into_iter()
+            .map(or_nan)
+            .collect())
+    }
+
+    pub fn three<'de, D: Deserializer<'de>>(d: D) -> Result<[f64; 3], D::Error> {
+        Ok(<[Option<f64>; 3]>::deserialize(d)?.map(or_nan))
+    }
+
+    pub fn by_name<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        Ok(BTreeMap::<String, Option<f64>>::deserialize(d)?
+            .into_iter()
+            .map(|(k, x)| (k, or_nan(x)))
+            .collect())
+    }
+
+    pub fn lists_by_name<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<f64>>, D::Error> {
+        Ok(BTreeMap::<String, Vec<Option<f64>>>::deserialize(d)?
+            .into_iter()
+            .map(|(k, xs)| (k, xs.into_iter().map(or_nan).collect()))
+            .collect())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

@@ -33,7 +33,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::util::{output, root, Result};
 
@@ -104,6 +105,23 @@ pub fn replace(doc: &str, prefix: &str, sections: &[Section]) -> Result<String> 
     Ok(out)
 }
 
+/// Whether `sections` are exactly the `prefix` sections of `doc`, in its order, so that a run
+/// writes all of them and nothing else: each experiment's unit test holds its generator to the
+/// checked-in document with this.
+pub fn check_sections(doc: &str, prefix: &str, sections: &[Section]) -> Result {
+    let in_doc: Vec<String> = names(doc)
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    let written: Vec<&str> = sections.iter().map(|s| s.name.as_str()).collect();
+    if written != in_doc {
+        return Err(format!(
+            "the generator writes {written:?}, the document has {in_doc:?}"
+        ));
+    }
+    replace(doc, prefix, sections).map(|_| ())
+}
+
 /// Rewrites the given sections of the document at `path` (see [`replace`]).
 pub fn fill(path: &Path, prefix: &str, sections: &[Section]) -> Result {
     let old = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -159,7 +177,7 @@ pub fn commit() -> String {
 
 /// The machine, the versions, the commit measured and when the run finished: the line a
 /// report ends with.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
     /// CPU, cores, memory, kernel.
     pub machine: String,
@@ -213,43 +231,19 @@ impl Environment {
             self.finished
         )
     }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "machine": self.machine,
-            "versions": self.versions,
-            "commit": self.commit,
-            "finished": self.finished,
-        })
-    }
-
-    pub fn from_json(v: &Value) -> Result<Environment> {
-        let text = |k: &str| {
-            v[k].as_str()
-                .map(String::from)
-                .ok_or_else(|| format!("environment: no `{k}`"))
-        };
-        Ok(Environment {
-            machine: text("machine")?,
-            versions: serde_json::from_value(v["versions"].clone())
-                .map_err(|e| format!("environment: versions: {e}"))?,
-            commit: text("commit")?,
-            finished: text("finished")?,
-        })
-    }
 }
 
 /// Writes a run's raw results (pretty JSON) to `path`, its directory made.
-pub fn save_results(path: &Path, v: &Value) -> Result {
+pub fn save_results<T: Serialize>(path: &Path, results: &T) -> Result {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
     fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A run's raw results, as [`save_results`] wrote them.
-pub fn load_results(path: &Path) -> Result<Value> {
+pub fn load_results<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| {
         format!(
             "{}: {e} (the raw results of a past run; run the experiment first)",
@@ -326,7 +320,8 @@ mod tests {
             commit: "a6a413c".into(),
             finished: "2026-12-01 12:04 UTC".into(),
         };
-        assert_eq!(Environment::from_json(&e.to_json()).unwrap(), e);
+        let back: Environment = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
         assert_eq!(
             e.line(),
             "Machine: AMD EPYC, 2 cores. Versions: rustc 1.95.0, oha 1.16.0. Commit a6a413c \

@@ -85,14 +85,14 @@ pub fn run(a: &Opts) -> Result {
         runs,
         environment: Environment::probe(&commit, run::versions()),
     };
-    docs::save_results(&summary_path(), &results.to_json())?;
+    docs::save_results(&summary_path(), &results)?;
     write(&results)
 }
 
 /// The sections again from the last run's `target/fuzz/summary.json`, without fuzzing (into
 /// `docs/RELIABILITY.md` unless that run was `--ci`).
 pub fn reanalyse() -> Result {
-    let results = Results::from_json(&docs::load_results(&summary_path())?)?;
+    let results: Results = docs::load_results(&summary_path())?;
     write(&results)
 }
 

@@ -1,13 +1,12 @@
 //! What a fuzz run measured, and its JSON (`target/fuzz/summary.json`, which `--reanalyse`
 //! reads back).
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::docs::Environment;
-use crate::util::Result;
 
 /// What one target did in this run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRun {
     pub name: String,
     /// The time asked for, and the time it took.
@@ -28,7 +27,7 @@ pub struct TargetRun {
 }
 
 /// One run of the chosen targets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Results {
     /// `--ci`: its sections are printed, not written into the doc.
     pub ci: bool,
@@ -43,64 +42,5 @@ impl Results {
             .iter()
             .flat_map(|r| r.new_findings.iter().map(|f| (r.name.clone(), f.clone())))
             .collect()
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "ci": self.ci,
-            "environment": self.environment.to_json(),
-            "runs": self.runs.iter().map(|r| json!({
-                "name": r.name,
-                "requested": r.requested,
-                "seconds": r.seconds,
-                "execs": r.execs,
-                "exec_per_s": r.exec_per_s,
-                "cov": r.cov,
-                "corpus": r.corpus,
-                "seeds": r.seeds,
-                "known": r.known,
-                "crashes_known": r.crashes_known,
-                "new_findings": r.new_findings,
-            })).collect::<Vec<_>>(),
-        })
-    }
-
-    pub fn from_json(v: &Value) -> Result<Results> {
-        let runs = v["runs"]
-            .as_array()
-            .ok_or("fuzz summary: no `runs`")?
-            .iter()
-            .map(|r| {
-                let n = |k: &str| {
-                    r[k].as_u64()
-                        .ok_or_else(|| format!("fuzz summary: a run has no `{k}`"))
-                };
-                let list = |k: &str| -> Result<Vec<String>> {
-                    serde_json::from_value(r[k].clone())
-                        .map_err(|e| format!("fuzz summary: `{k}`: {e}"))
-                };
-                Ok(TargetRun {
-                    name: r["name"]
-                        .as_str()
-                        .ok_or("fuzz summary: a run has no `name`")?
-                        .to_string(),
-                    requested: n("requested")?,
-                    seconds: n("seconds")?,
-                    execs: n("execs")?,
-                    exec_per_s: n("exec_per_s")?,
-                    cov: n("cov")?,
-                    corpus: n("corpus")?,
-                    seeds: n("seeds")? as usize,
-                    known: list("known")?,
-                    crashes_known: n("crashes_known")? as usize,
-                    new_findings: list("new_findings")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Results {
-            ci: v["ci"].as_bool().unwrap_or(false),
-            runs,
-            environment: Environment::from_json(&v["environment"])?,
-        })
     }
 }

@@ -97,16 +97,16 @@ pub(super) fn col(
 pub(super) fn profile_us(res: &Results, listener: &str, bucket: &str) -> Option<f64> {
     res.profile
         .iter()
-        .find(|(l, _, _)| l == listener)
-        .map(|(_, cpu, shares)| shares.get(bucket).copied().unwrap_or(0.0) * cpu)
+        .find(|p| p.listener == listener)
+        .map(|p| p.shares.get(bucket).copied().unwrap_or(0.0) * p.cpu_us)
 }
 
 /// A profiled listener's CPU per request during the profile.
 pub(super) fn profile_cpu(res: &Results, listener: &str) -> Option<f64> {
     res.profile
         .iter()
-        .find(|(l, _, _)| l == listener)
-        .map(|(_, cpu, _)| *cpu)
+        .find(|p| p.listener == listener)
+        .map(|p| p.cpu_us)
 }
 
 /// The dynamic module's CPU per request over admission_control's: the median of the rounds'

@@ -102,7 +102,7 @@ fn label(listener: &str) -> &'static str {
 }
 
 /// What the overhead benchmark runs; [`Opts::new`] from the command line's options.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Opts {
     /// The command line, for the report's run line.
     args: String,
@@ -320,6 +320,7 @@ mod fixtures {
     pub(super) fn raw(res: Results) -> Raw {
         let m = Machine::default();
         Raw {
+            format: super::run::FORMAT,
             opts: Opts::new(false, None, None, false),
             run: RunInfo {
                 before: m.clone(),

@@ -412,7 +412,7 @@ fn profile(res: &Results) -> String {
     if res.profile.is_empty() {
         return "No profile.".to_string();
     }
-    let names: Vec<&str> = res.profile.iter().map(|(l, _, _)| label(l)).collect();
+    let names: Vec<&str> = res.profile.iter().map(|p| label(&p.listener)).collect();
     let mut header = vec!["µs per request"];
     header.extend(&names);
     header.extend([
@@ -422,7 +422,7 @@ fn profile(res: &Results) -> String {
     let mut buckets: Vec<&str> = res
         .profile
         .iter()
-        .flat_map(|(_, _, b)| b.keys().map(String::as_str))
+        .flat_map(|p| p.shares.keys().map(String::as_str))
         .collect();
     buckets.sort_unstable();
     buckets.dedup();
@@ -437,11 +437,11 @@ fn profile(res: &Results) -> String {
             }
         };
         let mut row = vec![b.to_string()];
-        for (l, _, _) in &res.profile {
+        for p in &res.profile {
             row.push(if total {
-                format!("**{:.1}**", us(l))
+                format!("**{:.1}**", us(&p.listener))
             } else {
-                format!("{:.1}", us(l))
+                format!("{:.1}", us(&p.listener))
             });
         }
         row.push(format!("{:+.1}", us("mb_default") - us("trivial")));
@@ -676,6 +676,7 @@ fn ns(x: f64) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::super::fixtures::{raw, results, results_wasm, with_native};
+    use super::super::run::Profile;
     use super::super::Opts;
     use super::*;
     use crate::docs;
@@ -702,17 +703,8 @@ mod tests {
 
     #[test]
     fn the_sections_are_the_ones_the_document_has_markers_for() {
-        let names: Vec<String> = sections(&raw(results(50.0, 16384.0)), &[])
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        let in_doc: Vec<String> = docs::names(DOC)
-            .into_iter()
-            .filter(|n| n.starts_with("overhead-"))
-            .collect();
-        assert_eq!(names, in_doc, "docs/PERFORMANCE.md and the report disagree");
-        // And they can be written there: one pair of markers each, nothing left over.
         let raw = raw(results(50.0, 16384.0));
+        docs::check_sections(DOC, "overhead-", &sections(&raw, &[])).unwrap();
         let doc = docs::replace(DOC, "overhead-", &sections(&raw, &[])).unwrap();
         assert!(doc.contains("Measured by `cargo xtask bench` on today (commit `abc`, 1 s)."));
     }
@@ -811,7 +803,11 @@ mod tests {
             ("mb_native", 40.0, vec![(envoy, 0.9), (module, 0.1)]),
         ] {
             let shares = buckets.into_iter().map(|(b, s)| (b.to_string(), s));
-            res.profile.push((l.to_string(), cpu, shares.collect()));
+            res.profile.push(Profile {
+                listener: l.to_string(),
+                cpu_us: cpu,
+                shares: shares.collect(),
+            });
         }
         let doc = render(res);
         assert!(

@@ -9,21 +9,30 @@ use super::{
     Built, Opts, AUTHORITY_KEYS, CLIENT_CPU, FIXED_RATE, HOST_CALLS, MAIN, PROFILED, PROXY_CPU,
 };
 use crate::util::{cargo, output, root, run, step, Result};
+use meshbreaker_harness::stats::nan;
 use meshbreaker_harness::{self as harness, bootstrap, Envoy, EnvoyOpts, Load, Machine, OhaReport};
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-/// One contender in one round.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// One contender in one round. A figure with no response behind it is NaN.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Sample {
+    #[serde(deserialize_with = "nan::one")]
     pub(super) rps: f64,
     /// Proxy CPU per response, µs, closed loop (saturated).
+    #[serde(deserialize_with = "nan::one")]
     pub(super) cpu_us: f64,
     /// Proxy CPU per response, µs, at the fixed rate.
+    #[serde(deserialize_with = "nan::one")]
     pub(super) cpu_us_fixed: f64,
     /// Proxy CPU seconds per wall second in the closed loop (1.0 = its core saturated).
+    #[serde(deserialize_with = "nan::one")]
     pub(super) busy: f64,
+    #[serde(deserialize_with = "nan::one")]
     pub(super) p50_us: f64,
+    #[serde(deserialize_with = "nan::one")]
     pub(super) p99_us: f64,
+    #[serde(deserialize_with = "nan::one")]
     pub(super) fixed_rps: f64,
     /// Responses that were not 200, and transport errors other than the deadline cut.
     pub(super) bad: u64,
@@ -33,17 +42,29 @@ pub(super) struct Sample {
 /// responses).
 pub(super) type RssRow = (usize, u64, f64, u64);
 
+/// One listener's perf profile: its CPU per request while profiled, and each bucket's share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Profile {
+    pub(super) listener: String,
+    #[serde(deserialize_with = "nan::one")]
+    pub(super) cpu_us: f64,
+    #[serde(deserialize_with = "nan::by_name")]
+    pub(super) shares: BTreeMap<String, f64>,
+}
+
 /// Everything measured, for the report.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Results {
     /// concurrency → listener → one sample per round.
     pub(super) main: BTreeMap<u32, BTreeMap<String, Vec<Sample>>>,
     /// kind → per-round cost of one call, µs (proxy CPU, difference to the trivial filter / N).
+    #[serde(deserialize_with = "nan::lists_by_name")]
     pub(super) host_calls: BTreeMap<String, Vec<f64>>,
     /// trivial filter's CPU per request in the host-call rounds (µs), for reference.
+    #[serde(deserialize_with = "nan::list")]
     pub(super) hc_trivial_cpu: Vec<f64>,
-    /// perf profile per listener: (listener, CPU µs/req during the profile, bucket → share).
-    pub(super) profile: Vec<(String, f64, BTreeMap<String, f64>)>,
+    /// perf profile per listener.
+    pub(super) profile: Vec<Profile>,
     /// Why there is no profile, if there is none.
     pub(super) profile_skipped: Option<String>,
     /// concurrency → distinct `key` labels of meshbreaker_requests_total after the warm-up.
@@ -64,7 +85,7 @@ pub(super) struct Results {
 }
 
 /// What was measured with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Versions {
     pub(super) envoy: String,
     pub(super) oha: String,
@@ -73,7 +94,7 @@ pub(super) struct Versions {
 }
 
 /// What the report says about the run itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct RunInfo {
     /// The machine when the measurements began (after the builds) and when the proxies' were
     /// over (before criterion builds its benchmarks).
@@ -86,9 +107,12 @@ pub(super) struct RunInfo {
     pub(super) took: Duration,
 }
 
-/// One run: its options, the run itself and what it measured.
-#[derive(Debug)]
+/// One run: its options, the run itself and what it measured; `results.json` is its serde form.
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Raw {
+    /// The layout of `results.json` ([`FORMAT`]): a file of another layout is refused, not half
+    /// read.
+    pub(super) format: u64,
     pub(super) opts: Opts,
     pub(super) run: RunInfo,
     pub(super) res: Results,
@@ -266,6 +290,7 @@ pub(super) fn measure_all(opts: Opts, built: &Built) -> Result<Raw> {
         commit: commit_id(),
     };
     Ok(Raw {
+        format: FORMAT,
         opts,
         run: RunInfo {
             before: machine_before,
@@ -439,7 +464,11 @@ fn profile(
                 for (dso, share) in rows {
                     *buckets.entry(bucket(&dso).to_string()).or_insert(0.0) += share;
                 }
-                res.profile.push((l.to_string(), cpu, buckets));
+                res.profile.push(Profile {
+                    listener: l.to_string(),
+                    cpu_us: cpu,
+                    shares: buckets,
+                });
             }
             Err(e) => {
                 res.profile_skipped = Some(format!("perf failed: {e}"));
@@ -768,303 +797,28 @@ fn proxy_yaml_with(up_port: u16, listeners: &[(String, Option<Value>)]) -> Strin
 }
 
 // ---- the raw results' JSON -------------------------------------------------------------------
-//
-// Written by hand with serde_json's `Value` (field by field, both ways) rather than derived: the
-// harness's `Machine` is not serde's, and the file stays readable. A number that was NaN (a
-// measurement with no response) is written as `null` and read back as NaN.
 
-/// The layout of `results.json`; a file of another layout is refused, not half read.
-const FORMAT: u64 = 1;
+/// The layout of `results.json`.
+pub(super) const FORMAT: u64 = 1;
 
 impl Raw {
     /// Writes the raw results to `path` (creating its directory).
     pub(super) fn save(&self, path: &Path) -> Result {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let text = serde_json::to_string_pretty(&self.to_json()).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        crate::docs::save_results(path, self)
     }
 
     /// Reads the raw results a run kept at `path`.
     pub(super) fn load(path: &Path) -> Result<Raw> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "{}: {e} (run `cargo xtask bench` first: it keeps its raw results there)",
-                path.display()
-            )
-        })?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        Raw::from_json(&v).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    pub(super) fn to_json(&self) -> Value {
-        let (o, r, res) = (&self.opts, &self.run, &self.res);
-        let machine = |m: &Machine| {
-            json!({"nproc": m.nproc, "cpu_model": m.cpu_model, "kernel": m.kernel,
-                   "loadavg": m.loadavg, "rustc": m.rustc})
-        };
-        let sample = |s: &Sample| {
-            json!({"rps": s.rps, "cpu_us": s.cpu_us, "cpu_us_fixed": s.cpu_us_fixed,
-                   "busy": s.busy, "p50_us": s.p50_us, "p99_us": s.p99_us,
-                   "fixed_rps": s.fixed_rps, "bad": s.bad})
-        };
-        let rss = |rows: &[RssRow]| -> Vec<Value> {
-            rows.iter()
-                .map(|(keys, grown, per, bad)| {
-                    json!({"keys": keys, "grown_bytes": grown, "per_key_bytes": per, "non_200": bad})
-                })
-                .collect()
-        };
-        let main: Map<String, Value> = res
-            .main
-            .iter()
-            .map(|(c, m)| {
-                let listeners: Map<String, Value> = m
-                    .iter()
-                    .map(|(l, xs)| (l.clone(), xs.iter().map(sample).collect()))
-                    .collect();
-                (c.to_string(), Value::Object(listeners))
-            })
-            .collect();
-        let by_concurrency = |m: &BTreeMap<u32, usize>| -> Map<String, Value> {
-            m.iter().map(|(c, n)| (c.to_string(), json!(n))).collect()
-        };
-        json!({
-            "format": FORMAT,
-            "opts": {
-                "args": o.args, "quick": o.quick, "rounds": o.rounds,
-                "seconds": o.duration.as_secs_f64(), "calls_per_request": o.calls_per_request,
-                "rss_keys": o.rss_keys, "concurrencies": o.concurrencies, "criterion": o.criterion,
-            },
-            "run": {
-                "date": r.date, "took_seconds": r.took.as_secs_f64(),
-                "before": machine(&r.before), "after": machine(&r.after),
-                "versions": {"envoy": r.versions.envoy, "oha": r.versions.oha,
-                             "rustc": r.versions.rustc, "commit": r.versions.commit},
-            },
-            "results": {
-                "main": main,
-                "host_calls": res.host_calls,
-                "hc_trivial_cpu": res.hc_trivial_cpu,
-                "profile": res.profile.iter().map(|(l, cpu, shares)| {
-                    json!({"listener": l, "cpu_us": cpu, "shares": shares})
-                }).collect::<Vec<_>>(),
-                "profile_skipped": res.profile_skipped,
-                "keys_seen": by_concurrency(&res.keys_seen),
-                "native_keys_seen": by_concurrency(&res.native_keys_seen),
-                "rss": rss(&res.rss),
-                "rss_baseline": res.rss_baseline,
-                "rss_native": rss(&res.rss_native),
-                "rss_native_baseline": res.rss_native_baseline,
-                "criterion": res.criterion.iter().map(|(name, med, lo, hi)| {
-                    json!({"name": name, "median_ns": med, "lower_ns": lo, "upper_ns": hi})
-                }).collect::<Vec<_>>(),
-                "wasm_bytes": res.wasm_bytes,
-                "noop_bytes": res.noop_bytes,
-                "native_bytes": res.native_bytes,
-            },
-        })
-    }
-
-    pub(super) fn from_json(v: &Value) -> Result<Raw> {
-        let format = uint(v, "format")?;
-        if format != FORMAT {
+        let raw: Raw = crate::docs::load_results(path)?;
+        if raw.format != FORMAT {
             return Err(format!(
-                "results of layout {format}, this code reads layout {FORMAT}: measure again"
+                "{}: results of layout {}, this code reads layout {FORMAT}: measure again",
+                path.display(),
+                raw.format
             ));
         }
-        let o = field(v, "opts")?;
-        let opts = Opts {
-            args: text(o, "args")?,
-            quick: flag(o, "quick")?,
-            rounds: uint(o, "rounds")? as usize,
-            duration: Duration::from_secs_f64(num(o, "seconds")?),
-            calls_per_request: uint(o, "calls_per_request")? as u32,
-            rss_keys: list(o, "rss_keys")?
-                .iter()
-                .map(|k| {
-                    k.as_u64()
-                        .map(|k| k as usize)
-                        .ok_or("rss_keys: not a count")
-                })
-                .collect::<std::result::Result<_, _>>()?,
-            concurrencies: list(o, "concurrencies")?
-                .iter()
-                .map(|c| {
-                    c.as_u64()
-                        .map(|c| c as u32)
-                        .ok_or("concurrencies: not a count")
-                })
-                .collect::<std::result::Result<_, _>>()?,
-            criterion: flag(o, "criterion")?,
-        };
-        let r = field(v, "run")?;
-        let machine = |m: &Value| -> Result<Machine> {
-            let load = nums(field(m, "loadavg")?)?;
-            Ok(Machine {
-                nproc: uint(m, "nproc")? as usize,
-                cpu_model: text(m, "cpu_model")?,
-                kernel: text(m, "kernel")?,
-                loadavg: [0, 1, 2].map(|i| load.get(i).copied().unwrap_or(f64::NAN)),
-                rustc: text(m, "rustc")?,
-            })
-        };
-        let versions = field(r, "versions")?;
-        let run = RunInfo {
-            before: machine(field(r, "before")?)?,
-            after: machine(field(r, "after")?)?,
-            versions: Versions {
-                envoy: text(versions, "envoy")?,
-                oha: text(versions, "oha")?,
-                rustc: text(versions, "rustc")?,
-                commit: text(versions, "commit")?,
-            },
-            date: text(r, "date")?,
-            took: Duration::from_secs_f64(num(r, "took_seconds")?),
-        };
-        let x = field(v, "results")?;
-        let sample = |s: &Value| -> Result<Sample> {
-            Ok(Sample {
-                rps: num(s, "rps")?,
-                cpu_us: num(s, "cpu_us")?,
-                cpu_us_fixed: num(s, "cpu_us_fixed")?,
-                busy: num(s, "busy")?,
-                p50_us: num(s, "p50_us")?,
-                p99_us: num(s, "p99_us")?,
-                fixed_rps: num(s, "fixed_rps")?,
-                bad: uint(s, "bad")?,
-            })
-        };
-        let mut main = BTreeMap::new();
-        for (c, listeners) in object(x, "main")? {
-            let mut m = BTreeMap::new();
-            for (l, xs) in listeners.as_object().ok_or("main: not an object")? {
-                let xs = xs.as_array().ok_or("main: not a list of samples")?;
-                m.insert(l.clone(), xs.iter().map(sample).collect::<Result<_>>()?);
-            }
-            main.insert(count(c)?, m);
-        }
-        let mut host_calls = BTreeMap::new();
-        for (k, xs) in object(x, "host_calls")? {
-            host_calls.insert(k.clone(), nums(xs)?);
-        }
-        let mut profile = Vec::new();
-        for p in list(x, "profile")? {
-            let mut shares = BTreeMap::new();
-            for (b, share) in object(p, "shares")? {
-                shares.insert(b.clone(), share.as_f64().unwrap_or(f64::NAN));
-            }
-            profile.push((text(p, "listener")?, num(p, "cpu_us")?, shares));
-        }
-        let by_concurrency = |k: &str| -> Result<BTreeMap<u32, usize>> {
-            object(x, k)?
-                .iter()
-                .map(|(c, n)| Ok((count(c)?, n.as_u64().ok_or("not a count")? as usize)))
-                .collect()
-        };
-        let rss = |k: &str| -> Result<Vec<RssRow>> {
-            list(x, k)?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        uint(r, "keys")? as usize,
-                        uint(r, "grown_bytes")?,
-                        num(r, "per_key_bytes")?,
-                        uint(r, "non_200")?,
-                    ))
-                })
-                .collect()
-        };
-        let criterion = list(x, "criterion")?
-            .iter()
-            .map(|c| {
-                Ok((
-                    text(c, "name")?,
-                    num(c, "median_ns")?,
-                    num(c, "lower_ns")?,
-                    num(c, "upper_ns")?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let res = Results {
-            main,
-            host_calls,
-            hc_trivial_cpu: nums(field(x, "hc_trivial_cpu")?)?,
-            profile,
-            profile_skipped: field(x, "profile_skipped")?.as_str().map(str::to_string),
-            keys_seen: by_concurrency("keys_seen")?,
-            native_keys_seen: by_concurrency("native_keys_seen")?,
-            rss: rss("rss")?,
-            rss_baseline: uint(x, "rss_baseline")?,
-            rss_native: rss("rss_native")?,
-            rss_native_baseline: uint(x, "rss_native_baseline")?,
-            criterion,
-            wasm_bytes: uint(x, "wasm_bytes")?,
-            noop_bytes: uint(x, "noop_bytes")?,
-            native_bytes: uint(x, "native_bytes")?,
-        };
-        Ok(Raw { opts, run, res })
+        Ok(raw)
     }
-}
-
-fn field<'a>(v: &'a Value, k: &str) -> Result<&'a Value> {
-    v.get(k).ok_or_else(|| format!("no `{k}`"))
-}
-
-/// A number; `null` is NaN (serde_json writes NaN so).
-fn num(v: &Value, k: &str) -> Result<f64> {
-    match field(v, k)? {
-        Value::Null => Ok(f64::NAN),
-        x => x.as_f64().ok_or_else(|| format!("`{k}` is not a number")),
-    }
-}
-
-fn nums(v: &Value) -> Result<Vec<f64>> {
-    v.as_array()
-        .ok_or("not a list of numbers")?
-        .iter()
-        .map(|x| match x {
-            Value::Null => Ok(f64::NAN),
-            x => x.as_f64().ok_or_else(|| "not a number".to_string()),
-        })
-        .collect()
-}
-
-fn uint(v: &Value, k: &str) -> Result<u64> {
-    field(v, k)?
-        .as_u64()
-        .ok_or_else(|| format!("`{k}` is not a count"))
-}
-
-fn count(k: &str) -> Result<u32> {
-    k.parse().map_err(|_| format!("`{k}` is not a concurrency"))
-}
-
-fn text(v: &Value, k: &str) -> Result<String> {
-    field(v, k)?
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("`{k}` is not text"))
-}
-
-fn flag(v: &Value, k: &str) -> Result<bool> {
-    field(v, k)?
-        .as_bool()
-        .ok_or_else(|| format!("`{k}` is not true or false"))
-}
-
-fn list<'a>(v: &'a Value, k: &str) -> Result<&'a Vec<Value>> {
-    field(v, k)?
-        .as_array()
-        .ok_or_else(|| format!("`{k}` is not a list"))
-}
-
-fn object<'a>(v: &'a Value, k: &str) -> Result<&'a Map<String, Value>> {
-    field(v, k)?
-        .as_object()
-        .ok_or_else(|| format!("`{k}` is not an object"))
 }
 
 #[cfg(test)]
@@ -1080,11 +834,11 @@ mod tests {
         res.profile_skipped = Some("no perf".into());
         res.keys_seen.insert(1, 102);
         res.criterion.push(("record".into(), 8.3, 8.2, 8.4));
-        res.profile.push((
-            "none".into(),
-            65.4,
-            [(ENVOY_BUCKET.to_string(), 0.8)].into_iter().collect(),
-        ));
+        res.profile.push(Profile {
+            listener: "none".into(),
+            cpu_us: 65.4,
+            shares: [(ENVOY_BUCKET.to_string(), 0.8)].into_iter().collect(),
+        });
         let before = raw(res);
         let path = std::env::temp_dir().join(format!(
             "meshbreaker-overhead-{}/results.json",
@@ -1095,7 +849,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
         // Compared through the JSON, where NaN is null; serde_json's reading of a float may be
         // off by its last bit, which is why the run reports from the file read back too.
-        assert_close(&after.to_json(), &before.to_json());
+        let json = |r: &Raw| serde_json::to_value(r).unwrap();
+        assert_close(&json(&after), &json(&before));
         assert!(after.res.main[&1]["none"][0].cpu_us.is_nan());
         assert_eq!(after.opts, before.opts);
         assert_eq!(after.run.versions, before.run.versions);
@@ -1123,9 +878,16 @@ mod tests {
 
     #[test]
     fn results_of_another_layout_are_refused() {
-        let mut v = raw(results(50.0, 16384.0)).to_json();
-        v["format"] = json!(FORMAT + 1);
-        assert!(Raw::from_json(&v).unwrap_err().contains("measure again"));
+        let mut other = raw(results(50.0, 16384.0));
+        other.format = FORMAT + 1;
+        let path = std::env::temp_dir().join(format!(
+            "meshbreaker-overhead-layout-{}/results.json",
+            std::process::id()
+        ));
+        other.save(&path).unwrap();
+        let err = Raw::load(&path).unwrap_err();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        assert!(err.contains("measure again"), "{err}");
     }
 
     #[test]

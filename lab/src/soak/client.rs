@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::schedule::*;
 
 /// What the checking client saw.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Seen {
     pub(super) responses: u64,
     pub(super) ok: u64,

@@ -288,16 +288,16 @@ pub fn run(a: &Opts, wasm: &Path, envoy_bin: &Path) -> Result {
         ),
     };
     write_samples(&dir.join("samples.csv"), &summary.samples)?;
-    docs::save_results(&summary_path(), &summary.to_json())?;
+    docs::save_results(&summary_path(), &summary)?;
     // Drawn from the saved results, so that `--reanalyse` draws exactly the same.
-    finish(&Summary::from_json(&docs::load_results(&summary_path())?)?)
+    finish(&docs::load_results::<Summary>(&summary_path())?)
 }
 
 /// The verdicts, the sections and the picture again from the last soak's
 /// `target/soak/summary.json`, without measuring (into `docs/` unless that soak was `--ci`).
 pub fn reanalyse() -> Result {
     step("the soak's sections and picture again from target/soak/summary.json");
-    finish(&Summary::from_json(&docs::load_results(&summary_path())?)?)
+    finish(&docs::load_results::<Summary>(&summary_path())?)
 }
 
 fn summary_path() -> PathBuf {

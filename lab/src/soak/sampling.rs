@@ -9,7 +9,7 @@ use std::path::Path;
 use super::client::*;
 use super::schedule::*;
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Sample {
     pub(super) t: f64,
     pub(super) phase: String,

@@ -47,7 +47,7 @@ pub struct Opts {
 
 /// Something that happened during the soak (a phase change, a reload, a sidecar death), for the
 /// picture.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Event {
     pub(super) at: f64,
     pub(super) what: String,
