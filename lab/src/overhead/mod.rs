@@ -122,28 +122,20 @@ impl Opts {
         seconds: Option<f64>,
         no_criterion: bool,
     ) -> Opts {
-        let mut o = if quick {
-            Opts {
-                args: String::new(),
-                quick,
-                rounds: 1,
-                duration: Duration::from_millis(1500),
-                calls_per_request: 50,
-                rss_keys: vec![1_000, 5_000],
-                concurrencies: vec![1, 2],
-                criterion: true,
-            }
-        } else {
-            Opts {
-                args: String::new(),
-                quick,
-                rounds: 5,
-                duration: Duration::from_secs(2),
-                calls_per_request: 50,
-                rss_keys: vec![10_000, 100_000],
-                concurrencies: vec![1, 2],
-                criterion: true,
-            }
+        // `--quick`: one short round and smaller key tables, for trying a change.
+        let mut o = Opts {
+            args: String::new(),
+            quick,
+            rounds: if quick { 1 } else { 5 },
+            duration: Duration::from_millis(if quick { 1500 } else { 2000 }),
+            calls_per_request: 50,
+            rss_keys: if quick {
+                vec![1_000, 5_000]
+            } else {
+                vec![10_000, 100_000]
+            },
+            concurrencies: vec![1, 2],
+            criterion: true,
         };
         if quick {
             o.args.push_str(" --quick");
