@@ -18,24 +18,7 @@ pub fn demo(args: &DemoArgs) -> Result {
     if args.recheck {
         return lab::recheck(&out);
     }
-    let mut o = Opts {
-        ci: args.ci,
-        phases: args
-            .phases
-            .clone()
-            .unwrap_or_else(|| "healthy,errors,recovery,slow,recovery,resets,recovery".into()),
-        duration: args.duration.unwrap_or(if args.ci { 4.0 } else { 10.0 }),
-        recovery_extra: 5.0,
-        rate: args.rate.unwrap_or(100),
-        out,
-    };
-    if o.ci {
-        // The demo's max_sleep_window is 4 s: an 8 s recovery outlasts the longest open (4.8 s).
-        o.recovery_extra = 4.0;
-    }
-    if o.duration <= 0.0 {
-        return Err("--duration must be positive".into());
-    }
+    let o = Opts::new(args.ci, args.phases.clone(), args.duration, args.rate, out)?;
     let (wasm, envoy) = set_up(
         &mut Machine,
         args.skip_build,

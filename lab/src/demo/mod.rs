@@ -55,6 +55,33 @@ pub struct Opts {
     pub out: PathBuf,
 }
 
+impl Opts {
+    /// The demo's defaults for what the command line left out: every phase, 10 s each at 100
+    /// requests/s (4 s with `ci`), and 5 s more for each recovery (4 s with `ci`: the demo's
+    /// `max_sleep_window` is 4 s, so an 8 s recovery outlasts the longest open, 4.8 s).
+    pub fn new(
+        ci: bool,
+        phases: Option<String>,
+        duration: Option<f64>,
+        rate: Option<u32>,
+        out: PathBuf,
+    ) -> Result<Opts> {
+        let duration = duration.unwrap_or(if ci { 4.0 } else { 10.0 });
+        if duration <= 0.0 {
+            return Err("--duration must be positive".into());
+        }
+        Ok(Opts {
+            ci,
+            phases: phases
+                .unwrap_or_else(|| "healthy,errors,recovery,slow,recovery,resets,recovery".into()),
+            duration,
+            recovery_extra: if ci { 4.0 } else { 5.0 },
+            rate: rate.unwrap_or(100),
+            out,
+        })
+    }
+}
+
 /// Why the sidecar cannot run here, if it cannot.
 pub fn sidecar_unavailable() -> Option<String> {
     if std::env::var_os("MESHBREAKER_DEMO_NO_SIDECAR").is_some() {
