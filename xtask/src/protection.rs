@@ -12,6 +12,9 @@ pub fn protection(args: &BenchArgs) -> Result {
     if let Some(only) = &args.faults {
         meshbreaker_lab::protection::check_faults(only)?;
     }
+    if args.reanalyse {
+        return meshbreaker_lab::protection::reanalyse(args.quick, args.faults.as_deref());
+    }
     // The reset-storm rows with the eBPF sidecar run only as root: only then is clang needed.
     let sidecar = crate::setup::euid() == Some(0);
     // `--wasm FILE` measures that filter build (an older release, say) instead of building one.
@@ -27,11 +30,5 @@ pub fn protection(args: &BenchArgs) -> Result {
         Some(w) => return Err(format!("--wasm {}: no such file", w.display())),
         None => ready.wasm.ok_or("the filter was not built")?,
     };
-    meshbreaker_lab::protection::run(
-        args.quick,
-        args.reanalyse,
-        args.faults.as_deref(),
-        &envoy,
-        &wasm,
-    )
+    meshbreaker_lab::protection::run(args.quick, args.faults.as_deref(), &envoy, &wasm)
 }

@@ -52,9 +52,9 @@
 //! only those before it in that order.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::util::{step, Result};
+use crate::util::{root, step, Result};
 use meshbreaker_harness::{self as harness, Machine};
 
 mod analysis;
@@ -92,35 +92,37 @@ pub fn check_faults(only: &[String]) -> Result {
 
 /// The `--quick` variant for `cargo xtask test`, with the Envoy and the wasm it already has.
 pub fn quick(envoy: &Path, wasm: &Path) -> Result {
-    run(true, false, None, envoy, wasm)
+    run(true, None, envoy, wasm)
+}
+
+/// Where a run keeps what its report says about the run itself (Envoy, the filter, the machine,
+/// the commit), beside the scenarios' raw results, so that `--reanalyse` says the same.
+fn context_path(quick: bool) -> std::path::PathBuf {
+    let name = if quick {
+        "protection-quick-context.json"
+    } else {
+        "protection-context.json"
+    };
+    root().join("target").join("bench").join(name)
+}
+
+/// The last run's raw results analysed again, with the context it kept: nothing is built,
+/// installed or measured.
+pub fn reanalyse(quick: bool, only: Option<&[String]>) -> Result {
+    step("re-analyse the saved results under target/bench/protection-*/");
+    let ctx: ReportCtx = crate::docs::load_results(&context_path(quick))?;
+    let runs = plan(quick, only)
+        .iter()
+        .map(|sc| load_saved(sc, quick))
+        .collect::<Result<Vec<_>>>()?;
+    report(quick, &runs, &ctx)
 }
 
 /// One run: the full benchmark (fills in `docs/PROTECTION.md`) or `quick`, only the faults in
-/// `only` when given, or (`reanalyse`) the last run's raw results analysed again.
-pub fn run(
-    quick: bool,
-    reanalyse: bool,
-    only: Option<&[String]>,
-    envoy: &Path,
-    wasm: &Path,
-) -> Result {
+/// `only` when given.
+pub fn run(quick: bool, only: Option<&[String]>, envoy: &Path, wasm: &Path) -> Result {
     let started = Instant::now();
     let scenarios = plan(quick, only);
-    let ctx = |elapsed: Duration| ReportCtx {
-        envoy_version: harness::envoy_version(envoy),
-        wasm_bytes: std::fs::metadata(wasm).map(|m| m.len()).unwrap_or(0),
-        machine: Machine::probe(),
-        elapsed,
-    };
-    if reanalyse {
-        step("re-analyse the saved results under target/bench/protection-*/");
-        let runs = scenarios
-            .iter()
-            .map(|sc| load_saved(sc, quick))
-            .collect::<Result<Vec<_>>>()?;
-        let elapsed = runs.iter().map(|r| (r.t_end - r.t_start) / 1000 + 6).sum();
-        return report(quick, &runs, &ctx(Duration::from_secs(elapsed)));
-    }
     step("build the fault upstream and the load client (release)");
     let bins =
         harness::cargo::build_bins("fault-upstream", &["fault-upstream", "steady-load"], true)?;
@@ -162,7 +164,15 @@ pub fn run(
         runs.push(run);
     }
     drop(sidecar);
-    report(quick, &runs, &ctx(started.elapsed()))
+    let ctx = ReportCtx {
+        envoy_version: harness::envoy_version(envoy),
+        wasm_bytes: std::fs::metadata(wasm).map(|m| m.len()).unwrap_or(0),
+        machine: Machine::probe(),
+        elapsed: started.elapsed(),
+        commit: report::filter_commit(),
+    };
+    crate::docs::save_results(&context_path(quick), &ctx)?;
+    report(quick, &runs, &ctx)
 }
 
 fn report(quick: bool, runs: &[ScenarioRun], ctx: &ReportCtx) -> Result {
@@ -445,7 +455,8 @@ mod tests {
             envoy_version: "envoy".into(),
             wasm_bytes: 1,
             machine: Machine::default(),
-            elapsed: Duration::ZERO,
+            elapsed: std::time::Duration::ZERO,
+            commit: "abc".into(),
         };
         let healthy = || SysData {
             client: (0..100u64)

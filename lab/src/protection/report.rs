@@ -26,11 +26,31 @@ pub(super) const PREFIX: &str = "protection-";
 const LEFT_OUT: &str = "_Not measured in this run._";
 
 /// What the reports say about how the results were measured, beside the results themselves.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct ReportCtx {
     pub(super) envoy_version: String,
     pub(super) wasm_bytes: u64,
     pub(super) machine: Machine,
     pub(super) elapsed: Duration,
+    /// The commit that last changed what the wasm is built from ([`filter_commit`]).
+    pub(super) commit: String,
+}
+
+/// The commit that last changed what the wasm filter is built from, when the run measured it.
+pub(super) fn filter_commit() -> String {
+    output(Command::new("git").args([
+        "-C",
+        &root().display().to_string(),
+        "log",
+        "-1",
+        "--format=%h",
+        "--",
+        "filter",
+        "policy-core",
+    ]))
+    .unwrap_or_default()
+    .trim()
+    .to_string()
 }
 
 /// Now, to the minute, as the reports print it.
@@ -107,7 +127,7 @@ pub(super) fn sections(runs: &[ScenarioRun], ctx: &ReportCtx) -> Vec<Section> {
                 },
             ));
         } else {
-            out.push(s("streams-verdict", streams_verdict(&of)));
+            out.push(s(&format!("{}-verdict", fault.id()), streams_verdict(&of)));
         }
         for sc in plan(false, None).iter().filter(|sc| sc.fault == fault) {
             let run = of.iter().find(|r| r.scenario.hosts == sc.hosts);
@@ -162,19 +182,7 @@ fn run_line(runs: &[ScenarioRun]) -> String {
 }
 
 fn machine(runs: &[ScenarioRun], ctx: &ReportCtx) -> String {
-    // The commit that last changed what the wasm is built from (the doc may be redrawn later
-    // from the same measurements with --reanalyse).
-    let git = output(Command::new("git").args([
-        "-C",
-        &root().display().to_string(),
-        "log",
-        "-1",
-        "--format=%h",
-        "--",
-        "filter",
-        "policy-core",
-    ]))
-    .unwrap_or_default();
+    let git = &ctx.commit;
     let loads: Vec<f64> = runs.iter().map(|r| r.loadavg).collect();
     let (lo, hi) = harness::spread(&loads);
     let m = &ctx.machine;
