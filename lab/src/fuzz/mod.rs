@@ -49,8 +49,14 @@ pub struct Opts {
     pub ci: bool,
 }
 
-fn summary_path() -> PathBuf {
-    run::work_dir().join("summary.json")
+/// Where a run keeps its figures: `--ci`'s apart, so that the 30-second runs `cargo xtask test`
+/// makes leave the last real run's figures (which `--reanalyse` redraws the doc from) alone.
+fn summary_path(ci: bool) -> PathBuf {
+    run::work_dir().join(if ci {
+        "summary-ci.json"
+    } else {
+        "summary.json"
+    })
 }
 
 fn doc_path() -> PathBuf {
@@ -85,14 +91,14 @@ pub fn run(a: &Opts) -> Result {
         runs,
         environment: Environment::probe(&commit, run::versions()),
     };
-    docs::save_results(&summary_path(), &results)?;
+    docs::save_results(&summary_path(a.ci), &results)?;
     write(&results)
 }
 
 /// The sections again from the last run's `target/fuzz/summary.json`, without fuzzing (into
 /// `docs/RELIABILITY.md` unless that run was `--ci`).
 pub fn reanalyse() -> Result {
-    let results: Results = docs::load_results(&summary_path())?;
+    let results: Results = docs::load_results(&summary_path(false))?;
     write(&results)
 }
 

@@ -81,7 +81,7 @@ pub fn run(a: &Opts, wasm: &Path, envoy_bin: &Path) -> Result {
     let oha_version = harness::oha_version(&oha);
     step("the sidecar (MESHBREAKER_SIDECAR, or built here)");
     let sidecar_bin = harness::sidecar::binary(true)?;
-    let dir = root().join("target").join("soak");
+    let dir = run_dir(a.ci);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
 
@@ -288,27 +288,35 @@ pub fn run(a: &Opts, wasm: &Path, envoy_bin: &Path) -> Result {
         ),
     };
     write_samples(&dir.join("samples.csv"), &summary.samples)?;
-    docs::save_results(&summary_path(), &summary)?;
+    let saved = dir.join("summary.json");
+    docs::save_results(&saved, &summary)?;
     // Drawn from the saved results, so that `--reanalyse` draws exactly the same.
-    finish(&docs::load_results::<Summary>(&summary_path())?)
+    finish(&docs::load_results::<Summary>(&saved)?)
 }
 
 /// The verdicts, the sections and the picture again from the last soak's
 /// `target/soak/summary.json`, without measuring (into `docs/` unless that soak was `--ci`).
 pub fn reanalyse() -> Result {
     step("the soak's sections and picture again from target/soak/summary.json");
-    finish(&docs::load_results::<Summary>(&summary_path())?)
+    finish(&docs::load_results::<Summary>(
+        &run_dir(false).join("summary.json"),
+    )?)
 }
 
-fn summary_path() -> PathBuf {
-    root().join("target").join("soak").join("summary.json")
+/// Where a soak keeps what it measured: `target/soak/`, and `target/soak-ci/` for `--ci`, so
+/// that the one-minute soak `cargo xtask test` runs leaves the last real soak's results (which
+/// `--reanalyse` redraws the doc from) alone.
+fn run_dir(ci: bool) -> PathBuf {
+    root()
+        .join("target")
+        .join(if ci { "soak-ci" } else { "soak" })
 }
 
 /// Judges the soak, draws `target/soak/soak.svg` and prints the sections; unless `--ci`, writes
 /// them into `docs/RELIABILITY.md` and the picture beside it. Fails when a verdict failed.
 fn finish(summary: &Summary) -> Result {
     let analysis = analyse(summary);
-    let svg = root().join("target").join("soak").join("soak.svg");
+    let svg = run_dir(summary.ci).join("soak.svg");
     plot(&svg, &summary.samples, &summary.events, summary.warmup_s);
     let sections = sections(summary, &analysis);
     for s in &sections {
