@@ -82,6 +82,14 @@ pub fn replace(doc: &str, prefix: &str, sections: &[Section]) -> Result<String> 
             ));
         }
     }
+    for (i, s) in sections.iter().enumerate() {
+        if sections[..i].iter().any(|t| t.name == s.name) {
+            return Err(format!(
+                "the generator writes the section `{}` twice: the second would replace the first",
+                s.name
+            ));
+        }
+    }
     let mut out = doc.to_string();
     for s in sections {
         let open = format!("{OPEN}{}{END}", s.name);
@@ -300,6 +308,12 @@ mod tests {
     }
 
     #[test]
+    fn a_section_written_twice_is_an_error() {
+        let twice = [Section::new("x-table", "a"), Section::new("x-table", "b")];
+        assert!(replace(DOC, "x-", &twice).unwrap_err().contains("twice"));
+    }
+
+    #[test]
     fn names_lists_the_sections_in_order() {
         assert_eq!(names(DOC), ["x-table", "y-other"]);
     }
@@ -320,7 +334,7 @@ mod tests {
             commit: "a6a413c".into(),
             finished: "2026-12-01 12:04 UTC".into(),
         };
-        let back: Environment = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+        let back: Environment = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
         assert_eq!(
             e.line(),

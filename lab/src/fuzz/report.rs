@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn results_survive_their_json() {
         let r = results(true);
-        let back: Results = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        let back: Results = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
     }
 }

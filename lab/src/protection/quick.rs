@@ -86,11 +86,7 @@ pub(super) fn quick_report_and_assert(runs: &[ScenarioRun], ctx: &ReportCtx) -> 
     }
     let md_path = dir.join("PROTECTION-quick.md");
     std::fs::write(&md_path, &md).map_err(|e| e.to_string())?;
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    crate::docs::save_results(&dir.join("summary.json"), &summary)?;
     eprintln!(
         "protection --quick: {} in {:.0}s",
         md_path.display(),

@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn a_summary_survives_its_json() {
         let s = summary();
-        let back: Summary = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        let back: Summary = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
 }
