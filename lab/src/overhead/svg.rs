@@ -12,16 +12,19 @@ use super::{FIXED_RATE, HOST_CALLS, MAIN};
 use crate::util::Result;
 use meshbreaker_harness::{median, spread};
 
-/// The contenders' names under the bars, one per contender in `MAIN`'s order.
-const SHORT: &[&str] = &[
-    "none",
-    "adm. ctrl",
-    "trivial",
-    "floor",
-    "mb default",
-    "mb native",
-    "mb authority",
-];
+/// A contender's name under its bars.
+fn short(listener: &str) -> &'static str {
+    match listener {
+        "none" => "none",
+        "native" => "adm. ctrl",
+        "trivial" => "trivial",
+        "floor" => "floor",
+        "mb_default" => "mb default",
+        "mb_native" => "mb native",
+        "mb_authority" => "mb authority",
+        _ => "variant",
+    }
+}
 
 /// Per contender, the per-round values one panel shows.
 type PanelFn<'a> = dyn Fn(&Derived, &BTreeMap<String, Vec<Sample>>) -> Vec<Vec<f64>> + 'a;
@@ -164,6 +167,7 @@ pub(super) fn draw(res: &Results, path: &Path) -> Result {
             })
             .collect::<Vec<_>>()
     };
+    let names: Vec<&str> = MAIN.iter().map(|l| short(l)).collect();
     let pick = |map: &BTreeMap<String, Vec<f64>>| -> Vec<Vec<f64>> {
         MAIN.iter()
             .map(|l| map.get(*l).cloned().unwrap_or_default())
@@ -173,7 +177,7 @@ pub(super) fn draw(res: &Results, path: &Path) -> Result {
         &top[0],
         "Throughput per proxy core vs no filter",
         "× no filter (1 / CPU per request)",
-        SHORT,
+        &names,
         &per_conc(&|d, _| pick(&d.cap_vs_none)),
         &[],
     )?;
@@ -181,7 +185,7 @@ pub(super) fn draw(res: &Results, path: &Path) -> Result {
         &top[1],
         "Proxy CPU added per request (closed loop)",
         "µs over no filter",
-        SHORT,
+        &names,
         &per_conc(&|d, _| pick(&d.cpu_added)),
         &[],
     )?;
@@ -189,7 +193,7 @@ pub(super) fn draw(res: &Results, path: &Path) -> Result {
         &top[2],
         &format!("p50 latency at {FIXED_RATE:.0} req/s"),
         "µs",
-        SHORT,
+        &names,
         &per_conc(&|_, m| MAIN.iter().map(|l| col(m, l, |s| s.p50_us)).collect()),
         &[],
     )?;
@@ -269,10 +273,5 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg") && svg.contains("RSS per tracked key"));
-    }
-
-    #[test]
-    fn every_contender_has_its_name_under_the_bars() {
-        assert_eq!(SHORT.len(), MAIN.len());
     }
 }
