@@ -31,7 +31,6 @@ pub use crate::shared::Names;
 use crate::shared::{self, cas_update, Entries, Geometry, Meta, Scratch, Update};
 use crate::slots::{Shared, SlotSearch, SlotTable};
 
-pub use crate::slots::SLOT_SEARCHES_PER_TICK;
 pub use policy_core::flow::{since, FLUSH_MS, MIN_TAKEOVER_IDLE_MS};
 pub use policy_core::resets::normalize_upstream;
 /// A busy worker refreshes its keys' `last_active_ms` at most this often (one state write per

@@ -20,8 +20,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// The pinned Envoy: `MESHBREAKER_ENVOY`, else `<repo>/.venv/bin/envoy`. Panics with what to run
 /// when it is missing.
 pub fn envoy_binary() -> PathBuf {
-    let p = match std::env::var_os("MESHBREAKER_ENVOY") {
-        Some(p) => PathBuf::from(p),
+    let p = match meshbreaker_harness::binary_from_env("MESHBREAKER_ENVOY") {
+        Some(found) => found.unwrap_or_else(|e| panic!("{e}")),
         None => crate::repo_root().join(".venv/bin/envoy"),
     };
     assert!(

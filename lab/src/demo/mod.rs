@@ -199,26 +199,20 @@ pub fn run(o: &Opts, wasm: &Path, envoy: &Path) -> Result {
     let envoy_log = log_file(&o.out, "envoy")?;
     // The bootstrap's JSON access log goes to stdout: access.log, replayed by `--ci`.
     let access_log = log_file(&o.out, "access")?;
-    sup.spawn(
-        "envoy",
-        Command::new(&envoy)
-            .current_dir(root())
-            .arg("-c")
-            .arg(&bootstrap)
-            .args([
-                "--concurrency",
-                "2",
-                meshbreaker_harness::envoy::NO_HOT_RESTART,
-                "--log-level",
-                "info",
-                // Epoch seconds, so the filter's transition lines share the access log's clock.
-                "--log-format",
-                LOG_FORMAT,
-            ])
-            .stdin(Stdio::null())
-            .stdout(access_log)
-            .stderr(envoy_log),
-    )?;
+    let opts = meshbreaker_harness::EnvoyOpts {
+        concurrency: 2,
+        log_level: "info".into(),
+        // Epoch seconds, so the filter's transition lines share the access log's clock.
+        extra_args: vec!["--log-format".into(), LOG_FORMAT.into()],
+        ..Default::default()
+    };
+    let mut cmd = meshbreaker_harness::envoy::command(
+        &envoy,
+        &bootstrap,
+        &o.out.join("admin-address.txt"),
+        &opts,
+    );
+    sup.spawn("envoy", cmd.stdout(access_log).stderr(envoy_log))?;
     wait_for("Envoy", &mut sup, 60, || {
         matches!(http_get(admin, "/ready", None), Ok((200, _)))
     })

@@ -37,10 +37,8 @@ pub(super) struct Upstream {
 
 impl Upstream {
     pub(super) fn start(dir: &Path) -> Result<Upstream> {
-        let bin = match std::env::var_os("MESHBREAKER_DEMO") {
-            Some(p) => PathBuf::from(p),
-            None => build_binary("meshbreaker-demo", "meshbreaker-demo")?,
-        };
+        let bin = meshbreaker_harness::binary_from_env("MESHBREAKER_DEMO")
+            .unwrap_or_else(|| build_binary("meshbreaker-demo", "meshbreaker-demo"))?;
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let p = Proc::spawn_logged(
             "meshbreaker-demo upstream",
