@@ -162,25 +162,38 @@ pub fn first_line(cmd: &mut Command) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The commit being measured (`git describe`-like: short hash, `+dirty` with local changes):
-/// take it when a run starts, since the tree may change while it runs.
+/// The commit being measured: HEAD's short hash, `+changes` when tracked files outside `docs/`
+/// differ from it (the reports themselves are rewritten by every run). Take it when a run
+/// starts, since the tree may change while it runs.
 pub fn commit() -> String {
     let hash = first_line(
         Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
             .current_dir(root()),
     );
-    let dirty = output(
+    let changed = output(
         Command::new("git")
-            .args(["status", "--porcelain", "--untracked-files=no"])
+            .args([
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!docs",
+            ])
             .current_dir(root()),
     )
     .is_some_and(|s| !s.trim().is_empty());
-    if dirty {
-        format!("{hash}+dirty")
+    if changed {
+        format!("{hash}+changes")
     } else {
         hash
     }
+}
+
+/// Now, to the minute, as the reports print it: `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_now() -> String {
+    first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
 }
 
 /// The machine, the versions, the commit measured and when the run finished: the line a
@@ -225,7 +238,7 @@ impl Environment {
             ),
             versions,
             commit: commit.to_string(),
-            finished: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+            finished: utc_now(),
         }
     }
 

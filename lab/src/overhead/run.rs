@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{
     Built, Opts, AUTHORITY_KEYS, CLIENT_CPU, FIXED_RATE, HOST_CALLS, MAIN, PROFILED, PROXY_CPU,
 };
-use crate::util::{cargo, output, root, run, step, Result};
+use crate::util::{cargo, root, run, step, Result};
 use meshbreaker_harness::stats::nan;
 use meshbreaker_harness::{self as harness, bootstrap, Envoy, EnvoyOpts, Load, Machine, OhaReport};
 use serde::{Deserialize, Serialize};
@@ -134,10 +134,7 @@ pub(super) fn measure_all(opts: Opts, built: &Built) -> Result<Raw> {
     // Installed on the first run (a build): before the clock and the load probe start.
     let oha = harness::oha_binary()?;
     let started = Instant::now();
-    let date = output(std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let date = crate::docs::utc_now();
     let machine_before = Machine::probe();
     let mut res = Results {
         wasm_bytes: file_size(&wasm),
@@ -287,7 +284,7 @@ pub(super) fn measure_all(opts: Opts, built: &Built) -> Result<Raw> {
         envoy: harness::envoy_version(&envoy),
         oha: harness::oha_version(&oha),
         rustc: machine_before.rustc.clone(),
-        commit: commit_id(),
+        commit: crate::docs::commit(),
     };
     Ok(Raw {
         format: FORMAT,
@@ -301,28 +298,6 @@ pub(super) fn measure_all(opts: Opts, built: &Built) -> Result<Raw> {
         },
         res,
     })
-}
-
-/// HEAD's short hash, `+changes` when files outside `docs/` differ from it (the report itself
-/// is rewritten by every run).
-fn commit_id() -> String {
-    let git = |args: &[&str]| {
-        output(
-            std::process::Command::new("git")
-                .args(args)
-                .current_dir(root()),
-        )
-        .unwrap_or_default()
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]).trim().to_string();
-    let dirty = !git(&["status", "--porcelain", "--", ".", ":!docs"])
-        .trim()
-        .is_empty();
-    if dirty {
-        format!("{head}+changes")
-    } else {
-        head
-    }
 }
 
 fn file_size(p: &Path) -> u64 {

@@ -53,13 +53,7 @@ pub(super) fn filter_commit() -> String {
     .to_string()
 }
 
-/// Now, to the minute, as the reports print it.
-pub(super) fn utc_now() -> String {
-    output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
+pub(super) use crate::docs::utc_now;
 
 fn timeline_file(fault: Fault) -> String {
     format!("protection-{}.svg", fault.id())
