@@ -88,6 +88,7 @@ pub fn run(a: &Opts) -> Result {
     }
     let results = Results {
         ci: a.ci,
+        chosen: a.targets.clone(),
         runs,
         environment: Environment::probe(&commit, run::versions()),
     };

@@ -19,11 +19,14 @@ fn run_line(r: &Results) -> String {
     let total: u64 = r.runs.iter().map(|t| t.execs).sum();
     // The length as it was asked for: whole minutes, else seconds.
     let asked = r.runs.first().map_or(0, |t| t.requested);
-    let length = if asked.is_multiple_of(60) {
+    let mut length = if asked.is_multiple_of(60) {
         format!("--minutes {}", asked / 60)
     } else {
         format!("--seconds {asked}")
     };
+    for t in &r.chosen {
+        length.push_str(&format!(" --target {t}"));
+    }
     format!(
         "`cargo xtask fuzz {length}`: {} target{}, {} inputs executed in all.",
         r.runs.len(),
@@ -106,6 +109,7 @@ mod tests {
     fn results(new_finding: bool) -> Results {
         Results {
             ci: false,
+            chosen: Vec::new(),
             runs: vec![TargetRun {
                 name: "config".into(),
                 requested: 60,
@@ -130,6 +134,14 @@ mod tests {
                 finished: "2026-12-01 10:48 UTC".into(),
             },
         }
+    }
+
+    #[test]
+    fn the_run_line_names_the_targets_the_command_line_chose() {
+        let mut r = results(false);
+        assert!(!run_line(&r).contains("--target"));
+        r.chosen = vec!["config".into()];
+        assert!(run_line(&r).starts_with("`cargo xtask fuzz --minutes 1 --target config`"));
     }
 
     #[test]

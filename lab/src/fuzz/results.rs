@@ -31,6 +31,9 @@ pub struct TargetRun {
 pub struct Results {
     /// `--ci`: its sections are printed, not written into the doc.
     pub ci: bool,
+    /// The targets the command line named (`--target`), none when it ran them all.
+    #[serde(default)]
+    pub chosen: Vec<String>,
     pub runs: Vec<TargetRun>,
     pub environment: Environment,
 }
