@@ -347,6 +347,9 @@ fn targets(runs: &[ScenarioRun]) -> String {
 
 /// Per fault, hosts and system: the figures the sections below break down.
 fn headline(runs: &[ScenarioRun]) -> String {
+    if !runs.iter().any(|r| r.scenario.fault.fails()) {
+        return LEFT_OUT.into();
+    }
     let mut t = String::from(
         "| fault | hosts | system | reached the bad host | client errors (shed locally included) | first protection | full traffic after heal |\n\
          | --- | ---: | --- | ---: | ---: | ---: | ---: |\n",
