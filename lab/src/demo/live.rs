@@ -271,8 +271,8 @@ impl Comparison {
             "{:<16} {:<22} {:<30} {:>9} {:>9} {:>7}",
             "key", "transition", "reason live / replay", "live s", "replay s", "Δ ms"
         );
+        let secs = |ms: u64| (ms as f64 - first as f64) / 1000.0;
         for p in &self.pairs {
-            let secs = |ms: u64| (ms as f64 - first as f64) / 1000.0;
             let _ = writeln!(
                 out,
                 "{:<16} {:<22} {:<30} {:>9.3} {:>9.3} {:>+7}{}",
@@ -290,7 +290,6 @@ impl Comparison {
             );
         }
         for k in &self.kernel_only {
-            let secs = |ms: u64| (ms as f64 - first as f64) / 1000.0;
             let _ = writeln!(
                 out,
                 "{:<16} kernel-only episode: opened {:.3} s, closed {}; the replay stayed closed",
